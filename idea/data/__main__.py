@@ -1,0 +1,46 @@
+"""`python -m idea.data describe|download`: dataset statistics and downloads."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from idea.data.describe import describe, format_description
+from idea.data.interactions import DataFormatError, DataNotFoundError
+from idea.data.registry import DATASETS, data_dirs, get_spec, load_dataset
+from idea.splits import PROTOCOLS, SplitConfig, make_split
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m idea.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("describe", help="dataset and split statistics")
+    d.add_argument("dataset", help=f"one of {sorted(DATASETS)}")
+    d.add_argument("--data-dir", help="data folder (default: $IDEA_DATA_DIR, else ./data)")
+    d.add_argument("--protocol", choices=PROTOCOLS, default="temporal")
+    d.add_argument("--max-len", type=int, default=50)
+    d.add_argument("--json", action="store_true", help="print one JSON object")
+    g = sub.add_parser("download", help="fetch McAuley's 5-core review file into the data dir")
+    g.add_argument("dataset", help="beauty, sports or toys")
+    g.add_argument("--data-dir", help="data folder (default: $IDEA_DATA_DIR, else ./data)")
+    g.add_argument("--base-url", help="mirror to download from instead of McAuley's host")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "describe":
+            data = load_dataset(args.dataset, args.data_dir)
+            split = make_split(data, SplitConfig(args.protocol, args.max_len), get_spec(args.dataset).cuts)
+            desc = describe(data, split)
+            print(json.dumps(desc) if args.json else format_description(desc))
+        else:
+            from idea.data.download import download
+
+            path = download(args.dataset, data_dirs(args.data_dir)[0], base_url=args.base_url)
+            print(f"{args.dataset}: ready at {path}")
+    except (DataNotFoundError, DataFormatError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

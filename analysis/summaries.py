@@ -1,0 +1,511 @@
+"""Robustness summaries of a study's tidy results frame.
+
+Every function takes the *results frame* (one row per study, arm, stage,
+trial, seed, part, subset, metric, k: see ``REQUIRED_COLUMNS``) and returns a
+tidy pandas DataFrame. Pure pandas/numpy/scipy (and optuna for
+``param_importances``): no Ray, no torch, no MLflow.
+
+Conventions shared by all functions:
+
+- One metric is summarised at a time, chosen by ``metric`` / ``k`` / ``subset``
+  (defaults ``"ndcg"``, ``10``, ``"all"``).
+- Results are kept apart per ``study`` (a ``study`` column is always
+  returned), since averaging across datasets is meaningless.
+- Final-stage rows are first averaged per (study, arm, part, seed), so a seed
+  counts once however many rows it has; seeds are the unit of replication.
+- Parts sort ``valid`` first, then test windows by the number after ``w``
+  (``w2`` before ``w10``), then any other part by name.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "PARAMS",
+    "window_index",
+    "windows",
+    "per_window",
+    "degradation",
+    "worst_window",
+    "idea_vs_erm",
+    "warm_gap",
+    "sensitivity",
+    "param_importances",
+    "shift_vs_gain",
+]
+
+REQUIRED_COLUMNS = ("study", "arm", "stage", "seed", "part", "subset", "metric", "k", "value")
+PARAMS = ("K", "N", "lambda_low", "lambda_high", "alpha", "tau", "beta", "T", "lr", "dropout")
+
+_WINDOW_RE = re.compile(r"^w(\d+)$")
+
+
+# ----------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------
+
+
+def window_index(part: str) -> int:
+    """Index of a test window (``"w3"`` -> 3); raises ValueError for other parts such as ``valid``."""
+    m = _WINDOW_RE.match(str(part))
+    if m is None:
+        raise ValueError(f"part {part!r} is not a test window (expected 'w<integer>', e.g. 'w1')")
+    return int(m.group(1))
+
+
+def _is_window(part) -> bool:
+    return isinstance(part, str) and _WINDOW_RE.match(part) is not None
+
+
+def _part_key(part) -> tuple:
+    """Sort key for parts: valid first, then windows by number, then the rest by name."""
+    if part == "valid":
+        return (0, 0, "")
+    if _is_window(part):
+        return (1, window_index(part), "")
+    return (2, 0, str(part))
+
+
+def windows(df: pd.DataFrame) -> list[str]:
+    """The test windows (parts ``w<n>``) present in ``df``, sorted by window number."""
+    parts = pd.unique(df["part"].dropna())
+    return sorted((p for p in parts if _is_window(p)), key=window_index)
+
+
+def _check_columns(df: pd.DataFrame, columns: Iterable[str], what: str = "results frame") -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; has {list(df.columns)}")
+
+
+def _select(df: pd.DataFrame, stage: str, metric: str, k: int, subset: str | None) -> pd.DataFrame:
+    """Rows of one stage and one metric@k (and one subset unless ``subset`` is None), NaN values dropped."""
+    _check_columns(df, REQUIRED_COLUMNS)
+    mask = (df["stage"] == stage) & (df["metric"] == metric) & (df["k"] == k)
+    if subset is not None:
+        mask &= df["subset"] == subset
+    out = df.loc[mask & df["value"].notna()]
+    return out
+
+
+def _sort_parts(out: pd.DataFrame, by_before: Sequence[str] = (), by_after: Sequence[str] = ()) -> pd.DataFrame:
+    """Sort by ``by_before`` columns, then part order, then ``by_after`` columns; fresh index."""
+    out = out.assign(_pk=out["part"].map(_part_key))
+    out = out.sort_values([*by_before, "_pk", *by_after], kind="stable").drop(columns="_pk")
+    return out.reset_index(drop=True)
+
+
+def _seed_means(df: pd.DataFrame, metric: str, k: int, subset: str | None, by_subset: bool = False) -> pd.DataFrame:
+    """Final-stage metric averaged per (study, arm, part, seed[, subset]): one value per seed."""
+    d = _select(df, "final", metric, k, subset)
+    keys = ["study", "arm", "part", "seed"] + (["subset"] if by_subset else [])
+    return d.groupby(keys, as_index=False, sort=False)["value"].mean()
+
+
+def _empty(columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+
+
+# ----------------------------------------------------------------------------
+# 1. per window
+# ----------------------------------------------------------------------------
+
+PER_WINDOW_COLUMNS = ["study", "arm", "part", "mean", "std", "n_seeds", "ci95_low", "ci95_high"]
+
+
+def per_window(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
+    """Final-stage metric per arm and part across seeds: mean, std (ddof=1), n_seeds and a t-based 95% CI.
+
+    The CI is mean ± t_{0.975, n-1}·std/√n; std and CI are NaN with fewer than 2 seeds.
+    Columns: study, arm, part, mean, std, n_seeds, ci95_low, ci95_high.
+    """
+    s = _seed_means(df, metric, k, subset)
+    if s.empty:
+        return _empty(PER_WINDOW_COLUMNS)
+    g = s.groupby(["study", "arm", "part"], as_index=False, sort=False)["value"]
+    out = g.agg(mean="mean", std=lambda v: v.std(ddof=1), n_seeds="count")
+    n = out["n_seeds"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tq = np.where(n >= 2, stats.t.ppf(0.975, np.maximum(n - 1, 1)), np.nan)
+        half = tq * out["std"].to_numpy(dtype=float) / np.sqrt(n)
+    out["ci95_low"] = out["mean"] - half
+    out["ci95_high"] = out["mean"] + half
+    return _sort_parts(out, ["study", "arm"])[PER_WINDOW_COLUMNS]
+
+
+# ----------------------------------------------------------------------------
+# 2. degradation
+# ----------------------------------------------------------------------------
+
+DEGRADATION_COLUMNS = ["study", "arm", "part", "window", "mean", "valid_mean", "rel_drop", "n_seeds", "slope"]
+
+
+def degradation(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
+    """How much each arm loses from validation to each later test window, and how fast.
+
+    Returns ONE frame, a row per (study, arm, test window):
+      - ``window``: window index (w3 -> 3);
+      - ``mean``: the window's metric averaged over seeds; ``valid_mean``: the same for validation;
+      - ``rel_drop``: per seed ``(valid - w) / valid``, then averaged over the seeds that have both
+        (positive = worse than validation); ``n_seeds``: how many seeds entered ``rel_drop``;
+      - ``slope``: per arm (repeated on each of its rows), the least-squares slope
+        (``numpy.polyfit`` degree 1) of ``mean`` against ``window``; NaN with fewer than 2 windows.
+    """
+    s = _seed_means(df, metric, k, subset)
+    if s.empty:
+        return _empty(DEGRADATION_COLUMNS)
+    valid = s.loc[s["part"] == "valid", ["study", "arm", "seed", "value"]].rename(columns={"value": "valid"})
+    w = s.loc[s["part"].map(_is_window)].copy()
+    if w.empty:
+        return _empty(DEGRADATION_COLUMNS)
+    w = w.merge(valid, on=["study", "arm", "seed"], how="left")
+    v = w["valid"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        drop = np.where(v != 0, (v - w["value"].to_numpy(dtype=float)) / v, np.nan)
+    w["rel_drop"] = drop
+
+    out = w.groupby(["study", "arm", "part"], as_index=False, sort=False).agg(
+        mean=("value", "mean"), rel_drop=("rel_drop", "mean"), n_seeds=("rel_drop", "count")
+    )
+    vmean = valid.groupby(["study", "arm"], as_index=False)["valid"].mean().rename(columns={"valid": "valid_mean"})
+    out = out.merge(vmean, on=["study", "arm"], how="left")
+    out["window"] = out["part"].map(window_index)
+
+    slopes = []
+    for (study, arm), g in out.groupby(["study", "arm"], sort=False):
+        x = g["window"].to_numpy(dtype=float)
+        y = g["mean"].to_numpy(dtype=float)
+        slope = float(np.polyfit(x, y, 1)[0]) if len(np.unique(x)) >= 2 else np.nan
+        slopes.append({"study": study, "arm": arm, "slope": slope})
+    out = out.merge(pd.DataFrame(slopes), on=["study", "arm"], how="left")
+    return _sort_parts(out, ["study", "arm"])[DEGRADATION_COLUMNS]
+
+
+# ----------------------------------------------------------------------------
+# 3. worst window
+# ----------------------------------------------------------------------------
+
+WORST_COLUMNS = [
+    "study", "arm", "worst_value", "worst_std", "n_seeds",
+    "worst_part", "worst_part_share", "min_of_mean", "min_of_mean_part",
+]
+WORST_SEED_COLUMNS = ["study", "arm", "seed", "worst_value", "worst_part"]
+
+
+def worst_window(
+    df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all", by_seed: bool = False
+) -> pd.DataFrame:
+    """Worst case over test windows: per seed the minimum metric over windows and where, then per arm.
+
+    ``by_seed=True`` returns the per-seed rows (study, arm, seed, worst_value, worst_part). Otherwise
+    one row per arm: ``worst_value``/``worst_std`` = mean/std over seeds of each seed's minimum;
+    ``worst_part`` = the window most often worst across seeds (ties -> earlier window) and
+    ``worst_part_share`` the fraction of seeds for which it is worst; ``min_of_mean`` /
+    ``min_of_mean_part`` = minimum (and where) of the seed-averaged window curve. Ties within a
+    seed go to the earlier window. Validation is not a window.
+    """
+    s = _seed_means(df, metric, k, subset)
+    s = s.loc[s["part"].map(_is_window)] if not s.empty else s
+    if s.empty:
+        return _empty(WORST_SEED_COLUMNS if by_seed else WORST_COLUMNS)
+    s = s.assign(window=s["part"].map(window_index)).sort_values(["study", "arm", "seed", "window"], kind="stable")
+    idx = s.groupby(["study", "arm", "seed"], sort=True)["value"].idxmin()
+    per_seed = (
+        s.loc[idx.to_numpy(), ["study", "arm", "seed", "value", "part"]]
+        .rename(columns={"value": "worst_value", "part": "worst_part"})
+        .reset_index(drop=True)
+    )
+    if by_seed:
+        return per_seed[WORST_SEED_COLUMNS]
+
+    rows = []
+    for (study, arm), g in per_seed.groupby(["study", "arm"], sort=True):
+        counts = g["worst_part"].value_counts()
+        modal = sorted(counts.index, key=lambda p: (-counts[p], window_index(p)))[0]
+        curve = s.loc[(s["study"] == study) & (s["arm"] == arm)].groupby("window")["value"].mean()
+        rows.append(
+            {
+                "study": study,
+                "arm": arm,
+                "worst_value": g["worst_value"].mean(),
+                "worst_std": g["worst_value"].std(ddof=1),
+                "n_seeds": len(g),
+                "worst_part": modal,
+                "worst_part_share": counts[modal] / len(g),
+                "min_of_mean": float(curve.min()),
+                "min_of_mean_part": f"w{int(curve.idxmin())}",
+            }
+        )
+    return pd.DataFrame(rows, columns=WORST_COLUMNS)
+
+
+# ----------------------------------------------------------------------------
+# 4. IDEA vs ERM
+# ----------------------------------------------------------------------------
+
+IDEA_VS_ERM_COLUMNS = [
+    "study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm",
+    "n_pairs", "mean_diff", "t_paired", "p_paired", "p_welch",
+]
+
+
+def idea_vs_erm(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
+    """IDEA against the ERM control per part (valid and each test window), with significance tests.
+
+    Columns: idea_mean / erm_mean (over each arm's seeds), rel_gain = (idea_mean - erm_mean) / erm_mean
+    (NaN when erm_mean is 0), n_idea / n_erm seeds; the paired test (``scipy.stats.ttest_rel``) uses only
+    seeds present in both arms: n_pairs, mean_diff (mean of idea - erm over those seeds), t_paired,
+    p_paired (NaN with fewer than 2 pairs); p_welch is the unpaired Welch t-test
+    (``ttest_ind(equal_var=False)``) over all seeds of each arm, for when the arms' seeds differ
+    (NaN unless both arms have at least 2 seeds). Two-sided throughout.
+    """
+    s = _seed_means(df, metric, k, subset)
+    s = s.loc[s["arm"].isin(["idea", "erm"])] if not s.empty else s
+    if s.empty:
+        return _empty(IDEA_VS_ERM_COLUMNS)
+    rows = []
+    for (study, part), g in s.groupby(["study", "part"], sort=False):
+        idea = g.loc[g["arm"] == "idea"].set_index("seed")["value"]
+        erm = g.loc[g["arm"] == "erm"].set_index("seed")["value"]
+        paired = pd.concat([idea.rename("idea"), erm.rename("erm")], axis=1, join="inner")
+        im, em = idea.mean(), erm.mean()
+        t_p = p_p = p_w = np.nan
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            # identical values across seeds (zero variance) are legitimate here; scipy warns on them
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if len(paired) >= 2:
+                res = stats.ttest_rel(paired["idea"], paired["erm"])
+                t_p, p_p = float(res.statistic), float(res.pvalue)
+            if len(idea) >= 2 and len(erm) >= 2:
+                p_w = float(stats.ttest_ind(idea, erm, equal_var=False).pvalue)
+            rel = (im - em) / em if em != 0 and not np.isnan(em) else np.nan
+        rows.append(
+            {
+                "study": study,
+                "part": part,
+                "idea_mean": im,
+                "erm_mean": em,
+                "rel_gain": rel,
+                "n_idea": int(idea.count()),
+                "n_erm": int(erm.count()),
+                "n_pairs": len(paired),
+                "mean_diff": float((paired["idea"] - paired["erm"]).mean()) if len(paired) else np.nan,
+                "t_paired": t_p,
+                "p_paired": p_p,
+                "p_welch": p_w,
+            }
+        )
+    return _sort_parts(pd.DataFrame(rows), ["study"])[IDEA_VS_ERM_COLUMNS]
+
+
+# ----------------------------------------------------------------------------
+# 5. warm gap
+# ----------------------------------------------------------------------------
+
+WARM_GAP_COLUMNS = ["study", "arm", "part", "warm", "all", "gap", "rel_gap"]
+
+
+def warm_gap(df: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> pd.DataFrame:
+    """Warm-user vs all-user metric per arm and part (seed means): warm, all, gap = warm - all, rel_gap = gap / all.
+
+    A large gap means the window's difficulty comes from cold users/items rather than from shift in
+    warm behaviour. Parts with only one subset keep NaN for the missing side.
+    """
+    s = _seed_means(df, metric, k, None, by_subset=True)
+    s = s.loc[s["subset"].isin(["warm", "all"])] if not s.empty else s
+    if s.empty:
+        return _empty(WARM_GAP_COLUMNS)
+    m = s.groupby(["study", "arm", "part", "subset"], sort=False)["value"].mean()
+    out = m.unstack("subset").reset_index()
+    for c in ("warm", "all"):
+        if c not in out.columns:
+            out[c] = np.nan
+    out.columns.name = None
+    out["gap"] = out["warm"] - out["all"]
+    a = out["all"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["rel_gap"] = np.where(a != 0, out["gap"].to_numpy(dtype=float) / a, np.nan)
+    return _sort_parts(out, ["study", "arm"])[WARM_GAP_COLUMNS]
+
+
+# ----------------------------------------------------------------------------
+# 6. sensitivity
+# ----------------------------------------------------------------------------
+
+SENSITIVITY_COLUMNS = ["study", "arm", "param", "value_or_bin", "binned", "mean", "count"]
+
+
+def _trial_table(df: pd.DataFrame, metric: str, k: int, subset: str, params: Sequence[str]) -> pd.DataFrame:
+    """Search-stage validation value per (study, arm, trial) with that trial's params (one row per trial)."""
+    d = _select(df, "search", metric, k, subset)
+    d = d.loc[d["part"] == "valid"]
+    present = [p for p in params if p in d.columns]
+    if "trial" not in d.columns or d.empty:
+        return d[["study", "arm", "value", *present]].reset_index(drop=True)
+    agg = {p: "first" for p in present}
+    agg["value"] = "mean"
+    return d.groupby(["study", "arm", "trial"], as_index=False, sort=False, dropna=False).agg(agg)
+
+
+def sensitivity(
+    df: pd.DataFrame,
+    params: Sequence[str] = ("K", "N", "lambda_low", "alpha", "tau", "beta", "T"),
+    metric: str = "ndcg",
+    k: int = 10,
+    subset: str = "all",
+    max_levels: int = 5,
+) -> pd.DataFrame:
+    """Marginal effect of each searched hyperparameter on the validation metric (search stage).
+
+    Per study, arm and param that is present and non-constant among that arm's trials: the mean and
+    count of the trials' validation metric per observed value. A param with more than ``max_levels``
+    distinct values is binned into at most ``max_levels`` quantile bins (``pd.qcut``,
+    ``duplicates="drop"``); ``value_or_bin`` then holds a ``pd.Interval`` and ``binned`` is True.
+    Trials where the param is NaN (not applicable) are left out of that param's rows.
+    Columns: study, arm, param, value_or_bin, binned, mean, count.
+    """
+    t = _trial_table(df, metric, k, subset, params)
+    present = [p for p in params if p in t.columns]
+    rows = []
+    for (study, arm), g in t.groupby(["study", "arm"], sort=True):
+        for p in present:
+            sub = g.loc[g[p].notna(), [p, "value"]]
+            nuniq = sub[p].nunique()
+            if nuniq < 2:
+                continue
+            binned = nuniq > max_levels
+            key = pd.qcut(sub[p], q=max_levels, duplicates="drop") if binned else sub[p]
+            agg = sub["value"].groupby(key, observed=True, sort=True).agg(["mean", "count"])
+            for val, r in agg.iterrows():
+                rows.append(
+                    {
+                        "study": study,
+                        "arm": arm,
+                        "param": p,
+                        "value_or_bin": val,
+                        "binned": binned,
+                        "mean": float(r["mean"]),
+                        "count": int(r["count"]),
+                    }
+                )
+    if not rows:
+        return _empty(SENSITIVITY_COLUMNS)
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+
+
+# ----------------------------------------------------------------------------
+# 7. param importances
+# ----------------------------------------------------------------------------
+
+IMPORTANCE_COLUMNS = ["study", "param", "importance"]
+
+
+def _distribution(values: pd.Series):
+    """Optuna distribution for observed values: ints -> IntDistribution, floats -> FloatDistribution
+    over [min, max] (log when min > 0 and max/min >= 100), anything else -> CategoricalDistribution."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return CategoricalDistribution(sorted(pd.unique(values).tolist(), key=str))
+    v = values.to_numpy(dtype=float)
+    lo, hi = float(v.min()), float(v.max())
+    log = lo > 0 and hi / lo >= 100
+    if pd.api.types.is_integer_dtype(values) or bool(np.all(np.mod(v, 1) == 0)):
+        return IntDistribution(int(lo), int(hi), log=log)
+    return FloatDistribution(lo, hi, log=log)
+
+
+def param_importances(
+    df: pd.DataFrame,
+    arm: str = "idea",
+    params: Sequence[str] = PARAMS,
+    metric: str = "ndcg",
+    k: int = 10,
+    subset: str = "all",
+) -> pd.DataFrame:
+    """Which hyperparameters drive the validation metric: Optuna mean-decrease-impurity importances.
+
+    Per study, the arm's search trials (validation value, params that are present, non-NaN and
+    varying) are replayed into an ``optuna`` study via ``create_trial`` and scored with
+    ``MeanDecreaseImpurityImportanceEvaluator(seed=0)`` (random forest, no fANOVA). Params missing
+    from some trials are dropped by Optuna (intersection search space). Importances sum to 1 per
+    study. Fewer than 2 trials or no varying param gives no rows. Columns: study, param, importance.
+    """
+    import optuna
+
+    t = _trial_table(df, metric, k, subset, params)
+    t = t.loc[t["arm"] == arm]
+    present = [p for p in params if p in t.columns]
+    frames = []
+    for study_name, g in t.groupby("study", sort=True):
+        if len(g) < 2:
+            continue
+        varying = [p for p in present if g[p].dropna().nunique() >= 2]
+        if not varying:
+            continue
+        dists = {p: _distribution(g[p].dropna()) for p in varying}
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per call
+        try:
+            study = optuna.create_study(direction="maximize")
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        for _, row in g.iterrows():
+            ps, ds = {}, {}
+            for p in varying:
+                val = row[p]
+                if pd.isna(val):
+                    continue
+                dist = dists[p]
+                if isinstance(dist, optuna.distributions.IntDistribution):
+                    val = int(val)
+                elif isinstance(dist, optuna.distributions.FloatDistribution):
+                    val = float(val)
+                ps[p], ds[p] = val, dist
+            study.add_trial(optuna.trial.create_trial(params=ps, distributions=ds, value=float(row["value"])))
+        imp = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+        )
+        if imp:
+            frames.append(
+                pd.DataFrame({"study": study_name, "param": list(imp), "importance": [float(x) for x in imp.values()]})
+            )
+    if not frames:
+        return _empty(IMPORTANCE_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["study", "importance"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------
+# 8. shift vs gain
+# ----------------------------------------------------------------------------
+
+SHIFT_COLUMNS = ("part", "cold_share", "popularity_js_vs_train")
+
+
+def shift_vs_gain(gains: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFrame:
+    """Attach each window's shift size (cold_share, popularity_js_vs_train) to its gain/drop row.
+
+    ``gains`` is typically ``idea_vs_erm`` output (any frame with a ``part`` column works, e.g.
+    ``degradation``). Inner merge on ``part`` (and ``study`` when both frames have it), test
+    windows only, sorted by window; adds a ``window`` index column for plotting.
+    """
+    _check_columns(gains, ["part"], "gains frame")
+    _check_columns(shift, SHIFT_COLUMNS, "shift frame")
+    on = ["study", "part"] if "study" in gains.columns and "study" in shift.columns else ["part"]
+    keep = list(dict.fromkeys([*on, "cold_share", "popularity_js_vs_train"]))
+    g = gains.drop(columns=[c for c in ("cold_share", "popularity_js_vs_train") if c in gains.columns])
+    out = g.merge(shift[keep], on=on, how="inner")
+    out = out.loc[out["part"].map(_is_window)]
+    if "window" not in out.columns:
+        out = out.assign(window=out["part"].map(window_index).astype(int))
+    sort_before = ["study"] if "study" in out.columns else []
+    return _sort_parts(out, sort_before)

@@ -1,0 +1,378 @@
+"""Hand-computed checks of analysis.summaries on tiny results frames."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from analysis import summaries as S
+
+NAN = float("nan")
+
+
+def row(arm, part, seed, value, *, stage="final", study="s", subset="all", metric="ndcg", k=10, trial=NAN, **params):
+    """One results-frame row; params (K, lr, ...) as extra columns."""
+    return dict(study=study, arm=arm, stage=stage, trial=trial, seed=seed, part=part,
+                subset=subset, metric=metric, k=k, value=value, **params)
+
+
+def frame(rows):
+    return pd.DataFrame(rows)
+
+
+def noise(arm="idea", part="w1", seed=0, stage="final"):
+    """Rows that must be filtered out (other metric, other k, other subset) with absurd values."""
+    return [
+        row(arm, part, seed, 99.0, stage=stage, metric="hr"),
+        row(arm, part, seed, 99.0, stage=stage, k=20),
+        row(arm, part, seed, 99.0, stage=stage, subset="warm"),
+    ]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def test_window_index_parses_number_and_rejects_valid():
+    assert S.window_index("w1") == 1
+    assert S.window_index("w10") == 10
+    with pytest.raises(ValueError, match="valid"):
+        S.window_index("valid")
+
+
+def test_windows_sorted_numerically_not_lexically():
+    df = frame([row("idea", p, 0, 0.1) for p in ["w10", "valid", "w2", "w1", "w9"]])
+    assert S.windows(df) == ["w1", "w2", "w9", "w10"]
+
+
+# ---------------------------------------------------------------- per_window
+
+
+def test_per_window_mean_std_ci_and_order():
+    rows = [row("idea", "w10", s, v) for s, v in enumerate([0.1, 0.2, 0.3])]
+    rows += [row("idea", "w2", s, v) for s, v in enumerate([0.4, 0.4, 0.4])]
+    rows += [row("idea", "valid", 0, 0.5)]
+    rows += [row("erm", "w10", 0, 0.7)]
+    rows += noise("idea", "w10", 0)
+    out = S.per_window(frame(rows))
+    assert list(out.columns) == ["study", "arm", "part", "mean", "std", "n_seeds", "ci95_low", "ci95_high"]
+    assert list(zip(out["arm"], out["part"])) == [("erm", "w10"), ("idea", "valid"), ("idea", "w2"), ("idea", "w10")]
+    r = out.iloc[3]
+    # mean 0.2, std (ddof=1) = sqrt((0.01+0+0.01)/2) = 0.1;
+    # t_{0.975,2} = 0.95*sqrt(2/(1-0.95^2)) = 4.302652729749; half = 4.302652729749*0.1/sqrt(3) = 0.248413771175
+    assert r["mean"] == pytest.approx(0.2)
+    assert r["std"] == pytest.approx(0.1)
+    assert r["n_seeds"] == 3
+    assert r["ci95_low"] == pytest.approx(0.2 - 0.248413771175)
+    assert r["ci95_high"] == pytest.approx(0.2 + 0.248413771175)
+    w2 = out.iloc[2]
+    assert (w2["mean"], w2["std"], w2["ci95_low"], w2["ci95_high"]) == pytest.approx((0.4, 0.0, 0.4, 0.4))
+    one = out.iloc[0]  # a single seed: no spread, no CI
+    assert one["mean"] == pytest.approx(0.7) and one["n_seeds"] == 1
+    assert math.isnan(one["std"]) and math.isnan(one["ci95_low"]) and math.isnan(one["ci95_high"])
+
+
+def test_per_window_averages_duplicate_rows_of_a_seed_and_keeps_studies_apart():
+    rows = [row("idea", "w1", 0, 0.1), row("idea", "w1", 0, 0.3), row("idea", "w1", 1, 0.4),
+            row("idea", "w1", 0, 0.9, study="t")]
+    rows += [row("idea", "w1", 0, 0.5, stage="search", trial="t0")]
+    out = S.per_window(frame(rows))
+    # study s: seed 0 -> (0.1+0.3)/2 = 0.2, seed 1 -> 0.4; mean 0.3, n 2
+    assert list(out["study"]) == ["s", "t"]
+    assert out["mean"].tolist() == pytest.approx([0.3, 0.9])
+    assert out["n_seeds"].tolist() == [2, 1]
+
+
+def test_per_window_other_metric_selected():
+    rows = [row("idea", "w1", 0, 0.2, metric="hr", k=5), row("idea", "w1", 1, 0.6, metric="hr", k=5),
+            row("idea", "w1", 0, 0.9)]
+    out = S.per_window(frame(rows), metric="hr", k=5)
+    assert out["mean"].tolist() == pytest.approx([0.4])
+
+
+# ---------------------------------------------------------------- degradation
+
+
+def test_degradation_relative_drop_and_slope():
+    rows = []
+    # idea: seed 0 valid 0.2, w1 0.1, w2 0.1, w3 0.05; seed 1 valid 0.4, w1 0.3, w2 0.2, w3 0.1
+    for seed, vals in {0: [0.2, 0.1, 0.1, 0.05], 1: [0.4, 0.3, 0.2, 0.1]}.items():
+        for part, v in zip(["valid", "w1", "w2", "w3"], vals):
+            rows.append(row("idea", part, seed, v))
+    # erm: seed 0 valid 0.5, w1 0.4; seed 1 has no validation row, w1 0.2
+    rows += [row("erm", "valid", 0, 0.5), row("erm", "w1", 0, 0.4), row("erm", "w1", 1, 0.2)]
+    rows += noise("idea", "w2", 0) + noise("idea", "valid", 1)
+    out = S.degradation(frame(rows))
+    assert list(out.columns) == ["study", "arm", "part", "window", "mean", "valid_mean", "rel_drop", "n_seeds", "slope"]
+    idea = out[out["arm"] == "idea"]
+    assert idea["part"].tolist() == ["w1", "w2", "w3"]
+    assert idea["window"].tolist() == [1, 2, 3]
+    # w1 drops: (0.2-0.1)/0.2 = 0.5, (0.4-0.3)/0.4 = 0.25 -> 0.375; w2: 0.5, 0.5; w3: 0.75, 0.75
+    assert idea["rel_drop"].tolist() == pytest.approx([0.375, 0.5, 0.75])
+    assert idea["mean"].tolist() == pytest.approx([0.2, 0.15, 0.075])
+    assert idea["valid_mean"].tolist() == pytest.approx([0.3, 0.3, 0.3])
+    assert idea["n_seeds"].tolist() == [2, 2, 2]
+    # slope of (0.2, 0.15, 0.075) on (1, 2, 3): sum (x-2)(y-ybar) / sum (x-2)^2 = (-0.2 + 0.075)/2 = -0.0625
+    assert idea["slope"].tolist() == pytest.approx([-0.0625] * 3)
+    erm = out[out["arm"] == "erm"].iloc[0]
+    # only seed 0 has a validation value: (0.5-0.4)/0.5 = 0.2; window mean (0.4+0.2)/2 = 0.3
+    assert erm["rel_drop"] == pytest.approx(0.2)
+    assert erm["n_seeds"] == 1
+    assert erm["mean"] == pytest.approx(0.3)
+    assert erm["valid_mean"] == pytest.approx(0.5)
+    assert math.isnan(erm["slope"])  # one window: no slope
+
+
+def test_degradation_slope_uses_window_numbers():
+    # windows w1, w2, w10 sort numerically; metric = 1 - 0.01*index -> slope exactly -0.01
+    rows = [row("idea", "valid", 0, 1.0)] + [row("idea", f"w{i}", 0, 1 - 0.01 * i) for i in (10, 1, 2)]
+    out = S.degradation(frame(rows))
+    assert out["part"].tolist() == ["w1", "w2", "w10"]
+    assert out["slope"].iloc[0] == pytest.approx(-0.01)
+    assert out["rel_drop"].tolist() == pytest.approx([0.01, 0.02, 0.10])
+
+
+# ---------------------------------------------------------------- worst_window
+
+
+def _worst_rows():
+    rows = []
+    idea = {0: [0.3, 0.1, 0.2], 1: [0.2, 0.4, 0.2], 2: [0.5, 0.3, 0.6]}
+    for seed, vals in idea.items():
+        rows += [row("idea", f"w{i}", seed, v) for i, v in zip((1, 2, 3), vals)]
+        rows.append(row("idea", "valid", seed, 0.01))  # validation is not a window
+    rows += [row("erm", "w2", 0, 0.5), row("erm", "w10", 0, 0.1), row("erm", "w2", 1, 0.2), row("erm", "w10", 1, 0.3)]
+    return rows + noise("idea", "w1", 0)
+
+
+def test_worst_window_per_seed():
+    out = S.worst_window(frame(_worst_rows()), by_seed=True)
+    assert list(out.columns) == ["study", "arm", "seed", "worst_value", "worst_part"]
+    got = {(a, s): (v, p) for a, s, v, p in zip(out["arm"], out["seed"], out["worst_value"], out["worst_part"])}
+    # idea seed 1 ties 0.2 at w1 and w3 -> the earlier w1
+    assert got[("idea", 0)] == (pytest.approx(0.1), "w2")
+    assert got[("idea", 1)] == (pytest.approx(0.2), "w1")
+    assert got[("idea", 2)] == (pytest.approx(0.3), "w2")
+    assert got[("erm", 0)] == (pytest.approx(0.1), "w10")
+    assert got[("erm", 1)] == (pytest.approx(0.2), "w2")
+
+
+def test_worst_window_per_arm():
+    out = S.worst_window(frame(_worst_rows())).set_index("arm")
+    idea = out.loc["idea"]
+    # per-seed minima 0.1, 0.2, 0.3 -> mean 0.2, std 0.1; w2 worst for 2 of 3 seeds
+    assert idea["worst_value"] == pytest.approx(0.2)
+    assert idea["worst_std"] == pytest.approx(0.1)
+    assert idea["n_seeds"] == 3
+    assert idea["worst_part"] == "w2"
+    assert idea["worst_part_share"] == pytest.approx(2 / 3)
+    # seed-mean curve: w1 1.0/3, w2 0.8/3, w3 1.0/3 -> min 0.26667 at w2
+    assert idea["min_of_mean"] == pytest.approx(0.8 / 3)
+    assert idea["min_of_mean_part"] == "w2"
+    erm = out.loc["erm"]
+    # minima 0.1 (w10) and 0.2 (w2): tie in counts -> earlier window w2; std = sqrt(2*0.05^2/1)
+    assert erm["worst_value"] == pytest.approx(0.15)
+    assert erm["worst_std"] == pytest.approx(math.sqrt(0.005))
+    assert erm["worst_part"] == "w2"
+    assert erm["worst_part_share"] == pytest.approx(0.5)
+    # curve: w2 (0.5+0.2)/2 = 0.35, w10 (0.1+0.3)/2 = 0.2
+    assert erm["min_of_mean"] == pytest.approx(0.2)
+    assert erm["min_of_mean_part"] == "w10"
+
+
+# ---------------------------------------------------------------- idea_vs_erm
+
+
+def _gain_rows():
+    rows = []
+    rows += [row("idea", "w1", s, v) for s, v in zip((0, 1, 2), (0.3, 0.5, 0.4))]
+    rows += [row("erm", "w1", s, v) for s, v in zip((0, 1, 2), (0.2, 0.3, 0.4))]
+    rows += [row("idea", "w2", s, v) for s, v in zip((0, 1), (0.2, 0.4))]
+    rows += [row("erm", "w2", s, v) for s, v in zip((0, 2), (0.1, 0.3))]
+    rows += [row("idea", "w3", s, v) for s, v in zip((0, 1), (0.2, 0.4))]
+    rows += [row("erm", "w3", s, 0.1) for s in (5, 6, 7)]
+    rows += [row("idea", "valid", 0, 0.6), row("erm", "valid", 0, 0.4)]
+    return rows + noise("idea", "w1", 0) + noise("erm", "w2", 2)
+
+
+def test_idea_vs_erm_paired_and_welch():
+    out = S.idea_vs_erm(frame(_gain_rows()))
+    assert list(out.columns) == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm",
+                                 "n_pairs", "mean_diff", "t_paired", "p_paired", "p_welch"]
+    assert out["part"].tolist() == ["valid", "w1", "w2", "w3"]
+    w1 = out.iloc[1]
+    assert (w1["idea_mean"], w1["erm_mean"]) == pytest.approx((0.4, 0.3))
+    assert w1["rel_gain"] == pytest.approx(1 / 3)  # (0.4-0.3)/0.3
+    assert (w1["n_idea"], w1["n_erm"], w1["n_pairs"]) == (3, 3, 3)
+    # diffs 0.1, 0.2, 0.0: mean 0.1, sd 0.1 -> t = 0.1/(0.1/sqrt 3) = sqrt 3;
+    # df 2: F(t) = 1/2 + t/(2 sqrt(2+t^2)) = 1/2 + sqrt3/(2 sqrt5) -> p = 1 - sqrt(3/5) = 0.225403330758517
+    assert w1["mean_diff"] == pytest.approx(0.1)
+    assert w1["t_paired"] == pytest.approx(math.sqrt(3))
+    assert w1["p_paired"] == pytest.approx(1 - math.sqrt(3 / 5))
+    # Welch: both vars 0.01, n 3 -> t = 0.1/sqrt(0.02/3) = sqrt(1.5), df = 4;
+    # df 4: F = 1/2 + (3/4) u (1 - u^2/3), u = t/sqrt(t^2+4) = sqrt(3/11) -> p = 1 - (3/2)(10/11) sqrt(3/11)
+    assert w1["p_welch"] == pytest.approx(1 - 1.5 * (10 / 11) * math.sqrt(3 / 11))
+    w2 = out.iloc[2]
+    # idea seeds {0,1}, erm seeds {0,2}: one pair (seed 0) -> no paired test
+    assert (w2["idea_mean"], w2["erm_mean"], w2["rel_gain"]) == pytest.approx((0.3, 0.2, 0.5))
+    assert (w2["n_idea"], w2["n_erm"], w2["n_pairs"]) == (2, 2, 1)
+    assert w2["mean_diff"] == pytest.approx(0.1)  # seed 0: 0.2 - 0.1
+    assert math.isnan(w2["t_paired"]) and math.isnan(w2["p_paired"])
+    # Welch: vars 0.02 each, n 2 -> t = 0.1/sqrt(0.02) = 1/sqrt2, df 2 -> p = 1 - 1/sqrt5 = 0.5527864
+    assert w2["p_welch"] == pytest.approx(1 - 1 / math.sqrt(5))
+    w3 = out.iloc[3]
+    # no common seeds; Welch with unequal variances: idea var 0.02 (n 2), erm var 0 (n 3)
+    # t = (0.3-0.1)/sqrt(0.02/2) = 2, df = 0.01^2/(0.01^2/1) = 1 (Cauchy) -> p = 1 - (2/pi) atan 2 = 0.2951672
+    # (pooled Student t would give t = 2.683, df 3, p = 0.0748: a different number)
+    assert (w3["n_pairs"], w3["rel_gain"]) == (0, pytest.approx(2.0))
+    assert math.isnan(w3["mean_diff"]) and math.isnan(w3["p_paired"])
+    assert w3["p_welch"] == pytest.approx(1 - 2 / math.pi * math.atan(2))
+    v = out.iloc[0]
+    assert v["rel_gain"] == pytest.approx(0.5)  # (0.6-0.4)/0.4
+    assert math.isnan(v["p_paired"]) and math.isnan(v["p_welch"])
+
+
+# ---------------------------------------------------------------- warm_gap
+
+
+def test_warm_gap():
+    rows = [row("idea", "w1", 0, 0.3, subset="warm"), row("idea", "w1", 1, 0.5, subset="warm"),
+            row("idea", "w1", 0, 0.2), row("idea", "w1", 1, 0.2),
+            row("idea", "valid", 0, 0.25, subset="warm"), row("idea", "valid", 0, 0.2),
+            row("erm", "w1", 0, 0.4)]
+    rows += [row("idea", "w1", 0, 99.0, metric="mrr"), row("idea", "w1", 0, 99.0, subset="warm", k=5)]
+    out = S.warm_gap(frame(rows))
+    assert list(out.columns) == ["study", "arm", "part", "warm", "all", "gap", "rel_gap"]
+    idea = out[out["arm"] == "idea"]
+    assert idea["part"].tolist() == ["valid", "w1"]
+    # w1: warm (0.3+0.5)/2 = 0.4, all 0.2 -> gap 0.2, rel 1.0; valid: 0.25 vs 0.2 -> 0.05, 0.25
+    assert idea["warm"].tolist() == pytest.approx([0.25, 0.4])
+    assert idea["all"].tolist() == pytest.approx([0.2, 0.2])
+    assert idea["gap"].tolist() == pytest.approx([0.05, 0.2])
+    assert idea["rel_gap"].tolist() == pytest.approx([0.25, 1.0])
+    erm = out[out["arm"] == "erm"].iloc[0]
+    assert erm["all"] == pytest.approx(0.4)
+    assert math.isnan(erm["warm"]) and math.isnan(erm["gap"]) and math.isnan(erm["rel_gap"])
+
+
+# ---------------------------------------------------------------- sensitivity
+
+
+def test_sensitivity_discrete_values_skip_constant_and_nan():
+    rows = [row("idea", "valid", 0, v, stage="search", trial=f"t{i}", K=K, N=3, alpha=NAN)
+            for i, (K, v) in enumerate([(2, 0.1), (2, 0.3), (4, 0.5), (4, 0.7)])]
+    rows += [row("idea", "w1", 0, 99.0, stage="final", K=2, N=3, alpha=NAN),
+             row("idea", "valid", 0, 99.0, stage="final", K=2, N=3, alpha=NAN),
+             row("idea", "valid", 0, 99.0, stage="search", trial="t0", metric="hr", K=2, N=3, alpha=NAN)]
+    out = S.sensitivity(frame(rows))
+    assert list(out.columns) == ["study", "arm", "param", "value_or_bin", "binned", "mean", "count"]
+    # N is constant, alpha all NaN, others absent: only K remains
+    assert out["param"].tolist() == ["K", "K"]
+    assert out["value_or_bin"].tolist() == [2, 4]
+    assert out["mean"].tolist() == pytest.approx([0.2, 0.6])
+    assert out["count"].tolist() == [2, 2]
+    assert not out["binned"].any()
+
+
+def test_sensitivity_bins_many_values_into_quantiles():
+    # tau = 1..10 with value = tau: 5 quantile bins of 2 trials each, means 1.5, 3.5, ..., 9.5
+    rows = [row("erm", "valid", 0, float(t), stage="search", trial=f"t{t}", tau=float(t)) for t in range(1, 11)]
+    out = S.sensitivity(frame(rows), params=("tau",))
+    assert out["arm"].tolist() == ["erm"] * 5
+    assert out["binned"].all()
+    assert out["mean"].tolist() == pytest.approx([1.5, 3.5, 5.5, 7.5, 9.5])
+    assert out["count"].tolist() == [2] * 5
+    assert all(isinstance(b, pd.Interval) for b in out["value_or_bin"])
+    assert out["value_or_bin"].iloc[-1].right == pytest.approx(10.0)
+
+
+def test_sensitivity_drops_duplicate_quantile_edges():
+    # eight 1s then 2..7: quantile edges at 1 collapse; all 14 trials still counted, 1s in the first bin
+    taus = [1.0] * 8 + [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    rows = [row("idea", "valid", 0, 0.5, stage="search", trial=f"t{i}", tau=t) for i, t in enumerate(taus)]
+    out = S.sensitivity(frame(rows), params=("tau",))
+    assert out["count"].sum() == 14
+    assert len(out) < 5
+    assert out["count"].iloc[0] >= 8
+
+
+# ---------------------------------------------------------------- param_importances
+
+
+def test_distribution_inference():
+    assert S._distribution(pd.Series([2, 4, 8])) == IntDistribution(2, 8)
+    assert S._distribution(pd.Series([2.0, 4.0, NAN]).dropna()) == IntDistribution(2, 4)  # ints stay ints
+    assert S._distribution(pd.Series([1e-4, 1e-3, 1e-2])) == FloatDistribution(1e-4, 1e-2, log=True)
+    assert S._distribution(pd.Series([0.1, 0.5])) == FloatDistribution(0.1, 0.5, log=False)
+    assert S._distribution(pd.Series([0.0, 0.5])) == FloatDistribution(0.0, 0.5, log=False)
+    assert S._distribution(pd.Series([1, 100])) == IntDistribution(1, 100, log=True)
+    assert S._distribution(pd.Series(["a", "b"])) == CategoricalDistribution(["a", "b"])
+
+
+def _importance_rows():
+    # full factorial K x lr, twice; value depends only on K -> K carries all importance
+    rows, i = [], 0
+    for _ in range(2):
+        for K in (2, 8):
+            for lr in (1e-3, 1e-1):
+                rows.append(row("idea", "valid", 0, 0.1 * K, stage="search", trial=f"t{i}",
+                                K=K, lr=lr, N=4, tau=NAN))
+                i += 1
+    rows.append(row("erm", "valid", 0, 0.3, stage="search", trial="e0", K=NAN, lr=1e-3))
+    return rows
+
+
+def test_param_importances_value_driven_by_one_param():
+    out = S.param_importances(frame(_importance_rows()))
+    assert list(out.columns) == ["study", "param", "importance"]
+    assert out["param"].tolist() == ["K", "lr"]  # N constant, tau all NaN
+    assert out["importance"].tolist() == pytest.approx([1.0, 0.0], abs=1e-9)
+
+
+def test_param_importances_empty_cases():
+    cols = ["study", "param", "importance"]
+    one = S.param_importances(frame(_importance_rows()), arm="erm")  # a single trial
+    assert list(one.columns) == cols and one.empty
+    flat = [row("idea", "valid", 0, v, stage="search", trial=f"t{i}", K=2) for i, v in enumerate([0.1, 0.2])]
+    none = S.param_importances(frame(flat))  # nothing varies
+    assert list(none.columns) == cols and none.empty
+
+
+# ---------------------------------------------------------------- shift_vs_gain
+
+
+def test_shift_vs_gain_merges_windows_in_order():
+    gains = S.idea_vs_erm(frame(_gain_rows() + [row("idea", "w10", 0, 0.2), row("erm", "w10", 0, 0.1)]))
+    shift = pd.DataFrame({"part": ["w10", "valid", "w1", "w2", "w7"], "cold_share": [0.3, 0.0, 0.1, 0.2, 0.9],
+                          "popularity_js_vs_train": [0.03, 0.0, 0.01, 0.02, 0.09]})
+    out = S.shift_vs_gain(gains, shift)
+    # valid is not a window; w3 has no shift row and w7 no gain row (inner merge); w10 sorts last
+    assert out["part"].tolist() == ["w1", "w2", "w10"]
+    assert out["window"].tolist() == [1, 2, 10]
+    assert out["cold_share"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert out["popularity_js_vs_train"].tolist() == pytest.approx([0.01, 0.02, 0.03])
+    assert out["rel_gain"].tolist() == pytest.approx([1 / 3, 0.5, 1.0])
+    with pytest.raises(ValueError, match="cold_share"):
+        S.shift_vs_gain(gains, shift.drop(columns="cold_share"))
+
+
+def test_shift_vs_gain_matches_study_when_both_have_it():
+    gains = pd.DataFrame({"study": ["a", "b"], "part": ["w1", "w1"], "rel_gain": [0.1, 0.2]})
+    shift = pd.DataFrame({"study": ["a", "b"], "part": ["w1", "w1"], "cold_share": [0.5, 0.7],
+                          "popularity_js_vs_train": [0.05, 0.07]})
+    out = S.shift_vs_gain(gains, shift)
+    assert out["cold_share"].tolist() == pytest.approx([0.5, 0.7])
+    assert out["rel_gain"].tolist() == pytest.approx([0.1, 0.2])
+
+
+# ---------------------------------------------------------------- imports
+
+
+def test_summaries_does_not_import_ray_or_torch():
+    code = ("import sys, analysis.summaries; "
+            "bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,20 @@
+"""Sequential recommender backbones sharing the `Backbone` interface."""
+
+from __future__ import annotations
+
+from .base import Backbone
+from .gru4rec import GRU4Rec
+from .sasrec import SASRec
+
+BACKBONES: dict[str, type[Backbone]] = {"gru4rec": GRU4Rec, "sasrec": SASRec}
+
+
+def build_backbone(name: str, n_items: int, max_len: int, dropout: float | None = None) -> Backbone:
+    """Backbone by registry name; `dropout=None` keeps the model's own default."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    kwargs = {} if dropout is None else {"dropout": dropout}
+    return BACKBONES[name](n_items, max_len, **kwargs)
+
+
+__all__ = ["BACKBONES", "Backbone", "GRU4Rec", "SASRec", "build_backbone"]

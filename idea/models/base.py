@@ -1,0 +1,70 @@
+"""Common interface of the sequential recommenders (backbones) used by IDEA.
+
+A backbone is an item embedding table plus a sequence encoder. Sequences are
+right-aligned: left-padded with item id 0, so the most recent item is at
+position L-1 in every row and views of different sequences align by recency.
+The encoder is split from the embedding lookup because IDEA feeds it soft-masked
+and mixed embedding views rather than item ids.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Item table + encoder: `forward(history, lengths) -> user vector`, `scores(user)`."""
+
+    def __init__(self, n_items: int, max_len: int, d: int):
+        super().__init__()
+        if n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {n_items}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.n_items = n_items
+        self.max_len = max_len
+        self.d = d
+        # Row 0 is padding: zero vector and no gradient.
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+
+    def embed(self, history: Tensor) -> Tensor:
+        """Plain embedding lookup (no dropout), so extractors see the clean sequence."""
+        return self.item_emb(history)  # [B, L] -> [B, L, d]
+
+    @abc.abstractmethod
+    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Map item embeddings `x [B, L, d]` (maybe a masked/mixed view) to users `[B, d]`.
+
+        Only the last `lengths[b]` positions of row b may influence the output.
+        """
+
+    def forward(self, history: Tensor, lengths: Tensor) -> Tensor:
+        """User vectors `[B, d]` for id sequences `history [B, L]`."""
+        return self.encode(self.embed(history), lengths)  # [B, d]
+
+    def scores(self, user: Tensor) -> Tensor:
+        """Full-ranking scores `[B, n_items + 1]`; column 0 is padding, ignored by the caller."""
+        return user @ self.item_emb.weight.T  # [B, d] @ [d, n+1] -> [B, n+1]
+
+    def _zero_padding_row(self) -> None:
+        """Re-zero the padding embedding after a custom init overwrote it."""
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+
+def trim_to_longest(x: Tensor, lengths: Tensor) -> Tensor:
+    """Keep the last max(lengths) columns of a right-aligned batch (dropping pure padding).
+
+    Costs one host sync; lets short batches run on short tensors.
+    """
+    T = int(lengths.max())
+    return x[:, max(x.shape[1] - T, 0):]  # [B, T, d]
+
+
+def check_dropout(dropout: float) -> float:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return float(dropout)

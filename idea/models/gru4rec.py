@@ -1,0 +1,58 @@
+"""GRU4Rec (Hidasi et al., 2016) as in RecBole: embedding dropout -> GRU -> linear projection.
+
+The user vector is the GRU output at each sequence's last real item, computed on
+right-padded sequences so the amount of left padding never matters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Backbone, check_dropout, trim_to_longest
+
+
+class GRU4Rec(Backbone):
+    """RecBole defaults: embedding 64, embedding dropout 0.3, 1-layer GRU of 128, Linear(128 -> 64)."""
+
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        dropout: float = 0.3,
+        d: int = 64,
+        hidden: int = 128,
+        n_layers: int = 1,
+    ):
+        super().__init__(n_items, max_len, d)
+        self.hidden = hidden
+        self.emb_dropout = nn.Dropout(check_dropout(dropout))
+        self.gru = nn.GRU(d, hidden, num_layers=n_layers, bias=False, batch_first=True)  # RecBole: no bias
+        self.dense = nn.Linear(hidden, d)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """RecBole's init: xavier-normal item table, xavier-uniform GRU weights."""
+        nn.init.xavier_normal_(self.item_emb.weight)
+        for name, w in self.gru.named_parameters():
+            if name.startswith("weight"):
+                nn.init.xavier_uniform_(w)
+        self._zero_padding_row()
+
+    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """GRU output at each row's last real item (step len_b - 1 of the right-padded row).
+
+        The GRU is causal, so outputs at step len_b - 1 never see the padding placed after
+        the real items; one dense pass is much faster on CPU than packed sequences.
+        """
+        x = trim_to_longest(x, lengths)  # [B, T, d]
+        B, T, d = x.shape
+        x = self.emb_dropout(x)
+        # Left-padded -> right-padded: row b starts at column T - len_b; rolling by that
+        # offset puts the real items first and the padding after them.
+        start = (T - lengths).unsqueeze(1)  # [B, 1]
+        idx = (start + torch.arange(T, device=x.device)) % T  # [B, T]
+        x = x.gather(1, idx.unsqueeze(-1).expand(B, T, d))  # [B, T, d] right-padded
+        out, _ = self.gru(x)  # [B, T, hidden]
+        last = out.gather(1, (lengths - 1).view(B, 1, 1).expand(B, 1, self.hidden))  # [B, 1, hidden]
+        return self.dense(last.squeeze(1))  # [B, d]

@@ -18,7 +18,7 @@ PROTOCOLS = ("temporal", "loo")
 
 def to_timestamp(value: str | int) -> int:
     """'YYYY-MM-DD' (UTC midnight) or Unix seconds -> Unix seconds."""
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, float, np.integer, np.floating)):
         return int(value)
     try:
         day = dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc)
@@ -50,7 +50,10 @@ class SplitConfig:
         if self.cuts is not None:
             if self.protocol != "temporal":
                 raise ValueError("SplitConfig.cuts only applies to protocol 'temporal'")
-            times = [to_timestamp(c) for c in self.cuts]
+            try:
+                times = [to_timestamp(c) for c in self.cuts]
+            except ValueError as err:
+                raise ValueError(f"SplitConfig.cuts: {err}") from None
             if len(times) < 3:
                 raise ValueError("SplitConfig.cuts needs (t_val, t0, end of w1, ...): at least 3 values")
             if any(b <= a for a, b in zip(times, times[1:])):
@@ -200,7 +203,7 @@ def check_leakage(split: Split, data: Interactions) -> None:
             raise LeakageError(f"{name}: a history is not the user's items right before the target")
         if np.any(data.user[ev.row] != ev.user) or np.any(data.item[ev.row] != ev.target):
             raise LeakageError(f"{name}: an event's target does not match the interaction table")
-        touched = np.where(real, src, ev.row[:, None])  # rows each event reads, padding -> target
+        touched = np.concatenate([np.where(real, src, ev.row[:, None]), ev.row[:, None]], axis=1)  # [E, L+1]
         if split.protocol == "temporal":
             lo, hi = split.bounds[name]
             latest = data.timestamp[touched].max(axis=1)  # [E]

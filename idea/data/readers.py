@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,13 @@ def file_sha256(*paths: Path) -> str:
 
 
 def _int_tokens(path: Path, lineno: int, line: str) -> list[int]:
-    try:
-        return [int(tok) for tok in line.split()]
-    except ValueError:
-        bad = next(tok for tok in line.split() if not tok.lstrip("-").isdigit())
-        raise DataFormatError(f"{path}:{lineno}: non-integer token {bad!r}") from None
+    values = []
+    for tok in line.split():
+        try:
+            values.append(int(tok))
+        except ValueError:
+            raise DataFormatError(f"{path}:{lineno}: non-integer token {tok!r}") from None
+    return values
 
 
 def _read_lines(path: Path) -> list[tuple[int, list[int]]]:
@@ -41,6 +44,15 @@ def _read_lines(path: Path) -> list[tuple[int, list[int]]]:
     if not rows:
         raise DataFormatError(f"{path}: empty file (expected one '<user> <item> ...' line per user)")
     return rows
+
+
+def _check_unique_users(path: Path, rows: list[tuple[int, list[int]]]) -> None:
+    """One line per user: a repeated user id would silently merge two sequences."""
+    first: dict[int, int] = {}
+    for lineno, toks in rows:
+        if toks[0] in first:
+            raise DataFormatError(f"{path}:{lineno}: user {toks[0]} already has a line ({first[toks[0]]}); one line per user")
+        first[toks[0]] = lineno
 
 
 def _flatten(rows: list[tuple[int, list[int]]]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +81,7 @@ def read_item_time_lines(name: str, item_path: Path, time_path: Path) -> Interac
             raise DataFormatError(
                 f"{time_path}:{lt}: timestamps of user {b[0]} decrease at position {pos} (lines must be chronological)"
             )
+    _check_unique_users(item_path, items)
     user, item = _flatten(items)
     _, ts = _flatten(times)
     return from_arrays(name, user, item, ts, file_sha256(item_path, time_path))
@@ -76,7 +89,9 @@ def read_item_time_lines(name: str, item_path: Path, time_path: Path) -> Interac
 
 def read_item_lines(name: str, item_path: Path) -> Interactions:
     """ICLRec/S3-Rec item-sequence file (no timestamps): line order is the only time order."""
-    user, item = _flatten(_read_lines(item_path))
+    rows = _read_lines(item_path)
+    _check_unique_users(item_path, rows)
+    user, item = _flatten(rows)
     return from_arrays(name, user, item, None, file_sha256(item_path))
 
 
@@ -101,7 +116,9 @@ def read_recbole_inter(name: str, path: Path) -> Interactions:
             try:
                 ts = float(fields[it])
             except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: timestamp {fields[it]!r} is not a number") from None
+                ts = math.nan
+            if not math.isfinite(ts):
+                raise DataFormatError(f"{path}:{lineno}: timestamp {fields[it]!r} is not a number")
             users.append(fields[iu])
             items.append(fields[ii])
             times.append(int(ts))

@@ -1,0 +1,88 @@
+"""The trainer's one configuration object: every field validated on construction."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+BACKBONE_NAMES = ("gru4rec", "sasrec")
+METHODS = ("erm", "idea")
+LOSSES = ("ce", "bce")
+PAIRINGS = ("same_user", "any")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults follow RecBole (Adam, lr 1e-3, batch 2048, patience 10) and the IDEA paper
+    (K=3, N=4, tau=0.1, beta=1, T=5, lambda near 1). Ranges are checked in __post_init__."""
+
+    backbone: str = "gru4rec"  # gru4rec | sasrec
+    method: str = "erm"  # erm | idea
+    loss: str = "ce"  # ce (full softmax) | bce (one sampled negative, the paper's Eq. 2)
+    # IDEA
+    K: int = 3  # extractors, 2..16
+    N: int = 4  # environments, 2..32
+    tau: float = 0.1  # relaxed-Bernoulli temperature, (0, 10]
+    beta: float = 1.0  # variance penalty weight, [0, 1000]
+    T: int = 5  # recommender steps per extractor step, 1..1000
+    lambda_low: float = 0.9  # Uniform(lambda_low, lambda_high) mixup weight, 0.5 <= low <= high <= 1
+    lambda_high: float = 1.0
+    alpha: float | None = None  # if set, lambda ~ Beta(alpha, alpha) folded to >= 0.5 instead; (0, 100]
+    pairing: str = "same_user"  # same_user | any
+    mixup: bool = True  # False: environments are the K views themselves
+    explore: bool = True  # False: extractors are never updated
+    pretrain_epochs: int = 2  # ERM epochs before the IDEA phase, 0..epochs-1
+    extractor_lr: float = 1e-3  # (0, 1]
+    extractor_hidden: int = 64  # 1..4096
+    # training
+    epochs: int = 200  # 1..10000
+    patience: int = 10  # epochs without validation NDCG@10 gain before stopping, 1..10000
+    lr: float = 1e-3  # (0, 1]
+    batch_size: int = 2048  # 1..1_000_000
+    dropout: float | None = None  # None = the backbone's default; [0, 1)
+    weight_decay: float = 0.0  # [0, 1]
+    noise_ratio: float = 0.0  # share of training positions replaced by fake items, [0, 1)
+    seed: int = 0  # >= 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:<i>
+    eval_batch_size: int = 1024  # 1..1_000_000
+    mask_seen: bool = False  # exclude history items from the ranking
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, field: str, allowed: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig.{field} = {getattr(self, field)!r} is invalid: allowed {allowed}")
+
+        need(self.backbone in BACKBONE_NAMES, "backbone", str(BACKBONE_NAMES))
+        need(self.method in METHODS, "method", str(METHODS))
+        need(self.loss in LOSSES, "loss", str(LOSSES))
+        need(self.pairing in PAIRINGS, "pairing", str(PAIRINGS))
+        for name, lo, hi in (("K", 2, 16), ("N", 2, 32), ("T", 1, 1000), ("epochs", 1, 10_000),
+                             ("patience", 1, 10_000), ("batch_size", 1, 1_000_000),
+                             ("eval_batch_size", 1, 1_000_000), ("extractor_hidden", 1, 4096)):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, name, f"an integer in {lo}..{hi}")
+        need(0 < self.tau <= 10, "tau", "(0, 10]")
+        need(0 <= self.beta <= 1000, "beta", "[0, 1000]")
+        need(0.5 <= self.lambda_low <= 1, "lambda_low", "[0.5, 1] (the dominant view's weight)")
+        need(self.lambda_low <= self.lambda_high <= 1, "lambda_high", f"[lambda_low={self.lambda_low}, 1]")
+        need(self.alpha is None or 0 < self.alpha <= 100, "alpha", "None or (0, 100]")
+        need(0 < self.lr <= 1, "lr", "(0, 1]")
+        need(0 < self.extractor_lr <= 1, "extractor_lr", "(0, 1]")
+        need(self.dropout is None or 0 <= self.dropout < 1, "dropout", "None or [0, 1)")
+        need(0 <= self.weight_decay <= 1, "weight_decay", "[0, 1]")
+        need(0 <= self.noise_ratio < 1, "noise_ratio", "[0, 1)")
+        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+             "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+        need(0 <= self.pretrain_epochs < self.epochs or self.method == "erm", "pretrain_epochs",
+             f"0..epochs-1 = 0..{self.epochs - 1} (IDEA needs at least one epoch after pretraining)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a dict, rejecting unknown keys by name (typos must not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)

@@ -1,0 +1,323 @@
+"""The training loop: ERM or IDEA on a split, early stopping on validation NDCG@10,
+resumable checkpoints, and evaluation of the best state on every part.
+
+The trainer knows nothing of Ray or MLflow: callers observe it through the
+per-epoch callback and save/restore it through `save`/`load`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from idea.config import TrainConfig
+from idea.environments import SubsequenceExtractors, make_environments, vrex
+from idea.metrics import metrics_frame, rank_events, summary
+from idea.models import build_backbone
+from idea.splits import Events, Split
+
+SELECT_METRIC = "ndcg_at_10"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def n_fake_items(n_items: int, noise_ratio: float) -> int:
+    """Size of the pool of never-seen fake item ids used for noise injection (0 without noise)."""
+    return max(100, n_items // 10) if noise_ratio > 0 else 0
+
+
+def inject_noise(history: torch.Tensor, lengths: torch.Tensor, ratio: float, n_items: int, n_fake: int) -> torch.Tensor:
+    """Replace round(ratio * length) real positions per row (stochastic rounding, so the expected
+    share is exactly `ratio`) by random fake ids n_items+1..n_items+n_fake. Vectorised."""
+    B, L = history.shape
+    real = torch.arange(L, device=history.device) >= (L - lengths).unsqueeze(1)  # [B, L]
+    count = torch.floor(ratio * lengths + torch.rand(B, device=history.device)).long()  # [B]
+    key = torch.rand(B, L, device=history.device).masked_fill(~real, 2.0)  # padding sorts last
+    order = key.argsort(dim=1).argsort(dim=1)  # [B, L] rank of each position within its row
+    replace = order < count.unsqueeze(1)  # [B, L]
+    fake = torch.randint(n_items + 1, n_items + n_fake + 1, (B, L), device=history.device)
+    return torch.where(replace, fake, history)  # [B, L]
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    phase: str  # erm | pretrain | idea
+    train_loss: float
+    valid: dict[str, float]  # summary of validation metrics (all targets)
+    seconds: float
+    best_epoch: int
+    extra: dict[str, float] = field(default_factory=dict)  # IDEA: mean risk, risk variance
+
+    def flat(self) -> dict[str, float]:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "epoch_seconds": self.seconds,
+                "best_epoch": self.best_epoch, **self.extra, **self.valid}
+
+
+class Trainer:
+    """ERM or IDEA on one split. `fit` runs the epoch loop; `evaluate` scores the best state."""
+
+    def __init__(self, config: TrainConfig, split: Split):
+        self.config = config
+        self.split = split
+        seed_everything(config.seed)
+        self.device = resolve_device(config.device)
+        self.n_items = split.n_items
+        self.n_fake = n_fake_items(split.n_items, config.noise_ratio)
+        self.model = build_backbone(config.backbone, split.n_items + self.n_fake, split.max_len, config.dropout).to(self.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.extractors = None
+        if config.method == "idea":
+            self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden).to(self.device)
+            self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
+        tr = split.train
+        if len(tr) == 0:
+            raise ValueError(f"split of {split.dataset!r} has no training events; check the cuts")
+        self.train_history = torch.as_tensor(tr.history, device=self.device)  # [E, L]
+        self.train_lengths = torch.as_tensor(tr.lengths, device=self.device)  # [E]
+        self.train_target = torch.as_tensor(tr.target, device=self.device)  # [E]
+        self.epoch = 0
+        self.step = 0
+        self.best_value = -math.inf
+        self.best_epoch = 0
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        self.bad_epochs = 0
+        self.records: list[EpochRecord] = []
+        self.train_seconds = 0.0
+
+    # ----- one step -------------------------------------------------------------------------
+    def phase(self, epoch: int) -> str:
+        if self.config.method == "erm":
+            return "erm"
+        return "pretrain" if epoch <= self.config.pretrain_epochs else "idea"
+
+    def item_table(self) -> torch.Tensor:
+        """[n_items + 1, d] embeddings of the real items (fake noise ids are never ranked)."""
+        return self.model.item_emb.weight[: self.n_items + 1]
+
+    def per_example_loss(self, user: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Base loss [M] per row: full-softmax CE over items 1..n, or BCE with one sampled negative."""
+        table = self.item_table()
+        if self.config.loss == "ce":
+            logits = user @ table[1:].T  # [M, n]
+            return F.cross_entropy(logits, target - 1, reduction="none")  # [M]
+        negative = torch.randint(1, self.n_items + 1, target.shape, device=target.device)  # [M]
+        pos = (user * table[target]).sum(-1)  # [M]
+        neg = (user * table[negative]).sum(-1)  # [M]
+        return F.softplus(-pos) + F.softplus(neg)  # [M]
+
+    def batch(self, idx: torch.Tensor, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training rows `idx`, trimmed to their longest history, with noise injected if configured."""
+        lengths = self.train_lengths[idx]  # [B]
+        width = int(lengths.max())
+        history = self.train_history[idx, -width:]  # [B, width]
+        if noisy and self.config.noise_ratio > 0:
+            history = inject_noise(history, lengths, self.config.noise_ratio, self.n_items, self.n_fake)
+        return history, lengths, self.train_target[idx]
+
+    def erm_step(self, history, lengths, target) -> dict[str, torch.Tensor]:
+        loss = self.per_example_loss(self.model(history, lengths), target).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.detach()}
+
+    def idea_risks(self, history, lengths, target) -> torch.Tensor:
+        """Risks [E] of the environments built from one batch (one forward pass for all of them)."""
+        c = self.config
+        x = self.model.embed(history)  # [B, L, d]
+        masks = self.extractors(x.detach(), lengths, c.tau)  # [K, B, L]; extractors read, never train, x
+        views = masks.unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
+        env_x, env_len, env_tgt = make_environments(
+            views, lengths, target, N=c.N, pairing=c.pairing, mixup=c.mixup,
+            alpha=c.alpha, lambda_low=c.lambda_low, lambda_high=c.lambda_high,
+        )  # [E*B, L, d], [E*B], [E*B]
+        user = self.model.encode(env_x, env_len)  # [E*B, d]
+        return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1)  # [E]
+
+    def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
+        """Recommender descends mean(R) + beta*var(R); extractors (when `explore`) ascend var(R).
+        Both gradients come from the same forward pass and are taken before either update."""
+        mean, var = vrex(self.idea_risks(history, lengths, target))
+        rec_params = [p for p in self.model.parameters() if p.requires_grad]
+        ext_params = list(self.extractors.parameters())
+        rec_grads = torch.autograd.grad(mean + self.config.beta * var, rec_params, retain_graph=explore,
+                                        allow_unused=True) if recommend else None
+        ext_grads = torch.autograd.grad(-var, ext_params) if explore else None
+        for opt, params, grads in ((self.opt, rec_params, rec_grads), (self.ext_opt, ext_params, ext_grads)):
+            if grads is not None:
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return {"loss": (mean + self.config.beta * var).detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+
+    # ----- epochs ---------------------------------------------------------------------------
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """Loader order of `epoch`, derived from (seed, epoch) so a resumed run sees the same order."""
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.train_target), generator=g).to(self.device)
+
+    def train_epoch(self, epoch: int, progress: bool = False) -> dict[str, float]:
+        self.model.train()
+        phase = self.phase(epoch)
+        order = self.permutation(epoch)
+        batches = order.split(self.config.batch_size)
+        sums: dict[str, torch.Tensor] = {}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(batches), desc=f"epoch {epoch} ({phase})", leave=False, file=sys.stderr)
+        for idx in batches:
+            history, lengths, target = self.batch(idx)
+            if phase == "idea":
+                self.step += 1
+                out = self.idea_step(history, lengths, target, explore=self.config.explore and self.step % self.config.T == 0)
+            else:
+                out = self.erm_step(history, lengths, target)
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"epoch {epoch}: the {phase} loss became {loss}; training stopped. The best state so far "
+                    f"(epoch {self.best_epoch}) is kept; lower lr (now {self.config.lr}) or beta (now {self.config.beta})"
+                )
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + v.detach()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+        if bar is not None:
+            bar.close()
+        return {k: float(v) / len(batches) for k, v in sums.items()}
+
+    def fit(self, on_epoch: Callable[[EpochRecord], None] | None = None, progress: bool = False,
+            checkpoint: str | os.PathLike | None = None) -> list[EpochRecord]:
+        """Train until `epochs` or early stopping (no validation NDCG@10 gain for `patience` epochs
+        after pretraining). `on_epoch` sees every epoch's record; `checkpoint` is rewritten each epoch."""
+        c = self.config
+        while self.epoch < c.epochs and not self.stopped():
+            start = time.perf_counter()
+            epoch = self.epoch + 1
+            losses = self.train_epoch(epoch, progress)
+            valid = summary(self.evaluate_events(self.split.valid, "valid", use_best=False), "valid")
+            self.train_seconds += time.perf_counter() - start
+            self.epoch = epoch
+            if valid[SELECT_METRIC] > self.best_value:
+                self.best_value, self.best_epoch, self.bad_epochs = valid[SELECT_METRIC], epoch, 0
+                self.best_state = copy.deepcopy(self.model.state_dict())
+            elif self.phase(epoch) != "pretrain":
+                self.bad_epochs += 1
+            record = EpochRecord(epoch, self.phase(epoch), losses.pop("loss"), valid,
+                                 time.perf_counter() - start, self.best_epoch, losses)
+            self.records.append(record)
+            if checkpoint is not None:
+                self.save(checkpoint)
+            if on_epoch is not None:
+                on_epoch(record)
+        return self.records
+
+    def stopped(self) -> bool:
+        return self.bad_epochs >= self.config.patience
+
+    # ----- evaluation -----------------------------------------------------------------------
+    def evaluate_events(self, events: Events, part: str, use_best: bool = True) -> pd.DataFrame:
+        """Metrics frame of one part, full ranking over all real items."""
+        model = self.model
+        if use_best:
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(self.best_state)
+        model.eval()
+        table = self.item_table() if not use_best else model.item_emb.weight[: self.n_items + 1]
+
+        def score(history, lengths):
+            return model(history, lengths) @ table.T  # [b, n_items + 1]
+
+        ranks = rank_events(score, events.history, events.lengths, events.target, device=self.device,
+                            batch_size=self.config.eval_batch_size, mask_seen=self.config.mask_seen)
+        return metrics_frame(ranks, events.warm, part)
+
+    def evaluate(self, parts: list[str] | None = None) -> pd.DataFrame:
+        """Best state on validation and every test part (all and warm targets)."""
+        available = {"valid": self.split.valid, **self.split.tests}
+        names = parts or list(available)
+        unknown = sorted(set(names) - set(available))
+        if unknown:
+            raise ValueError(f"unknown part(s) {unknown}; available: {list(available)}")
+        return pd.concat([self.evaluate_events(available[n], n) for n in names], ignore_index=True)
+
+    # ----- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+            "best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state,
+            "bad_epochs": self.bad_epochs, "train_seconds": self.train_seconds,
+            "records": [vars(r) for r in self.records],
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        if self.extractors is not None:
+            state["extractors"] = self.extractors.state_dict()
+            state["ext_opt"] = self.ext_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config"] != self.config.to_dict():
+            changed = sorted(k for k, v in self.config.to_dict().items() if state["config"].get(k) != v)
+            raise ValueError(f"checkpoint was written with a different config (fields {changed}); refusing to resume")
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        if self.extractors is not None:
+            self.extractors.load_state_dict(state["extractors"])
+            self.ext_opt.load_state_dict(state["ext_opt"])
+        self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+        self.best_state, self.bad_epochs = state["best_state"], state["bad_epochs"]
+        self.train_seconds = state["train_seconds"]
+        self.records = [EpochRecord(**r) for r in state["records"]]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Atomic write: an interrupted save never replaces the last good checkpoint."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))

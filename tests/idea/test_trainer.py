@@ -1,0 +1,207 @@
+"""Trainer behaviour: parameter groups, determinism, resume, early stopping, failures, CLI."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from idea.baselines import most_popular
+from idea.config import TrainConfig
+from idea.data.synthetic import SyntheticConfig, generate
+from idea.metrics import summary
+from idea.splits import SplitConfig, make_split
+from idea.trainer import NonFiniteLossError, Trainer, inject_noise
+
+
+@pytest.fixture(scope="module")
+def split():
+    return make_split(generate(SyntheticConfig(n_users=600, n_items=300, seed=3)), SplitConfig(max_len=20))
+
+
+def small(**kw):
+    base = dict(epochs=2, pretrain_epochs=1, batch_size=128, device="cpu", eval_batch_size=256)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def changed(before, module):
+    return [not torch.equal(a, b) for a, b in zip(before, module.parameters())]
+
+
+def first_batch(trainer):
+    return trainer.batch(torch.arange(64))
+
+
+@pytest.mark.parametrize("backbone", ["gru4rec", "sasrec"])
+def test_recommender_step_moves_only_the_recommender(split, backbone):
+    tr = Trainer(small(method="idea", backbone=backbone), split)
+    rec, ext = snapshot(tr.model), snapshot(tr.extractors)
+    tr.idea_step(*first_batch(tr), recommend=True, explore=False)
+    assert any(changed(rec, tr.model))
+    assert not any(changed(ext, tr.extractors))
+
+
+@pytest.mark.parametrize("backbone", ["gru4rec", "sasrec"])
+def test_exploration_step_moves_only_the_extractors(split, backbone):
+    tr = Trainer(small(method="idea", backbone=backbone), split)
+    rec, ext = snapshot(tr.model), snapshot(tr.extractors)
+    tr.idea_step(*first_batch(tr), recommend=False, explore=True)
+    assert not any(changed(rec, tr.model))
+    assert all(changed(ext, tr.extractors))
+
+
+def test_exploration_ascends_the_risk_variance(split):
+    """Gradient ascent on var(R): the extractor step's gradient is minus d var / d params."""
+    tr = Trainer(small(method="idea", tau=1.0), split)
+    h, l, t = first_batch(tr)
+    torch.manual_seed(5)
+    risks = tr.idea_risks(h, l, t)
+    var = ((risks - risks.mean()) ** 2).mean()
+    expected = torch.autograd.grad(var, list(tr.extractors.parameters()))
+    tr.ext_opt = torch.optim.SGD(tr.extractors.parameters(), lr=1.0)
+    before = snapshot(tr.extractors)
+    torch.manual_seed(5)
+    tr.idea_step(h, l, t, recommend=False, explore=True)
+    for b, p, g in zip(before, tr.extractors.parameters(), expected):
+        torch.testing.assert_close(p.detach() - b, g)  # p <- p - lr * (-g)
+
+
+def test_idea_risks_are_one_per_environment(split):
+    tr = Trainer(small(method="idea", N=5), split)
+    assert tr.idea_risks(*first_batch(tr)).shape == (5,)
+    tr = Trainer(small(method="idea", K=4, mixup=False), split)
+    assert tr.idea_risks(*first_batch(tr)).shape == (4,)
+
+
+def test_explore_false_never_updates_extractors(split):
+    tr = Trainer(small(method="idea", explore=False, pretrain_epochs=0, epochs=1, T=1), split)
+    ext = snapshot(tr.extractors)
+    tr.fit()
+    assert not any(changed(ext, tr.extractors))
+
+
+def test_same_seed_same_metrics(split):
+    a = Trainer(small(method="idea", pretrain_epochs=1, seed=7), split)
+    a.fit()
+    b = Trainer(small(method="idea", pretrain_epochs=1, seed=7), split)
+    b.fit()
+    fa, fb = a.evaluate(), b.evaluate()
+    assert fa.value.tolist() == fb.value.tolist()
+    c = Trainer(small(method="idea", pretrain_epochs=1, seed=8), split)
+    c.fit()
+    assert c.evaluate().value.tolist() != fa.value.tolist()
+
+
+@pytest.mark.parametrize("method", ["erm", "idea"])
+def test_resume_from_checkpoint_gives_identical_results(split, tmp_path, method):
+    cfg = small(method=method, epochs=3, pretrain_epochs=1, noise_ratio=0.1)
+    full = Trainer(cfg, split)
+    full.fit()
+    ckpt = tmp_path / "state.pt"
+    first = Trainer(cfg, split)
+
+    def interrupt(record):
+        if record.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_epoch=interrupt, checkpoint=ckpt)
+    resumed = Trainer(cfg, split)
+    resumed.load(ckpt)
+    assert resumed.epoch == 2
+    resumed.fit()
+    assert [r.valid for r in resumed.records] == [r.valid for r in full.records]
+    assert resumed.evaluate().value.tolist() == full.evaluate().value.tolist()
+
+
+def test_resume_refuses_a_different_config(split, tmp_path):
+    tr = Trainer(small(epochs=1), split)
+    tr.fit(checkpoint=tmp_path / "s.pt")
+    with pytest.raises(ValueError, match="different config.*lr"):
+        Trainer(small(epochs=1, lr=0.01), split).load(tmp_path / "s.pt")
+
+
+def test_erm_beats_most_popular(split):
+    tr = Trainer(small(epochs=8, batch_size=64), split)
+    tr.fit()
+    model = summary(tr.evaluate(["valid"]), "valid")["ndcg_at_10"]
+    pop = summary(most_popular(split), "valid")["ndcg_at_10"]
+    assert model > 1.5 * pop, (model, pop)
+
+
+def test_early_stopping_after_patience(split):
+    tr = Trainer(small(epochs=50, patience=1, lr=1e-6), split)
+    tr.fit()
+    assert tr.epoch < 50
+    assert tr.epoch == tr.best_epoch + 1 and tr.bad_epochs == 1
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(split, tmp_path):
+    cfg = small(epochs=3)
+    tr = Trainer(cfg, split)
+    ckpt = tmp_path / "state.pt"
+
+    def poison(record):
+        if record.epoch == 1:
+            with torch.no_grad():
+                tr.model.item_emb.weight.fill_(math.nan)
+
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: the erm loss became nan"):
+        tr.fit(on_epoch=poison, checkpoint=ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["epoch"] == 1
+    assert torch.isfinite(saved["model"]["item_emb.weight"]).all()
+
+
+def test_noise_replaces_the_requested_share_with_fake_items():
+    torch.manual_seed(0)
+    B, L, n = 4000, 20, 50
+    lengths = torch.randint(1, L + 1, (B,))
+    history = torch.where(torch.arange(L) >= L - lengths[:, None], torch.randint(1, n + 1, (B, L)), 0)
+    noisy = inject_noise(history, lengths, 0.3, n, 10)
+    real = history > 0
+    assert torch.equal(noisy[~real], history[~real])  # padding untouched
+    fake = noisy > n
+    assert fake.sum().item() / real.sum().item() == pytest.approx(0.3, abs=0.01)
+    assert noisy.max() <= n + 10
+    assert torch.equal(noisy[~fake], history[~fake])
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="TrainConfig.tau"):
+        TrainConfig(tau=0)
+    with pytest.raises(ValueError, match="TrainConfig.lambda_low"):
+        TrainConfig(lambda_low=0.3)
+    with pytest.raises(ValueError, match="TrainConfig.K"):
+        TrainConfig(K=1)
+    with pytest.raises(ValueError, match="TrainConfig.pretrain_epochs"):
+        TrainConfig(method="idea", epochs=2, pretrain_epochs=2)
+    with pytest.raises(ValueError, match="unknown TrainConfig field.*'betta'"):
+        TrainConfig.from_dict({"betta": 1.0})
+
+
+def test_cli_prints_json(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "idea.train", "--dataset", "synthetic", "--method", "idea", "--epochs", "2",
+         "--pretrain-epochs", "1", "--batch-size", "512", "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["epochs_run"] == 2 and result["config"]["method"] == "idea"
+    assert set(result["test"]) == {"w1", "w2", "w3"}
+    assert 0 <= result["test"]["w3"]["warm"]["ndcg_at_10"] <= 1
+    assert "ndcg_at_10" in result["valid"]
+    assert "epoch   2 [idea]" in out.stderr
+
+
+def test_cli_rejects_bad_values():
+    out = subprocess.run([sys.executable, "-m", "idea.train", "--beta", "-1"], capture_output=True, text=True)
+    assert out.returncode == 2 and "TrainConfig.beta" in out.stderr

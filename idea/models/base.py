@@ -34,12 +34,27 @@ class Backbone(nn.Module, abc.ABC):
         """Plain embedding lookup (no dropout), so extractors see the clean sequence."""
         return self.item_emb(history)  # [B, L] -> [B, L, d]
 
-    @abc.abstractmethod
+    chunk_rows = 256  # rows per length bucket in `encode`
+
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Map item embeddings `x [B, L, d]` (maybe a masked/mixed view) to users `[B, d]`.
 
-        Only the last `lengths[b]` positions of row b may influence the output.
+        Only the last `lengths[b]` positions of row b influence the output. Rows are
+        sorted by length and encoded in buckets of `chunk_rows`, each trimmed to its own
+        longest sequence: rows are independent, so the result equals one big pass, and
+        short sequences (most of them) stop paying for the longest one in the batch.
         """
+        order = lengths.argsort()  # [B] shortest first
+        x, lengths = x[order], lengths[order]  # one gather; bucket slices below are views
+        widths = torch.stack([w[-1] for w in lengths.split(self.chunk_rows)]).tolist()  # one host sync
+        L = x.shape[1]
+        users = [self.encode_trimmed(xb[:, L - w:], lb)
+                 for xb, lb, w in zip(x.split(self.chunk_rows), lengths.split(self.chunk_rows), widths)]
+        return torch.cat(users)[order.argsort()]  # [B, d] back in the input order
+
+    @abc.abstractmethod
+    def encode_trimmed(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Users `[b, d]` from `x [b, T, d]` whose longest row fills all T columns."""
 
     def forward(self, history: Tensor, lengths: Tensor) -> Tensor:
         """User vectors `[B, d]` for id sequences `history [B, L]`."""
@@ -53,15 +68,6 @@ class Backbone(nn.Module, abc.ABC):
         """Re-zero the padding embedding after a custom init overwrote it."""
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
-
-
-def trim_to_longest(x: Tensor, lengths: Tensor) -> Tensor:
-    """Keep the last max(lengths) columns of a right-aligned batch (dropping pure padding).
-
-    Costs one host sync; lets short batches run on short tensors.
-    """
-    T = int(lengths.max())
-    return x[:, max(x.shape[1] - T, 0):]  # [B, T, d]
 
 
 def check_dropout(dropout: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Backbone, check_dropout, trim_to_longest
+from .base import Backbone, check_dropout
 
 
 class GRU4Rec(Backbone):
@@ -39,13 +39,12 @@ class GRU4Rec(Backbone):
                 nn.init.xavier_uniform_(w)
         self._zero_padding_row()
 
-    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def encode_trimmed(self, x: Tensor, lengths: Tensor) -> Tensor:
         """GRU output at each row's last real item (step len_b - 1 of the right-padded row).
 
         The GRU is causal, so outputs at step len_b - 1 never see the padding placed after
         the real items; one dense pass is much faster on CPU than packed sequences.
         """
-        x = trim_to_longest(x, lengths)  # [B, T, d]
         B, T, d = x.shape
         x = self.emb_dropout(x)
         # Left-padded -> right-padded: row b starts at column T - len_b; rolling by that

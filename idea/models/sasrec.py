@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone, check_dropout, trim_to_longest
+from .base import Backbone, check_dropout
 
 LAYER_NORM_EPS = 1e-12  # RecBole's value
 
@@ -113,9 +113,8 @@ class SASRec(Backbone):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def encode_trimmed(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Hidden state at the last (most recent) position after the Transformer blocks."""
-        x = trim_to_longest(x, lengths)  # [B, T, d]
         B, T, d = x.shape
         if T > self.max_len:
             raise ValueError(f"sequences of {T} items exceed max_len={self.max_len}")

@@ -1,8 +1,8 @@
 """Training and evaluation throughput at Beauty shape (12,101 items, L=50, d=64).
 
 Prints, per backbone and batch size: ERM and IDEA (K=3, N=4, T=5) training sequences
-per second, the IDEA/ERM per-step cost ratio, and full-ranking evaluation users per
-second over 22,363 users. Uses the real Beauty leave-one-out events when the data is
+per second, the IDEA/ERM per-step cost ratio, IDEA's seconds per step and the extra
+cost of noise_ratio 0.1, and full-ranking evaluation users per second over 22,363 users. Uses the real Beauty leave-one-out events when the data is
 found (--data-dir / $IDEA_DATA_DIR), else random sequences of Beauty's shape.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10]
@@ -80,7 +80,8 @@ def main() -> None:
     args = p.parse_args()
     split, source = beauty_split(args.data_dir)
     print(f"input: {source}; torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'backbone':<8} {'batch':>5} {'ERM seq/s':>10} {'IDEA seq/s':>10} {'IDEA/ERM':>8} {'limit 1.25N':>11} {'eval users/s':>12}")
+    print(f"{'backbone':<8} {'batch':>5} {'ERM seq/s':>10} {'IDEA seq/s':>10} {'IDEA/ERM':>8} {'limit 1.25N':>11} "
+          f"{'IDEA s/step':>11} {'noise 0.1':>9} {'eval users/s':>12}")
     for backbone in ("gru4rec", "sasrec"):
         for batch in args.batches:
             cfg = dict(backbone=backbone, batch_size=batch, device=args.device, eval_batch_size=1024)
@@ -88,6 +89,8 @@ def main() -> None:
             t_erm = seconds_per_step(erm, args.steps)
             idea = Trainer(TrainConfig(method="idea", K=3, N=4, T=5, **cfg), split)
             t_idea = seconds_per_step(idea, args.steps)
+            noisy = Trainer(TrainConfig(method="idea", K=3, N=4, T=5, noise_ratio=0.1, **cfg), split)
+            t_noisy = seconds_per_step(noisy, args.steps)
             ev = split.tests["test"]
             sync(erm.device)
             start = time.perf_counter()
@@ -95,7 +98,7 @@ def main() -> None:
             sync(erm.device)
             users = len(ev) / (time.perf_counter() - start)
             print(f"{backbone:<8} {batch:>5} {batch / t_erm:>10,.0f} {batch / t_idea:>10,.0f} {t_idea / t_erm:>8.2f} "
-                  f"{1.25 * 4:>11.2f} {users:>12,.0f}", flush=True)
+                  f"{1.25 * 4:>11.2f} {t_idea:>11.4f} {t_noisy / t_idea - 1:>+9.1%} {users:>12,.0f}", flush=True)
     print(f"device: {erm.device}" + (f" ({torch.cuda.get_device_name()})" if erm.device.type == "cuda" else ""))
 
 

@@ -34,7 +34,7 @@ class Backbone(nn.Module, abc.ABC):
         """Plain embedding lookup (no dropout), so extractors see the clean sequence."""
         return self.item_emb(history)  # [B, L] -> [B, L, d]
 
-    chunk_rows = 256  # rows per length bucket in `encode`
+    chunk_rows = 256  # rows per length bucket in `encode`; the trainer raises it on GPUs
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Map item embeddings `x [B, L, d]` (maybe a masked/mixed view) to users `[B, d]`.
@@ -44,17 +44,19 @@ class Backbone(nn.Module, abc.ABC):
         longest sequence: rows are independent, so the result equals one big pass, and
         short sequences (most of them) stop paying for the longest one in the batch.
         """
+        if len(lengths) <= self.chunk_rows:
+            return self.encode_block(x, lengths)
         order = lengths.argsort()  # [B] shortest first
         x, lengths = x[order], lengths[order]  # one gather; bucket slices below are views
         widths = torch.stack([w[-1] for w in lengths.split(self.chunk_rows)]).tolist()  # one host sync
         L = x.shape[1]
-        users = [self.encode_trimmed(xb[:, L - w:], lb)
+        users = [self.encode_block(xb[:, L - w:], lb)
                  for xb, lb, w in zip(x.split(self.chunk_rows), lengths.split(self.chunk_rows), widths)]
         return torch.cat(users)[order.argsort()]  # [B, d] back in the input order
 
     @abc.abstractmethod
-    def encode_trimmed(self, x: Tensor, lengths: Tensor) -> Tensor:
-        """Users `[b, d]` from `x [b, T, d]` whose longest row fills all T columns."""
+    def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Users `[b, d]` from right-aligned `x [b, T, d]`, T >= every length (extra columns are padding)."""
 
     def forward(self, history: Tensor, lengths: Tensor) -> Tensor:
         """User vectors `[B, d]` for id sequences `history [B, L]`."""

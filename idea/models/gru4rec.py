@@ -39,7 +39,7 @@ class GRU4Rec(Backbone):
                 nn.init.xavier_uniform_(w)
         self._zero_padding_row()
 
-    def encode_trimmed(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:
         """GRU output at each row's last real item (step len_b - 1 of the right-padded row).
 
         The GRU is causal, so outputs at step len_b - 1 never see the padding placed after

@@ -113,7 +113,7 @@ class SASRec(Backbone):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def encode_trimmed(self, x: Tensor, lengths: Tensor) -> Tensor:
+    def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Hidden state at the last (most recent) position after the Transformer blocks."""
         B, T, d = x.shape
         if T > self.max_len:

@@ -6,6 +6,7 @@ import json
 import sys
 
 from idea.data.describe import describe, format_description
+from idea.data.download import DownloadError, download
 from idea.data.interactions import DataFormatError, DataNotFoundError
 from idea.data.registry import DATASETS, data_dirs, get_spec, load_dataset
 from idea.splits import PROTOCOLS, SplitConfig, make_split
@@ -32,11 +33,9 @@ def main(argv: list[str] | None = None) -> int:
             desc = describe(data, split)
             print(json.dumps(desc) if args.json else format_description(desc))
         else:
-            from idea.data.download import download
-
             path = download(args.dataset, data_dirs(args.data_dir)[0], base_url=args.base_url)
             print(f"{args.dataset}: ready at {path}")
-    except (DataNotFoundError, DataFormatError, ValueError) as err:
+    except (DataNotFoundError, DataFormatError, DownloadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

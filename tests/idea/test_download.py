@@ -230,3 +230,25 @@ def test_unknown_name_lists_choices(tmp_path):
     """An unknown dataset name is a ValueError listing what can be downloaded."""
     with pytest.raises(ValueError, match="beauty, sports, toys"):
         dl.download("yelp", tmp_path)
+
+
+def test_cli_download_then_load_through_the_registry(tmp_path, server, monkeypatch, capsys):
+    """`python -m idea.data download beauty` lands the file where `load_dataset('beauty')` finds it."""
+    from idea.data import load_dataset
+    from idea.data.__main__ import main
+
+    src = dl.AMAZON_SOURCES["beauty"]
+    monkeypatch.setitem(dl.AMAZON_SOURCES, "beauty", dl.AmazonSource(src.name, src.file_name, *COUNTS))
+    assert main(["download", "beauty", "--data-dir", str(tmp_path), "--base-url", server.url]) == 0
+    assert f"beauty: ready at {dest_of(tmp_path)}" in capsys.readouterr().out
+    data = load_dataset("beauty", tmp_path)
+    assert (data.n_users, data.n_items, data.n_interactions) == COUNTS
+    assert data.has_time
+
+
+def test_cli_download_failure_exits_2_naming_the_url(tmp_path, capsys):
+    from idea.data.__main__ import main
+
+    assert main(["download", "beauty", "--data-dir", str(tmp_path), "--base-url", "http://127.0.0.1:9/"]) == 2
+    err = capsys.readouterr().err
+    assert "error: downloading http://127.0.0.1:9/reviews_Beauty_5.json.gz failed" in err

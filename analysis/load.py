@@ -1,0 +1,399 @@
+"""Read a study's MLflow runs into tidy pandas frames (naming contract: docs/conventions.md).
+
+- `load_study`: one row per (run, part, subset, metric, k) of the *selection* metrics:
+  ``best_valid_[warm_]<m>_at_<k>`` (part ``valid``) and ``test_<window>_[warm_]<m>_at_<k>``
+  (part = the window, e.g. ``w1``, or ``test`` under leave-one-out), with the run's tags
+  (study, arm, stage, trial, seed) and its params typed back from MLflow's strings. Per-epoch
+  ``valid_*`` metrics are left out: their latest value is the last epoch's, not the selected one.
+- `load_history`: per-epoch metric history (learning curves) of a study's runs.
+- `load_shift`: shift diagnostics per part (cold-item share, JS divergence of target popularity
+  against training), from the parent run's ``describe.json`` artifact when it has one, else
+  recomputed from the dataset (`idea.data.describe`).
+
+Everything goes through an ``MlflowClient`` bound to the given tracking URI (any URI MLflow
+accepts: ``sqlite:///...``, ``http://host:port``, ``file:...``) rather than `mlflow.search_runs`,
+which reads the process-wide tracking URI: loading a report must not re-point a running study's
+logging.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.summaries import PARAMS, _part_key
+
+__all__ = [
+    "META_COLUMNS",
+    "TIDY_COLUMNS",
+    "HISTORY_COLUMNS",
+    "SHIFT_FRAME_COLUMNS",
+    "StudyNotFoundError",
+    "parse_metric_key",
+    "type_params",
+    "load_study",
+    "load_history",
+    "load_shift",
+    "final_run_ids",
+]
+
+META_COLUMNS = ["study", "arm", "stage", "trial", "seed", "run_id", "run_name", "status"]
+TIDY_COLUMNS = ["part", "subset", "metric", "k", "value"]
+HISTORY_COLUMNS = ["study", "arm", "stage", "trial", "seed", "run_id", "run_name", "key", "step", "value"]
+SHIFT_FRAME_COLUMNS = ["study", "part", "events", "users", "cold_share", "popularity_js_vs_train", "start", "end"]
+STAGES = ("search", "final")
+
+_BEST_VALID = re.compile(r"^best_valid_(?:(warm)_)?([a-z0-9]+)_at_(\d+)$")
+_TEST = re.compile(r"^test_([A-Za-z0-9]+)_(?:(warm)_)?([a-z0-9]+)_at_(\d+)$")
+_INT = r"[+-]?\d+"
+
+
+class StudyNotFoundError(ValueError):
+    """The tracking store has no experiment named after the study."""
+
+
+# ----------------------------------------------------------------------------
+# parsing
+# ----------------------------------------------------------------------------
+
+
+def parse_metric_key(key: str) -> tuple[str, str, str, int] | None:
+    """``(part, subset, metric, k)`` of a selection metric name, None for any other metric.
+
+    ``best_valid_ndcg_at_10`` -> ``("valid", "all", "ndcg", 10)``;
+    ``test_w2_warm_hr_at_5`` -> ``("w2", "warm", "hr", 5)``; ``valid_ndcg_at_10`` (per epoch),
+    ``train_loss``, ``best_epoch`` -> None.
+    """
+    m = _BEST_VALID.match(key)
+    if m:
+        warm, metric, k = m.groups()
+        return "valid", "warm" if warm else "all", metric, int(k)
+    m = _TEST.match(key)
+    if m:
+        part, warm, metric, k = m.groups()
+        return part, "warm" if warm else "all", metric, int(k)
+    return None
+
+
+def _type_column(raw: pd.Series) -> pd.Series:
+    """One param column from MLflow strings: all True/False -> bool, all integers -> int64, all numbers
+    -> float64, else strings. ``"None"``/missing -> NaN (an int column with NaN becomes float64)."""
+    s = raw.astype(object).where(raw.notna() & ~raw.isin(["None", ""]), np.nan)
+    present = s.dropna().astype(str)
+    if present.empty:
+        return pd.Series(np.nan, index=s.index, dtype="float64")
+    if present.isin(["True", "False"]).all():
+        b = s.map({"True": True, "False": False})
+        return b.astype(bool) if b.notna().all() else b.astype(object)
+    if present.str.fullmatch(_INT).all():
+        n = pd.to_numeric(s)
+        return n.astype("int64") if n.notna().all() else n.astype("float64")
+    try:
+        return pd.to_numeric(s, errors="raise").astype("float64")
+    except (ValueError, TypeError):
+        return s
+
+
+def type_params(params: pd.DataFrame) -> pd.DataFrame:
+    """Type every column of a frame of MLflow param strings (one row per run), column by column."""
+    return pd.DataFrame({c: _type_column(params[c]) for c in params.columns}, index=params.index)
+
+
+def _param_order(names: Iterable[str]) -> list[str]:
+    """The searched hyperparameters first (PARAMS order), then the rest alphabetically."""
+    names = list(names)
+    return [p for p in PARAMS if p in names] + sorted(n for n in names if n not in PARAMS)
+
+
+# ----------------------------------------------------------------------------
+# MLflow access
+# ----------------------------------------------------------------------------
+
+
+def _client(tracking_uri: str):
+    """MlflowClient for the URI; a ``sqlite:///`` file that does not exist is an error here (MLflow
+    would silently create an empty store)."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise FileNotFoundError(f"no MLflow store at {db} (tracking URI {tracking_uri}); "
+                                    "a study writes <out>/<study>/mlflow.db")
+    return MlflowClient(tracking_uri)
+
+
+def _experiment(client, tracking_uri: str, study: str):
+    exp = client.get_experiment_by_name(study)
+    if exp is None or exp.lifecycle_stage != "active":
+        names, token = [], None
+        while True:
+            page = client.search_experiments(max_results=1000, page_token=token)
+            names += [e.name for e in page]
+            token = page.token
+            if not token:
+                break
+        raise StudyNotFoundError(
+            f"no study (MLflow experiment) named {study!r} at {tracking_uri}; experiments there: {sorted(names)}"
+        )
+    return exp
+
+
+def _search(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every active run of the experiment (all pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _meta(run, study: str) -> dict:
+    tags, params = run.data.tags, run.data.params
+    seed = tags.get("seed", params.get("seed"))
+    return {
+        "study": tags.get("study", study),
+        "arm": tags.get("arm", tags.get("method")),
+        "stage": tags.get("stage"),
+        "trial": tags.get("trial_id", np.nan),
+        "seed": seed if seed is not None else np.nan,
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+    }
+
+
+def _nested_runs(client, experiment_id: str, stages: Sequence[str], statuses: Sequence[str] | None) -> list:
+    """The experiment's runs tagged with one of ``stages`` whose status is in ``statuses`` (None: any)."""
+    runs = _search(client, experiment_id)
+    return [r for r in runs if r.data.tags.get("stage") in stages and (statuses is None or r.info.status in statuses)]
+
+
+def _runs_frame(runs, study: str) -> pd.DataFrame:
+    """One row per run: META_COLUMNS then typed params (a param named like a tidy column is renamed
+    ``param_<name>``; the ``seed`` param only stands in for a missing seed tag)."""
+    meta = pd.DataFrame([_meta(r, study) for r in runs], columns=META_COLUMNS)
+    raw = pd.DataFrame([r.data.params for r in runs], index=meta.index, dtype=object)
+    raw = raw.drop(columns="seed", errors="ignore")
+    raw = raw.rename(columns={c: f"param_{c}" for c in raw.columns if c in META_COLUMNS + TIDY_COLUMNS})
+    params = type_params(raw)[_param_order(raw.columns)] if len(raw.columns) else raw
+    seed = pd.to_numeric(meta["seed"], errors="coerce")
+    meta["seed"] = seed.astype("int64") if seed.notna().all() else seed
+    return pd.concat([meta, params], axis=1)
+
+
+def _sorted(df: pd.DataFrame, extra: Sequence[str]) -> pd.DataFrame:
+    keys = df.assign(
+        _stage=df["stage"].map({s: i for i, s in enumerate(STAGES)}),
+        _trial=df["trial"].astype(str),
+        _part=df["part"].map(_part_key) if "part" in df.columns else 0,
+    )
+    order = keys.sort_values(["_stage", "arm", "_trial", "seed", "_part", *extra], kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------
+# public loaders
+# ----------------------------------------------------------------------------
+
+
+def load_study(tracking_uri: str, study: str, statuses: Sequence[str] | None = ("FINISHED",)) -> pd.DataFrame:
+    """A study's search and final runs as one tidy frame (the input of `analysis.summaries`).
+
+    Columns: META_COLUMNS (study, arm, stage, trial, seed, run_id, run_name, status), the runs' params
+    typed back (K, N, lambda_low, lambda_high, alpha, tau, beta, T, lr, dropout first, then the rest of
+    TrainConfig alphabetically; "None" -> NaN, "True"/"False" -> bool), then part, subset, metric, k,
+    value. Only runs tagged ``stage`` search|final whose status is in ``statuses`` (None: any; the
+    default keeps FINISHED runs, ASHA-stopped ones included, and drops FAILED/KILLED ones). Raises
+    StudyNotFoundError, listing the experiments present, when the study is not in the store.
+    """
+    client = _client(tracking_uri)
+    runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, STAGES, statuses)
+    metric_rows = [
+        (r.info.run_id, *parsed, float(v))
+        for r in runs
+        for key, v in r.data.metrics.items()
+        if (parsed := parse_metric_key(key)) is not None
+    ]
+    if not metric_rows:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in META_COLUMNS + TIDY_COLUMNS})
+    metrics = pd.DataFrame(metric_rows, columns=["run_id", *TIDY_COLUMNS]).astype({"k": "int64", "value": "float64"})
+    out = _runs_frame(runs, study).merge(metrics, on="run_id", how="inner")
+    return _sorted(out, ["subset", "metric", "k"])
+
+
+def load_history(
+    tracking_uri: str,
+    study: str,
+    keys: Sequence[str] = ("valid_ndcg_at_10", "train_loss"),
+    stages: Sequence[str] = ("final",),
+) -> pd.DataFrame:
+    """Per-epoch history (step = epoch) of the given metric keys for the study's runs of ``stages``,
+    for learning curves. Columns: study, arm, stage, trial, seed, run_id, run_name, key, step, value."""
+    client = _client(tracking_uri)
+    runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, stages, None)
+    rows = []
+    for r in runs:
+        meta = _meta(r, study)
+        for key in (k for k in keys if k in r.data.metrics):
+            history = client.get_metric_history(r.info.run_id, key)
+            rows += [{**meta, "key": key, "step": m.step, "value": m.value} for m in history]
+    out = pd.DataFrame(rows, columns=META_COLUMNS + ["key", "step", "value"])
+    if out.empty:
+        return out[HISTORY_COLUMNS]
+    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+    return _sorted(out, ["key", "step"])[HISTORY_COLUMNS]
+
+
+def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, str]]]:
+    """(experiment id, [(run name, run id), ...]) of the study's FINISHED final runs, IDEA arm first."""
+    client = _client(tracking_uri)
+    exp = _experiment(client, tracking_uri, study)
+    runs = _nested_runs(client, exp.experiment_id, ("final",), ("FINISHED",))
+    arm_rank = {"idea": 0, "erm": 1}
+    runs.sort(key=lambda r: (arm_rank.get(r.data.tags.get("arm"), 2), r.data.tags.get("arm", ""),
+                             int(r.data.tags.get("seed", 0)), r.info.run_name))
+    return exp.experiment_id, [(r.info.run_name, r.info.run_id) for r in runs]
+
+
+# ----------------------------------------------------------------------------
+# shift diagnostics
+# ----------------------------------------------------------------------------
+
+
+def _empty_shift(reason: str) -> pd.DataFrame:
+    out = pd.DataFrame({c: pd.Series(dtype="object") for c in SHIFT_FRAME_COLUMNS})
+    out.attrs.update(source=None, reason=reason)
+    return out
+
+
+def _shift_frame(study: str, desc: dict, source: str) -> pd.DataFrame:
+    """`idea.data.describe.describe` output -> one row per part."""
+    rows = [{"study": study, "part": p["name"], **{c: p.get(c) for c in SHIFT_FRAME_COLUMNS[2:]}} for p in desc["parts"]]
+    out = pd.DataFrame(rows, columns=SHIFT_FRAME_COLUMNS)
+    out[["cold_share", "popularity_js_vs_train"]] = out[["cold_share", "popularity_js_vs_train"]].astype("float64")
+    out.attrs.update(source=source, reason=None)
+    return out
+
+
+def _find_key(obj, key: str):
+    """First value stored under ``key`` anywhere in nested dicts/lists (breadth-first), else None."""
+    queue = [obj]
+    while queue:
+        cur = queue.pop(0)
+        if isinstance(cur, dict):
+            if key in cur:
+                return cur[key]
+            queue.extend(cur.values())
+        elif isinstance(cur, list):
+            queue.extend(cur)
+    return None
+
+
+def _artifact(client, run_id: str, name: str, tmp: str) -> str | None:
+    """Text of a top-level artifact of the run, None when absent (no download progress bar)."""
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        return Path(client.download_artifacts(run_id, name, dst_path=tmp)).read_text()
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _split_settings(parent, study_yaml: dict | None) -> dict:
+    """dataset, protocol, max_len, cuts, data_seed, max_users and seed (the user sample's seed) from the
+    parent run (tags, params), overridden by ``study.yaml`` keys of those names found anywhere in it."""
+    import ast
+
+    tags, params = parent.data.tags, parent.data.params
+    out = {"dataset": tags.get("dataset", params.get("dataset")), "protocol": params.get("protocol", "temporal"),
+           "max_len": params.get("max_len", 50), "cuts": params.get("cuts"), "data_seed": params.get("data_seed", 0),
+           "max_users": params.get("max_users"), "seed": params.get("seed", 0)}
+    for key in out:
+        found = _find_key(study_yaml, key) if study_yaml else None
+        if found is not None and not (key == "dataset" and isinstance(found, dict)):
+            out[key] = found
+    for key in ("cuts", "max_users"):
+        if isinstance(out[key], str):
+            out[key] = None if out[key] == "None" else ast.literal_eval(out[key])
+    out["cuts"] = tuple(out["cuts"]) if out["cuts"] else None
+    for key in ("max_len", "data_seed", "seed"):
+        out[key] = int(out[key])
+    return out
+
+
+def _rebuild(settings: dict, data_dir: str | None):
+    """(data, split) as the study built them: the dataset, its user sample when ``max_users`` is set
+    (`studies.data.subsample_users`, the study's own rule), and the split."""
+    from idea.data import get_spec, load_dataset
+    from idea.splits import SplitConfig, make_split
+
+    data = load_dataset(settings["dataset"], data_dir, seed=settings["data_seed"])
+    if settings["max_users"] is not None:
+        from studies.data import subsample_users
+
+        data = subsample_users(data, int(settings["max_users"]), settings["seed"])
+    config = SplitConfig(settings["protocol"], settings["max_len"], settings["cuts"])
+    return data, make_split(data, config, get_spec(settings["dataset"]).cuts)
+
+
+def load_shift(tracking_uri: str, study: str, data_dir: str | None = None) -> pd.DataFrame:
+    """Shift diagnostics per part (train, valid, w1..wm) of the study's split.
+
+    Columns: study, part, events, users, cold_share, popularity_js_vs_train, start, end. Taken from
+    the parent run's ``describe.json`` artifact when present (``python -m idea.data describe --json``
+    output); otherwise recomputed: the dataset from the parent's ``dataset`` tag, the split settings
+    (protocol, max_len, cuts, data_seed) from its params or its ``study.yaml`` artifact, files looked
+    up under ``data_dir``, else $IDEA_DATA_DIR, else ./data (`idea.data.data_dirs`), and the rebuilt
+    data checked against the parent's ``data_sha256`` tag. Never raises for a study that exists: when
+    the diagnostics cannot be had, returns an empty frame whose ``attrs["reason"]`` says why
+    (``attrs["source"]`` says where non-empty ones came from).
+    """
+    client = _client(tracking_uri)
+    exp = _experiment(client, tracking_uri, study)
+    parents = _search(client, exp.experiment_id, "tags.stage = 'study'")
+    if not parents:
+        return _empty_shift("the study has no parent run (tag stage=study)")
+    parent = parents[0]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            logged = _artifact(client, parent.info.run_id, "describe.json", tmp)
+            if logged is not None:
+                return _shift_frame(study, json.loads(logged), "describe.json artifact of the parent run")
+            text = _artifact(client, parent.info.run_id, "study.yaml", tmp)
+        import yaml
+
+        settings = _split_settings(parent, yaml.safe_load(text) if text else None)
+    except Exception as err:  # a malformed artifact must not sink the report
+        return _empty_shift(f"could not read the parent run's artifacts: {type(err).__name__}: {err}")
+    if not settings["dataset"]:
+        return _empty_shift("the parent run has no `dataset` tag, so the split cannot be rebuilt")
+    try:  # lazy: idea.data (and studies' user sampling) is only needed here
+        from idea.data.describe import describe
+
+        data, split = _rebuild(settings, data_dir)
+        logged_sha = parent.data.tags.get("data_sha256")
+        if logged_sha and logged_sha != data.sha256:
+            return _empty_shift(
+                f"dataset {settings['dataset']!r} as found now (data_sha256 {data.sha256[:12]}…) is not the data the "
+                f"study ran on (data_sha256 {logged_sha[:12]}…); pass the study's --data-dir"
+            )
+        return _shift_frame(study, describe(data, split), f"recomputed from dataset {settings['dataset']!r}")
+    except Exception as err:  # data missing, unreadable or inconsistent: report it instead of crashing
+        first = str(err).splitlines()[0] if str(err) else ""
+        return _empty_shift(f"could not rebuild the split of dataset {settings['dataset']!r}: "
+                            f"{type(err).__name__}: {first} (data dir: --data-dir, else $IDEA_DATA_DIR, else ./data)")

@@ -1,0 +1,245 @@
+"""Shift-robustness report of one study: ``summary.md``, a CSV per table and PNG plots.
+
+    python analysis/report.py --tracking-uri sqlite:///$PWD/outputs/synthetic-smoke/mlflow.db \\
+        --study synthetic-smoke --out outputs/synthetic-smoke/report [--data-dir ../shared/data]
+
+`build_tables` and `build_figures` are what both this report and the notebook
+(analysis/shift_robustness.ipynb) show; `write_report` writes them to a folder.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python analysis/report.py`: import `analysis` as a package
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import argparse
+import datetime as dt
+
+import pandas as pd
+
+from analysis import plots
+from analysis import summaries as S
+from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_study
+from analysis.summaries import _part_key
+from analysis.mlflow_ui import compare_url, metric_url, ui_base_url, ui_command
+
+__all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
+
+# name -> (section title, one-line explanation); the order of summary.md
+TABLES = {
+    "per_window_all": ("Metric per window, all targets",
+                       "Final runs: mean, std and t-based 95% CI over seeds, per arm and part (valid, then test windows "
+                       "later and later in time)."),
+    "per_window_warm": ("Metric per window, warm targets",
+                        "The same on targets whose item occurs in training (cold items removed)."),
+    "degradation": ("Degradation from validation",
+                    "rel_drop = (valid - window) / valid per seed, averaged (positive = worse than validation); slope = "
+                    "least-squares change of the mean per window step."),
+    "worst_window": ("Worst window", "Per seed the minimum over test windows, then averaged per arm."),
+    "idea_vs_erm": ("IDEA vs ERM",
+                    "rel_gain = (IDEA - ERM) / ERM per part; paired t-test over seeds present in both arms, Welch t-test "
+                    "over all seeds."),
+    "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
+    "shift": ("Shift per window",
+              "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
+              "divergence (bits) of the target-item distribution against training's."),
+    "drop_vs_shift": ("Drop vs shift size", "Each arm's drop per window next to the window's shift size."),
+    "gain_vs_shift": ("Gain vs shift size", "IDEA's gain over ERM per window next to the window's shift size."),
+    "sensitivity": ("Hyperparameter sensitivity",
+                    "Search trials: mean validation metric per value (or quantile bin) of each varying hyperparameter."),
+    "param_importances": ("Hyperparameter importances",
+                          "Optuna mean-decrease-impurity importances of the searched hyperparameters for the "
+                          "validation metric, per arm."),
+}
+
+
+def build_tables(results: pd.DataFrame, shift: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, pd.DataFrame]:
+    """Every summary table of the report (keys of TABLES), from `load_study` and `load_shift` output."""
+    t = {
+        "per_window_all": S.per_window(results, metric, k, "all"),
+        "per_window_warm": S.per_window(results, metric, k, "warm"),
+        "degradation": S.degradation(results, metric, k, "all"),
+        "worst_window": S.worst_window(results, metric, k, "all"),
+        "idea_vs_erm": S.idea_vs_erm(results, metric, k, "all"),
+        "warm_gap": S.warm_gap(results, metric, k),
+        "shift": shift,
+    }
+    t["drop_vs_shift"] = S.shift_vs_gain(t["degradation"], shift)
+    t["gain_vs_shift"] = S.shift_vs_gain(t["idea_vs_erm"], shift)
+    t["sensitivity"] = S.sensitivity(results, S.PARAMS, metric, k)
+    arms = sorted(pd.unique(results.loc[results["stage"] == "search", "arm"])) if not results.empty else []
+    imps = [S.param_importances(results, arm, S.PARAMS, metric, k).assign(arm=arm) for arm in arms]
+    imps = [i for i in imps if not i.empty]
+    t["param_importances"] = (pd.concat(imps, ignore_index=True)[["study", "arm", "param", "importance"]] if imps
+                              else pd.DataFrame(columns=["study", "arm", "param", "importance"]))
+    return t
+
+
+def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> dict:
+    """The report's figures, keyed by PNG file stem: metric_vs_window_all/_warm, gain_vs_js,
+    sensitivity_<param>. A figure whose table is empty is left out (`notes` says why)."""
+    figs = {}
+    for subset in ("all", "warm"):
+        if not tables[f"per_window_{subset}"].empty:
+            figs[f"metric_vs_window_{subset}"] = plots.metric_vs_window(tables[f"per_window_{subset}"], metric, k, subset)
+    if not tables["drop_vs_shift"].empty:
+        figs["gain_vs_js"] = plots.gain_vs_shift(tables["drop_vs_shift"], tables["gain_vs_shift"], metric=metric, k=k)
+    for param, fig in plots.sensitivity_figures(tables["sensitivity"], metric, k).items():
+        figs[f"sensitivity_{param}"] = fig
+    return figs
+
+
+def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> str | None:
+    """One sentence answering the study's question on its last test window, None without final windows."""
+    deg, gain = tables["degradation"], tables["idea_vs_erm"]
+    if deg.empty:
+        return None
+    last = deg.loc[deg["window"] == deg["window"].max()]
+    label = plots.metric_label(metric, k)
+    drops = ", ".join(f"{r.arm} {100 * r.rel_drop:.1f}%" for r in last.itertuples())
+    out = f"On the last window ({last['part'].iloc[0]}) {label} falls from validation by {drops}"
+    g = gain.loc[gain["part"] == last["part"].iloc[0]]
+    if not g.empty and pd.notna(g["rel_gain"].iloc[0]):
+        r = g.iloc[0]
+        p = f", paired p = {r['p_paired']:.3g}" if pd.notna(r["p_paired"]) else ""
+        out += (f"; there IDEA scores {r['idea_mean']:.4g} vs ERM {r['erm_mean']:.4g} "
+                f"({100 * r['rel_gain']:+.1f}%{p})")
+    return out + "."
+
+
+def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame) -> list[str]:
+    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...)."""
+    out = []
+    if results.empty:
+        return ["No finished search or final runs in this study yet: there is nothing to summarise."]
+    final = results.loc[results["stage"] == "final"]
+    if final.empty:
+        out.append("No final runs yet (the study has not reached its test-window evaluation): per-window tables, "
+                   "degradation, IDEA vs ERM and their plots are skipped.")
+    else:
+        seeds = final.groupby("arm")["seed"].nunique()
+        single = sorted(seeds.index[seeds < 2])
+        if single:
+            out.append(f"Only one seed for {', '.join(single)}: no std, confidence interval, error bars or p-values.")
+        missing = [a for a in ("idea", "erm") if a not in seeds.index]
+        if missing:
+            out.append(f"No final runs for arm(s) {', '.join(missing)}: the IDEA vs ERM comparison is skipped.")
+        if tables["per_window_warm"].empty:
+            out.append("No warm-target metrics (test_<window>_warm_*): warm tables and plot are skipped.")
+        if not S.windows(final):
+            out.append("No test windows w1..wm (leave-one-out study?): degradation and shift plots are skipped.")
+    if results.loc[results["stage"] == "search"].empty:
+        out.append("No search trials: sensitivity and importances are skipped.")
+    elif tables["sensitivity"].empty:
+        out.append("No searched hyperparameter varies across the search trials: sensitivity plots are skipped.")
+    if shift.empty:
+        out.append(f"Shift diagnostics unavailable, so the gain-vs-shift plot is skipped: {shift.attrs.get('reason')}")
+    elif not final.empty and S.windows(shift) != S.windows(final):
+        out.append(f"The shift diagnostics' windows {S.windows(shift)} differ from the study's {S.windows(final)}: "
+                   f"they may describe another split ({shift.attrs.get('source')}).")
+    return out
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(no rows)_"
+    d = df.copy()
+    for c in d.columns:
+        if d[c].dtype == object:
+            d[c] = d[c].map(lambda v: str(v) if isinstance(v, pd.Interval) else v)
+    return d.to_markdown(index=False, floatfmt=".4g")
+
+
+def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
+    if results.empty:
+        return pd.DataFrame(columns=["stage", "arm", "runs", "seeds"])
+    g = results.groupby(["stage", "arm"], sort=True)
+    return pd.DataFrame({"runs": g["run_id"].nunique(), "seeds": g["seed"].nunique()}).reset_index()
+
+
+def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: str, k: int) -> list[str]:
+    base = ui_base_url(tracking_uri)
+    cmd = ui_command(tracking_uri)
+    lines = ["## MLflow UI", ""]
+    lines += [f"Serve the store: `{cmd}`, then open {base}." if cmd else f"The store is served at {base}.", ""]
+    exp_id, runs = final_run_ids(tracking_uri, study)
+    lines += [f"Experiment `{study}`: tick the final runs ({', '.join(f'`{n}`' for n, _ in runs) or 'none yet'}; "
+              "search `tags.stage = 'final'`, expand the parent run) and click **Compare**: runs side by side with "
+              "params, tags and metrics; a metric's chart icon opens it across the runs."]
+    if runs:
+        ids = [i for _, i in runs]
+        lines += ["", f"- compare page: <{compare_url(base, exp_id, ids)}>"]
+        tests = sorted({p for p in results.loc[results["stage"] == "final", "part"] if p != "valid"}, key=_part_key)
+        if tests:
+            key = f"test_{tests[0]}_{metric}_at_{k}"
+            lines += [f"- `{key}` across the runs: <{metric_url(base, exp_id, ids, key)}>"]
+    return lines
+
+
+def write_report(tracking_uri: str, study: str, out_dir: Path, data_dir: str | None = None,
+                 metric: str = "ndcg", k: int = 10) -> Path:
+    """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
+    ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path. Missing pieces
+    (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = load_study(tracking_uri, study)
+    shift = load_shift(tracking_uri, study, data_dir)
+    tables = build_tables(results, shift, metric, k)
+    figures = build_figures(tables, metric, k)
+
+    results.to_csv(out_dir / "results.csv", index=False)
+    for name, df in tables.items():
+        df.to_csv(out_dir / f"{name}.csv", index=False)
+    for name, fig in figures.items():
+        fig.savefig(out_dir / f"{name}.png", dpi=110)
+
+    label = plots.metric_label(metric, k)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = [f"# Shift robustness of study `{study}`", "",
+          f"Tracking URI `{tracking_uri}` · metric {label} · generated {now}. "
+          "Every table is also a CSV next to this file; `results.csv` is the tidy frame they come from.", ""]
+    if (line := headline(tables, metric, k)):
+        md += [f"**{line}**", ""]
+    md += ["Runs:", "", _markdown(_runs_table(results)), ""]
+    if (ns := notes(results, tables, shift)):
+        md += ["## Notes", "", *[f"- {n}" for n in ns], ""]
+    figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
+                    "gain_vs_shift": ["gain_vs_js"],
+                    "sensitivity": [f for f in figures if f.startswith("sensitivity_")]}
+    for i, (name, (title, what)) in enumerate(TABLES.items(), 1):
+        md += [f"## {i}. {title}", "", what, ""]
+        if name == "shift" and shift.attrs.get("source"):
+            md += [f"Source: {shift.attrs['source']}.", ""]
+        md += [_markdown(tables[name]), ""]
+        md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
+    md += _ui_section(tracking_uri, study, results, metric, k)
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///<abs path>/mlflow.db")
+    p.add_argument("--study", required=True, help="study name (= MLflow experiment name)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    p.add_argument("--data-dir", help="data folder for recomputing shift diagnostics (default: $IDEA_DATA_DIR, else ./data)")
+    p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
+    p.add_argument("--k", type=int, default=10)
+    args = p.parse_args(argv)
+    try:
+        path = write_report(args.tracking_uri, args.study, args.out, args.data_dir, args.metric, args.k)
+    except (StudyNotFoundError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

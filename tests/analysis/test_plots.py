@@ -1,0 +1,79 @@
+"""analysis.plots on hand-built summary tables: the plotted numbers and axes are the table's."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import plots as P
+
+
+def per_window_table():
+    rows = []
+    for arm, means, std in (("erm", [0.10, 0.09, 0.07], 0.01), ("idea", [0.10, 0.095, 0.09], 0.02)):
+        for part, m in zip(["valid", "w1", "w10"], means):
+            rows.append(dict(study="s", arm=arm, part=part, mean=m, std=std, n_seeds=3))
+    rows.append(dict(study="s", arm="idea", part="w2", mean=0.092, std=np.nan, n_seeds=1))  # one seed: no bar
+    return pd.DataFrame(rows)
+
+
+def test_metric_vs_window_plots_means_in_window_order_with_std_bars():
+    """Parts sort valid, w1, w2, w10 (numerically); each arm's line holds its means; bars are ± std."""
+    fig = P.metric_vs_window(per_window_table(), "ndcg", 10, "all")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["valid", "w1", "w2", "w10"]
+    assert ax.get_ylabel() == "NDCG@10"
+    containers = {c.get_label().split(" ")[0]: c for c in ax.containers}
+    assert set(containers) == {"idea", "erm"}
+    idea_line = containers["idea"].lines[0]
+    x, y = idea_line.get_data()
+    assert np.all(np.diff(x) > 0)  # the line runs in window order although w2 came last in the table
+    assert list(y) == pytest.approx([0.10, 0.095, 0.092, 0.09])  # valid, w1, w2, w10
+    erm_x, erm_y = containers["erm"].lines[0].get_data()
+    assert np.round(erm_x).tolist() == [0, 1, 3]  # no w2 for erm: the w10 point sits at position 3
+    # error bar of idea at valid: [mean - 0.02, mean + 0.02]; none for the single-seed w2
+    seg = containers["idea"].lines[2][0].get_segments()[0]
+    assert [seg[0][1], seg[1][1]] == pytest.approx([0.08, 0.12])
+    seg_w2 = containers["idea"].lines[2][0].get_segments()[2]
+    assert seg_w2[0][1] == pytest.approx(seg_w2[1][1])
+
+
+def shift_rows(table):
+    js = {"w1": 0.1, "w2": 0.3, "w3": 0.2}
+    return table.assign(popularity_js_vs_train=table["part"].map(js), cold_share=0.0)
+
+
+def test_gain_vs_shift_plots_drop_and_gain_against_js():
+    """Left panel: each arm's relative drop (%) against JS, sorted by JS; right panel: IDEA's gain (%)."""
+    drops = shift_rows(pd.DataFrame({"arm": ["idea"] * 3 + ["erm"] * 3, "part": ["w1", "w2", "w3"] * 2,
+                                     "rel_drop": [0.1, 0.3, 0.2, 0.2, 0.6, 0.4]}))
+    gains = shift_rows(pd.DataFrame({"part": ["w1", "w2", "w3"], "rel_gain": [0.05, 0.25, 0.15]}))
+    fig = P.gain_vs_shift(drops, gains)
+    left, right = fig.axes
+    lines = {ln.get_label(): ln for ln in left.get_lines()}
+    x, y = lines["erm"].get_data()
+    assert list(x) == pytest.approx([0.1, 0.2, 0.3]) and list(y) == pytest.approx([20, 40, 60])
+    gx, gy = right.get_lines()[0].get_data()
+    assert list(gx) == pytest.approx([0.1, 0.2, 0.3]) and list(gy) == pytest.approx([5, 15, 25])
+    assert "JS divergence" in left.get_xlabel()
+    assert len(P.gain_vs_shift(drops, gains.iloc[:0]).axes) == 1  # no ERM comparison: drop panel only
+
+
+def test_sensitivity_panel_orders_levels_numerically_and_bins_by_left_edge():
+    """Levels sort by value (2 before 10), bins by their left edge; the line holds the trial means."""
+    sens = pd.DataFrame([
+        dict(study="s", arm="idea", param="K", value_or_bin=10, binned=False, mean=0.3, count=1),
+        dict(study="s", arm="idea", param="K", value_or_bin=2, binned=False, mean=0.1, count=2),
+        dict(study="s", arm="idea", param="lr", value_or_bin=pd.Interval(0.01, 0.1), binned=True, mean=0.5, count=4),
+        dict(study="s", arm="idea", param="lr", value_or_bin=pd.Interval(0.001, 0.01), binned=True, mean=0.4, count=4),
+    ])
+    figs = P.sensitivity_figures(sens)
+    assert set(figs) == {"K", "lr"}
+    ax = figs["K"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "10"]
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.1, 0.3])
+    lr = figs["lr"].axes[0]
+    assert [t.get_text() for t in lr.get_xticklabels()] == ["(0.001, 0.01]", "(0.01, 0.1]"]
+    assert "quantile bins" in lr.get_xlabel()

@@ -1,0 +1,144 @@
+"""The report CLI on the fake store: summary.md with a per-window table for both arms, CSVs, valid PNGs,
+and notes instead of crashes when pieces of a study are missing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis.report import write_report
+from tests.analysis import fake_store as F
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SEARCHED_VARYING = ["K", "N", "lambda_low", "tau", "beta", "T", "lr", "dropout"]  # alpha varies only with NaNs
+
+
+@pytest.fixture(scope="module")
+def report(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Run the CLI exactly as documented: `python analysis/report.py ...` from the repo root."""
+    out = tmp_path_factory.mktemp("report")
+    proc = subprocess.run(
+        [sys.executable, "analysis/report.py", "--tracking-uri", store, "--study", F.STUDY, "--out", str(out)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def section(md: str, title: str) -> str:
+    """Text of the `## <n>. <title>` section of summary.md."""
+    start = md.index(f". {title}\n")
+    end = md.find("\n## ", start)
+    return md[start:end if end >= 0 else None]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of the markdown table rows (header and rule excluded)."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def test_cli_prints_where_the_report_is(report):
+    out, proc = report
+    assert proc.stdout.strip() == f"report: {out / 'summary.md'}"
+
+
+def test_summary_has_per_window_table_for_both_arms(report):
+    """The per-window table lists valid and w1..w3 for idea and erm with the seed means."""
+    out, _ = report
+    md = (out / "summary.md").read_text()
+    rows = table_rows(section(md, "Metric per window, all targets"))
+    got = {(r[1], r[2]): float(r[3]) for r in rows}
+    assert set(got) == {(a, p) for a in ("idea", "erm") for p in ("valid", "w1", "w2", "w3")}
+    assert got[("idea", "w3")] == pytest.approx(0.085) and got[("erm", "w3")] == pytest.approx(0.07)
+    assert "![metric_vs_window_all](metric_vs_window_all.png)" in md
+    # the headline answers the question: ERM drops 30% by w3, IDEA 15%, IDEA +21.4% there
+    assert "erm 30.0%" in md and "idea 15.0%" in md and "+21.4%" in md
+    assert "## Notes" not in md  # nothing missing in this study
+    assert "#/compare-runs?runs=[" in md
+
+
+def test_every_table_is_a_csv(report):
+    """A CSV per table; per_window_all.csv carries the exact numbers."""
+    out, _ = report
+    for name in ("results", "per_window_all", "per_window_warm", "degradation", "worst_window", "idea_vs_erm",
+                 "warm_gap", "shift", "drop_vs_shift", "gain_vs_shift", "sensitivity", "param_importances"):
+        assert (out / f"{name}.csv").is_file(), name
+    pw = pd.read_csv(out / "per_window_all.csv").set_index(["arm", "part"])
+    assert pw.loc[("idea", "w2"), "mean"] == pytest.approx(0.09)
+    assert pw.loc[("erm", "w1"), "std"] == pytest.approx(((0.001 ** 2) * 2 / 1) ** 0.5)  # seeds 0.091, 0.089
+    assert len(pd.read_csv(out / "results.csv")) == 7 * 9 + 4 * 4 * 2 * 9
+    gains = pd.read_csv(out / "gain_vs_shift.csv")
+    assert gains["part"].tolist() == ["w1", "w2", "w3"]
+    assert gains["popularity_js_vs_train"].is_monotonic_increasing  # the synthetic shift grows with time
+
+
+def test_plots_are_valid_pngs(report):
+    """Every promised plot exists, starts with the PNG signature and decodes to a real image."""
+    from PIL import Image
+
+    out, _ = report
+    names = ["metric_vs_window_all", "metric_vs_window_warm", "gain_vs_js"] + [f"sensitivity_{p}" for p in SEARCHED_VARYING]
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(names)
+    for name in names:
+        path = out / f"{name}.png"
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            assert im.size[0] > 400 and im.size[1] > 300
+            assert len(im.convert("L").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 20  # not a blank canvas
+
+
+def test_report_notes_instead_of_crashing(store, tmp_path):
+    """One arm, one seed, no search trials, data that is not the study's: notes, and no plot that needs them."""
+    md = write_report(store, F.OTHER, tmp_path / "other").read_text()
+    notes = md.split("## Notes\n", 1)[1].split("\n## ", 1)[0]
+    assert "Only one seed for idea" in notes
+    assert "No final runs for arm(s) erm" in notes
+    assert "No search trials" in notes
+    assert "Shift diagnostics unavailable" in notes and "data_sha256" in notes
+    assert "No warm-target metrics" in notes
+    pngs = sorted(p.name for p in (tmp_path / "other").glob("*.png"))
+    assert pngs == ["metric_vs_window_all.png"]
+
+
+def test_report_on_a_study_without_runs(store, tmp_path):
+    """A study with only its parent run (nothing finished yet) still gets a summary saying so."""
+    md = write_report(store, F.LOGGED, tmp_path / "empty").read_text()
+    assert "nothing to summarise" in md
+    assert not list((tmp_path / "empty").glob("*.png"))
+    assert "none yet" in md  # no final runs to compare in the UI
+
+
+def test_cli_unknown_study_exits_2_with_the_experiments(store, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "analysis/report.py", "--tracking-uri", store, "--study", "typo", "--out", str(tmp_path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "typo" in proc.stderr and F.STUDY in proc.stderr
+
+
+def test_notes_on_a_hand_built_frame():
+    """notes() flags a single seed, a missing arm, missing warm metrics, no trials, and shift diagnostics
+    whose windows are not the study's."""
+    from analysis.report import build_tables, notes
+
+    rows = [dict(study="s", arm="idea", stage="final", trial=float("nan"), seed=1, part=p, subset="all",
+                 metric="ndcg", k=10, value=v, run_id="r1") for p, v in (("valid", 0.2), ("w1", 0.1), ("w2", 0.05))]
+    results = pd.DataFrame(rows)
+    shift = pd.DataFrame({"study": "s", "part": ["valid", "w1"], "cold_share": 0.0, "popularity_js_vs_train": [0.1, 0.2]})
+    shift.attrs["source"] = "test"
+    text = "\n".join(notes(results, build_tables(results, shift), shift))
+    assert "Only one seed for idea" in text
+    assert "No final runs for arm(s) erm" in text
+    assert "No warm-target metrics" in text
+    assert "No search trials" in text
+    assert "['w1'] differ from the study's ['w1', 'w2']" in text
+    both = shift.assign(part=["w1", "w2"])
+    assert "differ" not in "\n".join(notes(results, build_tables(results, both), both))

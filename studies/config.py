@@ -1,0 +1,404 @@
+"""Study files (`studies/configs/<dataset>.yaml`) validated into frozen dataclasses.
+
+A study file holds the fixed settings of every trial (dataset, protocol,
+backbone, epochs, patience, metric, other TrainConfig fields) and, per arm,
+the search space. Everything is checked before Ray starts: unknown keys,
+empty or inverted ranges, non-positive counts, and every range end and the
+first point against TrainConfig's own limits; a message names the file and key.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from idea.config import BACKBONE_NAMES, TrainConfig
+from idea.data import DATASETS
+from idea.splits import PROTOCOLS, SplitConfig
+from idea.trainer import SELECT_METRIC
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+ARMS = ("idea", "erm")  # arm name = its TrainConfig.method
+# TrainConfig fields the study sets itself (top-level keys, the arm, the seed, the device from --gpus-per-trial).
+MANAGED = ("backbone", "method", "epochs", "patience", "seed", "device")
+# TrainConfig fields that only matter to IDEA: searching them in the ERM arm would be noise.
+IDEA_ONLY = ("K", "N", "tau", "beta", "T", "lambda_low", "lambda_high", "alpha", "pairing", "mixup", "explore",
+             "pretrain_epochs", "extractor_lr", "extractor_hidden")
+TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig)}
+
+
+class StudyConfigError(ValueError):
+    """A study file or override is invalid; the message names the file and the key."""
+
+
+def _number(value: Any, key: str, integer: bool = False) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        hint = " (YAML reads 1e-4 as a string; write 1.0e-4)" if isinstance(value, str) and "e" in value.lower() else ""
+        raise ValueError(f"{key} must be {kind}, got {value!r}{hint}")
+    return value
+
+
+def _positive(value: Any, key: str) -> int:
+    if _number(value, key, integer=True) < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
+# ----- search-space entries ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IntRange:
+    """Integers low..high inclusive (log: sampled on a log scale)."""
+
+    low: int
+    high: int
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        _number(self.low, "low", integer=True)
+        _number(self.high, "high", integer=True)
+        _check_range(self.low, self.high, self.log)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def ends(self) -> tuple:
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """Reals in [low, high] (log: log-uniform, for scale parameters like tau, beta, lr)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        _number(self.low, "low")
+        _number(self.high, "high")
+        _check_range(self.low, self.high, self.log)
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def ends(self) -> tuple:
+        return (float(self.low), float(self.high))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a fixed list of values (e.g. T in 1, 2, 5, 10, 20)."""
+
+    values: tuple
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, tuple) or len(self.values) == 0:
+            raise ValueError(f"values must be a non-empty list, got {self.values!r}")
+        if len(set(self.values)) != len(self.values):
+            raise ValueError(f"values must be distinct, got {list(self.values)}")
+
+    def contains(self, value: Any) -> bool:
+        return value in self.values
+
+    def ends(self) -> tuple:
+        return self.values
+
+
+ParamSpec = IntRange | FloatRange | Choice
+SPEC_TYPES = {"int": IntRange, "float": FloatRange, "choice": Choice}
+
+
+def _check_range(low, high, log: bool) -> None:
+    if not isinstance(log, bool):
+        raise ValueError(f"log must be true or false, got {log!r}")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"low and high must be finite, got {low}, {high}")
+    if low > high:
+        raise ValueError(f"low > high ({low} > {high})")
+    if low == high:
+        raise ValueError(f"the range {low}..{high} is empty (one value): fix the value under `train` instead")
+    if log and low <= 0:
+        raise ValueError(f"a log range needs low > 0, got {low}")
+
+
+# ----- arms and the study -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArmSpace:
+    """One arm: its search space, trial count and the first point evaluated (the paper-like defaults)."""
+
+    name: str  # idea | erm, also the TrainConfig.method
+    num_samples: int
+    space: Mapping[str, ParamSpec]
+    first: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"arms.{self.name}"
+        if self.name not in ARMS:
+            raise ValueError(f"arms: unknown arm {self.name!r}; arms are {list(ARMS)}")
+        _positive(self.num_samples, f"{where}.num_samples")
+        if not self.space:
+            raise ValueError(f"{where}.space is empty: an arm needs at least one searched parameter")
+        for name, spec in self.space.items():
+            if name not in TRAIN_FIELDS or name in MANAGED:
+                raise ValueError(f"{where}.space.{name}: not a searchable TrainConfig field; "
+                                 f"searchable: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
+            if self.name == "erm" and name in IDEA_ONLY:
+                raise ValueError(f"{where}.space.{name}: an IDEA-only parameter has no effect in the ERM arm")
+            kind = TRAIN_FIELDS[name]
+            if isinstance(spec, IntRange) and not kind.startswith("int"):
+                raise ValueError(f"{where}.space.{name}: TrainConfig.{name} is {kind}, not an integer; use type: float")
+            if isinstance(spec, FloatRange) and "float" not in kind:
+                raise ValueError(f"{where}.space.{name}: TrainConfig.{name} is {kind}, not a number range")
+        if "alpha" in self.space and "lambda_low" in self.space:
+            raise ValueError(f"{where}.space: search either lambda_low (Uniform) or alpha (Beta), not both: "
+                             "alpha, when set, replaces the lambda range")
+        for name, value in self.first.items():
+            if name not in self.space:
+                raise ValueError(f"{where}.first.{name}: not a searched parameter of this arm")
+            if not self.space[name].contains(value):
+                raise ValueError(f"{where}.first.{name} = {value!r} lies outside its space {self.space[name]}")
+
+
+@dataclass(frozen=True)
+class AshaConfig:
+    """ASHA on validation NDCG@10: a trial reaching `grace_period` epochs may be cut at each rung."""
+
+    grace_period: int = 10
+    reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        _positive(self.grace_period, "asha.grace_period")
+        if _number(self.reduction_factor, "asha.reduction_factor", integer=True) < 2:
+            raise ValueError(f"asha.reduction_factor must be an integer >= 2, got {self.reduction_factor!r}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Fixed settings shared by every trial of a dataset's study, plus the arms' search spaces."""
+
+    dataset: str
+    arms: Mapping[str, ArmSpace]
+    protocol: str = "temporal"
+    max_len: int = 50
+    cuts: tuple | None = None  # temporal cuts; None = the dataset's defaults
+    backbone: str = "gru4rec"
+    metric: str = SELECT_METRIC
+    epochs: int = 100
+    patience: int = 10
+    seed: int = 0  # search trials' seed and the TPE sampler's seed; final seeds are seed+1..seed+seeds
+    seeds: int = 3  # final retraining seeds per arm
+    max_users: int | None = None  # keep this many users (smoke runs on real data); None = all
+    train: Mapping[str, Any] = field(default_factory=dict)  # other fixed TrainConfig fields
+    asha: AshaConfig = AshaConfig()
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+        if self.backbone not in BACKBONE_NAMES:
+            raise ValueError(f"backbone must be one of {list(BACKBONE_NAMES)}, got {self.backbone!r}")
+        if self.metric != SELECT_METRIC:
+            raise ValueError(f"metric must be {SELECT_METRIC!r}, got {self.metric!r}: the trainer early-stops and keeps "
+                             "its best state on it, so selecting on another metric would mix two criteria")
+        for key in ("max_len", "epochs", "patience", "seeds"):
+            _positive(getattr(self, key), key)
+        if self.max_users is not None:
+            _positive(self.max_users, "max_users")
+        if _number(self.seed, "seed", integer=True) < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        try:
+            SplitConfig(self.protocol, self.max_len, self.cuts)
+        except ValueError as err:
+            raise ValueError(f"cuts: {err}") from None
+        for key in self.train:
+            if key in MANAGED:
+                raise ValueError(f"train.{key}: set by the study itself (top-level key, arm, seed or --gpus-per-trial)")
+            if key not in TRAIN_FIELDS:
+                raise ValueError(f"train.{key}: unknown TrainConfig field; known: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
+        if not self.arms:
+            raise ValueError(f"arms: at least one arm is needed, from {list(ARMS)}")
+        for name, arm in self.arms.items():
+            if name != arm.name:
+                raise ValueError(f"arms.{name}: holds the space of arm {arm.name!r}")
+            for key in arm.space:
+                if key in self.train:
+                    raise ValueError(f"arms.{name}.space.{key}: also fixed under train; keep one")
+            self._check_trainable(arm)
+        if self.asha.grace_period > self.epochs:
+            raise ValueError(f"asha.grace_period = {self.asha.grace_period} exceeds epochs = {self.epochs}")
+        pretrain = self.train.get("pretrain_epochs", TrainConfig.pretrain_epochs)
+        if "idea" in self.arms and self.asha.grace_period <= pretrain:
+            raise ValueError(f"asha.grace_period = {self.asha.grace_period} must exceed train.pretrain_epochs = {pretrain}, "
+                             "so ASHA judges IDEA trials after at least one IDEA epoch, not on pretraining alone")
+
+    def _check_trainable(self, arm: ArmSpace) -> None:
+        """Every range end (one at a time, others at the first point) must make a valid TrainConfig."""
+        def attempt(where: str, params: dict) -> None:
+            try:
+                self.train_config(arm.name, params)
+            except (ValueError, TypeError) as err:  # TypeError: a string where TrainConfig compares numbers
+                raise ValueError(f"{where}: {err}") from None
+
+        attempt(f"arms.{arm.name}.first", dict(arm.first))
+        for name, spec in arm.space.items():
+            for value in spec.ends():
+                attempt(f"arms.{arm.name}.space.{name} = {value!r}", {**arm.first, name: value})
+
+    def fixed(self, arm: str) -> dict[str, Any]:
+        """TrainConfig fields common to all trials of `arm` (searched ones come from the sampler)."""
+        return {"backbone": self.backbone, "method": arm, "epochs": self.epochs, "patience": self.patience,
+                "seed": self.seed, **self.train}
+
+    def train_config(self, arm: str, params: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.fixed(arm), **params, **overrides})
+
+    def final_seeds(self) -> list[int]:
+        """Fresh seeds for the final retraining, so the search seed's luck does not carry into the test numbers."""
+        return list(range(self.seed + 1, self.seed + 1 + self.seeds))
+
+    def with_overrides(self, num_samples: int | None = None, epochs: int | None = None,
+                       seeds: int | None = None) -> "StudyConfig":
+        """The CLI's --num-samples (each arm), --max-epochs and --seeds, validated like the file."""
+        arms = self.arms
+        if num_samples is not None:
+            arms = {name: replace(arm, num_samples=num_samples) for name, arm in arms.items()}
+        asha = self.asha
+        if epochs is not None and asha.grace_period > epochs:
+            asha = replace(asha, grace_period=epochs)
+        return replace(self, arms=arms, asha=asha, epochs=self.epochs if epochs is None else epochs,
+                       seeds=self.seeds if seeds is None else seeds)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML-ready form; `from_dict(to_dict())` round-trips (the saved, resolved study.yaml)."""
+        def spec(s: ParamSpec) -> dict:
+            if isinstance(s, Choice):
+                return {"type": "choice", "values": list(s.values)}
+            return {"type": "int" if isinstance(s, IntRange) else "float", "low": s.low, "high": s.high, "log": s.log}
+
+        return {
+            "dataset": self.dataset, "protocol": self.protocol, "max_len": self.max_len,
+            "cuts": list(self.cuts) if self.cuts is not None else None, "backbone": self.backbone,
+            "metric": self.metric, "epochs": self.epochs, "patience": self.patience, "seed": self.seed,
+            "seeds": self.seeds, "max_users": self.max_users, "train": dict(self.train),
+            "asha": {"grace_period": self.asha.grace_period, "reduction_factor": self.asha.reduction_factor},
+            "arms": {name: {"num_samples": arm.num_samples, "first": dict(arm.first),
+                            "space": {k: spec(v) for k, v in arm.space.items()}} for name, arm in self.arms.items()},
+        }
+
+
+# ----- parsing ---------------------------------------------------------------------------------------
+
+STUDY_KEYS = {f.name for f in fields(StudyConfig)}
+ARM_KEYS = {"num_samples", "first", "space"}
+
+
+def _mapping(value: Any, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a mapping, got {value!r}")
+    return value
+
+
+def _no_unknown(values: dict, known: set, key: str) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"{key}: " if key else ""
+        raise ValueError(f"{where}unknown key(s) {unknown}; allowed: {sorted(known)}")
+
+
+def _param_spec(raw: Any, key: str) -> ParamSpec:
+    raw = dict(_mapping(raw, key))
+    kind = raw.pop("type", None)
+    if kind not in SPEC_TYPES:
+        raise ValueError(f"{key}.type must be one of {list(SPEC_TYPES)}, got {kind!r}")
+    cls = SPEC_TYPES[kind]
+    _no_unknown(raw, {f.name for f in fields(cls)}, key)
+    if cls is Choice:
+        values = raw.get("values")
+        raw["values"] = tuple(values) if isinstance(values, list) else values
+    try:
+        return cls(**raw)
+    except TypeError:
+        missing = sorted({f.name for f in fields(cls) if f.name != "log"} - set(raw))
+        raise ValueError(f"{key}: missing key(s) {missing}") from None
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
+
+
+def _arm(name: str, raw: Any) -> ArmSpace:
+    key = f"arms.{name}"
+    raw = _mapping(raw, key)
+    _no_unknown(raw, ARM_KEYS, key)
+    if "num_samples" not in raw or "space" not in raw:
+        raise ValueError(f"{key}: needs num_samples and space")
+    space = {p: _param_spec(s, f"{key}.space.{p}") for p, s in _mapping(raw["space"], f"{key}.space").items()}
+    return ArmSpace(name, raw["num_samples"], space, dict(_mapping(raw.get("first") or {}, f"{key}.first")))
+
+
+def from_dict(raw: Any) -> StudyConfig:
+    """Validate a parsed study mapping (no `smoke` key) into a StudyConfig; ValueError names the key."""
+    raw = dict(_mapping(raw, "the study file"))
+    _no_unknown(raw, STUDY_KEYS, "")
+    if "dataset" not in raw or "arms" not in raw:
+        raise ValueError("a study needs `dataset` and `arms`")
+    arms = {name: _arm(name, arm) for name, arm in _mapping(raw.pop("arms"), "arms").items()}
+    if "asha" in raw:
+        asha = _mapping(raw["asha"], "asha")
+        _no_unknown(asha, {f.name for f in fields(AshaConfig)}, "asha")
+        raw["asha"] = AshaConfig(**asha)
+    if isinstance(raw.get("cuts"), list):  # YAML reads unquoted 2013-07-24 as a date
+        raw["cuts"] = tuple(c.isoformat() if isinstance(c, datetime.date) else c for c in raw["cuts"])
+    raw["train"] = _mapping(raw.get("train") or {}, "train")
+    return StudyConfig(arms=arms, **raw)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Deep merge of mappings: `over` wins; used to apply the file's `smoke` section."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A dataset name (-> studies/configs/<name>.yaml) or a path to a study file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        return path.expanduser().resolve()
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def load_study(name_or_path: str | Path, smoke: bool = False) -> StudyConfig:
+    """Load and validate a study file; with `smoke`, its `smoke` section is merged over it first.
+    Both variants are validated either way, so a broken smoke section fails every run, not only smoke ones."""
+    path = resolve_path(name_or_path)
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise StudyConfigError(f"no study file {path}; shipped studies: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{path}: must hold a mapping of study settings, got {type(raw).__name__}")
+    overrides = raw.pop("smoke", None) or {}
+    try:
+        full = from_dict(raw)
+    except ValueError as err:
+        raise StudyConfigError(f"{path}: {err}") from None
+    try:
+        if not isinstance(overrides, dict):
+            raise ValueError(f"must be a mapping, got {overrides!r}")
+        if "dataset" in overrides:
+            raise ValueError("dataset cannot change in smoke mode")
+        small = from_dict(_merge(raw, overrides))
+    except ValueError as err:
+        raise StudyConfigError(f"{path}: smoke: {err}") from None
+    return small if smoke else full

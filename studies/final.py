@@ -1,0 +1,60 @@
+"""The final stage: retrain each arm's selected configuration with fresh seeds, then (and only then)
+evaluate the best state on every test window. One Tune experiment per arm (`<arm>-final`), so
+seeds run in parallel, checkpoint per epoch and resume like search trials."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from ray import tune
+from ray.tune import ResultGrid
+
+from idea.splits import Split
+
+from studies.config import StudyConfig
+from studies.search import Resources, Selection, fit
+from studies.trainable import RESULTS_FILE, final_trial
+from studies.tracking import MlflowTrialLogger, StudyRun
+
+RESULT_COLUMNS = ["study", "arm", "method", "stage", "seed", "trial_id", "run_id", "part", "subset", "metric", "k",
+                  "value", "n_events"]
+
+
+def run_final(study: StudyConfig, selection: Selection, split: Split, resources: Resources, ray_dir: Path,
+              study_run: StudyRun, resume: bool) -> ResultGrid:
+    """Seeds `study.final_seeds()` of the selected configuration on the full split (with test windows)."""
+    arm = selection.arm
+    fixed = {**study.fixed(arm), "device": resources.device}
+    trainable = resources.wrap(final_trial, split=split, fixed=fixed)
+    name = f"{arm}-final"
+
+    def build() -> tune.Tuner:
+        return tune.Tuner(
+            trainable,
+            param_space={**selection.params, "seed": tune.grid_search(study.final_seeds())},
+            tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrency),
+            run_config=resources.run_config(ray_dir, name, MlflowTrialLogger(study_run, arm, "final", fixed, study.epochs)),
+        )
+
+    return fit(ray_dir / name, trainable, resume, build)
+
+
+def final_results(study_name: str, arm: str, grid: ResultGrid, study_run: StudyRun) -> pd.DataFrame:
+    """Tidy per-window results of an arm's final runs (one row per seed, part, subset, metric, k),
+    read from each run's last checkpoint; failed seeds are absent."""
+    run_ids = {r.data.tags.get("trial_id"): r.info.run_id for r in study_run.nested_runs(arm, "final")}
+    frames = []
+    for result in grid:
+        if result.error is not None or result.checkpoint is None:
+            continue
+        with result.checkpoint.as_directory() as d:
+            path = Path(d) / RESULTS_FILE
+            if not path.is_file():  # a checkpoint from before the evaluation: the run did not finish
+                continue
+            frame = pd.read_csv(path)
+        trial_id = result.metrics["trial_id"]
+        frames.append(frame.assign(study=study_name, arm=arm, method=arm, stage="final", seed=result.config["seed"],
+                                   trial_id=trial_id, run_id=run_ids.get(trial_id)))
+    if not frames:
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]

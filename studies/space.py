@@ -1,0 +1,44 @@
+"""Study search spaces -> Optuna distributions, the seeded TPE searcher and the ASHA scheduler."""
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from studies.config import ArmSpace, Choice, FloatRange, IntRange, ParamSpec, StudyConfig
+
+MODE = "max"  # the selection metric (validation NDCG@10) is maximised
+
+
+def distribution(spec: ParamSpec) -> BaseDistribution:
+    """Optuna distribution of one parameter; ranges are inclusive on both ends, as in the study file."""
+    if isinstance(spec, IntRange):
+        return IntDistribution(spec.low, spec.high, log=spec.log)
+    if isinstance(spec, FloatRange):
+        return FloatDistribution(float(spec.low), float(spec.high), log=spec.log)
+    if isinstance(spec, Choice):
+        return CategoricalDistribution(list(spec.values))
+    raise TypeError(f"unknown parameter spec {spec!r}")
+
+
+def optuna_space(arm: ArmSpace) -> dict[str, BaseDistribution]:
+    return {name: distribution(spec) for name, spec in arm.space.items()}
+
+
+def make_searcher(study: StudyConfig, arm: ArmSpace, concurrency: int) -> ConcurrencyLimiter:
+    """Seeded TPE whose first trial is the arm's `first` point (the paper-like defaults), at most
+    `concurrency` trials in flight so TPE keeps learning from finished ones."""
+    searcher = OptunaSearch(
+        space=optuna_space(arm), metric=study.metric, mode=MODE,
+        points_to_evaluate=[dict(arm.first)] if arm.first else None,
+        sampler=optuna.samplers.TPESampler(seed=study.seed),
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
+
+
+def make_scheduler(study: StudyConfig) -> ASHAScheduler:
+    """ASHA on the per-epoch validation metric, with `epoch` as time so resumed trials count correctly."""
+    return ASHAScheduler(time_attr="epoch", max_t=study.epochs, grace_period=study.asha.grace_period,
+                         reduction_factor=study.asha.reduction_factor)

@@ -1,0 +1,255 @@
+"""MLflow tracking of a study, from the driver only (trials never talk to MLflow).
+
+Layout (docs/conventions.md): one experiment per study, a parent run per
+study, one nested run per search trial and per final seed run. A Tune callback
+opens a trial's run when the trial starts (or finds it again on resume, by the
+`trial_id` tag), logs params once and validation metrics per epoch, and ends it
+FINISHED or FAILED; runs Tune ends without a callback (time budget, Ctrl-C)
+are closed by the driver, so no run is ever left RUNNING.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+from idea.config import TrainConfig
+from idea.metrics import KS, METRICS
+
+METRIC_NAMES = tuple(f"{m}_at_{k}" for m in METRICS for k in KS)
+EPOCH_KEYS = ("train_loss", "epoch_seconds", "risk_mean", "risk_var")  # logged per epoch besides valid_*
+# Set when Ctrl-C reaches a running Tuner (Tune itself then stops gracefully and saves its state).
+INTERRUPTED = threading.Event()
+
+
+class StudyExistsError(RuntimeError):
+    """The tracking store already holds this study and --resume was not given."""
+
+
+def git_sha(root: Path) -> str:
+    """The project's commit, for the `git_sha` tag; "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Where a study's runs live: plain strings, so Tune can pickle callbacks holding it."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    tags: Mapping[str, str]  # study, dataset, backbone, git_sha, data_sha256
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def runs(self, filter_string: str = "") -> Iterator:
+        """All runs of the study's experiment matching `filter_string` (every page)."""
+        client, token = self.client(), None
+        while True:
+            page = client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def nested_runs(self, arm: str | None = None, stage: str | None = None, status: str | None = None) -> list:
+        clauses = [f"tags.study = '{self.tags['study']}'", f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'"]
+        clauses += [f"tags.arm = '{arm}'"] if arm else []
+        clauses += [f"tags.stage = '{stage}'"] if stage else []
+        clauses += [f"attributes.status = '{status}'"] if status else []
+        return list(self.runs(" and ".join(clauses)))
+
+    def close_open_runs(self, status: str, tags: Mapping[str, str] | None = None, parent: bool = True) -> int:
+        """End every RUNNING run of the study (nested, and the parent if `parent`); returns how many."""
+        client = self.client()
+        open_runs = self.nested_runs(status="RUNNING")
+        for run in open_runs:
+            for key, value in (tags or {}).items():
+                client.set_tag(run.info.run_id, key, value)
+            client.set_terminated(run.info.run_id, status)
+        if parent and client.get_run(self.parent_run_id).info.status == "RUNNING":
+            client.set_terminated(self.parent_run_id, status)
+        return len(open_runs)
+
+
+def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_dir: Path | None,
+               resume: bool) -> StudyRun:
+    """The study's experiment and parent run: created, or (with `resume`) found again and reopened."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+        experiment_id = client.create_experiment(study, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    parents = client.search_runs([experiment_id], f"tags.study = '{study}' and tags.stage = 'study'")
+    if parents and not resume:
+        raise StudyExistsError(f"the tracking store {tracking_uri} already holds study {study!r} "
+                               f"(run {parents[0].info.run_id}); continue it with --resume or pick --study-name")
+    if parents:
+        run_id = parents[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=study, tags={**tags, "stage": "study"}).info.run_id
+    return StudyRun(tracking_uri, experiment_id, run_id, dict(tags))
+
+
+def summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """End-of-trial metrics from a trial's last result: best_valid_* (search trials report them as
+    best_<m>), the final runs' best_valid_warm_* and test_*, and best_epoch."""
+    out = {f"best_valid_{m}": result[f"best_{m}"] for m in METRIC_NAMES if f"best_{m}" in result}
+    out.update({k: v for k, v in result.items() if k.startswith(("best_valid_", "test_"))})
+    if "best_epoch" in result:
+        out["best_epoch"] = result["best_epoch"]
+    return out
+
+
+def _last_error_line(trial) -> str:
+    text = trial.get_error() or ""
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "unknown error"
+
+
+class MlflowTrialLogger(tune.Callback):
+    """Driver-side Tune callback: one nested MLflow run per trial of one arm and stage (search|final)."""
+
+    def __init__(self, study_run: StudyRun, arm: str, stage: str, fixed: Mapping[str, Any], max_epochs: int):
+        self.study_run = study_run
+        self.arm, self.stage = arm, stage
+        self.fixed = dict(fixed)
+        self.max_epochs = max_epochs
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._last_step: dict[str, int] = {}  # trial_id -> last epoch logged (resume must not log twice)
+        self._running: set[str] = set()  # trial_ids whose run this session has (re)opened
+
+    def __getstate__(self) -> dict:
+        """Tune pickles callbacks with the experiment; the client and run index are rebuilt in setup."""
+        state = self.__dict__.copy()
+        state.update(_client=None, _runs={}, _last_step={}, _running=set())
+        return state
+
+    def setup(self, **info) -> None:
+        self._client = self.study_run.client()
+        for run in self.study_run.nested_runs(self.arm, self.stage):
+            trial_id = run.data.tags.get("trial_id")
+            self._runs[trial_id] = run.info.run_id
+            history = self._client.get_metric_history(run.info.run_id, "valid_ndcg_at_10")
+            self._last_step[trial_id] = max((m.step for m in history), default=0)
+        self._watch_sigint()
+
+    @staticmethod
+    def _watch_sigint() -> None:
+        """Chain onto Tune's SIGINT handler (installed before callbacks are set up) to record Ctrl-C:
+        Tune stops gracefully but reports nothing, and the driver must not go on to the next stage."""
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or not callable(tune_handler):
+            return
+
+        def handler(signum, frame):
+            INTERRUPTED.set()
+            tune_handler(signum, frame)
+
+        signal.signal(signal.SIGINT, handler)
+
+    # ----- runs ---------------------------------------------------------------------------------------
+    def _run_name(self, trial) -> str:
+        if self.stage == "final":
+            return f"{self.arm}-seed{trial.config['seed']}"
+        return f"{self.arm}-trial-{trial.trial_id}"
+
+    def _open(self, trial) -> str:
+        """The trial's run: reopened if it exists (retry, resume), else created with tags and params once."""
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is not None:
+            if trial.trial_id not in self._running:
+                self._client.update_run(run_id, status="RUNNING")
+                self._running.add(trial.trial_id)
+            return run_id
+        config = TrainConfig.from_dict({**self.fixed, **trial.config})
+        tags = {**self.study_run.tags, MLFLOW_PARENT_RUN_ID: self.study_run.parent_run_id, "arm": self.arm,
+                "method": config.method, "seed": str(config.seed), "stage": self.stage, "trial_id": trial.trial_id}
+        run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),
+                                         tags=tags).info.run_id
+        params = [Param(k, str(v)) for k, v in config.to_dict().items()]
+        self._client.log_batch(run_id, params=params)
+        self._runs[trial.trial_id] = run_id
+        self._last_step[trial.trial_id] = 0
+        self._running.add(trial.trial_id)
+        return run_id
+
+    def _log(self, run_id: str, values: Mapping[str, Any], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
+        if metrics:
+            self._client.log_batch(run_id, metrics=metrics)
+
+    def _end(self, trial, status: str, tags: Mapping[str, str] | None = None) -> None:
+        run_id = self._open(trial)
+        self._log(run_id, summary_metrics(trial.last_result or {}))
+        for key, value in (tags or {}).items():
+            self._client.set_tag(run_id, key, value)
+        self._client.set_terminated(run_id, status)
+        self._running.discard(trial.trial_id)
+
+    # ----- Tune hooks ---------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._open(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "evaluated" in result:  # the final run's test report: logged once, when the trial completes
+            return
+        run_id, epoch = self._open(trial), int(result["epoch"])
+        if epoch > self._last_step.get(trial.trial_id, 0):
+            values = {f"valid_{m}": result[m] for m in METRIC_NAMES if m in result}
+            values.update({k: result[k] for k in EPOCH_KEYS if k in result})
+            self._log(run_id, values, step=epoch)
+            self._last_step[trial.trial_id] = epoch
+        # Tune marks a result `done` when the scheduler stops the trial on it; at max epochs that is no cut.
+        if result.get("done") and epoch < self.max_epochs:
+            self._client.set_tag(run_id, "asha_stopped", "true")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, RunStatus.to_string(RunStatus.FINISHED))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._client.set_tag(self._open(trial), "failures", str(trial.num_failures))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._end(trial, RunStatus.to_string(RunStatus.FAILED),
+                  {"failures": str(trial.num_failures), "error": _last_error_line(trial)})
+
+
+def trials_frame(study_run: StudyRun) -> pd.DataFrame:
+    """All search trials of the study, one row each: arm, ids, status, stop reason, best metrics, params."""
+    rows = []
+    for run in study_run.nested_runs(stage="search"):
+        tags, data = run.data.tags, run.data
+        rows.append({
+            "arm": tags.get("arm"), "trial_id": tags.get("trial_id"), "run_id": run.info.run_id,
+            "status": run.info.status, "asha_stopped": tags.get("asha_stopped") == "true",
+            "budget_stopped": tags.get("budget_stopped") == "true", "failures": int(tags.get("failures", 0)),
+            "error": tags.get("error"), **{k: v for k, v in data.metrics.items() if k.startswith("best_")},
+            **data.params,
+        })
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["arm", "trial_id"], ignore_index=True) if rows else frame

@@ -1,0 +1,101 @@
+"""The Ray Tune function trainables: thin adapters over `idea.trainer.Trainer`.
+
+Every epoch reports the validation metrics (and the best-so-far ones) with a
+Tune checkpoint of the whole trainer, so a trial resumed by Tune (after a crash,
+a retry or `--resume`) continues where it stopped. `search_trial` gets a split
+without test windows; only `final_trial` sees them, after training, once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import torch
+from ray import tune
+
+from idea.config import TrainConfig
+from idea.metrics import summary
+from idea.splits import Split
+from idea.trainer import Trainer
+
+CHECKPOINT_FILE = "trainer.pt"
+RESULTS_FILE = "results.csv"  # final trials: the tidy metrics frame of the best state
+# Test hook: a JSON object of TrainConfig fields; a trial whose config matches all of them raises
+# at its start, every attempt, so failure handling (retries, FAILED runs) can be tested for real.
+FAULT_ENV = "IDEA_STUDY_INJECT_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by a trial matching $IDEA_STUDY_INJECT_FAULT."""
+
+
+def _check_fault(config: TrainConfig) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if spec:
+        wanted = json.loads(spec)
+        values = config.to_dict()
+        if all(values.get(k) == v for k, v in wanted.items()):
+            raise InjectedFault(f"{FAULT_ENV}={spec} matches this trial")
+
+
+def _use_assigned_cpus() -> None:
+    """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Trainer:
+    """Fixed settings + sampled params -> a trained Trainer; resumes from Tune's checkpoint when there is one."""
+    train_config = TrainConfig.from_dict({**fixed, **config})
+    _check_fault(train_config)
+    _use_assigned_cpus()
+    trainer = Trainer(train_config, split)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load(Path(d) / CHECKPOINT_FILE)
+    with tempfile.TemporaryDirectory(prefix="idea-ckpt-") as tmp:
+        path = Path(tmp) / CHECKPOINT_FILE
+
+        def report(record) -> None:
+            best = trainer.records[trainer.best_epoch - 1].valid if trainer.best_epoch else {}  # 0: no finite score yet
+            tune.report({**record.flat(), **{f"best_{k}": v for k, v in best.items()}},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+
+        trainer.fit(on_epoch=report, checkpoint=path)
+    return trainer
+
+
+def search_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> None:
+    """One search trial: train on `split` (no test windows), reporting validation metrics per epoch."""
+    if split.tests:
+        raise ValueError("search trials must not receive test windows; pass studies.data.without_tests(split)")
+    _train(config, split, fixed)
+
+
+def final_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """Flat MLflow-style names of a best-state frame: best_valid_[warm_]<m>_at_<k>, test_<w>_[warm_]<m>_at_<k>."""
+    out = {}
+    for part in frame["part"].unique():
+        prefix = "best_valid" if part == "valid" else f"test_{part}"
+        for subset in ("all", "warm"):
+            infix = "" if subset == "all" else "warm_"
+            out.update({f"{prefix}_{infix}{k}": v for k, v in summary(frame, part, subset).items()})
+    return out
+
+
+def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> None:
+    """One final seed run: train like a search trial, then evaluate the best state once on validation
+    and every test window; the last report carries those metrics and a checkpoint with the tidy frame."""
+    trainer = _train(config, split, fixed)
+    frame = trainer.evaluate()
+    with tempfile.TemporaryDirectory(prefix="idea-final-") as tmp:
+        trainer.save(Path(tmp) / CHECKPOINT_FILE)
+        frame.to_csv(Path(tmp) / RESULTS_FILE, index=False)
+        tune.report({"epoch": trainer.epoch, "best_epoch": trainer.best_epoch, "evaluated": 1,
+                     **final_metrics(frame)}, checkpoint=tune.Checkpoint.from_directory(tmp))

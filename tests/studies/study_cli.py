@@ -1,0 +1,57 @@
+"""Helpers of the study harness tests: run the real CLI in a subprocess, as a user would,
+and read the MLflow store it leaves."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RUN_STUDY = PROJECT_ROOT / "studies" / "run_study.py"
+
+
+def study_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # a stray cluster address must not leak into the local-cluster tests
+    return {**env, **extra}
+
+
+def study_command(*args: str) -> list[str]:
+    """`python studies/run_study.py ...` exactly as a user types it, from the project root."""
+    return [sys.executable, str(RUN_STUDY.relative_to(PROJECT_ROOT)), *args]
+
+
+def run_study(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """Run the CLI to completion; stdout and stderr captured as text."""
+    return subprocess.run(study_command(*args), cwd=PROJECT_ROOT, env=study_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def start_study(*args: str, log: Path, **env: str) -> subprocess.Popen:
+    """Start the CLI in the background, output to `log`."""
+    with open(log, "w") as f:
+        return subprocess.Popen(study_command(*args), cwd=PROJECT_ROOT, env=study_env(**env), stdout=f,
+                                stderr=subprocess.STDOUT)
+
+
+class Store:
+    """Read access to a study's MLflow store (the default SQLite file in the study folder)."""
+
+    def __init__(self, study_dir: Path, study: str):
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=f"sqlite:///{study_dir / 'mlflow.db'}")
+        experiment = self.client.get_experiment_by_name(study)
+        assert experiment is not None, f"no MLflow experiment {study!r} in {study_dir}"
+        self.experiment_id = experiment.experiment_id
+
+    def runs(self, filter_string: str = "") -> list:
+        return list(self.client.search_runs([self.experiment_id], filter_string, max_results=1000))
+
+    def nested(self, stage: str, arm: str | None = None) -> list:
+        clause = f"tags.stage = '{stage}'" + (f" and tags.arm = '{arm}'" if arm else "")
+        return self.runs(clause)
+
+    def steps(self, run, key: str = "valid_ndcg_at_10") -> list[int]:
+        return [m.step for m in self.client.get_metric_history(run.info.run_id, key)]

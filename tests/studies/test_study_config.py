@@ -1,0 +1,181 @@
+"""Study files: the shipped ones are valid and cover the issue's space; bad ones fail with a clear
+message naming the file and key, before Ray starts."""
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from idea.data.synthetic import SyntheticConfig, generate
+from idea.splits import SplitConfig, make_split
+from studies.config import CONFIG_DIR, FloatRange, IntRange, StudyConfigError, load_study
+from studies.data import subsample_users, without_tests
+from studies.search import Resources
+from studies.space import optuna_space
+from studies.trainable import search_trial
+from tests.studies.study_cli import run_study
+
+SHIPPED = ("beauty", "sports", "yelp", "ml-100k", "synthetic")
+
+VALID = """
+dataset: synthetic
+epochs: 4
+patience: 3
+seeds: 2
+train: {batch_size: 64, pretrain_epochs: 1}
+asha: {grace_period: 2, reduction_factor: 2}
+arms:
+  idea:
+    num_samples: 4
+    first: {K: 3, tau: 0.1}
+    space:
+      K: {type: int, low: 2, high: 5}
+      tau: {type: float, low: 0.05, high: 2.0, log: true}
+      T: {type: choice, values: [1, 5]}
+  erm:
+    num_samples: 2
+    space:
+      lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "study.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_valid_file_loads(tmp_path):
+    study = load_study(write(tmp_path, VALID))
+    assert study.arms["idea"].space["K"] == IntRange(2, 5)
+    assert study.arms["idea"].space["tau"] == FloatRange(0.05, 2.0, log=True)
+    assert study.final_seeds() == [1, 2]
+    assert study.train_config("idea", {"K": 5}).K == 5
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_studies_cover_the_issue_space(name):
+    study = load_study(name)
+    idea, erm = study.arms["idea"], study.arms["erm"]
+    assert idea.num_samples >= 32 and erm.num_samples >= 16 and study.seeds == 3
+    space = idea.space
+    assert space["K"] == IntRange(2, 5) and space["N"] == IntRange(2, 6)
+    assert space["lambda_low"] == FloatRange(0.5, 0.95) and study.train["lambda_high"] == 1.0
+    assert space["tau"] == FloatRange(0.05, 2.0, log=True) and space["beta"] == FloatRange(0.01, 10.0, log=True)
+    assert space["T"].values == (1, 2, 5, 10, 20)
+    assert {"lr", "dropout"} <= set(space) and set(erm.space) == {"lr", "dropout"}
+    assert {k: idea.first[k] for k in ("K", "N", "tau", "beta", "T")} == {"K": 3, "N": 4, "tau": 0.1, "beta": 1.0, "T": 5}
+    smoke = load_study(name, smoke=True)
+    assert smoke.arms["idea"].num_samples <= 3 and smoke.epochs <= 3 and smoke.max_users is not None
+
+
+BAD = {
+    "unknown top-level key": ("epochs: 4", "epochs: 4\nepoch: 3", "unknown key(s) ['epoch']"),
+    "unknown key in a range": ("K: {type: int, low: 2, high: 5}", "K: {type: int, low: 2, hi: 5}", "arms.idea.space.K: unknown key(s) ['hi']"),
+    "unknown parameter": ("K: {type: int", "KK: {type: int", "arms.idea.space.KK: not a searchable TrainConfig field"),
+    "empty range": ("low: 2, high: 5", "low: 3, high: 3", "arms.idea.space.K: the range 3..3 is empty"),
+    "low above high": ("low: 2, high: 5", "low: 5, high: 2", "arms.idea.space.K: low > high (5 > 2)"),
+    "empty choice": ("values: [1, 5]", "values: []", "arms.idea.space.T: values must be a non-empty list"),
+    "zero trials": ("num_samples: 4", "num_samples: 0", "arms.idea.num_samples must be a positive integer, got 0"),
+    "negative seeds": ("seeds: 2", "seeds: -1", "seeds must be a positive integer, got -1"),
+    "zero epochs": ("epochs: 4", "epochs: 0", "epochs must be a positive integer, got 0"),
+    "range beyond TrainConfig": ("high: 5}", "high: 20}", "arms.idea.space.K = 20: TrainConfig.K = 20 is invalid"),
+    "log range from zero": ("low: 0.05, high: 2.0", "low: 0.0, high: 2.0", "arms.idea.space.tau: a log range needs low > 0"),
+    "IDEA parameter in ERM": ("      lr: {type: float", "      K: {type: int, low: 2, high: 4}\n      lr: {type: float",
+                              "arms.erm.space.K: an IDEA-only parameter has no effect in the ERM arm"),
+    "first point outside": ("first: {K: 3", "first: {K: 7", "arms.idea.first.K = 7 lies outside its space"),
+    "exponent read as string": ("low: 1.0e-4", "low: 1e-4", "write 1.0e-4"),
+    "managed field under train": ("batch_size: 64", "batch_size: 64, seed: 3", "train.seed: set by the study itself"),
+    "both lambda and alpha": ("      T: {type: choice", "      alpha: {type: float, low: 0.1, high: 2}\n      "
+                              "lambda_low: {type: float, low: 0.5, high: 0.9}\n      T: {type: choice",
+                              "arms.idea.space: search either lambda_low (Uniform) or alpha (Beta)"),
+    "other selection metric": ("epochs: 4", "epochs: 4\nmetric: hr_at_10", "metric must be 'ndcg_at_10'"),
+    "ASHA judging pretraining": ("grace_period: 2", "grace_period: 1", "asha.grace_period = 1 must exceed train.pretrain_epochs = 1"),
+    "unknown dataset": ("dataset: synthetic", "dataset: netflix", "unknown dataset 'netflix'"),
+    "bad smoke section": ("epochs: 4", "epochs: 4\nsmoke: {epochs: 0}", "smoke: epochs must be a positive integer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_study_files_name_file_and_key(tmp_path, case):
+    old, new, message = BAD[case]
+    assert old in VALID, f"test setup: {old!r} not in the valid file"
+    path = write(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(StudyConfigError) as err:
+        load_study(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+def test_unknown_study_name_lists_shipped_ones():
+    with pytest.raises(StudyConfigError, match="shipped studies: .*beauty"):
+        load_study("no-such-study")
+    assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} >= set(SHIPPED)
+
+
+def test_cli_overrides_are_validated_like_the_file(tmp_path):
+    study = load_study(write(tmp_path, VALID))
+    assert study.with_overrides(num_samples=7).arms["erm"].num_samples == 7
+    assert study.with_overrides(epochs=3).asha.grace_period == 2
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        study.with_overrides(num_samples=0)
+    with pytest.raises(ValueError, match="pretrain_epochs"):  # IDEA needs an epoch after pretraining
+        study.with_overrides(epochs=1)
+
+
+def test_resources_are_validated():
+    assert Resources(gpus_per_trial=0.25).device == "cuda" and Resources().device == "cpu"
+    for bad in ({"gpus_per_trial": -1}, {"gpus_per_trial": 1.5}, {"cpus_per_trial": 0}, {"concurrency": 0},
+                {"max_failures": -1}, {"time_budget_s": 0}):
+        with pytest.raises(ValueError):
+            Resources(**bad)
+
+
+def test_bad_file_fails_in_the_cli_before_ray_starts(tmp_path):
+    path = write(tmp_path, VALID.replace("low: 2, high: 5", "low: 5, high: 2"))
+    start = time.monotonic()
+    proc = run_study(str(path), "--out", str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "low > high" in proc.stderr and str(path) in proc.stderr
+    assert "Ray" not in proc.stderr and not (tmp_path / "out").exists()
+    assert time.monotonic() - start < 60
+
+
+def test_optuna_space_keeps_bounds_and_scale(tmp_path):
+    space = optuna_space(load_study(write(tmp_path, VALID)).arms["idea"])
+    assert space["K"] == IntDistribution(2, 5)
+    assert space["tau"] == FloatDistribution(0.05, 2.0, log=True)
+    assert space["T"] == CategoricalDistribution([1, 5])
+
+
+@pytest.fixture(scope="module")
+def small_split():
+    return make_split(generate(SyntheticConfig(n_users=300)), SplitConfig("temporal", 20))
+
+
+def test_search_trials_never_receive_test_windows(small_split):
+    search = without_tests(small_split)
+    assert small_split.tests and not search.tests and set(search.bounds) == {"train", "valid"}
+    assert search.train is small_split.train  # shared, not copied
+    with pytest.raises(ValueError, match="must not receive test windows"):
+        search_trial({}, small_split, {"method": "erm", "epochs": 1})
+
+
+def test_subsample_keeps_whole_users_and_changes_the_digest():
+    data = generate(SyntheticConfig(n_users=300))
+    small = subsample_users(data, 50, seed=0)
+    assert small.n_users == 50 and small.sha256 != data.sha256
+    assert subsample_users(data, 50, seed=0).sha256 == small.sha256
+    kept = np.random.default_rng(0).choice(data.n_users, 50, replace=False)
+    assert small.n_interactions == np.diff(data.user_starts)[kept].sum()  # every kept user keeps all rows
+    assert subsample_users(data, 10_000, seed=0) is data
+
+
+def test_dataclasses_are_frozen(tmp_path):
+    study = load_study(write(tmp_path, VALID))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        study.epochs = 5

@@ -1,0 +1,91 @@
+"""Ctrl-C leaves a resumable study and a consistent store; `--resume` finishes it without rerunning
+finished trials (same MLflow runs, untouched Tune results, no extra trials from a reset searcher)."""
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import yaml
+
+from studies.config import load_study
+
+from tests.studies.study_cli import Store, run_study, start_study
+
+STUDY = "synthetic-smoke"
+ARGS = ("synthetic", "--smoke", "--seeds", "1")
+TRIALS_PER_ARM = 3
+
+
+def wait_for_finished_search_run(study_dir, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        # Tune's folder appears after the driver has created the store: opening the SQLite file earlier
+        # would race the driver's table creation.
+        if (study_dir / "ray" / "idea-search").exists():
+            if Store(study_dir, STUDY).runs("tags.stage = 'search' and attributes.status = 'FINISHED'"):
+                return
+        time.sleep(1)
+    raise TimeoutError("no search trial finished in time")
+
+
+def result_lines(study_dir, trial_id: str) -> int:
+    """Epochs Tune recorded for a trial (its result.json), to prove a finished trial never ran again."""
+    (path,) = [p for p in (study_dir / "ray").glob(f"*-search/*{trial_id}*/result.json")]
+    return len(path.read_text().splitlines())
+
+
+def test_interrupt_then_resume(tmp_path):
+    study_dir = tmp_path / STUDY
+    proc = start_study(*ARGS, "--out", str(tmp_path), log=tmp_path / "first.log")
+    try:
+        wait_for_finished_search_run(study_dir, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "first.log").read_text()
+    assert "--resume" in log
+
+    store = Store(study_dir, STUDY)
+    before = store.runs()
+    assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}  # nothing left RUNNING
+    assert [r.info.status for r in before if r.data.tags["stage"] == "study"] == ["KILLED"]
+    finished = {r.data.tags["trial_id"]: r for r in before if r.data.tags["stage"] == "search"
+                and r.info.status == "FINISHED"}
+    assert finished and not store.nested("final")
+    lines = {t: result_lines(study_dir, t) for t in finished}
+
+    resumed = run_study(*ARGS, "--out", str(tmp_path), "--resume", timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+
+    after = store.runs()
+    assert {r.info.status for r in after} == {"FINISHED"}
+    for arm in ("idea", "erm"):
+        trial_ids = [r.data.tags["trial_id"] for r in store.nested("search", arm)]
+        assert len(trial_ids) == len(set(trial_ids)) == TRIALS_PER_ARM  # one run per trial, no extra trials
+        assert len(store.nested("final", arm)) == 1
+    by_trial = {r.data.tags.get("trial_id"): r for r in after if r.data.tags["stage"] == "search"}
+    for trial_id, run in finished.items():
+        again = by_trial[trial_id]
+        assert again.info.run_id == run.info.run_id and again.info.end_time == run.info.end_time
+        assert result_lines(study_dir, trial_id) == lines[trial_id]
+    for run in store.nested("search"):  # resumed trials continued without logging an epoch twice
+        steps = store.steps(run)
+        assert steps == sorted(set(steps)) and steps[0] == 1
+    assert len(store.runs("tags.stage = 'study'")) == 1
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    missing = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+    assert missing.returncode == 2 and "nothing to resume" in missing.stderr
+    study_dir = tmp_path / STUDY
+    study_dir.mkdir()
+    saved = load_study("synthetic", smoke=True).with_overrides(epochs=2)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(saved.to_dict()))
+    (study_dir / "run.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{study_dir / 'mlflow.db'}",
+                                                    "device": "cpu"}))
+    changed = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+    assert changed.returncode == 2 and "different study settings (['epochs'])" in changed.stderr

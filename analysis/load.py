@@ -338,13 +338,13 @@ def _split_settings(parent, study_yaml: dict | None) -> dict:
 
 def _rebuild(settings: dict, data_dir: str | None):
     """(data, split) as the study built them: the dataset, its user sample when ``max_users`` is set
-    (`studies.data.subsample_users`, the study's own rule), and the split."""
+    (`idea.data.interactions.subsample_users`, the study's own rule), and the split."""
     from idea.data import get_spec, load_dataset
     from idea.splits import SplitConfig, make_split
 
     data = load_dataset(settings["dataset"], data_dir, seed=settings["data_seed"])
     if settings["max_users"] is not None:
-        from studies.data import subsample_users
+        from idea.data.interactions import subsample_users
 
         data = subsample_users(data, int(settings["max_users"]), settings["seed"])
     config = SplitConfig(settings["protocol"], settings["max_len"], settings["cuts"])
@@ -382,7 +382,7 @@ def load_shift(tracking_uri: str, study: str, data_dir: str | None = None) -> pd
         return _empty_shift(f"could not read the parent run's artifacts: {type(err).__name__}: {err}")
     if not settings["dataset"]:
         return _empty_shift("the parent run has no `dataset` tag, so the split cannot be rebuilt")
-    try:  # lazy: idea.data (and studies' user sampling) is only needed here
+    try:  # lazy: idea.data (torch) is only needed here
         from idea.data.describe import describe
 
         data, split = _rebuild(settings, data_dir)

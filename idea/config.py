@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 BACKBONE_NAMES = ("gru4rec", "sasrec")
+RUNTIME_FIELDS = ("device", "eval_batch_size")  # where and how fast, never what is learned
 METHODS = ("erm", "idea")
 LOSSES = ("ce", "bce")
 PAIRINGS = ("same_user", "any")

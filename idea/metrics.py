@@ -65,6 +65,13 @@ def pessimistic_ranks(
     return ahead.sum(dim=1)  # [B] long
 
 
+def _long_tensor(x) -> torch.Tensor:
+    """Tensor view of `x`; numpy arrays are copied when read-only (e.g. in Ray's shared memory)."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        x = x.copy()
+    return torch.as_tensor(x).long()
+
+
 @torch.inference_mode()
 def rank_events(
     score_fn: ScoreFn,
@@ -88,9 +95,9 @@ def rank_events(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    history = torch.as_tensor(history).long()  # [E, L]
-    lengths = torch.as_tensor(lengths).long().reshape(-1).to(history.device)  # [E]
-    targets = torch.as_tensor(targets).long().reshape(-1)  # [E]
+    history = _long_tensor(history)  # [E, L]
+    lengths = _long_tensor(lengths).reshape(-1).to(history.device)  # [E]
+    targets = _long_tensor(targets).reshape(-1)  # [E]
     if history.dim() != 2:
         raise ValueError(f"history must be [E, L], got {tuple(history.shape)}")
     E, L = history.shape

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from idea.config import TrainConfig
+from idea.config import RUNTIME_FIELDS, TrainConfig
 from idea.environments import SubsequenceExtractors, make_environments, vrex
 from idea.metrics import metrics_frame, rank_events, summary
 from idea.models import build_backbone
@@ -105,9 +105,10 @@ class Trainer:
         tr = split.train
         if len(tr) == 0:
             raise ValueError(f"split of {split.dataset!r} has no training events; check the cuts")
-        self.train_history = torch.as_tensor(tr.history, device=self.device)  # [E, L]
-        self.train_lengths = torch.as_tensor(tr.lengths, device=self.device)  # [E]
-        self.train_target = torch.as_tensor(tr.target, device=self.device)  # [E]
+        # Copies: the split's arrays may be read-only views of Ray's shared memory.
+        self.train_history = torch.tensor(tr.history, device=self.device)  # [E, L]
+        self.train_lengths = torch.tensor(tr.lengths, device=self.device)  # [E]
+        self.train_target = torch.tensor(tr.target, device=self.device)  # [E]
         self.epoch = 0
         self.step = 0
         self.best_value = -math.inf
@@ -300,8 +301,9 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state["config"] != self.config.to_dict():
-            changed = sorted(k for k, v in self.config.to_dict().items() if state["config"].get(k) != v)
+        changed = sorted(k for k, v in self.config.to_dict().items()
+                         if k not in RUNTIME_FIELDS and state["config"].get(k) != v)
+        if changed:
             raise ValueError(f"checkpoint was written with a different config (fields {changed}); refusing to resume")
         self.epoch, self.step = state["epoch"], state["step"]
         self.model.load_state_dict(state["model"])

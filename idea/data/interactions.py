@@ -1,6 +1,7 @@
 """The canonical interaction table every dataset reader produces."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,3 +94,16 @@ def from_arrays(name: str, user, item, timestamp, sha256: str, order=None) -> In
         n_items=int(item_codes.max()),
         sha256=sha256,
     )
+
+
+def subsample_users(data: Interactions, n_users: int, seed: int) -> Interactions:
+    """Keep `n_users` random users with all their interactions, for smoke runs on real data.
+    The digest changes with the sample, so `data_sha256` never claims the full dataset."""
+    if n_users >= data.n_users:
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(data.n_users, n_users, replace=False))
+    rows = np.isin(data.user, keep)
+    digest = hashlib.sha256(f"{data.sha256}:users={n_users}:seed={seed}".encode()).hexdigest()
+    timestamp = None if data.timestamp is None else data.timestamp[rows]
+    # from_arrays re-indexes users and items densely; rows are already in (user, time, file) order.
+    return from_arrays(data.name, data.user[rows], data.item[rows], timestamp, digest)

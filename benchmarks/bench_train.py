@@ -84,7 +84,7 @@ def main() -> None:
           f"{'IDEA s/step':>11} {'noise 0.1':>9} {'eval users/s':>12}")
     for backbone in ("gru4rec", "sasrec"):
         for batch in args.batches:
-            cfg = dict(backbone=backbone, batch_size=batch, device=args.device, eval_batch_size=1024)
+            cfg = dict(backbone=backbone, batch_size=batch, device=args.device)
             erm = Trainer(TrainConfig(**cfg), split)
             t_erm = seconds_per_step(erm, args.steps)
             idea = Trainer(TrainConfig(method="idea", K=3, N=4, T=5, **cfg), split)

@@ -43,7 +43,7 @@ class TrainConfig:
     noise_ratio: float = 0.0  # share of training positions replaced by fake items, [0, 1)
     seed: int = 0  # >= 0
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
-    eval_batch_size: int = 1024  # 1..1_000_000
+    eval_batch_size: int | None = None  # None: 256 on CPU (fits the cache), 1024 on GPU; else 1..1_000_000
     mask_seen: bool = False  # exclude history items from the ranking
 
     def __post_init__(self) -> None:
@@ -57,9 +57,11 @@ class TrainConfig:
         need(self.pairing in PAIRINGS, "pairing", str(PAIRINGS))
         for name, lo, hi in (("K", 2, 16), ("N", 2, 32), ("T", 1, 1000), ("epochs", 1, 10_000),
                              ("patience", 1, 10_000), ("batch_size", 1, 1_000_000),
-                             ("eval_batch_size", 1, 1_000_000), ("extractor_hidden", 1, 4096)):
+                             ("extractor_hidden", 1, 4096)):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, name, f"an integer in {lo}..{hi}")
+        need(self.eval_batch_size is None or (isinstance(self.eval_batch_size, int) and 1 <= self.eval_batch_size <= 1_000_000),
+             "eval_batch_size", "None or an integer in 1..1000000")
         need(0 < self.tau <= 10, "tau", "(0, 10]")
         need(0 <= self.beta <= 1000, "beta", "[0, 1000]")
         need(0.5 <= self.lambda_low <= 1, "lambda_low", "[0.5, 1] (the dominant view's weight)")

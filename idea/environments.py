@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _U_EPS = 1e-6  # keeps log u and log(1 - u) finite
@@ -122,21 +123,23 @@ def make_environments(
         ext_a = torch.randint(K, (N, B), device=dev)  # [N, B]
         # A nonzero offset mod K picks uniformly among the K-1 other extractors.
         ext_b = (ext_a + torch.randint(1, K, (N, B), device=dev)) % K  # [N, B], != ext_a
-        partner = rows  # [N, B]
-        env_lengths = lengths[rows]  # [N, B]
+        lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
+        lam = lam.view(N, B, 1).to(views.dtype)  # [N, B, 1]
+        # Mixing weights over the K views of row b: lam at ext_a, 1 - lam at ext_b. A batched
+        # matmul instead of two gathers: no scatter-add in the backward pass.
+        weights = lam * F.one_hot(ext_a, K).to(views.dtype) + (1.0 - lam) * F.one_hot(ext_b, K).to(views.dtype)  # [N, B, K]
+        env_x = torch.einsum("nbk,kbld->nbld", weights, views)  # [N, B, L, d]
+        env_lengths = lengths.expand(N, B)  # [N, B]
     elif pairing == "any":
         ext_a = torch.randint(K, (N, B), device=dev)  # [N, B]
         ext_b = torch.randint(K, (N, B), device=dev)  # [N, B]
         partner = torch.randint(B, (N, B), device=dev)  # [N, B] row b'
+        lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
+        lam = lam.view(N, B, 1, 1).to(views.dtype)  # [N, B, 1, 1]
+        env_x = lam * views[ext_a, rows] + (1.0 - lam) * views[ext_b, partner]  # [N, B, L, d]
         env_lengths = torch.maximum(lengths[rows], lengths[partner])  # [N, B]
     else:
         raise ValueError(f"unknown pairing {pairing!r}; choose one of ['any', 'same_user']")
-
-    lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
-    lam = lam.view(N, B, 1, 1).to(views.dtype)  # [N, B, 1, 1]
-    v_a = views[ext_a, rows]  # [N, B, L, d]
-    v_b = views[ext_b, partner]  # [N, B, L, d]
-    env_x = lam * v_a + (1.0 - lam) * v_b  # [N, B, L, d]
     return env_x.reshape(N * B, L, d), env_lengths.reshape(N * B), targets[rows].reshape(N * B)
 
 

@@ -97,6 +97,7 @@ class Trainer:
         self.model = build_backbone(config.backbone, split.n_items + self.n_fake, split.max_len, config.dropout).to(self.device)
         if self.device.type == "cuda":
             self.model.chunk_rows = 1 << 20  # GPUs have FLOPs to spare: one launch beats length buckets
+        self.eval_batch_size = config.eval_batch_size or (1024 if self.device.type == "cuda" else 256)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.extractors = None
         if config.method == "idea":
@@ -140,7 +141,10 @@ class Trainer:
         return F.softplus(-pos) + F.softplus(neg)  # [M]
 
     def batch(self, idx: torch.Tensor, width: int | None = None, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Training rows `idx`, trimmed to `width` (default: their longest history), with noise if configured."""
+        """Training rows `idx` ordered by length (a batch is a set; the order lets the backbone
+        encode short rows cheaply), trimmed to `width` (default: their longest history), with noise
+        if configured."""
+        idx = idx[self.train_lengths[idx].argsort()]  # [B]
         lengths = self.train_lengths[idx]  # [B]
         width = int(lengths.max()) if width is None else width
         history = self.train_history[idx, -width:]  # [B, width]
@@ -155,8 +159,9 @@ class Trainer:
         self.opt.step()
         return {"loss": loss.detach()}
 
-    def idea_risks(self, history, lengths, target) -> torch.Tensor:
-        """Risks [E] of the environments built from one batch (one forward pass for all of them)."""
+    def idea_forward(self, history, lengths, target) -> tuple[torch.Tensor, torch.Tensor]:
+        """Risks [E] of the environments built from one batch (one forward pass for all of them)
+        and the environment batch env_x [E*B, L, d] they were computed from."""
         c = self.config
         x = self.model.embed(history)  # [B, L, d]
         masks = self.extractors(x.detach(), lengths, c.tau)  # [K, B, L]; extractors read, never train, x
@@ -166,24 +171,46 @@ class Trainer:
             alpha=c.alpha, lambda_low=c.lambda_low, lambda_high=c.lambda_high,
         )  # [E*B, L, d], [E*B], [E*B]
         user = self.model.encode(env_x, env_len)  # [E*B, d]
-        return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1)  # [E]
+        return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1), env_x  # [E], [E*B, L, d]
+
+    def idea_risks(self, history, lengths, target) -> torch.Tensor:
+        return self.idea_forward(history, lengths, target)[0]
 
     def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
         """Recommender descends mean(R) + beta*var(R); extractors (when `explore`) ascend var(R).
-        Both gradients come from the same forward pass and are taken before either update."""
-        mean, var = vrex(self.idea_risks(history, lengths, target))
+
+        Both gradients come from one forward pass and are taken before either update. Row r of
+        env_x belongs to environment n alone, so d obj / d env_x_r = (d obj / d R_n) * d R_n / d env_x_r
+        for either objective: the extractors' gradient at env_x is the recommender's, rescaled per
+        environment by c_n / a_n (a = d(mean + beta var)/dR, c = d(-var)/dR), and only the cheap path
+        env_x -> masks -> extractors is walked again (exact; the full second pass through the
+        backbone remains the fallback when some a_n is 0)."""
+        risks, env_x = self.idea_forward(history, lengths, target)
+        mean, var = vrex(risks)
+        rec_loss = mean + self.config.beta * var
         rec_params = [p for p in self.model.parameters() if p.requires_grad]
         ext_params = list(self.extractors.parameters())
-        rec_grads = torch.autograd.grad(mean + self.config.beta * var, rec_params, retain_graph=explore,
-                                        allow_unused=True) if recommend else None
-        ext_grads = torch.autograd.grad(-var, ext_params) if explore else None
+        rec_grads = ext_grads = None
+        if recommend:
+            grads = torch.autograd.grad(rec_loss, rec_params + [env_x], retain_graph=explore, allow_unused=True)
+            rec_grads, env_grad = grads[:-1], grads[-1]
+        if explore:
+            n = len(risks)
+            centred = (risks - mean).detach()  # [E]
+            a = 1.0 / n + self.config.beta * 2.0 * centred / n  # [E] d rec_loss / d R
+            c = -2.0 * centred / n  # [E] d(-var) / d R
+            if recommend and bool((a.abs() > 1e-12).all()):
+                scale = (c / a).repeat_interleave(len(target)).view(-1, 1, 1)  # [E*B, 1, 1]
+                ext_grads = torch.autograd.grad(env_x, ext_params, grad_outputs=env_grad * scale)
+            else:
+                ext_grads = torch.autograd.grad(-var, ext_params)
         for opt, params, grads in ((self.opt, rec_params, rec_grads), (self.ext_opt, ext_params, ext_grads)):
             if grads is not None:
                 for p, g in zip(params, grads):
                     p.grad = g
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-        return {"loss": (mean + self.config.beta * var).detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+        return {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
 
     # ----- epochs ---------------------------------------------------------------------------
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -272,7 +299,7 @@ class Trainer:
             return model(history, lengths) @ table.T  # [b, n_items + 1]
 
         ranks = rank_events(score, events.history, events.lengths, events.target, device=self.device,
-                            batch_size=self.config.eval_batch_size, mask_seen=self.config.mask_seen)
+                            batch_size=self.eval_batch_size, mask_seen=self.config.mask_seen)
         return metrics_frame(ranks, events.warm, part)
 
     def evaluate(self, parts: list[str] | None = None) -> pd.DataFrame:

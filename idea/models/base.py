@@ -39,20 +39,19 @@ class Backbone(nn.Module, abc.ABC):
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Map item embeddings `x [B, L, d]` (maybe a masked/mixed view) to users `[B, d]`.
 
-        Only the last `lengths[b]` positions of row b influence the output. Rows are
-        sorted by length and encoded in buckets of `chunk_rows`, each trimmed to its own
-        longest sequence: rows are independent, so the result equals one big pass, and
-        short sequences (most of them) stop paying for the longest one in the batch.
+        Only the last `lengths[b]` positions of row b influence the output. Rows are encoded
+        in consecutive blocks of `chunk_rows`, each trimmed to its own longest sequence: rows
+        are independent, so the result equals one big pass, and when the caller orders rows
+        by length (the trainer and `rank_events` do) short sequences, most of them, stop
+        paying for the longest one in the batch. Contiguous blocks need no gather.
         """
         if len(lengths) <= self.chunk_rows:
             return self.encode_block(x, lengths)
-        order = lengths.argsort()  # [B] shortest first
-        x, lengths = x[order], lengths[order]  # one gather; bucket slices below are views
-        widths = torch.stack([w[-1] for w in lengths.split(self.chunk_rows)]).tolist()  # one host sync
+        blocks = lengths.split(self.chunk_rows)
+        widths = torch.stack([lb.max() for lb in blocks]).tolist()  # one host sync
         L = x.shape[1]
-        users = [self.encode_block(xb[:, L - w:], lb)
-                 for xb, lb, w in zip(x.split(self.chunk_rows), lengths.split(self.chunk_rows), widths)]
-        return torch.cat(users)[order.argsort()]  # [B, d] back in the input order
+        return torch.cat([self.encode_block(xb[:, L - w:], lb)
+                          for xb, lb, w in zip(x.split(self.chunk_rows), blocks, widths)])  # [B, d]
 
     @abc.abstractmethod
     def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:

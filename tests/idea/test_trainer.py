@@ -208,3 +208,20 @@ def test_cli_prints_json(tmp_path):
 def test_cli_rejects_bad_values():
     out = subprocess.run([sys.executable, "-m", "idea.train", "--beta", "-1"], capture_output=True, text=True)
     assert out.returncode == 2 and "TrainConfig.beta" in out.stderr
+
+
+@pytest.mark.parametrize("pairing", ["same_user", "any"])
+def test_shared_backward_exploration_equals_a_separate_backward(split, pairing):
+    """The combined step's extractor gradient (rescaled from the recommender's) equals d(-var)."""
+    tr = Trainer(small(method="idea", tau=1.0, beta=3.0, pairing=pairing), split)
+    h, l, t = first_batch(tr)
+    torch.manual_seed(11)
+    risks = tr.idea_risks(h, l, t)
+    var = ((risks - risks.mean()) ** 2).mean()
+    expected = torch.autograd.grad(var, list(tr.extractors.parameters()))
+    tr.ext_opt = torch.optim.SGD(tr.extractors.parameters(), lr=1.0)
+    before = snapshot(tr.extractors)
+    torch.manual_seed(11)
+    tr.idea_step(h, l, t, recommend=True, explore=True)
+    for b, p, g in zip(before, tr.extractors.parameters(), expected):
+        torch.testing.assert_close(p.detach() - b, g, rtol=1e-4, atol=1e-6)

@@ -92,8 +92,8 @@ def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: s
 
 
 def check_device(study_dir: Path, device: str) -> None:
-    """Trial checkpoints hold their TrainConfig, device included, and the trainer refuses to resume one
-    written under another config: a resumed study keeps its trials' device."""
+    """Tune restores each trial with its original config, device included, so a switch would
+    apply to new trials only and mix devices (and their timings) within one study."""
     recorded = json.loads((study_dir / RUN_FILE).read_text())["device"]
     if device != recorded:
         raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "

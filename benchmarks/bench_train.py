@@ -94,7 +94,7 @@ def main() -> None:
             ev = split.tests["test"]
             sync(erm.device)
             start = time.perf_counter()
-            erm.evaluate_events(ev, "test", use_best=False)
+            erm.evaluate_events(ev, "test")
             sync(erm.device)
             users = len(ev) / (time.perf_counter() - start)
             print(f"{backbone:<8} {batch:>5} {batch / t_erm:>10,.0f} {batch / t_idea:>10,.0f} {t_idea / t_erm:>8.2f} "

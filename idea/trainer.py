@@ -265,7 +265,7 @@ class Trainer:
             epoch = self.epoch + 1
             losses = self.train_epoch(epoch, progress)
             train_time = time.perf_counter() - start
-            valid = summary(self.evaluate_events(self.split.valid, "valid", use_best=False), "valid")
+            valid = summary(self.evaluate_events(self.split.valid, "valid"), "valid")
             self.train_seconds += time.perf_counter() - start
             self.epoch = epoch
             if valid[SELECT_METRIC] > self.best_value:
@@ -286,14 +286,17 @@ class Trainer:
         return self.bad_epochs >= self.config.patience
 
     # ----- evaluation -----------------------------------------------------------------------
-    def evaluate_events(self, events: Events, part: str, use_best: bool = True) -> pd.DataFrame:
-        """Metrics frame of one part, full ranking over all real items."""
-        model = self.model
-        if use_best:
-            model = copy.deepcopy(self.model)
-            model.load_state_dict(self.best_state)
+    def best_model(self) -> torch.nn.Module:
+        """A copy of the backbone with the best validation state's weights."""
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.best_state)
+        return model
+
+    def evaluate_events(self, events: Events, part: str, model: torch.nn.Module | None = None) -> pd.DataFrame:
+        """Metrics frame of one part for `model` (default: the current state), full ranking over all real items."""
+        model = model or self.model
         model.eval()
-        table = self.item_table() if not use_best else model.item_emb.weight[: self.n_items + 1]
+        table = model.item_emb.weight[: self.n_items + 1]  # [n_items + 1, d], fake noise ids are never ranked
 
         def score(history, lengths):
             return model(history, lengths) @ table.T  # [b, n_items + 1]
@@ -309,7 +312,8 @@ class Trainer:
         unknown = sorted(set(names) - set(available))
         if unknown:
             raise ValueError(f"unknown part(s) {unknown}; available: {list(available)}")
-        return pd.concat([self.evaluate_events(available[n], n) for n in names], ignore_index=True)
+        model = self.best_model()
+        return pd.concat([self.evaluate_events(available[n], n, model) for n in names], ignore_index=True)
 
     # ----- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:

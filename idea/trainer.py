@@ -125,9 +125,10 @@ class Trainer:
             return "erm"
         return "pretrain" if epoch <= self.config.pretrain_epochs else "idea"
 
-    def item_table(self) -> torch.Tensor:
-        """[n_items + 1, d] embeddings of the real items (fake noise ids are never ranked)."""
-        return self.model.item_emb.weight[: self.n_items + 1]
+    def item_table(self, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """[n_items + 1, d] embeddings of the real items of `model` (default: the trained one);
+        fake noise ids are never ranked."""
+        return (model or self.model).item_emb.weight[: self.n_items + 1]
 
     def per_example_loss(self, user: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Base loss [M] per row: full-softmax CE over items 1..n, or BCE with one sampled negative."""
@@ -172,9 +173,6 @@ class Trainer:
         )  # [E*B, L, d], [E*B], [E*B]
         user = self.model.encode(env_x, env_len)  # [E*B, d]
         return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1), env_x  # [E], [E*B, L, d]
-
-    def idea_risks(self, history, lengths, target) -> torch.Tensor:
-        return self.idea_forward(history, lengths, target)[0]
 
     def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
         """Recommender descends mean(R) + beta*var(R); extractors (when `explore`) ascend var(R).
@@ -296,7 +294,7 @@ class Trainer:
         """Metrics frame of one part for `model` (default: the current state), full ranking over all real items."""
         model = model or self.model
         model.eval()
-        table = model.item_emb.weight[: self.n_items + 1]  # [n_items + 1, d], fake noise ids are never ranked
+        table = self.item_table(model)  # [n_items + 1, d]
 
         def score(history, lengths):
             return model(history, lengths) @ table.T  # [b, n_items + 1]

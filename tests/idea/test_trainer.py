@@ -4,7 +4,6 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -57,27 +56,33 @@ def test_exploration_step_moves_only_the_extractors(split, backbone):
     assert all(changed(ext, tr.extractors))
 
 
-def test_exploration_ascends_the_risk_variance(split):
-    """Gradient ascent on var(R): the extractor step's gradient is minus d var / d params."""
-    tr = Trainer(small(method="idea", tau=1.0), split)
+def exploration_update_and_expected(tr, recommend: bool, seed: int):
+    """The extractors' SGD(lr=1) update from `idea_step(explore=True)` and d var / d params computed
+    by a separate backward pass on the same random draws."""
     h, l, t = first_batch(tr)
-    torch.manual_seed(5)
-    risks = tr.idea_risks(h, l, t)
+    torch.manual_seed(seed)
+    risks = tr.idea_forward(h, l, t)[0]
     var = ((risks - risks.mean()) ** 2).mean()
     expected = torch.autograd.grad(var, list(tr.extractors.parameters()))
     tr.ext_opt = torch.optim.SGD(tr.extractors.parameters(), lr=1.0)
     before = snapshot(tr.extractors)
-    torch.manual_seed(5)
-    tr.idea_step(h, l, t, recommend=False, explore=True)
-    for b, p, g in zip(before, tr.extractors.parameters(), expected):
-        torch.testing.assert_close(p.detach() - b, g)  # p <- p - lr * (-g)
+    torch.manual_seed(seed)
+    tr.idea_step(h, l, t, recommend=recommend, explore=True)
+    return [p.detach() - b for b, p in zip(before, tr.extractors.parameters())], expected
+
+
+def test_exploration_ascends_the_risk_variance(split):
+    """Gradient ascent on var(R): the extractor step's gradient is minus d var / d params."""
+    tr = Trainer(small(method="idea", tau=1.0), split)
+    for update, g in zip(*exploration_update_and_expected(tr, recommend=False, seed=5)):
+        torch.testing.assert_close(update, g)  # p <- p - lr * (-g)
 
 
 def test_idea_risks_are_one_per_environment(split):
     tr = Trainer(small(method="idea", N=5), split)
-    assert tr.idea_risks(*first_batch(tr)).shape == (5,)
+    assert tr.idea_forward(*first_batch(tr))[0].shape == (5,)
     tr = Trainer(small(method="idea", K=4, mixup=False), split)
-    assert tr.idea_risks(*first_batch(tr)).shape == (4,)
+    assert tr.idea_forward(*first_batch(tr))[0].shape == (4,)
 
 
 def test_explore_false_never_updates_extractors(split):
@@ -214,14 +219,5 @@ def test_cli_rejects_bad_values():
 def test_shared_backward_exploration_equals_a_separate_backward(split, pairing):
     """The combined step's extractor gradient (rescaled from the recommender's) equals d(-var)."""
     tr = Trainer(small(method="idea", tau=1.0, beta=3.0, pairing=pairing), split)
-    h, l, t = first_batch(tr)
-    torch.manual_seed(11)
-    risks = tr.idea_risks(h, l, t)
-    var = ((risks - risks.mean()) ** 2).mean()
-    expected = torch.autograd.grad(var, list(tr.extractors.parameters()))
-    tr.ext_opt = torch.optim.SGD(tr.extractors.parameters(), lr=1.0)
-    before = snapshot(tr.extractors)
-    torch.manual_seed(11)
-    tr.idea_step(h, l, t, recommend=True, explore=True)
-    for b, p, g in zip(before, tr.extractors.parameters(), expected):
-        torch.testing.assert_close(p.detach() - b, g, rtol=1e-4, atol=1e-6)
+    for update, g in zip(*exploration_update_and_expected(tr, recommend=True, seed=11)):
+        torch.testing.assert_close(update, g, rtol=1e-4, atol=1e-6)

@@ -16,9 +16,9 @@ import sys
 import numpy as np
 
 from idea.config import TrainConfig
-from idea.data import load_dataset
+from idea.data import load_split
 from idea.metrics import summary
-from idea.splits import SplitConfig, make_split
+from idea.splits import SplitConfig
 from idea.trainer import Trainer
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--max-epochs", type=int, default=300)
     args = p.parse_args()
-    split = make_split(load_dataset(args.dataset, args.data_dir), SplitConfig("loo", 50))
+    _, split = load_split(args.dataset, args.data_dir, SplitConfig("loo", 50))
     print(f"{args.dataset} loo: {len(split.train):,} training events", file=sys.stderr)
     rows = []
     for backbone in args.backbones:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from idea.config import TrainConfig
-from idea.data import DataNotFoundError, load_dataset
-from idea.splits import Events, Split, SplitConfig, make_split
+from idea.data import DataNotFoundError, load_split
+from idea.splits import Events, Split, SplitConfig
 from idea.trainer import Trainer
 
 N_USERS, N_ITEMS, MAX_LEN = 22_363, 12_101, 50
@@ -25,7 +25,7 @@ N_USERS, N_ITEMS, MAX_LEN = 22_363, 12_101, 50
 
 def beauty_split(data_dir: str | None) -> tuple[Split, str]:
     try:
-        return make_split(load_dataset("beauty", data_dir), SplitConfig("loo", MAX_LEN)), "real Beauty loo events"
+        return load_split("beauty", data_dir, SplitConfig("loo", MAX_LEN))[1], "real Beauty loo events"
     except DataNotFoundError:
         rng = np.random.default_rng(0)
         lengths = np.minimum(rng.geometric(1 / 9, 131_413), MAX_LEN)
@@ -50,15 +50,10 @@ def seconds_per_step(trainer: Trainer, steps: int) -> float:
     IDEA steps cycle through the T schedule, so every T-th includes the extractor step."""
     order = trainer.permutation(1)
     batches = order.split(trainer.config.batch_size)
-    idea = trainer.config.method == "idea"
+    phase = "idea" if trainer.config.method == "idea" else "erm"
 
     def run(i: int) -> None:
-        history, lengths, target = trainer.batch(batches[i % len(batches)])
-        if idea:
-            trainer.step += 1
-            trainer.idea_step(history, lengths, target, explore=trainer.step % trainer.config.T == 0)
-        else:
-            trainer.erm_step(history, lengths, target)
+        trainer.train_step(phase, *trainer.batch(batches[i % len(batches)]))
 
     trainer.model.train()
     for i in range(2):

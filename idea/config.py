@@ -45,6 +45,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
     eval_batch_size: int | None = None  # None: 256 on CPU (fits the cache), 1024 on GPU; else 1..1_000_000
     mask_seen: bool = False  # exclude history items from the ranking
+    # warm start: path of a trainer checkpoint (same backbone and split) whose best state initialises
+    # the backbone; optimisers start fresh (IDEA's Step 1 is a trained base recommender)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, allowed: str) -> None:
@@ -75,6 +78,8 @@ class TrainConfig:
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+        need(self.init_from is None or (isinstance(self.init_from, str) and self.init_from != ""), "init_from",
+             "None or the path of a trainer checkpoint")
         need(0 <= self.pretrain_epochs < self.epochs or self.method == "erm", "pretrain_epochs",
              f"0..epochs-1 = 0..{self.epochs - 1} (IDEA needs at least one epoch after pretraining)")
 

@@ -1,8 +1,9 @@
 """IDEA's environment construction: subsequence extractors, mixup, and the V-REx penalty.
 
-K extractors turn a sequence embedding into K soft subsequence views; mixing
-pairs of views gives N environments whose risks' variance is the invariance
-penalty. All randomness (Gumbel noise, pairings, λ) comes from torch's global
+K extractors turn a sequence embedding into K soft subsequence views; each of
+N environments mixes the views of its own pair of extractors (distinct pairs
+across environments), so the environments are different distributions and the
+variance of their risks is the invariance penalty (V-REx). All randomness (Gumbel noise, pairings, λ) comes from torch's global
 RNG, so a seeded run is reproducible.
 
 Layout convention: environment-major rows. Row `n * B + b` of an environment
@@ -53,7 +54,7 @@ class SubsequenceExtractors(nn.Module):
         if Lb > self.max_len:
             raise ValueError(f"sequence length {Lb} exceeds max_len={self.max_len}")
         s = x.mean(-1)  # [B, Lb]
-        s = torch.nn.functional.pad(s, (self.max_len - Lb, 0))  # [B, L]
+        s = F.pad(s, (self.max_len - Lb, 0))  # [B, L]
         h = torch.relu(torch.einsum("bl,klh->kbh", s, self.w1) + self.b1.unsqueeze(1))  # [K, B, H]
         omega = torch.einsum("kbh,khl->kbl", h, self.w2) + self.b2.unsqueeze(1)  # [K, B, L]
         return omega[..., self.max_len - Lb:]  # [K, B, Lb]
@@ -67,7 +68,8 @@ class SubsequenceExtractors(nn.Module):
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         omega = self.logits(x)  # [K, B, L]
-        u = torch.rand_like(omega).clamp(_U_EPS, 1.0 - _U_EPS)  # [K, B, L]
+        # Drawn in float32 whatever the compute dtype, so a float64 check sees the same draws.
+        u = torch.rand(omega.shape, device=omega.device).clamp(_U_EPS, 1.0 - _U_EPS).to(omega.dtype)  # [K, B, L]
         p = torch.sigmoid((omega + torch.log(u) - torch.log1p(-u)) / tau)  # [K, B, L]
         L = x.shape[1]
         real = torch.arange(L, device=x.device) >= (L - lengths).unsqueeze(1)  # [B, L]
@@ -87,6 +89,23 @@ def sample_lambda(n: int, *, alpha: float | None, low: float, high: float, devic
     return low + (high - low) * torch.rand(n, device=device)  # [n]
 
 
+def environment_pairs(N: int, K: int, pairing: str, device) -> tuple[Tensor, Tensor]:
+    """Extractor pair `(a [N], b [N])` of each environment: distinct ordered pairs while N allows.
+
+    The candidates are the ordered pairs of distinct extractors for "same_user" (both views are of
+    the same sequence, so a == b would not mix anything) and all K² ordered pairs for "any" (view b
+    is of another sequence). A random permutation of them is cycled, so N <= #pairs gives N distinct
+    pairs and a larger N uses every pair floor(N / #pairs) or ceil(N / #pairs) times.
+    """
+    a, b = torch.meshgrid(torch.arange(K, device=device), torch.arange(K, device=device), indexing="ij")
+    a, b = a.flatten(), b.flatten()  # [K*K]
+    if pairing == "same_user":
+        distinct = a != b
+        a, b = a[distinct], b[distinct]  # [K*(K-1)]
+    order = torch.cat([torch.randperm(len(a), device=device) for _ in range(-(-N // len(a)))])[:N]  # [N]
+    return a[order], b[order]
+
+
 def make_environments(
     views: Tensor,
     lengths: Tensor,
@@ -101,11 +120,13 @@ def make_environments(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Environment batch `(env_x [N*B, L, d], env_lengths [N*B], env_targets [N*B])`.
 
-    mixup=True: environment n mixes, per row b, λ·V_a + (1-λ)·V_b with λ ~ `sample_lambda`
-    (λ >= 0.5, so V_a dominates and supplies the label).
-      - "same_user": V_a, V_b are two different extractors' views of row b (needs K >= 2).
-      - "any": V_a is a random extractor's view of row b; V_b a random extractor's view of
-        a uniformly random row b' (may be b itself); length = max(len_b, len_b').
+    mixup=True: environment n is defined by its own extractor pair (a_n, b_n) (`environment_pairs`),
+    the same for every row, so the N environments are N different distributions of subsequences and
+    the variance of their risks measures how much the model depends on which subsequence it sees.
+    Row b of environment n is λ·V_{a_n}(b) + (1-λ)·V_{b_n}(b'), λ ~ `sample_lambda` per row
+    (λ >= 0.5: the dominant view supplies the label).
+      - "same_user": b' = b, two different extractors' views of the same sequence (needs K >= 2).
+      - "any": b' is a uniformly random row per row (may be b itself); length = max(len_b, len_b').
     mixup=False: the K views themselves are the environments (N is ignored; K*B rows).
     Rows are environment-major (row n*B + b).
     """
@@ -115,31 +136,27 @@ def make_environments(
         return views.reshape(K * B, L, d), lengths.repeat(K), targets.repeat(K)
     if N < 1:
         raise ValueError(f"N must be >= 1, got {N}")
+    if pairing not in ("same_user", "any"):
+        raise ValueError(f"unknown pairing {pairing!r}; choose one of ['any', 'same_user']")
+    if pairing == "same_user" and K < 2:
+        raise ValueError(f"pairing='same_user' needs K >= 2 extractors, got K={K}")
 
+    ext_a, ext_b = environment_pairs(N, K, pairing, dev)  # [N], [N]
+    lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
+    lam = lam.view(N, B, 1).to(views.dtype)  # [N, B, 1]
+    one_a = F.one_hot(ext_a, K).to(views.dtype).unsqueeze(1)  # [N, 1, K]
     rows = torch.arange(B, device=dev).expand(N, B)  # [N, B] row b of every environment
+    # Mixing weights over the K views of a row as a batched matmul: on CPU several times faster
+    # than indexing views[ext_a], whose backward pass is a scatter-add.
     if pairing == "same_user":
-        if K < 2:
-            raise ValueError(f"pairing='same_user' needs K >= 2 extractors, got K={K}")
-        ext_a = torch.randint(K, (N, B), device=dev)  # [N, B]
-        # A nonzero offset mod K picks uniformly among the K-1 other extractors.
-        ext_b = (ext_a + torch.randint(1, K, (N, B), device=dev)) % K  # [N, B], != ext_a
-        lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
-        lam = lam.view(N, B, 1).to(views.dtype)  # [N, B, 1]
-        # Mixing weights over the K views of row b: lam at ext_a, 1 - lam at ext_b. A batched
-        # matmul instead of two gathers: no scatter-add in the backward pass.
-        weights = lam * F.one_hot(ext_a, K).to(views.dtype) + (1.0 - lam) * F.one_hot(ext_b, K).to(views.dtype)  # [N, B, K]
+        weights = lam * one_a + (1.0 - lam) * F.one_hot(ext_b, K).to(views.dtype).unsqueeze(1)  # [N, B, K]
         env_x = torch.einsum("nbk,kbld->nbld", weights, views)  # [N, B, L, d]
         env_lengths = lengths.expand(N, B)  # [N, B]
-    elif pairing == "any":
-        ext_a = torch.randint(K, (N, B), device=dev)  # [N, B]
-        ext_b = torch.randint(K, (N, B), device=dev)  # [N, B]
-        partner = torch.randint(B, (N, B), device=dev)  # [N, B] row b'
-        lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
-        lam = lam.view(N, B, 1, 1).to(views.dtype)  # [N, B, 1, 1]
-        env_x = lam * views[ext_a, rows] + (1.0 - lam) * views[ext_b, partner]  # [N, B, L, d]
-        env_lengths = torch.maximum(lengths[rows], lengths[partner])  # [N, B]
     else:
-        raise ValueError(f"unknown pairing {pairing!r}; choose one of ['any', 'same_user']")
+        partner = torch.randint(B, (N, B), device=dev)  # [N, B] row b'
+        own = torch.einsum("nbk,kbld->nbld", lam * one_a, views)  # [N, B, L, d]
+        env_x = own + (1.0 - lam).unsqueeze(-1) * views[ext_b.unsqueeze(1), partner]  # [N, B, L, d]
+        env_lengths = torch.maximum(lengths[rows], lengths[partner])  # [N, B]
     return env_x.reshape(N * B, L, d), env_lengths.reshape(N * B), targets[rows].reshape(N * B)
 
 
@@ -147,7 +164,8 @@ def vrex(risks: Tensor) -> tuple[Tensor, Tensor]:
     """V-REx statistics `(mean(R), var(R))` of the environment risks `[N]`.
 
     Population variance, mean((R - mean R)^2) (unbiased=False): it is the V-REx
-    definition, and stays finite (0) for a single environment.
+    definition, and stays finite (0) for a single environment. The public IDEA
+    re-implementation uses torch.var (unbiased), so its β equals our β·(N-1)/N.
     """
     mean = risks.mean()  # []
     var = ((risks - mean) ** 2).mean()  # []

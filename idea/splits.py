@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from idea.data.interactions import Interactions
+if TYPE_CHECKING:  # annotations only: idea.data imports this module to split datasets by name
+    from idea.data.interactions import Interactions
 
 PROTOCOLS = ("temporal", "loo")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from idea.config import BACKBONE_NAMES, LOSSES, METHODS, PAIRINGS, TrainConfig
-from idea.data import DATASETS, DataFormatError, DataNotFoundError, get_spec, load_dataset
+from idea.data import DATASETS, DataFormatError, DataNotFoundError, load_split
 from idea.metrics import summary
-from idea.splits import PROTOCOLS, SplitConfig, make_split
+from idea.splits import PROTOCOLS, SplitConfig
 from idea.trainer import NonFiniteLossError, Trainer
 
 # CLI flag -> TrainConfig field, for the flags whose names differ from the field (or need a type).
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=typ, default=None, help=f"TrainConfig.{name} (default {getattr(TrainConfig, name)})")
     p.add_argument("--checkpoint", help="checkpoint file, rewritten every epoch; resumed from when it exists")
+    p.add_argument("--init-from", help="warm start: a checkpoint (same backbone and split) whose best state initialises "
+                                       "the backbone, with fresh optimisers (e.g. an ERM run's --checkpoint)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with config and results")
     return p.parse_args(argv)
 
@@ -44,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     values.update(backbone=args.backbone, method=args.method, loss=args.loss, device=args.device,
-                  mixup=not args.no_mixup, explore=not args.no_explore, mask_seen=args.mask_seen)
+                  mixup=not args.no_mixup, explore=not args.no_explore, mask_seen=args.mask_seen,
+                  init_from=args.init_from)
     if args.pairing:
         values["pairing"] = args.pairing
     return TrainConfig(**values)
@@ -62,6 +66,7 @@ def results_json(trainer: Trainer, frame) -> dict:
         "data_sha256": trainer.split.data_sha256,
         "epochs_run": trainer.epoch,
         "best_epoch": trainer.best_epoch,
+        "best_phase": trainer.best_phase,
         "train_seconds": round(trainer.train_seconds, 3),
         "valid": summary(frame, "valid", "all"),
         "test": tests,
@@ -80,18 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = config_from_args(args)
-        data = load_dataset(args.dataset, args.data_dir)
-        split = make_split(data, SplitConfig(args.protocol, args.max_len), get_spec(args.dataset).cuts)
+        _, split = load_split(args.dataset, args.data_dir, SplitConfig(args.protocol, args.max_len))
+        trainer = Trainer(config, split)  # CheckpointError (a ValueError) for a wrong --init-from
+        if args.checkpoint and Path(args.checkpoint).exists():
+            trainer.load(args.checkpoint)
+            print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}", file=sys.stderr)
     except (ValueError, DataNotFoundError, DataFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    trainer = Trainer(config, split)
-    if args.checkpoint:
-        from pathlib import Path
-
-        if Path(args.checkpoint).exists():
-            trainer.load(args.checkpoint)
-            print(f"resumed from {args.checkpoint} at epoch {trainer.epoch}", file=sys.stderr)
+    if config.init_from:
+        print(f"warm start from the best state in {config.init_from}", file=sys.stderr)
     print(f"{args.dataset} ({args.protocol}): {len(split.train):,} training events, {len(split.valid):,} validation, "
           f"tests {', '.join(f'{k}={len(v):,}' for k, v in split.tests.items())}; {config.method} on {config.backbone}, "
           f"device {trainer.device}", file=sys.stderr)
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_epoch(r):
         extra = "".join(f" {k} {v:.4g}" for k, v in r.extra.items())
         print(f"epoch {r.epoch:3d} [{r.phase}] loss {r.train_loss:.4f}{extra} | valid ndcg@10 {r.valid['ndcg_at_10']:.4f} "
-              f"hr@10 {r.valid['hr_at_10']:.4f} | best epoch {r.best_epoch} | {r.seconds:.1f}s", file=sys.stderr)
+              f"hr@10 {r.valid['hr_at_10']:.4f} | best epoch {r.best_epoch or '-'} | {r.seconds:.1f}s", file=sys.stderr)
 
     try:
         trainer.fit(on_epoch, progress=sys.stderr.isatty(), checkpoint=args.checkpoint)

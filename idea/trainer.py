@@ -7,6 +7,7 @@ per-epoch callback and save/restore it through `save`/`load`.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import os
 import random
@@ -32,6 +33,57 @@ SELECT_METRIC = "ndcg_at_10"
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, or belongs to another model or split; the message says which."""
+
+
+def split_identity(split: Split) -> dict:
+    """What a checkpoint's weights are tied to (training and validation, not the test windows, which
+    training never sees): a warm start or resume on another split is refused."""
+    return {"dataset": split.dataset, "protocol": split.protocol, "n_items": split.n_items,
+            "max_len": split.max_len, "data_sha256": split.data_sha256,
+            "bounds": {part: list(split.bounds[part]) for part in ("train", "valid")}}
+
+
+def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """A trainer checkpoint, read with `weights_only=True` (tensors and plain containers, no code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # truncated file, or a pickle holding objects other than tensors
+        raise CheckpointError(f"{path} is not a readable trainer checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); was it written by this version's "
+                              "Trainer.save? Re-create it by training again") from None
+    if not isinstance(state, dict) or not {"config", "best_state", "split"} <= set(state):
+        raise CheckpointError(f"{path} is not a trainer checkpoint (needs config, best_state and split); "
+                              "write one with Trainer.save or `python -m idea.train --checkpoint`")
+    return state
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a model state's names and tensor bytes: proves which weights a warm start began from."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_start(state: dict, config: TrainConfig, split: Split, path: str) -> None:
+    """A warm start must come from the same backbone on the same split (items, max length, data, windows)."""
+    saved = state["config"]
+    wrong = [f"backbone {saved.get('backbone')!r} (this run: {config.backbone!r})"] \
+        if saved.get("backbone") != config.backbone else []
+    if saved.get("noise_ratio", 0.0) != config.noise_ratio:
+        wrong.append(f"noise_ratio {saved.get('noise_ratio')} (this run: {config.noise_ratio})")
+    mine = split_identity(split)
+    wrong += [f"{k} {state['split'].get(k)!r} (this run: {v!r})" for k, v in mine.items() if state["split"].get(k) != v]
+    if wrong:
+        raise CheckpointError(f"cannot warm-start from {path}: it was trained with " + "; ".join(wrong))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,13 +127,14 @@ class EpochRecord:
     valid: dict[str, float]  # summary of validation metrics (all targets)
     seconds: float  # training and validation
     train_seconds: float  # training steps only (RecBole's "train time")
-    best_epoch: int
+    best_epoch: int  # 0 while no epoch could be selected yet (IDEA's pretraining)
+    best_phase: str | None  # phase of best_epoch: erm, or idea (an IDEA run never selects a pretraining epoch)
     extra: dict[str, float] = field(default_factory=dict)  # IDEA: mean risk, risk variance
 
-    def flat(self) -> dict[str, float]:
-        return {"epoch": self.epoch, "train_loss": self.train_loss, "epoch_seconds": self.seconds,
-                "epoch_train_seconds": self.train_seconds,
-                "best_epoch": self.best_epoch, **self.extra, **self.valid}
+    def flat(self) -> dict[str, float | str | None]:
+        return {"epoch": self.epoch, "phase": self.phase, "train_loss": self.train_loss, "epoch_seconds": self.seconds,
+                "epoch_train_seconds": self.train_seconds, "best_epoch": self.best_epoch,
+                "best_phase": self.best_phase, **self.extra, **self.valid}
 
 
 class Trainer:
@@ -98,6 +151,11 @@ class Trainer:
         if self.device.type == "cuda":
             self.model.chunk_rows = 1 << 20  # GPUs have FLOPs to spare: one launch beats length buckets
         self.eval_batch_size = config.eval_batch_size or (1024 if self.device.type == "cuda" else 256)
+        if config.init_from is not None:  # before the optimiser: Adam starts fresh on the loaded weights
+            start = read_checkpoint(config.init_from, self.device)
+            check_start(start, config, split, config.init_from)
+            self.model.load_state_dict(start["best_state"])
+        self.init_digest = state_digest(self.model.state_dict()) if config.init_from is not None else None
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.extractors = None
         if config.method == "idea":
@@ -160,6 +218,14 @@ class Trainer:
         self.opt.step()
         return {"loss": loss.detach()}
 
+    def train_step(self, phase: str, history, lengths, target) -> dict[str, torch.Tensor]:
+        """One optimisation step of `phase` (erm | pretrain | idea) on one batch; IDEA steps count
+        `self.step`, and every T-th of them also moves the extractors (unless explore is off)."""
+        if phase != "idea":
+            return self.erm_step(history, lengths, target)
+        self.step += 1
+        return self.idea_step(history, lengths, target, explore=self.config.explore and self.step % self.config.T == 0)
+
     def idea_forward(self, history, lengths, target) -> tuple[torch.Tensor, torch.Tensor]:
         """Risks [E] of the environments built from one batch (one forward pass for all of them)
         and the environment batch env_x [E*B, L, d] they were computed from."""
@@ -174,15 +240,22 @@ class Trainer:
         user = self.model.encode(env_x, env_len)  # [E*B, d]
         return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1), env_x  # [E], [E*B, L, d]
 
-    def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
-        """Recommender descends mean(R) + beta*var(R); extractors (when `explore`) ascend var(R).
+    def idea_gradients(self, history, lengths, target, recommend: bool = True,
+                       explore: bool = False) -> tuple[tuple | None, tuple | None, dict[str, torch.Tensor]]:
+        """(recommender grads of mean(R) + β·var(R), extractor grads of -var(R), step statistics)
+        from one forward pass; a part not asked for is None. Descending both gradients makes the
+        recommender minimise the penalised risk and the extractors maximise the risk variance.
 
-        Both gradients come from one forward pass and are taken before either update. Row r of
-        env_x belongs to environment n alone, so d obj / d env_x_r = (d obj / d R_n) * d R_n / d env_x_r
-        for either objective: the extractors' gradient at env_x is the recommender's, rescaled per
-        environment by c_n / a_n (a = d(mean + beta var)/dR, c = d(-var)/dR), and only the cheap path
-        env_x -> masks -> extractors is walked again (exact; the full second pass through the
-        backbone remains the fallback when some a_n is 0)."""
+        The exploration gradient reuses the recommender's backward pass. Row r of env_x belongs to
+        environment n alone, so the recommender's gradient at env_x is, per environment block,
+        a_n · dR_n/d env_x with a = d(mean + β var)/dR; rescaling block n by c_n / a_n, c = d(-var)/dR,
+        gives the extractors' gradient at env_x, and only the cheap path env_x -> masks -> extractors
+        is walked again. a and c are autograd's own derivatives (c sums to zero exactly as autograd's
+        does, so no gradient of mean(R) leaks in), and the backward pass is seeded with that very a,
+        so the rescaling is exact up to float rounding. When some |a_n| < 0.1/N (large β), where
+        the products a_n · (small probabilities) lose precision, a separate backward pass of -var
+        through the backbone is taken instead.
+        """
         risks, env_x = self.idea_forward(history, lengths, target)
         mean, var = vrex(risks)
         rec_loss = mean + self.config.beta * var
@@ -190,25 +263,30 @@ class Trainer:
         ext_params = list(self.extractors.parameters())
         rec_grads = ext_grads = None
         if recommend:
-            grads = torch.autograd.grad(rec_loss, rec_params + [env_x], retain_graph=explore, allow_unused=True)
+            a = torch.autograd.grad(rec_loss, risks, retain_graph=True)[0]  # [E] d rec_loss / dR
+            grads = torch.autograd.grad(risks, rec_params + [env_x], grad_outputs=a, retain_graph=explore,
+                                        allow_unused=True)
             rec_grads, env_grad = grads[:-1], grads[-1]
         if explore:
-            n = len(risks)
-            centred = (risks - mean).detach()  # [E]
-            a = 1.0 / n + self.config.beta * 2.0 * centred / n  # [E] d rec_loss / d R
-            c = -2.0 * centred / n  # [E] d(-var) / d R
-            if recommend and bool((a.abs() > 1e-12).all()):
+            if recommend and bool((a.abs() >= 0.1 / len(risks)).all()):
+                c = torch.autograd.grad(-var, risks, retain_graph=True)[0]  # [E] d(-var) / dR
                 scale = (c / a).repeat_interleave(len(target)).view(-1, 1, 1)  # [E*B, 1, 1]
                 ext_grads = torch.autograd.grad(env_x, ext_params, grad_outputs=env_grad * scale)
             else:
                 ext_grads = torch.autograd.grad(-var, ext_params)
-        for opt, params, grads in ((self.opt, rec_params, rec_grads), (self.ext_opt, ext_params, ext_grads)):
+        return rec_grads, ext_grads, {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+
+    def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
+        """Apply `idea_gradients`: both are taken before either update, then each optimiser steps."""
+        rec_grads, ext_grads, stats = self.idea_gradients(history, lengths, target, recommend, explore)
+        for opt, module, grads in ((self.opt, self.model, rec_grads), (self.ext_opt, self.extractors, ext_grads)):
             if grads is not None:
+                params = [p for p in module.parameters() if p.requires_grad]
                 for p, g in zip(params, grads):
                     p.grad = g
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-        return {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+        return stats
 
     # ----- epochs ---------------------------------------------------------------------------
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -232,12 +310,7 @@ class Trainer:
 
             bar = tqdm(total=len(batches), desc=f"epoch {epoch} ({phase})", leave=False, file=sys.stderr)
         for idx, width in zip(batches, widths):
-            history, lengths, target = self.batch(idx, width)
-            if phase == "idea":
-                self.step += 1
-                out = self.idea_step(history, lengths, target, explore=self.config.explore and self.step % self.config.T == 0)
-            else:
-                out = self.erm_step(history, lengths, target)
+            out = self.train_step(phase, *self.batch(idx, width))
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             if bar is not None:
@@ -247,9 +320,10 @@ class Trainer:
             bar.close()
         means = {k: float(v) / len(batches) for k, v in sums.items()}
         if not math.isfinite(means["loss"]):
+            knobs = f"lr (now {self.config.lr})" + (f" or beta (now {self.config.beta})" if phase == "idea" else "")
             raise NonFiniteLossError(
                 f"epoch {epoch}: the {phase} loss became {means['loss']}; training stopped. The best state so far "
-                f"(epoch {self.best_epoch}) is kept; lower lr (now {self.config.lr}) or beta (now {self.config.beta})"
+                f"(epoch {self.best_epoch}) is kept; lower {knobs}"
             )
         return means
 
@@ -266,13 +340,15 @@ class Trainer:
             valid = summary(self.evaluate_events(self.split.valid, "valid"), "valid")
             self.train_seconds += time.perf_counter() - start
             self.epoch = epoch
-            if valid[SELECT_METRIC] > self.best_value:
-                self.best_value, self.best_epoch, self.bad_epochs = valid[SELECT_METRIC], epoch, 0
-                self.best_state = copy.deepcopy(self.model.state_dict())
-            elif self.phase(epoch) != "pretrain":
-                self.bad_epochs += 1
-            record = EpochRecord(epoch, self.phase(epoch), losses.pop("loss"), valid,
-                                 time.perf_counter() - start, train_time, self.best_epoch, losses)
+            phase = self.phase(epoch)
+            if phase != "pretrain":  # an IDEA run's best state is an IDEA epoch, never plain ERM pretraining
+                if valid[SELECT_METRIC] > self.best_value:
+                    self.best_value, self.best_epoch, self.bad_epochs = valid[SELECT_METRIC], epoch, 0
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+                else:
+                    self.bad_epochs += 1
+            record = EpochRecord(epoch, phase, losses.pop("loss"), valid, time.perf_counter() - start, train_time,
+                                 self.best_epoch, self.best_phase, losses)
             self.records.append(record)
             if checkpoint is not None:
                 self.save(checkpoint)
@@ -282,6 +358,11 @@ class Trainer:
 
     def stopped(self) -> bool:
         return self.bad_epochs >= self.config.patience
+
+    @property
+    def best_phase(self) -> str | None:
+        """Phase of the selected epoch (None before any selectable epoch)."""
+        return self.phase(self.best_epoch) if self.best_epoch else None
 
     # ----- evaluation -----------------------------------------------------------------------
     def best_model(self) -> torch.nn.Module:
@@ -321,7 +402,8 @@ class Trainer:
             "best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state,
             "bad_epochs": self.bad_epochs, "train_seconds": self.train_seconds,
             "records": [vars(r) for r in self.records],
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "split": split_identity(self.split),
+            "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         if self.extractors is not None:
@@ -333,7 +415,10 @@ class Trainer:
         changed = sorted(k for k, v in self.config.to_dict().items()
                          if k not in RUNTIME_FIELDS and state["config"].get(k) != v)
         if changed:
-            raise ValueError(f"checkpoint was written with a different config (fields {changed}); refusing to resume")
+            raise CheckpointError(f"checkpoint was written with a different config (fields {changed}); refusing to resume")
+        if state["split"] != split_identity(self.split):
+            raise CheckpointError("checkpoint was written on a different split (data, items, max length or windows); "
+                                  "refusing to resume")
         self.epoch, self.step = state["epoch"], state["step"]
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
@@ -346,7 +431,7 @@ class Trainer:
         self.records = [EpochRecord(**r) for r in state["records"]]
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -360,4 +445,16 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        self.load_state_dict(read_checkpoint(path, self.device))
+
+
+def _numpy_rng_state() -> dict:
+    """numpy's global RNG state as tensors and ints, which `weights_only` loading accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict) -> None:
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))

@@ -8,8 +8,8 @@ import sys
 from idea.data.describe import describe, format_description
 from idea.data.download import DownloadError, download
 from idea.data.interactions import DataFormatError, DataNotFoundError
-from idea.data.registry import DATASETS, data_dirs, get_spec, load_dataset
-from idea.splits import PROTOCOLS, SplitConfig, make_split
+from idea.data.registry import DATASETS, data_dirs, load_split
+from idea.splits import PROTOCOLS, SplitConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "describe":
-            data = load_dataset(args.dataset, args.data_dir)
-            split = make_split(data, SplitConfig(args.protocol, args.max_len), get_spec(args.dataset).cuts)
+            data, split = load_split(args.dataset, args.data_dir, SplitConfig(args.protocol, args.max_len))
             desc = describe(data, split)
             print(json.dumps(desc) if args.json else format_description(desc))
         else:

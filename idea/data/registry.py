@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 from idea.data import raw_amazon, readers
-from idea.data.interactions import DataNotFoundError, Interactions
+from idea.data.interactions import DataNotFoundError, Interactions, subsample_users
 from idea.data.synthetic import generate
+from idea.splits import Split, SplitConfig, make_split
 
 AMAZON_CUTS = ("2013-07-24", "2013-10-24", "2014-01-24", "2014-04-24", "2014-07-24")
 # Yelp: a 5-week validation window, then three 5-week test windows from t0 = 2019-09-01.
@@ -128,3 +129,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, seed: int
         + f"\nExpected (relative to the data dir), one of:\n{expected}\n"
         f"Set the data dir with --data-dir or $IDEA_DATA_DIR (default ./data). To obtain it: {spec.obtain}"
     )
+
+
+def load_split(name: str, data_dir: str | os.PathLike | None = None, config: SplitConfig = SplitConfig(),
+               max_users: int | None = None, seed: int = 0) -> tuple[Interactions, Split]:
+    """A dataset by name (a random sample of `max_users` users, drawn with `seed`, when given) and its
+    split by `config`, with the dataset's default temporal cuts unless `config` sets its own. The one
+    way the CLIs, the studies and the benchmarks build a split."""
+    data = load_dataset(name, data_dir)
+    if max_users is not None:
+        data = subsample_users(data, max_users, seed)
+    return data, make_split(data, config, get_spec(name).cuts)

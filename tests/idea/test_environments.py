@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from idea.environments import SubsequenceExtractors, make_environments, sample_lambda, vrex
+from idea.environments import SubsequenceExtractors, environment_pairs, make_environments, sample_lambda, vrex
 from idea.models import build_backbone
 
 K, B, L, D = 3, 4, 6, 5
@@ -221,6 +221,8 @@ def test_same_user_pairs_two_different_extractors_of_the_row():
     rows = torch.arange(B).repeat(N)  # environment-major layout
     assert torch.equal(row_a, rows) and torch.equal(row_b, rows)
     assert (ext_a != ext_b).all()
+    assert (ext_a.view(N, B) == ext_a.view(N, B)[:, :1]).all()  # one pair per environment
+    assert (ext_b.view(N, B) == ext_b.view(N, B)[:, :1]).all()
     assert torch.equal(env_t, targets[rows]) and torch.equal(env_len, lengths[rows])
     assert lam.min() >= 0.6 and lam.max() <= 0.9
     # every ordered pair of distinct extractors occurs (uniform choice)
@@ -247,6 +249,8 @@ def test_any_pairing_label_length_and_mixing():
     ext_a, row_a, ext_b, row_b, lam = decode(env_x, K, B)
     rows = torch.arange(B).repeat(N)
     assert torch.equal(row_a, rows)  # the dominant view is the row's own
+    assert (ext_a.view(N, B) == ext_a.view(N, B)[:, :1]).all()  # one pair per environment, partners per row
+    assert (ext_b.view(N, B) == ext_b.view(N, B)[:, :1]).all()
     assert torch.equal(env_t, targets[rows])  # label of the dominant view
     assert torch.equal(env_len, torch.maximum(lengths[row_a], lengths[row_b]))
     assert (row_b != rows).any() and (env_len != lengths[rows]).any()  # other rows are mixed in
@@ -257,6 +261,38 @@ def test_any_pairing_label_length_and_mixing():
     lam4 = lam.view(-1, 1, 1)
     expected = lam4 * views[ext_a, row_a] + (1 - lam4) * views[ext_b, row_b]
     torch.testing.assert_close(env_x, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("pairing", ["same_user", "any"])
+def test_every_row_of_an_environment_comes_from_that_environments_pair(pairing):
+    """Views constant per extractor (view k = 10^k everywhere) and λ fixed at 0.75: every row of
+    environment n reads 0.75·10^a + 0.25·10^b for the environment's own pair (a, b), and N <= #pairs
+    environments have N different pairs."""
+    torch.manual_seed(0)
+    n_pairs = K * (K - 1) if pairing == "same_user" else K * K
+    views = (10.0 ** torch.arange(K, dtype=torch.float64)).view(K, 1, 1, 1).expand(K, B, L, D)
+    lengths, targets = torch.tensor([6, 3, 1, 4]), torch.arange(B)
+    for N in range(1, n_pairs + 1):
+        env_x = run(pairing, views, lengths, targets, N=N, lambda_low=0.75, lambda_high=0.75)[0]
+        value = env_x.view(N, B, L, D)[:, :, -1, 0]  # [N, B]
+        assert (value == value[:, :1]).all(), f"N={N}: rows of one environment mix different pairs"
+        codes = {(a, b): 0.75 * 10.0 ** a + 0.25 * 10.0 ** b for a in range(K) for b in range(K)}
+        pairs = [next(p for p, c in codes.items() if abs(c - v) < 1e-9) for v in value[:, 0].tolist()]
+        assert len(set(pairs)) == N, f"N={N}: environments share a pair: {pairs}"
+        if pairing == "same_user":
+            assert all(a != b for a, b in pairs)
+
+
+@pytest.mark.parametrize("pairing, n_pairs", [("same_user", K * (K - 1)), ("any", K * K)])
+def test_environment_pairs_are_distinct_then_balanced(pairing, n_pairs):
+    torch.manual_seed(0)
+    a, b = environment_pairs(n_pairs, K, pairing, "cpu")
+    assert len(set(zip(a.tolist(), b.tolist()))) == n_pairs  # all pairs, each once
+    a, b = environment_pairs(2 * n_pairs + 1, K, pairing, "cpu")  # more environments than pairs
+    counts = torch.unique(a * K + b, return_counts=True)[1]
+    assert len(counts) == n_pairs and set(counts.tolist()) <= {2, 3}
+    if pairing == "same_user":
+        assert (a != b).all()
 
 
 def test_lambda_is_drawn_per_environment_and_row():

@@ -56,28 +56,6 @@ def test_exploration_step_moves_only_the_extractors(split, backbone):
     assert all(changed(ext, tr.extractors))
 
 
-def exploration_update_and_expected(tr, recommend: bool, seed: int):
-    """The extractors' SGD(lr=1) update from `idea_step(explore=True)` and d var / d params computed
-    by a separate backward pass on the same random draws."""
-    h, l, t = first_batch(tr)
-    torch.manual_seed(seed)
-    risks = tr.idea_forward(h, l, t)[0]
-    var = ((risks - risks.mean()) ** 2).mean()
-    expected = torch.autograd.grad(var, list(tr.extractors.parameters()))
-    tr.ext_opt = torch.optim.SGD(tr.extractors.parameters(), lr=1.0)
-    before = snapshot(tr.extractors)
-    torch.manual_seed(seed)
-    tr.idea_step(h, l, t, recommend=recommend, explore=True)
-    return [p.detach() - b for b, p in zip(before, tr.extractors.parameters())], expected
-
-
-def test_exploration_ascends_the_risk_variance(split):
-    """Gradient ascent on var(R): the extractor step's gradient is minus d var / d params."""
-    tr = Trainer(small(method="idea", tau=1.0), split)
-    for update, g in zip(*exploration_update_and_expected(tr, recommend=False, seed=5)):
-        torch.testing.assert_close(update, g)  # p <- p - lr * (-g)
-
-
 def test_idea_risks_are_one_per_environment(split):
     tr = Trainer(small(method="idea", N=5), split)
     assert tr.idea_forward(*first_batch(tr))[0].shape == (5,)
@@ -163,7 +141,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(split, tmp_path):
 
     with pytest.raises(NonFiniteLossError, match=r"epoch 2: the erm loss became nan"):
         tr.fit(on_epoch=poison, checkpoint=ckpt)
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)
     assert saved["epoch"] == 1
     assert torch.isfinite(saved["model"]["item_emb.weight"]).all()
 
@@ -213,11 +191,3 @@ def test_cli_prints_json(tmp_path):
 def test_cli_rejects_bad_values():
     out = subprocess.run([sys.executable, "-m", "idea.train", "--beta", "-1"], capture_output=True, text=True)
     assert out.returncode == 2 and "TrainConfig.beta" in out.stderr
-
-
-@pytest.mark.parametrize("pairing", ["same_user", "any"])
-def test_shared_backward_exploration_equals_a_separate_backward(split, pairing):
-    """The combined step's extractor gradient (rescaled from the recommender's) equals d(-var)."""
-    tr = Trainer(small(method="idea", tau=1.0, beta=3.0, pairing=pairing), split)
-    for update, g in zip(*exploration_update_and_expected(tr, recommend=True, seed=11)):
-        torch.testing.assert_close(update, g, rtol=1e-4, atol=1e-6)

@@ -258,8 +258,8 @@ def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, s
     client = _client(tracking_uri)
     exp = _experiment(client, tracking_uri, study)
     runs = _nested_runs(client, exp.experiment_id, ("final",), ("FINISHED",))
-    arm_rank = {"idea": 0, "erm": 1}
-    runs.sort(key=lambda r: (arm_rank.get(r.data.tags.get("arm"), 2), r.data.tags.get("arm", ""),
+    arm_rank = {"idea": 0, "erm_ft": 1, "erm": 2}
+    runs.sort(key=lambda r: (arm_rank.get(r.data.tags.get("arm"), 3), r.data.tags.get("arm", ""),
                              int(r.data.tags.get("seed", 0)), r.info.run_name))
     return exp.experiment_id, [(r.info.run_name, r.info.run_id) for r in runs]
 

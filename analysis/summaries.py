@@ -36,6 +36,7 @@ __all__ = [
     "degradation",
     "worst_window",
     "idea_vs_erm",
+    "paired",
     "warm_gap",
     "sensitivity",
     "param_importances",
@@ -304,6 +305,56 @@ def idea_vs_erm(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str
             }
         )
     return _sort_parts(pd.DataFrame(rows), ["study"])[IDEA_VS_ERM_COLUMNS]
+
+
+PAIRED_COLUMNS = [
+    "study", "arm", "control", "part", "arm_mean", "control_mean", "rel_gain", "n_pairs", "mean_diff",
+    "ci_low", "ci_high", "t_paired", "p_paired",
+]
+# (arm, control): IDEA vs the same fine-tuning without the penalty first (the warm-started study's
+# headline), then each fine-tuned arm against the ERM models they started from.
+PAIRS = (("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"))
+
+
+def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
+           pairs: Sequence[tuple[str, str]] = PAIRS) -> pd.DataFrame:
+    """Arm against control per part, paired by seed: in a warm-started study seed s of every arm starts
+    from the same ERM model (ERM final seed s), so per-seed differences remove the start's luck.
+
+    Over the seeds present in both (n_pairs): arm_mean / control_mean, rel_gain = mean_diff / control_mean,
+    mean_diff of arm - control with its t-based 95% interval [ci_low, ci_high], and the two-sided paired
+    t-test (NaN with fewer than 2 pairs). Pairs whose arms are absent are left out.
+    """
+    s = _seed_means(df, metric, k, subset)
+    rows = []
+    for (study, part), g in (s.groupby(["study", "part"], sort=False) if not s.empty else []):
+        by_arm = {a: v.set_index("seed")["value"] for a, v in g.groupby("arm")}
+        for arm, control in pairs:
+            if arm not in by_arm or control not in by_arm:
+                continue
+            both = pd.concat([by_arm[arm].rename("a"), by_arm[control].rename("c")], axis=1, join="inner")
+            diff = both["a"] - both["c"]
+            n, mean_diff = len(both), float(diff.mean()) if len(both) else np.nan
+            lo = hi = t = p = np.nan
+            with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # zero variance across seeds is legitimate
+                if n >= 2:
+                    half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n))
+                    lo, hi = mean_diff - half, mean_diff + half
+                    res = stats.ttest_rel(both["a"], both["c"])
+                    t, p = float(res.statistic), float(res.pvalue)
+            cm = float(both["c"].mean()) if n else np.nan
+            rows.append({"study": study, "arm": arm, "control": control, "part": part,
+                         "arm_mean": float(both["a"].mean()) if n else np.nan, "control_mean": cm,
+                         "rel_gain": mean_diff / cm if n and cm != 0 else np.nan, "n_pairs": n,
+                         "mean_diff": mean_diff, "ci_low": lo, "ci_high": hi, "t_paired": t, "p_paired": p})
+    if not rows:
+        return _empty(PAIRED_COLUMNS)
+    out = pd.DataFrame(rows)
+    order = {pair: i for i, pair in enumerate(pairs)}
+    out["_pair"] = [order[(a, c)] for a, c in zip(out["arm"], out["control"])]
+    out = _sort_parts(out, ["study", "_pair"])
+    return out[PAIRED_COLUMNS]
 
 
 # ----------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 A study file holds the fixed settings of every trial (dataset, protocol,
 backbone, epochs, patience, metric, other TrainConfig fields) and, per arm,
-the search space. Everything is checked before Ray starts: unknown keys,
+the search space and the arm's own fixed fields. With `idea_init: erm` (the
+default) the `erm` arm runs first and every other arm fine-tunes its trained
+models: IDEA, and `erm_ft`, the same fine-tuning with the plain ERM loss. Everything is checked before Ray starts: unknown keys,
 empty or inverted ranges, non-positive counts, and every range end and the
 first point against TrainConfig's own limits; a message names the file and key.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,9 +24,13 @@ from idea.splits import PROTOCOLS, SplitConfig
 from idea.trainer import SELECT_METRIC
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-ARMS = ("idea", "erm")  # arm name = its TrainConfig.method
-# TrainConfig fields the study sets itself (top-level keys, the arm, the seed, the device from --gpus-per-trial).
-MANAGED = ("backbone", "method", "epochs", "patience", "seed", "device")
+# arm -> its TrainConfig.method; erm_ft fine-tunes the ERM arm's models with the ERM loss (IDEA's control)
+ARM_METHODS = {"erm": "erm", "idea": "idea", "erm_ft": "erm"}
+ARMS = tuple(ARM_METHODS)
+INIT_MODES = ("erm", "scratch")  # idea_init: warm start from the ERM arm's models, or train from scratch
+# TrainConfig fields the study sets itself (top-level keys, the arm, the seed, the warm start, the device).
+MANAGED = ("backbone", "method", "epochs", "patience", "seed", "device", "init_from")
+ARM_TRAIN_EXTRA = ("epochs", "patience")  # an arm may set its own (fine-tuning needs fewer epochs)
 # TrainConfig fields that only matter to IDEA: searching them in the ERM arm would be noise.
 IDEA_ONLY = ("K", "N", "tau", "beta", "T", "lambda_low", "lambda_high", "alpha", "pairing", "mixup", "explore",
              "pretrain_epochs", "extractor_lr", "extractor_hidden")
@@ -133,10 +139,16 @@ def _check_range(low, high, log: bool) -> None:
 class ArmSpace:
     """One arm: its search space, trial count and the first point evaluated (the paper-like defaults)."""
 
-    name: str  # idea | erm, also the TrainConfig.method
+    name: str  # erm | idea | erm_ft (ARM_METHODS gives its TrainConfig.method)
     num_samples: int
     space: Mapping[str, ParamSpec]
     first: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)  # this arm's fixed fields, over the study's `train`
+    asha: "AshaConfig | None" = None  # None: the study's
+
+    @property
+    def method(self) -> str:
+        return ARM_METHODS[self.name]
 
     def __post_init__(self) -> None:
         where = f"arms.{self.name}"
@@ -149,8 +161,8 @@ class ArmSpace:
             if name not in TRAIN_FIELDS or name in MANAGED:
                 raise ValueError(f"{where}.space.{name}: not a searchable TrainConfig field; "
                                  f"searchable: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
-            if self.name == "erm" and name in IDEA_ONLY:
-                raise ValueError(f"{where}.space.{name}: an IDEA-only parameter has no effect in the ERM arm")
+            if self.method == "erm" and name in IDEA_ONLY:
+                raise ValueError(f"{where}.space.{name}: an IDEA-only parameter has no effect in an ERM arm")
             kind = TRAIN_FIELDS[name]
             if isinstance(spec, IntRange) and not kind.startswith("int"):
                 raise ValueError(f"{where}.space.{name}: TrainConfig.{name} is {kind}, not an integer; use type: float")
@@ -159,6 +171,16 @@ class ArmSpace:
         if "alpha" in self.space and "lambda_low" in self.space:
             raise ValueError(f"{where}.space: search either lambda_low (Uniform) or alpha (Beta), not both: "
                              "alpha, when set, replaces the lambda range")
+        for key in self.train:
+            if key in MANAGED and key not in ARM_TRAIN_EXTRA:
+                raise ValueError(f"{where}.train.{key}: set by the study itself (top-level key, arm, seed, warm start "
+                                 "or --gpus-per-trial)")
+            if key not in TRAIN_FIELDS:
+                raise ValueError(f"{where}.train.{key}: unknown TrainConfig field")
+            if key in self.space:
+                raise ValueError(f"{where}.train.{key}: also searched under space; keep one")
+            if self.method == "erm" and key in IDEA_ONLY:
+                raise ValueError(f"{where}.train.{key}: an IDEA-only parameter has no effect in an ERM arm")
         for name, value in self.first.items():
             if name not in self.space:
                 raise ValueError(f"{where}.first.{name}: not a searched parameter of this arm")
@@ -197,6 +219,7 @@ class StudyConfig:
     max_users: int | None = None  # keep this many users (smoke runs on real data); None = all
     train: Mapping[str, Any] = field(default_factory=dict)  # other fixed TrainConfig fields
     asha: AshaConfig = AshaConfig()
+    idea_init: str = "erm"  # erm: the other arms fine-tune the ERM arm's models | scratch: every arm from scratch
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -225,19 +248,30 @@ class StudyConfig:
                 raise ValueError(f"train.{key}: unknown TrainConfig field; known: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
         if not self.arms:
             raise ValueError(f"arms: at least one arm is needed, from {list(ARMS)}")
+        if self.idea_init not in INIT_MODES:
+            raise ValueError(f"idea_init must be one of {list(INIT_MODES)}, got {self.idea_init!r}")
+        if self.idea_init == "erm" and "erm" not in self.arms:
+            raise ValueError("idea_init: erm warm-starts the other arms from the erm arm's models, but there is no "
+                             "erm arm: add one, or set idea_init: scratch")
+        if self.idea_init == "scratch" and "erm_ft" in self.arms:
+            raise ValueError("arms.erm_ft fine-tunes the erm arm's models, which needs idea_init: erm")
         for name, arm in self.arms.items():
             if name != arm.name:
                 raise ValueError(f"arms.{name}: holds the space of arm {arm.name!r}")
-            for key in arm.space:
+            for key in (*arm.space, *arm.train):
                 if key in self.train:
-                    raise ValueError(f"arms.{name}.space.{key}: also fixed under train; keep one")
+                    raise ValueError(f"arms.{name}: {key} is also fixed under the study's train; keep one")
+            if self.warm(name) and "pretrain_epochs" in {**self.train, **arm.train, **arm.space}:
+                raise ValueError(f"arms.{name}: pretrain_epochs does not apply with idea_init: erm (the arm starts "
+                                 "from the trained ERM model); remove it, or set idea_init: scratch")
             self._check_trainable(arm)
-        if self.asha.grace_period > self.epochs:
-            raise ValueError(f"asha.grace_period = {self.asha.grace_period} exceeds epochs = {self.epochs}")
-        pretrain = self.train.get("pretrain_epochs", TrainConfig.pretrain_epochs)
-        if "idea" in self.arms and self.asha.grace_period <= pretrain:
-            raise ValueError(f"asha.grace_period = {self.asha.grace_period} must exceed train.pretrain_epochs = {pretrain}, "
-                             "so ASHA judges IDEA trials after at least one IDEA epoch, not on pretraining alone")
+            asha, epochs = self.asha_of(name), self.epochs_of(name)
+            if asha.grace_period > epochs:
+                raise ValueError(f"arms.{name}: asha.grace_period = {asha.grace_period} exceeds epochs = {epochs}")
+            pretrain = self.fixed(name).get("pretrain_epochs", TrainConfig.pretrain_epochs)
+            if arm.method == "idea" and asha.grace_period <= pretrain:
+                raise ValueError(f"arms.{name}: asha.grace_period = {asha.grace_period} must exceed pretrain_epochs = "
+                                 f"{pretrain}, so ASHA judges IDEA trials after at least one IDEA epoch")
 
     def _check_trainable(self, arm: ArmSpace) -> None:
         """Every range end (one at a time, others at the first point) must make a valid TrainConfig."""
@@ -252,10 +286,28 @@ class StudyConfig:
             for value in spec.ends():
                 attempt(f"arms.{arm.name}.space.{name} = {value!r}", {**arm.first, name: value})
 
+    def warm(self, arm: str) -> bool:
+        """Does `arm` fine-tune the ERM arm's trained models (rather than train from scratch)?"""
+        return self.idea_init == "erm" and arm != "erm"
+
+    def arm_order(self) -> list[str]:
+        """The ERM arm first when the others start from its models."""
+        return sorted(self.arms, key=lambda a: self.warm(a))
+
+    def epochs_of(self, arm: str) -> int:
+        return self.arms[arm].train.get("epochs", self.epochs)
+
+    def asha_of(self, arm: str) -> AshaConfig:
+        return self.arms[arm].asha or self.asha
+
     def fixed(self, arm: str) -> dict[str, Any]:
-        """TrainConfig fields common to all trials of `arm` (searched ones come from the sampler)."""
-        return {"backbone": self.backbone, "method": arm, "epochs": self.epochs, "patience": self.patience,
-                "seed": self.seed, **self.train}
+        """TrainConfig fields common to all trials of `arm` (searched ones come from the sampler; the
+        warm start's init_from comes from the ERM arm's results)."""
+        out = {"backbone": self.backbone, "method": ARM_METHODS[arm], "epochs": self.epochs, "patience": self.patience,
+               "seed": self.seed, **self.train, **self.arms[arm].train}
+        if self.warm(arm) and out["method"] == "idea":
+            out["pretrain_epochs"] = 0
+        return out
 
     def train_config(self, arm: str, params: Mapping[str, Any], **overrides: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.fixed(arm), **params, **overrides})
@@ -266,15 +318,21 @@ class StudyConfig:
 
     def with_overrides(self, num_samples: int | None = None, epochs: int | None = None,
                        seeds: int | None = None) -> "StudyConfig":
-        """The CLI's --num-samples (each arm), --max-epochs and --seeds, validated like the file."""
-        arms = self.arms
+        """The CLI's --num-samples (each arm), --max-epochs (a cap on every arm's epochs) and --seeds,
+        validated like the file."""
+        def capped(asha: AshaConfig | None, limit: int) -> AshaConfig | None:
+            return replace(asha, grace_period=limit) if asha is not None and asha.grace_period > limit else asha
+
+        arms = dict(self.arms)
         if num_samples is not None:
             arms = {name: replace(arm, num_samples=num_samples) for name, arm in arms.items()}
-        asha = self.asha
-        if epochs is not None and asha.grace_period > epochs:
-            asha = replace(asha, grace_period=epochs)
-        return replace(self, arms=arms, asha=asha, epochs=self.epochs if epochs is None else epochs,
-                       seeds=self.seeds if seeds is None else seeds)
+        study_epochs, asha = self.epochs, self.asha
+        if epochs is not None:
+            study_epochs, asha = min(self.epochs, epochs), capped(self.asha, epochs)
+            for name, arm in arms.items():
+                train = {**arm.train, "epochs": min(arm.train["epochs"], epochs)} if "epochs" in arm.train else arm.train
+                arms[name] = replace(arm, train=train, asha=capped(arm.asha, epochs))
+        return replace(self, arms=arms, asha=asha, epochs=study_epochs, seeds=self.seeds if seeds is None else seeds)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready form; `from_dict(to_dict())` round-trips (the saved, resolved study.yaml)."""
@@ -288,16 +346,17 @@ class StudyConfig:
             "cuts": list(self.cuts) if self.cuts is not None else None, "backbone": self.backbone,
             "metric": self.metric, "epochs": self.epochs, "patience": self.patience, "seed": self.seed,
             "seeds": self.seeds, "max_users": self.max_users, "train": dict(self.train),
-            "asha": {"grace_period": self.asha.grace_period, "reduction_factor": self.asha.reduction_factor},
+            "asha": asdict(self.asha), "idea_init": self.idea_init,
             "arms": {name: {"num_samples": arm.num_samples, "first": dict(arm.first),
-                            "space": {k: spec(v) for k, v in arm.space.items()}} for name, arm in self.arms.items()},
+                            "space": {k: spec(v) for k, v in arm.space.items()}, "train": dict(arm.train),
+                            **({"asha": asdict(arm.asha)} if arm.asha else {})} for name, arm in self.arms.items()},
         }
 
 
 # ----- parsing ---------------------------------------------------------------------------------------
 
 STUDY_KEYS = {f.name for f in fields(StudyConfig)}
-ARM_KEYS = {"num_samples", "first", "space"}
+ARM_KEYS = {"num_samples", "first", "space", "train", "asha"}
 
 
 def _mapping(value: Any, key: str) -> dict:
@@ -339,7 +398,18 @@ def _arm(name: str, raw: Any) -> ArmSpace:
     if "num_samples" not in raw or "space" not in raw:
         raise ValueError(f"{key}: needs num_samples and space")
     space = {p: _param_spec(s, f"{key}.space.{p}") for p, s in _mapping(raw["space"], f"{key}.space").items()}
-    return ArmSpace(name, raw["num_samples"], space, dict(_mapping(raw.get("first") or {}, f"{key}.first")))
+    asha = _asha(raw["asha"], f"{key}.asha") if "asha" in raw else None
+    return ArmSpace(name, raw["num_samples"], space, dict(_mapping(raw.get("first") or {}, f"{key}.first")),
+                    dict(_mapping(raw.get("train") or {}, f"{key}.train")), asha)
+
+
+def _asha(raw: Any, key: str) -> AshaConfig:
+    raw = _mapping(raw, key)
+    _no_unknown(raw, {f.name for f in fields(AshaConfig)}, key)
+    try:
+        return AshaConfig(**raw)
+    except ValueError as err:
+        raise ValueError(f"{key}: {err}") from None
 
 
 def from_dict(raw: Any) -> StudyConfig:
@@ -350,9 +420,7 @@ def from_dict(raw: Any) -> StudyConfig:
         raise ValueError("a study needs `dataset` and `arms`")
     arms = {name: _arm(name, arm) for name, arm in _mapping(raw.pop("arms"), "arms").items()}
     if "asha" in raw:
-        asha = _mapping(raw["asha"], "asha")
-        _no_unknown(asha, {f.name for f in fields(AshaConfig)}, "asha")
-        raw["asha"] = AshaConfig(**asha)
+        raw["asha"] = _asha(raw["asha"], "asha")
     if isinstance(raw.get("cuts"), list):  # YAML reads unquoted 2013-07-24 as a date
         raw["cuts"] = tuple(c.isoformat() if isinstance(c, datetime.date) else c for c in raw["cuts"])
     raw["train"] = _mapping(raw.get("train") or {}, "train")
@@ -360,7 +428,7 @@ def from_dict(raw: Any) -> StudyConfig:
 
 
 def _merge(base: dict, over: dict) -> dict:
-    """Deep merge of mappings: `over` wins; used to apply the file's `smoke` section."""
+    """Deep merge of mappings: `over` wins; applies `extends` bases and the `smoke` section."""
     out = dict(base)
     for key, value in over.items():
         out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
@@ -368,26 +436,46 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
-    """A dataset name (-> studies/configs/<name>.yaml) or a path to a study file."""
+    """A study name (-> studies/configs/<name>.yaml) or a path to a study file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         return path.expanduser().resolve()
     return CONFIG_DIR / f"{name_or_path}.yaml"
 
 
-def load_study(name_or_path: str | Path, smoke: bool = False) -> StudyConfig:
-    """Load and validate a study file; with `smoke`, its `smoke` section is merged over it first.
-    Both variants are validated either way, so a broken smoke section fails every run, not only smoke ones."""
-    path = resolve_path(name_or_path)
+def shipped_studies() -> list[str]:
+    """Study names under studies/configs (files starting with `_` are shared bases, not studies)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A study file's mapping with its `extends:` chain merged underneath (a base sits next to it)."""
     if not path.is_file():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise StudyConfigError(f"no study file {path}; shipped studies: {known}")
+        where = f" (extended by {seen[-1]})" if seen else ""
+        raise StudyConfigError(f"no study file {path}{where}; shipped studies: {shipped_studies()}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise StudyConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise StudyConfigError(f"{path}: must hold a mapping of study settings, got {type(raw).__name__}")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise StudyConfigError(f"{path}: extends must name a study file next to it (e.g. _base), got {base!r}")
+    parent = (path.parent / base).with_suffix(".yaml") if not base.endswith((".yaml", ".yml")) else path.parent / base
+    if parent.resolve() in seen or parent.resolve() == path.resolve():
+        raise StudyConfigError(f"{path}: extends {base!r} makes a cycle")
+    return _merge(_read(parent, (*seen, path.resolve())), raw)
+
+
+def load_study(name_or_path: str | Path, smoke: bool = False) -> StudyConfig:
+    """Load and validate a study file (over the files it `extends`); with `smoke`, its `smoke` section is
+    merged over it first. Both variants are validated either way, so a broken smoke section fails every
+    run, not only smoke ones."""
+    path = resolve_path(name_or_path)
+    raw = _read(path)
     overrides = raw.pop("smoke", None) or {}
     try:
         full = from_dict(raw)

@@ -3,7 +3,9 @@ evaluate the best state on every test window. One Tune experiment per arm (`<arm
 seeds run in parallel, checkpoint per epoch and resume like search trials."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 from ray import tune
@@ -11,7 +13,7 @@ from ray.tune import ResultGrid
 
 from idea.splits import Split
 
-from studies.config import StudyConfig
+from studies.config import ARM_METHODS, StudyConfig
 from studies.search import Resources, Selection, fit
 from studies.trainable import RESULTS_FILE, final_trial
 from studies.tracking import MlflowTrialLogger, StudyRun
@@ -21,19 +23,29 @@ RESULT_COLUMNS = ["study", "arm", "method", "stage", "seed", "trial_id", "run_id
 
 
 def run_final(study: StudyConfig, selection: Selection, split: Split, resources: Resources, ray_dir: Path,
-              study_run: StudyRun, resume: bool) -> ResultGrid:
-    """Seeds `study.final_seeds()` of the selected configuration on the full split (with test windows)."""
+              study_run: StudyRun, resume: bool, starts: Mapping[int, Any] | None = None) -> ResultGrid:
+    """Seeds `study.final_seeds()` of the selected configuration on the full split (with test windows);
+    a warm arm's seed s starts from `starts[s]` (ERM final seed s), and seeds without one are skipped."""
     arm = selection.arm
     fixed = {**study.fixed(arm), "device": resources.device}
-    trainable = resources.wrap(final_trial, split=split, fixed=fixed)
+    seeds = study.final_seeds()
+    if starts is not None:
+        missing = [s for s in seeds if s not in starts]
+        if missing:
+            print(f"warning: erm final seed(s) {missing} failed, so {arm} has no start for them; skipping", file=sys.stderr)
+        seeds = [s for s in seeds if s in starts]
+    trainable = resources.wrap(final_trial, split=split, fixed=fixed,
+                               starts={s: starts[s].path for s in seeds} if starts is not None else None)
     name = f"{arm}-final"
+    init = {s: starts[s] for s in seeds} if starts is not None else {}
 
     def build() -> tune.Tuner:
         return tune.Tuner(
             trainable,
-            param_space={**selection.params, "seed": tune.grid_search(study.final_seeds())},
+            param_space={**selection.params, "seed": tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrency),
-            run_config=resources.run_config(ray_dir, name, MlflowTrialLogger(study_run, arm, "final", fixed, study.epochs)),
+            run_config=resources.run_config(ray_dir, name, len(seeds), MlflowTrialLogger(
+                study_run, arm, "final", fixed, study.epochs_of(arm), init)),
         )
 
     return fit(ray_dir / name, trainable, resume, build)
@@ -53,7 +65,7 @@ def final_results(study_name: str, arm: str, grid: ResultGrid, study_run: StudyR
                 continue
             frame = pd.read_csv(path)
         trial_id = result.metrics["trial_id"]
-        frames.append(frame.assign(study=study_name, arm=arm, method=arm, stage="final", seed=result.config["seed"],
+        frames.append(frame.assign(study=study_name, arm=arm, method=ARM_METHODS[arm], stage="final", seed=result.config["seed"],
                                    trial_id=trial_id, run_id=run_ids.get(trial_id)))
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)

@@ -28,10 +28,12 @@ from idea.data import DataFormatError, DataNotFoundError  # noqa: E402
 from idea.data.describe import describe  # noqa: E402
 from idea.data.interactions import Interactions  # noqa: E402
 from idea.splits import Split  # noqa: E402
-from studies.config import StudyConfig, StudyConfigError, from_dict, load_study  # noqa: E402
-from studies.data import load_split, without_tests  # noqa: E402
+from studies.config import (StudyConfig, StudyConfigError, from_dict, load_study, resolve_path,  # noqa: E402
+                            shipped_studies)
+from studies.data import study_split, without_tests  # noqa: E402
 from studies.final import final_results, run_final  # noqa: E402
 from studies.search import Resources, Selection, run_search, select_best  # noqa: E402
+from studies.warm_start import save_starts  # noqa: E402
 from studies.tracking import (StudyExistsError, StudyRun, git_sha, open_study, sqlite_uri,  # noqa: E402
                               trials_frame)
 
@@ -41,10 +43,10 @@ INTERRUPTED_EXIT = 130
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python studies/run_study.py", description=__doc__)
-    p.add_argument("study", help="dataset name (studies/configs/<name>.yaml: beauty, sports, yelp, ml-100k, synthetic) "
+    p.add_argument("study", help=f"a shipped study (studies/configs/<name>.yaml: {', '.join(shipped_studies())}) "
                                  "or the path of a study YAML file")
     p.add_argument("--num-samples", type=int, help="search trials per arm (default: the study file's)")
-    p.add_argument("--max-epochs", type=int, help="epochs per trial (default: the study file's)")
+    p.add_argument("--max-epochs", type=int, help="cap on every arm's epochs per trial (default: the study file's)")
     p.add_argument("--seeds", type=int, help="final retraining seeds per arm (default: the study file's, 3)")
     p.add_argument("--time-budget-s", type=float, help="wall-clock limit of each arm's search, in seconds")
     p.add_argument("--concurrency", type=int,
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "else 0 = CPU)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a crashing trial before it is FAILED")
     p.add_argument("--out", default="outputs", help="output root; the study lives in <out>/<study name>/")
-    p.add_argument("--study-name", help="default: <dataset>, or <dataset>-smoke with --smoke")
+    p.add_argument("--study-name", help="default: the study file's name, e.g. beauty, or beauty-smoke with --smoke")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<out>/<study>/mlflow.db)")
     p.add_argument("--address", help="join an existing Ray cluster (host:port of its head) instead of a local one")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study (same flags as its first run)")
@@ -185,20 +187,29 @@ def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, re
 
 def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
         resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame]:
-    """Search every arm, then retrain and test each arm's selection; returns selections, trials, results."""
+    """Per arm (ERM first when the others fine-tune its models): search, select on validation, retrain
+    the selection with the final seeds and test it; returns selections, trials and results."""
     ray_dir = study_dir / "ray"
     search_split = without_tests(split)
-    selections = {}
-    for arm in study.arms:
-        grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume)
-        selections[arm] = select_best(arm, grid, study.metric)
-    frames = []
-    for arm, selection in selections.items():
+    selections, frames, starts = {}, [], None
+    order = study.arm_order()
+    for i, arm in enumerate(order, start=1):
+        warm = study.warm(arm)
+        print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if warm else ""),
+              file=sys.stderr, flush=True)
+        if warm and starts is None:
+            raise RuntimeError(f"{arm} fine-tunes the erm arm's models, but every erm trial failed")
+        grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
+                          starts.search if warm else None)
+        selections[arm] = selection = select_best(arm, grid, study.metric)
         if selection is None:
             print(f"warning: every {arm} trial failed; no final runs for this arm", file=sys.stderr)
             continue
-        grid = run_final(study, selection, split, resources, ray_dir, study_run, resume)
+        grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
+                         starts.seeds if warm else None)
         frames.append(final_results(name, arm, grid, study_run))
+        if arm == "erm" and any(study.warm(a) for a in order):
+            starts = save_starts(study_dir, selection, grid, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return selections, trials_frame(study_run), results
 
@@ -227,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:  # everything that can be checked before Ray starts
         study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
-        name = args.study_name or (f"{study.dataset}-smoke" if args.smoke else study.dataset)
+        stem = resolve_path(args.study).stem
+        name = args.study_name or (f"{stem}-smoke" if args.smoke else stem)
         study_dir = (Path(args.out) / name).resolve()
         tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
-        data, split = load_split(study, args.data_dir)
+        data, split = study_split(study, args.data_dir)
     except (ValueError, DataNotFoundError, DataFormatError) as err:  # StudyConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from ray.tune import ResultGrid
 from idea.splits import Split
 
 from studies.config import StudyConfig
+from studies.progress import ProgressPrinter
 from studies.space import MODE, make_scheduler, make_searcher
 from studies.trainable import search_trial
 from studies.tracking import INTERRUPTED, MlflowTrialLogger, StudyRun, summary_metrics
@@ -56,9 +57,11 @@ class Resources:
         return tune.with_resources(tune.with_parameters(trainable, **shared),
                                    {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
 
-    def run_config(self, ray_dir: Path, name: str, logger: tune.Callback) -> tune.RunConfig:
+    def run_config(self, ray_dir: Path, name: str, total: int, logger: tune.Callback) -> tune.RunConfig:
+        """Tune's own console table is replaced by one line per trial event (`studies.progress`)."""
         return tune.RunConfig(
-            name=name, storage_path=str(ray_dir), callbacks=[logger],
+            name=name, storage_path=str(ray_dir), callbacks=[logger, ProgressPrinter(name, total, self.concurrency)],
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=self.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
         )
@@ -91,11 +94,15 @@ def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: Result
 
 
 def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources, ray_dir: Path,
-               study_run: StudyRun, resume: bool) -> ResultGrid:
-    """Search one arm on train + validation only (`split` must come without test windows)."""
+               study_run: StudyRun, resume: bool, start: Any = None) -> ResultGrid:
+    """Search one arm on train + validation only (`split` must come without test windows); a warm arm's
+    trials all start from `start` (a `studies.warm_start.Start`)."""
     fixed = {**study.fixed(arm), "device": resources.device}
+    if start is not None:
+        fixed["init_from"] = start.path
     trainable = resources.wrap(search_trial, split=split, fixed=fixed)
     name = f"{arm}-search"
+    init = {None: start} if start is not None else {}
 
     def build() -> tune.Tuner:
         return tune.Tuner(
@@ -103,10 +110,11 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
             tune_config=tune.TuneConfig(
                 metric=study.metric, mode=MODE, num_samples=study.arms[arm].num_samples,
                 search_alg=make_searcher(study, study.arms[arm], resources.concurrency),
-                scheduler=make_scheduler(study), time_budget_s=resources.time_budget_s,
+                scheduler=make_scheduler(study, arm), time_budget_s=resources.time_budget_s,
                 reuse_actors=True,  # a new trial reuses a finished trial's worker: no process start, no re-import
             ),
-            run_config=resources.run_config(ray_dir, name, MlflowTrialLogger(study_run, arm, "search", fixed, study.epochs)),
+            run_config=resources.run_config(ray_dir, name, study.arms[arm].num_samples, MlflowTrialLogger(
+                study_run, arm, "search", fixed, study.epochs_of(arm), init)),
         )
 
     grid = fit(ray_dir / name, trainable, resume, build)
@@ -122,6 +130,7 @@ class Selection:
     trial_id: str
     params: dict[str, Any]
     value: float  # best validation NDCG@10 over the trial's epochs
+    checkpoint: str | None = None  # the trial's last checkpoint folder (holds its best state)
 
 
 def select_best(arm: str, grid: ResultGrid, metric: str) -> Selection | None:
@@ -131,4 +140,5 @@ def select_best(arm: str, grid: ResultGrid, metric: str) -> Selection | None:
     if not done:
         return None
     best = max(done, key=lambda r: r.metrics[key])
-    return Selection(arm, best.metrics["trial_id"], dict(best.config), float(best.metrics[key]))
+    return Selection(arm, best.metrics["trial_id"], dict(best.config), float(best.metrics[key]),
+                     best.checkpoint.path if best.checkpoint is not None else None)

@@ -38,7 +38,8 @@ def make_searcher(study: StudyConfig, arm: ArmSpace, concurrency: int) -> Concur
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 
 
-def make_scheduler(study: StudyConfig) -> ASHAScheduler:
+def make_scheduler(study: StudyConfig, arm: str) -> ASHAScheduler:
     """ASHA on the per-epoch validation metric, with `epoch` as time so resumed trials count correctly."""
-    return ASHAScheduler(time_attr="epoch", max_t=study.epochs, grace_period=study.asha.grace_period,
-                         reduction_factor=study.asha.reduction_factor)
+    asha = study.asha_of(arm)
+    return ASHAScheduler(time_attr="epoch", max_t=study.epochs_of(arm), grace_period=asha.grace_period,
+                         reduction_factor=asha.reduction_factor)

@@ -132,11 +132,13 @@ def _last_error_line(trial) -> str:
 class MlflowTrialLogger(tune.Callback):
     """Driver-side Tune callback: one nested MLflow run per trial of one arm and stage (search|final)."""
 
-    def __init__(self, study_run: StudyRun, arm: str, stage: str, fixed: Mapping[str, Any], max_epochs: int):
+    def __init__(self, study_run: StudyRun, arm: str, stage: str, fixed: Mapping[str, Any], max_epochs: int,
+                 starts: Mapping[int | None, Any] | None = None):
         self.study_run = study_run
         self.arm, self.stage = arm, stage
         self.fixed = dict(fixed)
         self.max_epochs = max_epochs
+        self.starts = dict(starts or {})  # seed (None: every trial) -> studies.warm_start.Start of a warm arm
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}  # trial_id -> last epoch logged (resume must not log twice)
@@ -185,9 +187,13 @@ class MlflowTrialLogger(tune.Callback):
                 self._client.update_run(run_id, status="RUNNING")
                 self._running.add(trial.trial_id)
             return run_id
-        config = TrainConfig.from_dict({**self.fixed, **trial.config})
+        start = self.starts.get(trial.config.get("seed"), self.starts.get(None))
+        config = TrainConfig.from_dict({**self.fixed, **trial.config,
+                                        **({"init_from": start.path} if start is not None else {})})
         tags = {**self.study_run.tags, MLFLOW_PARENT_RUN_ID: self.study_run.parent_run_id, "arm": self.arm,
                 "method": config.method, "seed": str(config.seed), "stage": self.stage, "trial_id": trial.trial_id}
+        if start is not None and start.run_id:
+            tags["init_run_id"] = start.run_id  # the ERM run whose best state this run fine-tunes
         run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),
                                          tags=tags).info.run_id
         params = [Param(k, str(v)) for k, v in config.to_dict().items()]
@@ -205,7 +211,9 @@ class MlflowTrialLogger(tune.Callback):
 
     def _end(self, trial, status: str, tags: Mapping[str, str] | None = None) -> None:
         run_id = self._open(trial)
-        self._log(run_id, summary_metrics(trial.last_result or {}))
+        result = trial.last_result or {}
+        self._log(run_id, summary_metrics(result))
+        tags = {**{k: result[k] for k in ("best_phase", "init_digest") if result.get(k)}, **(tags or {})}
         for key, value in (tags or {}).items():
             self._client.set_tag(run_id, key, value)
         self._client.set_terminated(run_id, status)

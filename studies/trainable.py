@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pandas as pd
 import ray
@@ -64,7 +64,8 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
 
         def report(record) -> None:
             best = trainer.records[trainer.best_epoch - 1].valid if trainer.best_epoch else {}  # 0: no finite score yet
-            tune.report({**record.flat(), **{f"best_{k}": v for k, v in best.items()}},
+            start = {"init_digest": trainer.init_digest} if trainer.init_digest else {}
+            tune.report({**record.flat(), **start, **{f"best_{k}": v for k, v in best.items()}},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
         trainer.fit(on_epoch=report, checkpoint=path)
@@ -89,13 +90,19 @@ def final_metrics(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> None:
-    """One final seed run: train like a search trial, then evaluate the best state once on validation
-    and every test window; the last report carries those metrics and a checkpoint with the tidy frame."""
+def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any],
+                starts: Mapping[int, str] | None = None) -> None:
+    """One final seed run: train like a search trial (a warm arm's seed s from `starts[s]`, the ERM arm's
+    seed s), then evaluate the best state once on validation and every test window; the last report
+    carries those metrics and a checkpoint with the tidy frame."""
+    if starts is not None:
+        fixed = {**fixed, "init_from": starts[config["seed"]]}
     trainer = _train(config, split, fixed)
     frame = trainer.evaluate()
     with tempfile.TemporaryDirectory(prefix="idea-final-") as tmp:
         trainer.save(Path(tmp) / CHECKPOINT_FILE)
         frame.to_csv(Path(tmp) / RESULTS_FILE, index=False)
-        tune.report({"epoch": trainer.epoch, "best_epoch": trainer.best_epoch, "evaluated": 1,
+        start = {"init_digest": trainer.init_digest} if trainer.init_digest else {}
+        tune.report({"epoch": trainer.epoch, "best_epoch": trainer.best_epoch, "best_phase": trainer.best_phase,
+                     "evaluated": 1, **start,
                      **final_metrics(frame)}, checkpoint=tune.Checkpoint.from_directory(tmp))

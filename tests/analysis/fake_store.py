@@ -179,7 +179,7 @@ def make_fake_store(path: str | Path) -> str:
                                         "parts": parts}), "describe.json")
 
     # ---- a user-sampled study (its shift must be recomputed on the same sample)
-    from studies.data import subsample_users
+    from idea.data.interactions import subsample_users
 
     sampled = subsample_users(load_dataset("synthetic"), 300, 0).sha256
     parent = run(experiment(SAMPLED), SAMPLED, {**common, "study": SAMPLED, "stage": "study", "data_sha256": sampled})

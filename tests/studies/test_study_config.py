@@ -12,17 +12,19 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from idea.data.synthetic import SyntheticConfig, generate
 from idea.splits import SplitConfig, make_split
-from studies.config import CONFIG_DIR, FloatRange, IntRange, StudyConfigError, load_study
-from studies.data import subsample_users, without_tests
+from studies.config import CONFIG_DIR, FloatRange, IntRange, StudyConfigError, load_study, shipped_studies
+from idea.data.interactions import subsample_users
+from studies.data import without_tests
 from studies.search import Resources
 from studies.space import optuna_space
 from studies.trainable import search_trial
 from tests.studies.study_cli import run_study
 
-SHIPPED = ("beauty", "sports", "yelp", "ml-100k", "synthetic")
+SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "synthetic")
 
 VALID = """
 dataset: synthetic
+idea_init: scratch
 epochs: 4
 patience: 3
 seeds: 2
@@ -60,17 +62,105 @@ def test_valid_file_loads(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_studies_cover_the_issue_space(name):
     study = load_study(name)
-    idea, erm = study.arms["idea"], study.arms["erm"]
-    assert idea.num_samples >= 32 and erm.num_samples >= 16 and study.seeds == 3
+    assert study.idea_init == "erm" and study.arm_order() == ["erm", "idea", "erm_ft"] and study.seeds == 3
+    idea, erm, ft = study.arms["idea"], study.arms["erm"], study.arms["erm_ft"]
+    assert idea.num_samples >= 12 and ft.num_samples >= 8
     space = idea.space
-    assert space["K"] == IntRange(2, 5) and space["N"] == IntRange(2, 6)
+    assert space["K"] == IntRange(2, 5) and space["N"].low == 2 and space["N"].high >= 4
     assert space["lambda_low"] == FloatRange(0.5, 0.95) and study.train["lambda_high"] == 1.0
-    assert space["tau"] == FloatRange(0.05, 2.0, log=True) and space["beta"] == FloatRange(0.01, 10.0, log=True)
+    assert space["tau"] == FloatRange(0.05, 2.0, log=True) and space["beta"] == FloatRange(1.0, 1000.0, log=True)
     assert space["T"].values == (1, 2, 5, 10, 20)
-    assert {"lr", "dropout"} <= set(space) and set(erm.space) == {"lr", "dropout"}
-    assert {k: idea.first[k] for k in ("K", "N", "tau", "beta", "T")} == {"K": 3, "N": 4, "tau": 0.1, "beta": 1.0, "T": 5}
+    assert set(erm.space) == {"lr", "dropout"} and set(ft.space) == {"lr", "dropout"} and {"lr", "dropout"} <= set(space)
+    assert ft.space["lr"] == space["lr"]  # the control fine-tunes under the same search as IDEA
+    assert study.fixed("idea")["pretrain_epochs"] == 0 and study.fixed("erm_ft")["method"] == "erm"
+    assert {k: idea.first[k] for k in ("K", "N", "tau", "T")} == {"K": 3, "N": 4, "tau": 0.1, "T": 5}
     smoke = load_study(name, smoke=True)
-    assert smoke.arms["idea"].num_samples <= 3 and smoke.epochs <= 3 and smoke.max_users is not None
+    assert all(a.num_samples <= 3 for a in smoke.arms.values()) and smoke.epochs <= 3
+    assert smoke.max_users is not None and max(smoke.epochs_of(a) for a in smoke.arms) <= 3
+
+
+def test_default_beauty_study_fits_the_cpu_budget():
+    study = load_study("beauty")
+    assert study.arms["idea"].num_samples == 12 and study.arms["erm_ft"].num_samples == 8
+    assert study.epochs_of("idea") == study.epochs_of("erm_ft") == 2 and study.epochs_of("erm") == 20
+    gpu = load_study("beauty-gpu")
+    assert gpu.arms["idea"].num_samples > 12 and gpu.epochs_of("idea") > 2 and gpu.dataset == "beauty"
+
+
+WARM = """
+dataset: synthetic
+epochs: 6
+patience: 3
+train: {batch_size: 64}
+asha: {grace_period: 2}
+arms:
+  erm:
+    num_samples: 2
+    space: {lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+  idea:
+    num_samples: 3
+    train: {epochs: 3, patience: 2}
+    asha: {grace_period: 1}
+    space: {beta: {type: float, low: 1.0, high: 100.0, log: true}}
+  erm_ft:
+    num_samples: 2
+    train: {epochs: 3}
+    space: {lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
+"""
+
+
+def test_warm_started_arms_fine_tune_after_erm(tmp_path):
+    study = load_study(write(tmp_path, WARM))
+    assert study.idea_init == "erm" and study.arm_order() == ["erm", "idea", "erm_ft"]
+    assert [study.warm(a) for a in ("erm", "idea", "erm_ft")] == [False, True, True]
+    assert study.fixed("idea") == {"backbone": "gru4rec", "method": "idea", "epochs": 3, "patience": 2, "seed": 0,
+                                   "batch_size": 64, "pretrain_epochs": 0}
+    assert study.fixed("erm_ft")["method"] == "erm" and study.epochs_of("erm_ft") == 3
+    assert study.fixed("erm")["epochs"] == 6 and study.asha_of("idea").grace_period == 1
+    assert study.asha_of("erm_ft").grace_period == 2
+    capped = study.with_overrides(epochs=2)
+    assert capped.epochs_of("idea") == 2 and capped.epochs_of("erm") == 2 and capped.asha_of("erm").grace_period == 2
+    from studies.config import from_dict
+    assert from_dict(study.to_dict()) == study
+
+
+WARM_BAD = {
+    "pretraining a warm arm": ("train: {batch_size: 64}", "train: {batch_size: 64, pretrain_epochs: 1}",
+                               "arms.idea: pretrain_epochs does not apply with idea_init: erm"),
+    "no erm arm to start from": ("  erm:\n    num_samples: 2\n    space: {lr: {type: float, low: 1.0e-4, high: 1.0e-2, "
+                                 "log: true}}\n", "", "there is no erm arm"),
+    "erm_ft from scratch": ("epochs: 6", "epochs: 6\nidea_init: scratch", "arms.erm_ft fine-tunes the erm arm's models"),
+    "unknown init": ("epochs: 6", "epochs: 6\nidea_init: erm4rec", "idea_init must be one of ['erm', 'scratch']"),
+    "IDEA field fixed in an ERM arm": ("    train: {epochs: 3}\n", "    train: {epochs: 3, K: 4}\n",
+                                       "arms.erm_ft.train.K: an IDEA-only parameter"),
+    "grace beyond an arm's epochs": ("    asha: {grace_period: 1}", "    asha: {grace_period: 4}",
+                                     "arms.idea: asha.grace_period = 4 exceeds epochs = 3"),
+    "warm start path in a file": ("train: {batch_size: 64}", "train: {batch_size: 64, init_from: x.pt}",
+                                  "train.init_from: set by the study itself"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WARM_BAD))
+def test_bad_warm_start_files(tmp_path, case):
+    old, new, message = WARM_BAD[case]
+    assert old in WARM, f"test setup: {old!r} not in the warm file"
+    with pytest.raises(StudyConfigError) as err:
+        load_study(write(tmp_path, WARM.replace(old, new, 1)))
+    assert message in str(err.value)
+
+
+def test_extends_merges_a_base_and_refuses_cycles(tmp_path):
+    (tmp_path / "_shared.yaml").write_text(textwrap.dedent(WARM).replace("dataset: synthetic\n", ""))
+    (tmp_path / "child.yaml").write_text("extends: _shared\ndataset: synthetic\narms: {idea: {num_samples: 5}}\n")
+    child = load_study(tmp_path / "child.yaml")
+    assert child.arms["idea"].num_samples == 5 and child.arms["idea"].space["beta"] == FloatRange(1.0, 100.0, log=True)
+    (tmp_path / "a.yaml").write_text("extends: b\ndataset: synthetic\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(StudyConfigError, match="makes a cycle"):
+        load_study(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing\ndataset: synthetic\n")
+    with pytest.raises(StudyConfigError, match="no study file .*missing.yaml .extended by"):
+        load_study(tmp_path / "c.yaml")
 
 
 BAD = {
@@ -86,7 +176,7 @@ BAD = {
     "range beyond TrainConfig": ("high: 5}", "high: 20}", "arms.idea.space.K = 20: TrainConfig.K = 20 is invalid"),
     "log range from zero": ("low: 0.05, high: 2.0", "low: 0.0, high: 2.0", "arms.idea.space.tau: a log range needs low > 0"),
     "IDEA parameter in ERM": ("      lr: {type: float", "      K: {type: int, low: 2, high: 4}\n      lr: {type: float",
-                              "arms.erm.space.K: an IDEA-only parameter has no effect in the ERM arm"),
+                              "arms.erm.space.K: an IDEA-only parameter has no effect in an ERM arm"),
     "first point outside": ("first: {K: 3", "first: {K: 7", "arms.idea.first.K = 7 lies outside its space"),
     "exponent read as string": ("low: 1.0e-4", "low: 1e-4", "write 1.0e-4"),
     "managed field under train": ("batch_size: 64", "batch_size: 64, seed: 3", "train.seed: set by the study itself"),
@@ -94,7 +184,7 @@ BAD = {
                               "lambda_low: {type: float, low: 0.5, high: 0.9}\n      T: {type: choice",
                               "arms.idea.space: search either lambda_low (Uniform) or alpha (Beta)"),
     "other selection metric": ("epochs: 4", "epochs: 4\nmetric: hr_at_10", "metric must be 'ndcg_at_10'"),
-    "ASHA judging pretraining": ("grace_period: 2", "grace_period: 1", "asha.grace_period = 1 must exceed train.pretrain_epochs = 1"),
+    "ASHA judging pretraining": ("grace_period: 2", "grace_period: 1", "arms.idea: asha.grace_period = 1 must exceed pretrain_epochs = 1"),
     "unknown dataset": ("dataset: synthetic", "dataset: netflix", "unknown dataset 'netflix'"),
     "bad smoke section": ("epochs: 4", "epochs: 4\nsmoke: {epochs: 0}", "smoke: epochs must be a positive integer"),
 }
@@ -114,7 +204,7 @@ def test_bad_study_files_name_file_and_key(tmp_path, case):
 def test_unknown_study_name_lists_shipped_ones():
     with pytest.raises(StudyConfigError, match="shipped studies: .*beauty"):
         load_study("no-such-study")
-    assert {p.stem for p in CONFIG_DIR.glob("*.yaml")} >= set(SHIPPED)
+    assert set(shipped_studies()) == set(SHIPPED) and (CONFIG_DIR / "_base.yaml").is_file()
 
 
 def test_cli_overrides_are_validated_like_the_file(tmp_path):

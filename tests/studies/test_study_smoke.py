@@ -6,9 +6,13 @@ import json
 import math
 import time
 
+import re
+
 import pandas as pd
 import pytest
+import torch
 
+from idea.trainer import state_digest
 from tests.studies.study_cli import Store, run_study
 
 STUDY = "synthetic-smoke"
@@ -16,7 +20,12 @@ FAULT = {"method": "erm", "lr": 0.001, "dropout": 0.3, "seed": 0}  # the ERM arm
 SEARCH_PARAMS = ("K", "N", "lambda_low", "lambda_high", "tau", "beta", "T", "lr", "dropout")
 NESTED_TAGS = ("study", "arm", "method", "backbone", "dataset", "seed", "git_sha", "data_sha256", "stage")
 WINDOWS = ("w1", "w2", "w3")
-SMOKE_TRIALS, SMOKE_SEEDS, SMOKE_EPOCHS = 3, (1, 2), 3  # synthetic.yaml's smoke section
+# _base.yaml's smoke section (synthetic.yaml extends it): trials and epochs per arm, final seeds
+SMOKE_TRIALS = {"erm": 2, "idea": 3, "erm_ft": 2}
+SMOKE_EPOCHS = {"erm": 3, "idea": 2, "erm_ft": 2}
+SMOKE_SEEDS = (1, 2)
+ARMS = tuple(SMOKE_TRIALS)
+METHOD = {"erm": "erm", "idea": "idea", "erm_ft": "erm"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +41,7 @@ def smoke(tmp_path_factory):
 
 
 def test_finishes_within_the_smoke_budget(smoke):
-    assert smoke[3] < 180
+    assert smoke[3] < 150
 
 
 def test_one_parent_run_and_no_run_left_running(smoke):
@@ -55,24 +64,24 @@ def test_one_parent_run_and_no_run_left_running(smoke):
 
 def test_search_runs_have_params_once_and_per_epoch_validation_metrics(smoke):
     _, _, store, _ = smoke
-    for arm in ("idea", "erm"):
+    for arm in ARMS:
         runs = store.nested("search", arm)
-        assert len(runs) == SMOKE_TRIALS
-        assert len({r.data.tags["trial_id"] for r in runs}) == SMOKE_TRIALS
+        assert len(runs) == SMOKE_TRIALS[arm]
+        assert len({r.data.tags["trial_id"] for r in runs}) == SMOKE_TRIALS[arm]
         for run in runs:
             assert run.info.run_name == f"{arm}-trial-{run.data.tags['trial_id']}"
-            assert run.data.tags["method"] == arm and run.data.tags["seed"] == "0"
+            assert run.data.tags["method"] == METHOD[arm] and run.data.tags["seed"] == "0"
             assert set(SEARCH_PARAMS) <= set(run.data.params)
             assert not any(k.startswith("test_") for k in run.data.metrics)  # trials never see test data
             if run.info.status == "FINISHED":
                 steps = store.steps(run)
-                assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= SMOKE_EPOCHS
+                assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= SMOKE_EPOCHS[arm]
                 assert store.steps(run, "train_loss") == steps
                 assert "best_valid_ndcg_at_10" in run.data.metrics and "best_epoch" in run.data.metrics
                 if run.data.tags.get("asha_stopped") == "true":
-                    assert len(steps) < SMOKE_EPOCHS
+                    assert len(steps) < SMOKE_EPOCHS[arm]
     first = [r for r in store.nested("search", "idea") if r.data.params["K"] == "3" and r.data.params["N"] == "4"
-             and r.data.params["tau"] == "0.1" and r.data.params["beta"] == "1.0" and r.data.params["T"] == "5"]
+             and r.data.params["tau"] == "0.1" and r.data.params["beta"] == "10.0" and r.data.params["T"] == "5"]
     assert first, "the paper-like defaults must be evaluated as a trial (the first point)"
 
 
@@ -91,7 +100,7 @@ def test_crashing_trial_is_retried_then_failed_and_the_study_goes_on(smoke):
 
 def test_final_runs_per_arm_and_seed_with_per_window_test_metrics(smoke):
     _, _, store, _ = smoke
-    for arm in ("idea", "erm"):
+    for arm in ARMS:
         runs = store.nested("final", arm)
         assert sorted(r.info.run_name for r in runs) == [f"{arm}-seed{s}" for s in SMOKE_SEEDS]
         for run in runs:
@@ -106,12 +115,49 @@ def test_final_runs_per_arm_and_seed_with_per_window_test_metrics(smoke):
 
 def test_final_runs_retrain_the_best_validation_configuration(smoke):
     _, _, store, _ = smoke
-    for arm in ("idea", "erm"):
+    for arm in ARMS:
         searched = [r for r in store.nested("search", arm) if r.info.status == "FINISHED"]
         best = max(searched, key=lambda r: r.data.metrics["best_valid_ndcg_at_10"])
         for run in store.nested("final", arm):
             differing = {k for k, v in run.data.params.items() if best.data.params[k] != v}
-            assert differing == {"seed"}, differing
+            assert differing == ({"seed"} if arm == "erm" else {"seed", "init_from"}), differing
+
+
+def _best_state_digest(study_dir, experiment: str, trial_id: str) -> str:
+    """Digest of the best state in a trial's own Tune checkpoint (not the study's copy of it)."""
+    (path,) = (study_dir / "ray" / experiment).glob(f"*{trial_id}*/checkpoint_*/trainer.pt")
+    return state_digest(torch.load(path, weights_only=True)["best_state"])
+
+
+def test_fine_tuning_arms_start_from_the_erm_models_they_name(smoke):
+    _, study_dir, store, _ = smoke
+    erm = [r for r in store.nested("search", "erm") if r.info.status == "FINISHED"]
+    selected = max(erm, key=lambda r: r.data.metrics["best_valid_ndcg_at_10"])
+    search_digest = _best_state_digest(study_dir, "erm-search", selected.data.tags["trial_id"])
+    erm_final = {r.data.tags["seed"]: r for r in store.nested("final", "erm")}
+    for arm in ("idea", "erm_ft"):
+        for run in store.nested("search", arm):
+            assert run.data.tags["init_run_id"] == selected.info.run_id
+            assert run.data.tags["init_digest"] == search_digest  # the weights it actually loaded
+            assert run.data.params["init_from"] == str(study_dir / "starts" / "erm-search.pt")
+        for run in store.nested("final", arm):
+            source = erm_final[run.data.tags["seed"]]  # seed s starts from ERM seed s: paired
+            assert run.data.tags["init_run_id"] == source.info.run_id
+            assert run.data.tags["init_digest"] == _best_state_digest(study_dir, "erm-final", source.data.tags["trial_id"])
+    assert {r.data.params["pretrain_epochs"] for r in store.nested("final", "idea")} == {"0"}
+    assert "init_run_id" not in selected.data.tags
+    digests = {r.data.tags["init_digest"] for r in store.nested("final", "idea")}
+    assert len(digests) == len(SMOKE_SEEDS)  # each seed its own ERM model
+
+
+def test_report_compares_the_arms_paired_by_seed(smoke):
+    _, study_dir, _, _ = smoke
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert "Paired by seed" in summary and "erm_ft" in summary
+    paired = pd.read_csv(study_dir / "report" / "paired.csv")
+    assert {("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm")} == set(zip(paired["arm"], paired["control"]))
+    assert (paired["n_pairs"] == len(SMOKE_SEEDS)).all() and paired["ci_low"].le(paired["ci_high"]).all()
+    assert "same fine-tuning without the penalty (erm_ft" in summary
 
 
 def test_parent_artifacts_and_study_folder(smoke):
@@ -119,14 +165,15 @@ def test_parent_artifacts_and_study_folder(smoke):
     parent = store.runs("tags.stage = 'study'")[0]
     assert {a.path for a in store.client.list_artifacts(parent.info.run_id)} == {
         "study.yaml", "describe.json", "trials.csv", "final_results.csv"}
-    assert {"idea-search", "erm-search", "idea-final", "erm-final"} <= {p.name for p in (study_dir / "ray").iterdir()}
+    assert {f"{a}-{stage}" for a in ARMS for stage in ("search", "final")} <= {p.name for p in (study_dir / "ray").iterdir()}
+    assert sorted(p.name for p in (study_dir / "starts").iterdir()) == ["erm-search.pt", "erm-seed1.pt", "erm-seed2.pt"]
     trials = pd.read_csv(study_dir / "trials.csv")
-    assert len(trials) == 2 * SMOKE_TRIALS and set(trials["status"]) <= {"FINISHED", "FAILED"}
+    assert len(trials) == sum(SMOKE_TRIALS.values()) and set(trials["status"]) <= {"FINISHED", "FAILED"}
     results = pd.read_csv(study_dir / "final_results.csv")
     assert {"study", "arm", "stage", "seed", "part", "subset", "metric", "k", "value"} <= set(results.columns)
     assert set(results["part"]) == {"valid", *WINDOWS} and set(results["subset"]) == {"all", "warm"}
     assert results.groupby(["arm", "seed"]).size().to_dict() == {
-        (a, s): 4 * 2 * 3 * 3 for a in ("erm", "idea") for s in SMOKE_SEEDS}
+        (a, s): 4 * 2 * 3 * 3 for a in ARMS for s in SMOKE_SEEDS}
     run = store.nested("final", "idea")[0]
     seed = int(run.data.tags["seed"])
     row = results[(results.arm == "idea") & (results.seed == seed) & (results.part == "w1") & (results.subset == "all")
@@ -139,9 +186,13 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
     out = proc.stdout
     assert "best valid NDCG@10" in out and "w1 (n=2)" in out and "±" in out
     summary = out[out.index("best valid NDCG@10"):]
-    assert "\nidea " in summary and "\n erm " in summary
+    assert {a for a in ARMS if re.search(rf"^\s*{a} ", summary, re.M)} == set(ARMS)
     assert f"mlflow ui --backend-store-uri sqlite:///{study_dir / 'mlflow.db'}" in out
-    assert "Trial status" in out + proc.stderr  # Ray Tune's progress table
+    err = proc.stderr
+    assert "Trial status" not in out + err  # Tune's metric table is replaced by compact lines
+    assert "== arm 2/3: idea (fine-tunes the trained ERM models)" in err
+    assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running, "
+                     r"\d+m\d\ds elapsed", err), err[-3000:]
 
 
 def test_rerun_without_resume_refuses_to_overwrite(smoke):

@@ -1,0 +1,58 @@
+"""Console progress a person can follow: one line per trial epoch and per trial end (Tune's own
+metric table is switched off), each with the stage's trials done/total, elapsed and remaining time."""
+from __future__ import annotations
+
+import sys
+import time
+
+from ray import tune
+
+SHOWN_PARAMS = 6  # searched parameters shown per line
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _params(config: dict) -> str:
+    items = sorted(config.items())[:SHOWN_PARAMS]
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+
+
+class ProgressPrinter(tune.Callback):
+    """Driver-side callback printing to stderr; `total` is the stage's number of trials."""
+
+    def __init__(self, stage: str, total: int, concurrency: int):
+        self.stage, self.total, self.concurrency = stage, total, concurrency
+        self.start = time.monotonic()
+
+    def setup(self, **info) -> None:
+        self.start = time.monotonic()
+        print(f"[{self.stage}] {self.total} trial(s), {self.concurrency} at a time", file=sys.stderr, flush=True)
+
+    def _status(self, trials) -> str:
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        running = sum(t.status == "RUNNING" for t in trials)
+        elapsed = time.monotonic() - self.start
+        left = f", ~{duration(elapsed / done * (self.total - done))} left" if 0 < done < self.total else ""
+        return f"{done}/{self.total} done, {running} running, {duration(elapsed)} elapsed{left}"
+
+    def _say(self, text: str, trials) -> None:
+        print(f"[{self.stage}] {text} | {self._status(trials)}", file=sys.stderr, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if "evaluated" in result:
+            self._say(f"trial {trial.trial_id} evaluated on the test windows", trials)
+            return
+        best = result.get("best_ndcg_at_10")
+        best_text = f" (best {best:.4f} at epoch {result.get('best_epoch')})" if best is not None else ""
+        self._say(f"trial {trial.trial_id} epoch {result['epoch']} [{result.get('phase', '')}] valid ndcg@10 "
+                  f"{result.get('ndcg_at_10', float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._say(f"trial {trial.trial_id} finished", trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._say(f"trial {trial.trial_id} FAILED (see its error.txt under the study's ray/ folder)", trials)

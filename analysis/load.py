@@ -253,6 +253,13 @@ def load_history(
     return _sorted(out, ["key", "step"])[HISTORY_COLUMNS]
 
 
+def parent_tags(tracking_uri: str, study: str) -> dict[str, str]:
+    """Tags of the study's parent run (stage=study): smoke, git_sha, data_sha256, ...; empty without one."""
+    client = _client(tracking_uri)
+    parents = _search(client, _experiment(client, tracking_uri, study).experiment_id, "tags.stage = 'study'")
+    return dict(parents[0].data.tags) if parents else {}
+
+
 def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, str]]]:
     """(experiment id, [(run name, run id), ...]) of the study's FINISHED final runs, IDEA arm first."""
     client = _client(tracking_uri)

@@ -23,7 +23,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis import summaries as S
-from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_study
+from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_study, parent_tags
 from analysis.summaries import _part_key
 from analysis.mlflow_ui import compare_url, metric_url, ui_base_url, ui_command
 
@@ -59,6 +59,10 @@ TABLES = {
                           "Optuna mean-decrease-impurity importances of the searched hyperparameters for the "
                           "validation metric, per arm."),
 }
+
+
+SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few trials, epochs and seeds). "
+              "Its numbers are not results.")
 
 
 def build_tables(results: pd.DataFrame, shift: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, pd.DataFrame]:
@@ -218,6 +222,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, data_dir: str | N
     md = [f"# Shift robustness of study `{study}`", "",
           f"Tracking URI `{tracking_uri}` · metric {label} · generated {now}. "
           "Every table is also a CSV next to this file; `results.csv` is the tidy frame they come from.", ""]
+    if parent_tags(tracking_uri, study).get("smoke") == "true":
+        md += [f"> **{SMOKE_NOTE}**", ""]
     if (line := headline(tables, metric, k)):
         md += [f"**{line}**", ""]
     md += ["Runs:", "", _markdown(_runs_table(results)), ""]

@@ -1,6 +1,7 @@
 """The trainer's one configuration object: every field validated on construction."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 BACKBONE_NAMES = ("gru4rec", "sasrec")
@@ -8,6 +9,7 @@ RUNTIME_FIELDS = ("device", "eval_batch_size")  # where and how fast, never what
 METHODS = ("erm", "idea")
 LOSSES = ("ce", "bce")
 PAIRINGS = ("same_user", "any")
+SELECT_METRIC = "ndcg_at_10"  # early stopping, best state and study selection, on validation
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class TrainConfig:
         need(0 <= self.weight_decay <= 1, "weight_decay", "[0, 1]")
         need(0 <= self.noise_ratio < 1, "noise_ratio", "[0, 1)")
         need(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+        need(isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
              "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
         need(self.init_from is None or (isinstance(self.init_from, str) and self.init_from != ""), "init_from",
              "None or the path of a trainer checkpoint")

@@ -22,13 +22,12 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from idea.config import RUNTIME_FIELDS, TrainConfig
+from idea.config import RUNTIME_FIELDS, SELECT_METRIC, TrainConfig
 from idea.environments import SubsequenceExtractors, make_environments, vrex
 from idea.metrics import metrics_frame, rank_events, summary
 from idea.models import build_backbone
 from idea.splits import Events, Split
 
-SELECT_METRIC = "ndcg_at_10"
 
 
 class NonFiniteLossError(RuntimeError):

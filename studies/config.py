@@ -18,12 +18,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from idea.config import BACKBONE_NAMES, TrainConfig
+from idea.config import BACKBONE_NAMES, SELECT_METRIC, TrainConfig
 from idea.data import DATASETS
 from idea.splits import PROTOCOLS, SplitConfig
-from idea.trainer import SELECT_METRIC
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+from studies.catalog import resolve_path, shipped_studies
+
 # arm -> its TrainConfig.method; erm_ft fine-tunes the ERM arm's models with the ERM loss (IDEA's control)
 ARM_METHODS = {"erm": "erm", "idea": "idea", "erm_ft": "erm"}
 ARMS = tuple(ARM_METHODS)
@@ -433,19 +433,6 @@ def _merge(base: dict, over: dict) -> dict:
     for key, value in over.items():
         out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     return out
-
-
-def resolve_path(name_or_path: str | Path) -> Path:
-    """A study name (-> studies/configs/<name>.yaml) or a path to a study file."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        return path.expanduser().resolve()
-    return CONFIG_DIR / f"{name_or_path}.yaml"
-
-
-def shipped_studies() -> list[str]:
-    """Study names under studies/configs (files starting with `_` are shared bases, not studies)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:

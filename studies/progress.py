@@ -32,15 +32,16 @@ class ProgressPrinter(tune.Callback):
         self.start = time.monotonic()
         print(f"[{self.stage}] {self.total} trial(s), {self.concurrency} at a time", file=sys.stderr, flush=True)
 
-    def _status(self, trials) -> str:
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        running = sum(t.status == "RUNNING" for t in trials)
+    def _status(self, trials, ending=None) -> str:
+        """`ending`: the trial a completion or error hook is about, which Tune marks ended only after it."""
+        done = sum(t.status in ("TERMINATED", "ERROR") or t is ending for t in trials)
+        running = sum(t.status == "RUNNING" and t is not ending for t in trials)
         elapsed = time.monotonic() - self.start
         left = f", ~{duration(elapsed / done * (self.total - done))} left" if 0 < done < self.total else ""
         return f"{done}/{self.total} done, {running} running, {duration(elapsed)} elapsed{left}"
 
-    def _say(self, text: str, trials) -> None:
-        print(f"[{self.stage}] {text} | {self._status(trials)}", file=sys.stderr, flush=True)
+    def _say(self, text: str, trials, ending=None) -> None:
+        print(f"[{self.stage}] {text} | {self._status(trials, ending)}", file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if "evaluated" in result:
@@ -52,7 +53,7 @@ class ProgressPrinter(tune.Callback):
                   f"{result.get('ndcg_at_10', float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._say(f"trial {trial.trial_id} finished", trials)
+        self._say(f"trial {trial.trial_id} finished", trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._say(f"trial {trial.trial_id} FAILED (see its error.txt under the study's ray/ folder)", trials)
+        self._say(f"trial {trial.trial_id} FAILED (see its error.txt under the study's ray/ folder)", trials, trial)

@@ -113,6 +113,16 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
     return StudyRun(tracking_uri, experiment_id, run_id, dict(tags))
 
 
+def is_finished(tracking_uri: str, study: str) -> bool:
+    """Did the study's parent run end FINISHED (every stage done, results and report written)?"""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return False
+    parents = client.search_runs([experiment.experiment_id], f"tags.study = '{study}' and tags.stage = 'study'")
+    return bool(parents) and parents[0].info.status == "FINISHED"
+
+
 def summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """End-of-trial metrics from a trial's last result: best_valid_* (search trials report them as
     best_<m>), the final runs' best_valid_warm_* and test_*, and best_epoch."""
@@ -121,6 +131,21 @@ def summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     if "best_epoch" in result:
         out["best_epoch"] = result["best_epoch"]
     return out
+
+
+def shift_series(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
+    """A final run's metrics per part as stepped series, so MLflow's chart view draws metric against
+    window: step 0 = validation, step i = the i-th test window (w1..wm; `test` for leave-one-out);
+    keys `shift_<m>_at_<k>` (all targets) and `shift_warm_<m>_at_<k>`."""
+    parts = sorted({key.split("_")[1] for key in result if key.startswith("test_")},
+                   key=lambda p: int(p[1:]) if p[1:].isdigit() else 0)
+    steps: dict[int, dict[str, float]] = {}
+    for step, prefix in enumerate(["best_valid", *(f"test_{p}" for p in parts)]):
+        for infix in ("", "warm_"):
+            for name in METRIC_NAMES:
+                if f"{prefix}_{infix}{name}" in result:
+                    steps.setdefault(step, {})[f"shift_{infix}{name}"] = result[f"{prefix}_{infix}{name}"]
+    return steps
 
 
 def _last_error_line(trial) -> str:
@@ -213,6 +238,9 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._open(trial)
         result = trial.last_result or {}
         self._log(run_id, summary_metrics(result))
+        if self.stage == "final":
+            for step, values in shift_series(result).items():
+                self._log(run_id, values, step=step)
         tags = {**{k: result[k] for k in ("best_phase", "init_digest") if result.get(k)}, **(tags or {})}
         for key, value in (tags or {}).items():
             self._client.set_tag(run_id, key, value)

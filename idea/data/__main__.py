@@ -8,7 +8,7 @@ import sys
 from idea.data.describe import describe, format_description
 from idea.data.download import DownloadError, download
 from idea.data.interactions import DataFormatError, DataNotFoundError
-from idea.data.registry import DATASETS, data_dirs, load_split
+from idea.data.registry import DATASETS, data_dir_of, load_split
 from idea.splits import PROTOCOLS, SplitConfig
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             desc = describe(data, split)
             print(json.dumps(desc) if args.json else format_description(desc))
         else:
-            path = download(args.dataset, data_dirs(args.data_dir)[0], base_url=args.base_url)
+            path = download(args.dataset, data_dir_of(args.data_dir), base_url=args.base_url)
             print(f"{args.dataset}: ready at {path}")
     except (DataNotFoundError, DataFormatError, DownloadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -96,10 +96,11 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def data_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Where to look for files, in order: --data-dir, $IDEA_DATA_DIR, ./data."""
-    dirs = [data_dir, os.environ.get("IDEA_DATA_DIR"), "data"]
-    return [Path(d).expanduser().absolute() for d in dirs if d]
+def data_dir_of(data_dir: str | os.PathLike | None = None) -> Path:
+    """Where the files are: --data-dir if given, else $IDEA_DATA_DIR if set, else ./data. Only the
+    first of these that is set: a path someone typed is used or fails, never silently replaced."""
+    chosen = next(d for d in (data_dir, os.environ.get("IDEA_DATA_DIR"), "data") if d)
+    return Path(chosen).expanduser().absolute()
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -116,18 +117,17 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, seed: int
         from idea.data.synthetic import SyntheticConfig
 
         return generate(SyntheticConfig(seed=seed))
-    tried = []
-    for root in data_dirs(data_dir):
-        for source in spec.sources:
-            paths = [root / f for f in source.files]
-            if all(p.is_file() for p in paths):
-                return source.read(name, *paths)
-            tried.extend(str(p) for p in paths)
+    tried, root = [], data_dir_of(data_dir)
+    for source in spec.sources:
+        paths = [root / f for f in source.files]
+        if all(p.is_file() for p in paths):
+            return source.read(name, *paths)
+        tried.extend(str(p) for p in paths)
     expected = "\n".join(f"  - {' + '.join(s.files)}" for s in spec.sources)
     raise DataNotFoundError(
         f"dataset {name!r} not found. Paths tried:\n  " + "\n  ".join(tried)
         + f"\nExpected (relative to the data dir), one of:\n{expected}\n"
-        f"Set the data dir with --data-dir or $IDEA_DATA_DIR (default ./data). To obtain it: {spec.obtain}"
+        f"Set the data dir with --data-dir (else $IDEA_DATA_DIR, else ./data). To obtain it: {spec.obtain}"
     )
 
 

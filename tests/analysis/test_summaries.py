@@ -197,6 +197,27 @@ def _gain_rows():
     return rows + noise("idea", "w1", 0) + noise("erm", "w2", 2)
 
 
+def test_paired_by_seed_with_interval_for_every_pair_present():
+    rows = [row("idea", "w1", s, v) for s, v in zip((1, 2, 3), (0.12, 0.14, 0.11))]
+    rows += [row("erm_ft", "w1", s, v) for s, v in zip((1, 2, 3, 4), (0.11, 0.12, 0.11, 0.50))]  # seed 4 unpaired
+    rows += [row("erm", "w1", s, v) for s, v in zip((1, 2, 3), (0.10, 0.10, 0.10))]
+    rows += noise("idea", "w1", 1) + noise("erm_ft", "w1", 1)
+    out = S.paired(frame(rows))
+    assert list(out.columns) == S.PAIRED_COLUMNS
+    assert list(zip(out["arm"], out["control"])) == [("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm")]
+    first = out.iloc[0]
+    # idea - erm_ft over seeds 1..3: 0.01, 0.02, 0.00 -> mean 0.01, sd 0.01; t(0.975, df 2) = 4.302652729749464
+    half = 4.302652729749464 * 0.01 / math.sqrt(3)
+    assert first["n_pairs"] == 3 and first["mean_diff"] == pytest.approx(0.01)
+    assert (first["ci_low"], first["ci_high"]) == pytest.approx((0.01 - half, 0.01 + half))
+    assert first["t_paired"] == pytest.approx(math.sqrt(3)) and first["p_paired"] == pytest.approx(1 - math.sqrt(3 / 5))
+    assert (first["arm_mean"], first["control_mean"]) == pytest.approx((0.37 / 3, 0.34 / 3))
+    assert first["rel_gain"] == pytest.approx(0.01 / (0.34 / 3))
+    assert out.iloc[2]["mean_diff"] == pytest.approx((0.01 + 0.02 + 0.01) / 3)  # erm_ft - erm, seed 4 left out
+    only_two = S.paired(frame([r for r in rows if r["arm"] != "erm_ft"]))
+    assert list(zip(only_two["arm"], only_two["control"])) == [("idea", "erm")]
+
+
 def test_idea_vs_erm_paired_and_welch():
     out = S.idea_vs_erm(frame(_gain_rows()))
     assert list(out.columns) == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm",

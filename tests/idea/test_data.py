@@ -9,7 +9,7 @@ import pytest
 
 from idea.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
 from idea.data.readers import read_item_lines, read_item_time_lines, read_recbole_inter
-from idea.data.registry import data_dirs, get_spec
+from idea.data.registry import data_dir_of, get_spec
 from idea.data.synthetic import DAY, START, SyntheticConfig, generate
 
 BEAUTY_ITEM = "beauty/ticoserec/Beauty_item_org_rank.txt"
@@ -247,23 +247,26 @@ def test_missing_files_list_every_path_tried_and_the_download_hint(tmp_path, mon
     msg = str(err.value)
     assert isinstance(err.value, FileNotFoundError)
     assert "dataset 'beauty' not found" in msg
-    for root in (given, env, cwd / "data"):
-        for rel in (BEAUTY_ITEM, BEAUTY_TIME, BEAUTY_REVIEWS):
-            assert str(root / rel) in msg, f"{root / rel} missing from:\n{msg}"
-    # tried in order: --data-dir, then $IDEA_DATA_DIR, then ./data
-    assert msg.index(str(given / BEAUTY_ITEM)) < msg.index(str(env / BEAUTY_ITEM)) < msg.index(str(cwd / "data" / BEAUTY_ITEM))
+    for rel in (BEAUTY_ITEM, BEAUTY_TIME, BEAUTY_REVIEWS):
+        assert str(given / rel) in msg, f"{given / rel} missing from:\n{msg}"
+    assert str(env) not in msg and str(cwd / "data") not in msg  # an explicit --data-dir is the only one tried
     assert f"{BEAUTY_ITEM} + {BEAUTY_TIME}" in msg  # expected files, relative to the data dir
     assert BEAUTY_REVIEWS in msg.split("Expected")[1]
     assert "python -m idea.data download beauty" in msg
     assert "--data-dir" in msg and "$IDEA_DATA_DIR" in msg
 
 
-def test_data_dirs_order(tmp_path, monkeypatch):
+def test_an_explicit_data_dir_is_used_or_fails_never_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv("IDEA_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.chdir(tmp_path)
-    assert data_dirs(tmp_path / "given") == [tmp_path / "given", tmp_path / "env", tmp_path / "data"]
+    assert data_dir_of(tmp_path / "given") == tmp_path / "given" and data_dir_of() == tmp_path / "env"
     monkeypatch.delenv("IDEA_DATA_DIR")
-    assert data_dirs() == [tmp_path / "data"]
+    assert data_dir_of() == tmp_path / "data"
+    (tmp_path / "data" / "ml-100k").mkdir(parents=True)
+    (tmp_path / "data" / "ml-100k" / "u.data").write_text("1\t1\t5\t1\n")  # a ./data that must not be used
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("ml-100k", tmp_path / "nonexistent")
+    assert str(tmp_path / "nonexistent") in str(err.value) and str(tmp_path / "data" / "ml-100k") not in str(err.value)
 
 
 def test_unknown_dataset_lists_names():
@@ -296,16 +299,16 @@ def test_data_dir_wins_over_env(tmp_path, monkeypatch):
     assert data.sha256 == hashlib.sha256(b"1 5 6\n" + b"1 10 20\n").hexdigest()
 
 
-def test_env_dir_used_when_data_dir_lacks_files(tmp_path, monkeypatch):
+def test_env_dir_used_only_without_a_data_dir(tmp_path, monkeypatch):
     given, env = tmp_path / "given", tmp_path / "env"
     given.mkdir()
     make_beauty_dir(env, "1 5 6 7\n2 5 6\n", "1 10 20 30\n2 1 2\n")
     monkeypatch.setenv("IDEA_DATA_DIR", str(env))
     monkeypatch.chdir(tmp_path)
-    data = load_dataset("beauty", data_dir=given)
-    assert (data.n_users, data.n_items, data.n_interactions) == (2, 3, 5)
     data = load_dataset("beauty")  # no --data-dir at all
-    assert data.n_interactions == 5
+    assert (data.n_users, data.n_items, data.n_interactions) == (2, 3, 5)
+    with pytest.raises(DataNotFoundError):  # a --data-dir without the files is not replaced by $IDEA_DATA_DIR
+        load_dataset("beauty", data_dir=given)
 
 
 def test_cwd_data_used_last(tmp_path, monkeypatch):

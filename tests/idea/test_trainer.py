@@ -191,3 +191,16 @@ def test_cli_prints_json(tmp_path):
 def test_cli_rejects_bad_values():
     out = subprocess.run([sys.executable, "-m", "idea.train", "--beta", "-1"], capture_output=True, text=True)
     assert out.returncode == 2 and "TrainConfig.beta" in out.stderr
+
+
+@pytest.mark.parametrize("device", ["cudafoo", "cuda:x", "gpu"])
+def test_malformed_devices_are_refused(device):
+    with pytest.raises(ValueError, match="TrainConfig.device"):
+        TrainConfig(device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_a_gpu_is_one_clear_line():
+    out = subprocess.run([sys.executable, "-m", "idea.train", "--device", "cuda", "--epochs", "1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "CUDA is not available" in out.stderr and "Traceback" not in out.stderr

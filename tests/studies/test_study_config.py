@@ -12,7 +12,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from idea.data.synthetic import SyntheticConfig, generate
 from idea.splits import SplitConfig, make_split
-from studies.config import CONFIG_DIR, FloatRange, IntRange, StudyConfigError, load_study, shipped_studies
+from studies.catalog import CONFIG_DIR, shipped_studies
+from studies.config import FloatRange, IntRange, StudyConfigError, load_study
 from idea.data.interactions import subsample_users
 from studies.data import without_tests
 from studies.search import Resources
@@ -269,3 +270,22 @@ def test_dataclasses_are_frozen(tmp_path):
     study = load_study(write(tmp_path, VALID))
     with pytest.raises(dataclasses.FrozenInstanceError):
         study.epochs = 5
+
+
+@pytest.mark.parametrize("name", ["../x", "a b", "it's", ".hidden"])
+def test_unsafe_study_names_are_refused_before_anything_is_written(tmp_path, name):
+    proc = run_study("synthetic", "--smoke", "--out", str(tmp_path / "out"), "--study-name", name, timeout=60)
+    assert proc.returncode == 2 and "is not allowed" in proc.stderr and not (tmp_path / "out").exists()
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--cpus-per-trial", "64"), "exceeds the cluster's"),
+    (("--gpus-per-trial", "0.5"), "use --gpus-per-trial 0"),
+    (("--cpus-per-trial", "0"), "--cpus-per-trial must be > 0"),
+    (("--concurrency", "0"), "--concurrency must be >= 1"),
+])
+def test_impossible_resources_fail_before_the_study_folder_exists(tmp_path, flags, message):
+    proc = run_study("synthetic", "--smoke", "--out", str(tmp_path), *flags, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "synthetic-smoke").exists()

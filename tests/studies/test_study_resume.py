@@ -80,6 +80,12 @@ def test_interrupt_then_resume(tmp_path):
         assert steps == sorted(set(steps)) and steps[0] == 1
     assert len(store.runs("tags.stage = 'study'")) == 1
 
+    parent = store.runs("tags.stage = 'study'")[0]
+    again = run_study(*ARGS, "--out", str(tmp_path), "--resume", timeout=120)
+    assert again.returncode == 0 and "already finished" in again.stderr and "best valid NDCG@10" in again.stdout
+    assert "report:" in again.stdout and "Ray" not in again.stderr  # answered from the folder, no Ray start
+    assert store.runs("tags.stage = 'study'")[0].info.end_time == parent.info.end_time  # nothing changed
+
 
 def test_resume_refuses_changed_settings(tmp_path):
     missing = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
@@ -92,3 +98,23 @@ def test_resume_refuses_changed_settings(tmp_path):
                                                     "device": "cpu"}))
     changed = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
     assert changed.returncode == 2 and "different study settings (['epochs'])" in changed.stderr
+
+
+def test_a_second_driver_on_the_same_study_stops_and_touches_nothing(tmp_path):
+    first = start_study("synthetic", "--smoke", "--out", str(tmp_path), log=tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / STUDY / "study.yaml").exists():  # the first driver holds the folder
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
+            time.sleep(0.5)
+        time.sleep(1)  # run.json is written right after study.yaml
+        second = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+        assert second.returncode == 2 and f"in use by another driver (pid {first.pid} on " in second.stderr, \
+            second.stderr[-2000:]
+        assert (tmp_path / STUDY / ".driver.lock").read_text().startswith(f"pid {first.pid} ")
+    finally:
+        first.send_signal(signal.SIGINT)
+        try:
+            first.wait(timeout=120)
+        except Exception:
+            first.kill()

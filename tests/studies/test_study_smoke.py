@@ -164,7 +164,9 @@ def test_parent_artifacts_and_study_folder(smoke):
     _, study_dir, store, _ = smoke
     parent = store.runs("tags.stage = 'study'")[0]
     assert {a.path for a in store.client.list_artifacts(parent.info.run_id)} == {
-        "study.yaml", "describe.json", "trials.csv", "final_results.csv"}
+        "study.yaml", "describe.json", "trials.csv", "final_results.csv", "report"}
+    logged = {a.path for a in store.client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/summary.md", "report/paired.csv", "report/metric_vs_window_all.png"} <= logged
     assert {f"{a}-{stage}" for a in ARMS for stage in ("search", "final")} <= {p.name for p in (study_dir / "ray").iterdir()}
     assert sorted(p.name for p in (study_dir / "starts").iterdir()) == ["erm-search.pt", "erm-seed1.pt", "erm-seed2.pt"]
     trials = pd.read_csv(study_dir / "trials.csv")
@@ -193,6 +195,26 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
     assert "== arm 2/3: idea (fine-tunes the trained ERM models)" in err
     assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running, "
                      r"\d+m\d\ds elapsed", err), err[-3000:]
+    assert re.search(r"\[idea-search\] trial \w+ finished \| 3/3 done, 0 running", err), err[-3000:]
+
+
+def test_final_runs_log_metric_against_window_series(smoke):
+    _, _, store, _ = smoke
+    for run in store.nested("final"):
+        for infix in ("", "warm_"):
+            history = store.client.get_metric_history(run.info.run_id, f"shift_{infix}ndcg_at_10")
+            assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2, 3]
+            by_step = {m.step: m.value for m in history}
+            assert by_step[0] == pytest.approx(run.data.metrics[f"best_valid_{infix}ndcg_at_10"])
+            for i, w in enumerate(WINDOWS, 1):
+                assert by_step[i] == pytest.approx(run.data.metrics[f"test_{w}_{infix}ndcg_at_10"])
+
+
+def test_smoke_output_is_labelled_as_such(smoke):
+    proc, study_dir, store, _ = smoke
+    assert store.runs("tags.stage = 'study'")[0].data.tags["smoke"] == "true"
+    assert "SMOKE RUN" in proc.stdout and "its numbers are not results" in proc.stdout
+    assert "Smoke study" in (study_dir / "report" / "summary.md").read_text()
 
 
 def test_rerun_without_resume_refuses_to_overwrite(smoke):

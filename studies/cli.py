@@ -1,0 +1,49 @@
+"""The flags of `python studies/run_study.py` (also the `idea-study` console script). Parsing needs
+only the standard library, so --help answers at once; the study itself is studies/driver.py."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from studies.catalog import shipped_studies
+
+DESCRIPTION = ("Train the ERM backbone, fine-tune it with IDEA and with the plain loss (erm_ft) under Ray Tune + "
+               "Optuna on train/validation, retrain each arm's best configuration with several seeds, evaluate "
+               "those on the test windows, and track everything in MLflow. See studies/README.md.")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
+    p.add_argument("study", help=f"a shipped study (studies/configs/<name>.yaml: {', '.join(shipped_studies())}) "
+                                 "or the path of a study YAML file")
+    p.add_argument("--num-samples", type=int, help="search trials per arm (default: the study file's)")
+    p.add_argument("--max-epochs", type=int, help="cap on every arm's epochs per trial (default: the study file's)")
+    p.add_argument("--seeds", type=int, help="final retraining seeds per arm (default: the study file's, 3)")
+    p.add_argument("--time-budget-s", type=float, help="wall-clock limit of each arm's search, in seconds")
+    p.add_argument("--concurrency", type=int,
+                   help="trials in flight at once (default: what the cluster fits, at most 4, so TPE keeps learning)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions share a GPU (default: the cluster's GPUs split over --concurrency, "
+                        "else 0 = CPU)")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashing trial before it is FAILED")
+    p.add_argument("--out", default="outputs", help="output root; the study lives in <out>/<study name>/")
+    p.add_argument("--study-name", help="default: the study file's name, e.g. beauty, or beauty-smoke with --smoke")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<out>/<study>/mlflow.db)")
+    p.add_argument("--address", help="join an existing Ray cluster (host:port of its head) instead of a local one")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study (same flags as its first run)")
+    p.add_argument("--smoke", action="store_true", help="the study file's tiny variant: few trials, epochs, seeds, users")
+    p.add_argument("--data-dir", help="data folder (default: $IDEA_DATA_DIR, else ./data)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Keeping one checkpoint per trial makes Tune snapshot its state at every checkpoint, which is what a
+    # resume wants; Tune warns about that frequency, so its warning is silenced rather than the snapshots.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    from studies.driver import run_cli  # Ray, MLflow, torch: imported once there is a study to run
+
+    return run_cli(args)

@@ -1,0 +1,310 @@
+"""The study driver behind `python studies/run_study.py` (see studies/cli.py for the flags): check
+everything that can be checked, start Ray, run the arms (studies/search.py, studies/final.py),
+track them in MLflow and write the report. See studies/README.md."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import socket
+import shlex
+import sys
+from pathlib import Path
+
+import pandas as pd
+import ray
+import yaml
+
+from analysis.report import write_report
+from idea.data import DataFormatError, DataNotFoundError
+from idea.data.describe import describe
+from idea.data.interactions import Interactions
+from idea.splits import Split
+from studies.catalog import resolve_path
+from studies.config import StudyConfig, StudyConfigError, from_dict, load_study
+from studies.data import study_split, without_tests
+from studies.final import final_results, run_final
+from studies.search import Resources, Selection, run_search, select_best
+from studies.tracking import (StudyExistsError, StudyRun, git_sha, is_finished, open_study, sqlite_uri,
+                              trials_frame)
+from studies.warm_start import save_starts
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+INTERRUPTED_EXIT = 130
+
+
+# ----- the study folder -------------------------------------------------------------------------------
+
+RUN_FILE = "run.json"  # how the study runs: tracking URI and trial device, which a resume must keep
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+LOCK_FILE = ".driver.lock"  # flock'ed by the running driver; its text names the holder
+SUMMARY_FILE = "summary.txt"  # the console summary of a finished study, reprinted by a later --resume
+
+
+def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: str | None) -> str:
+    """Check the study folder before anything starts; returns the tracking URI. A resumed study must be
+    the same study: its resolved settings and tracking store cannot change underneath finished trials."""
+    saved = study_dir / "study.yaml"
+    if not resume:
+        if study_dir.exists() and any(p.name != LOCK_FILE for p in study_dir.iterdir()):
+            raise StudyConfigError(f"{study_dir} already holds a study: continue it with --resume, "
+                                   "or choose another --out or --study-name")
+        return tracking_uri or sqlite_uri(study_dir / "mlflow.db")
+    if not saved.is_file():
+        raise StudyConfigError(f"nothing to resume: {saved} does not exist")
+    before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
+    changed = sorted(k for k, v in study.to_dict().items() if before.get(k) != v)
+    if changed:
+        raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
+                               "repeat the first run's flags")
+    recorded = json.loads((study_dir / RUN_FILE).read_text())["tracking_uri"]
+    if tracking_uri and tracking_uri != recorded:
+        raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
+    return recorded
+
+
+def lock_study(study_dir: Path):
+    """An exclusive lock on the study folder for the driver's lifetime (the open file is returned and
+    must be kept): a second driver on the same study stops, naming the holder, and touches nothing."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(study_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StudyConfigError(f"{study_dir} is in use by another driver ({holder}); wait for it to end, or "
+                               "choose another --out or --study-name") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}\n")
+    handle.flush()
+    return handle
+
+
+def check_name(name: str) -> str:
+    """Study names become folder names and MLflow filter values: letters, digits, '.', '_', '-' only."""
+    if not SAFE_NAME.fullmatch(name):
+        raise StudyConfigError(f"study name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
+                               "starting with a letter or digit (--study-name, or the study file's name)")
+    return name
+
+
+def check_device(study_dir: Path, device: str) -> None:
+    """Tune restores each trial with its original config, device included, so a switch would
+    apply to new trials only and mix devices (and their timings) within one study."""
+    recorded = json.loads((study_dir / RUN_FILE).read_text())["device"]
+    if device != recorded:
+        raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "
+                         f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")
+
+
+def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: str) -> None:
+    """The study folder with the resolved settings, tracking URI and device, which --resume checks against."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
+    (study_dir / RUN_FILE).write_text(json.dumps({"tracking_uri": tracking_uri, "device": device}) + "\n")
+
+
+def init_ray(address: str | None) -> None:
+    """A private local Ray instance ("local": never silently attach to a cluster found on this machine),
+    or the cluster at `address`."""
+    if not address:
+        ray.init(address="local", include_dashboard=False)
+        return
+    try:
+        ray.init(address=address)
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"{err}\nIf the cluster uses token authentication (Ray >= 2.52; `ray start` turns it on when a token "
+            "exists), set RAY_AUTH_MODE=token and the cluster's token (RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or "
+            "~/.ray/auth_token) for this command too; see studies/README.md") from None
+
+
+def pick_resources(args: argparse.Namespace) -> Resources:
+    """Defaults fitted to the cluster: concurrency = trials that fit (at most 4), GPUs split between them.
+    A request the cluster can never grant is refused here, before the study folder exists (Tune would
+    leave such trials PENDING forever)."""
+    Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.concurrency or 1, args.max_failures,
+              args.time_budget_s)  # the flags' own ranges, before they are used in arithmetic
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 1), total.get("GPU", 0)
+    if args.cpus_per_trial > cpus:
+        raise ValueError(f"--cpus-per-trial {args.cpus_per_trial:g} exceeds the cluster's {cpus:g} CPUs")
+    if args.gpus_per_trial and args.gpus_per_trial > gpus:
+        raise ValueError(f"--gpus-per-trial {args.gpus_per_trial:g} but the cluster has {gpus:g} GPUs"
+                         + ("; use --gpus-per-trial 0 to train on the CPU" if not gpus else ""))
+    concurrency = args.concurrency if args.concurrency is not None else max(1, min(4, int(cpus // args.cpus_per_trial)))
+    gpus_per_trial = args.gpus_per_trial
+    if gpus_per_trial is None:
+        gpus_per_trial = min(1.0, gpus / concurrency) if gpus else 0.0
+    return Resources(args.cpus_per_trial, gpus_per_trial, concurrency, args.max_failures, args.time_budget_s)
+
+
+# ----- reporting ------------------------------------------------------------------------------------
+
+def fmt_params(params: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame, results: pd.DataFrame,
+                  metric: str = "ndcg", k: int = 10) -> str:
+    """Per arm: trials run, best validation NDCG@10 and its configuration, and test NDCG@10 per window
+    (all targets) as mean ± std over the final seeds."""
+    rows = []
+    for arm, sel in selections.items():
+        arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
+        row = {"arm": arm, "trials": f"{int((arm_trials['status'] == 'FINISHED').sum())} ok / "
+                                      f"{int((arm_trials['status'] == 'FAILED').sum())} failed" if len(arm_trials) else "0",
+               f"best valid {metric.upper()}@{k}": f"{sel.value:.4f}" if sel else "-",
+               "configuration": fmt_params(sel.params) if sel else "no successful trial"}
+        tests = results[(results["arm"] == arm) & (results["part"] != "valid") & (results["subset"] == "all")
+                        & (results["metric"] == metric) & (results["k"] == k)]
+        for part, values in tests.groupby("part", sort=False)["value"]:
+            std = f"{values.std():.4f}" if len(values) > 1 else "-"
+            row[f"{part} (n={len(values)})"] = f"{values.mean():.4f} ± {std}"
+        rows.append(row)
+    return pd.DataFrame(rows).fillna("-").to_string(index=False)
+
+
+def ui_hint(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
+        return f"mlflow ui --backend-store-uri {tracking_uri}"
+    return f"open {tracking_uri} (MLflow tracking server)"
+
+
+def log_inputs(study_dir: Path, study_run: StudyRun, data: Interactions, split: Split) -> None:
+    """At the start, on the parent run: the resolved study.yaml and describe.json (the split's shift
+    diagnostics, `idea.data.describe`), so even an interrupted study says what it ran on."""
+    (study_dir / "describe.json").write_text(json.dumps(describe(data, split), indent=1) + "\n")
+    for name in ("study.yaml", "describe.json"):
+        study_run.client().log_artifact(study_run.parent_run_id, str(study_dir / name))
+
+
+def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, results: pd.DataFrame) -> None:
+    """trials.csv and final_results.csv, in the study folder and on the parent run."""
+    trials.to_csv(study_dir / "trials.csv", index=False)
+    results.to_csv(study_dir / "final_results.csv", index=False)
+    for name in ("trials.csv", "final_results.csv"):
+        study_run.client().log_artifact(study_run.parent_run_id, str(study_dir / name))
+
+
+# ----- the study ------------------------------------------------------------------------------------
+
+def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
+        resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame]:
+    """Per arm (ERM first when the others fine-tune its models): search, select on validation, retrain
+    the selection with the final seeds and test it; returns selections, trials and results."""
+    ray_dir = study_dir / "ray"
+    search_split = without_tests(split)
+    selections, frames, starts = {}, [], None
+    order = study.arm_order()
+    for i, arm in enumerate(order, start=1):
+        warm = study.warm(arm)
+        print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if warm else ""),
+              file=sys.stderr, flush=True)
+        if warm and starts is None:
+            raise RuntimeError(f"{arm} fine-tunes the erm arm's models, but every erm trial failed")
+        grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
+                          starts.search if warm else None)
+        selections[arm] = selection = select_best(arm, grid, study.metric)
+        if selection is None:
+            print(f"warning: every {arm} trial failed; no final runs for this arm", file=sys.stderr)
+            continue
+        grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
+                         starts.seeds if warm else None)
+        frames.append(final_results(name, arm, grid, study_run))
+        if arm == "erm" and any(study.warm(a) for a in order):
+            starts = save_starts(study_dir, selection, grid, study_run)
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return selections, trials_frame(study_run), results
+
+
+def track(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
+          resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame] | None:
+    """`run` with the store kept consistent: on Ctrl-C open runs end KILLED (None is returned), on an
+    error FAILED; on success the artifacts are logged and the parent run ends FINISHED."""
+    try:
+        outcome = run(study, name, split, resources, study_dir, study_run, resume)
+        write_results(study_dir, study_run, *outcome[1:])
+    except KeyboardInterrupt:
+        closed = study_run.close_open_runs("KILLED")
+        resume_cmd = shlex.join([sys.executable, *sys.argv] + ([] if resume else ["--resume"]))
+        print(f"\ninterrupted: the study run and {closed} open trial run(s) marked KILLED; Tune saved its state. "
+              f"Resume with:\n  {resume_cmd}", file=sys.stderr)
+        return None
+    except BaseException:
+        study_run.close_open_runs("FAILED")
+        raise
+    study_run.client().set_terminated(study_run.parent_run_id, "FINISHED")
+    return outcome
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """The whole study for parsed arguments; returns the exit code (0, 2 bad input, 130 interrupted)."""
+    try:  # everything that can be checked before Ray starts
+        study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
+        stem = resolve_path(args.study).stem
+        name = check_name(args.study_name or (f"{stem}-smoke" if args.smoke else stem))
+        study_dir = (Path(args.out) / name).resolve()
+        tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
+        if args.resume and is_finished(tracking_uri, name) and (study_dir / SUMMARY_FILE).is_file():
+            print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
+            print_finished(study_dir, name, tracking_uri)
+            return 0
+        data, split = study_split(study, args.data_dir)
+    except (ValueError, DataNotFoundError, DataFormatError) as err:  # StudyConfigError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"study {name}: {split.dataset} ({split.protocol}), {len(split.train):,} training events, "
+          f"{len(split.valid):,} validation, tests {', '.join(f'{k}={len(v):,}' for k, v in split.tests.items())}; "
+          f"folder {study_dir}", file=sys.stderr)
+    try:
+        try:  # a cluster, flag or tracking-store problem
+            init_ray(args.address)
+            resources = pick_resources(args)  # before anything is written: a request that can never run
+            lock = lock_study(study_dir)  # noqa: F841 (kept open, so held, until this function returns)
+            print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
+                  f"{resources.gpus_per_trial:g} GPU each (device {resources.device})", file=sys.stderr)
+            if args.resume:
+                check_device(study_dir, resources.device)
+            else:
+                create_dir(study_dir, study, tracking_uri, resources.device)
+            tags = {"study": name, "dataset": study.dataset, "backbone": study.backbone,
+                    "git_sha": git_sha(PROJECT_ROOT), "data_sha256": split.data_sha256,
+                    "ray_cluster": ray.get_runtime_context().gcs_address, "smoke": str(args.smoke).lower()}
+            # a server keeps its own artifacts; a local store's go in the study folder, never ./mlruns
+            server = tracking_uri.startswith(("http://", "https://"))
+            artifacts = None if server else study_dir / "mlartifacts"
+            study_run = open_study(tracking_uri, name, tags, artifacts, resume=args.resume)
+            log_inputs(study_dir, study_run, data, split)
+        except (ConnectionError, ValueError, StudyExistsError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        outcome = track(study, name, split, resources, study_dir, study_run, args.resume)
+    finally:
+        ray.shutdown()
+    if outcome is None:
+        return INTERRUPTED_EXIT
+
+    selections, trials, results = outcome
+    smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""
+    text = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
+            f"retrained with seeds {study.final_seeds()}):{smoke}\n{summary_table(selections, trials, results)}\n")
+    (study_dir / SUMMARY_FILE).write_text(text)
+    report = write_report(tracking_uri, name, study_dir / "report")
+    study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), "report")
+    print_finished(study_dir, name, tracking_uri)
+    return 0
+
+
+def print_finished(study_dir: Path, name: str, tracking_uri: str) -> None:
+    print("\n" + (study_dir / SUMMARY_FILE).read_text(), end="")
+    print(f"\nMLflow: experiment {name!r}; open the UI with\n  {ui_hint(tracking_uri)}")
+    print(f"report: {study_dir / 'report' / 'summary.md'}")
+

@@ -55,15 +55,35 @@ def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: s
         return tracking_uri or sqlite_uri(study_dir / "mlflow.db")
     if not saved.is_file():
         raise StudyConfigError(f"nothing to resume: {saved} does not exist")
-    before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
+    try:
+        before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
+    except (yaml.YAMLError, ValueError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StudyConfigError(f"{saved} is damaged ({first}): the study's resolved settings cannot be read, so it "
+                               "cannot be resumed safely; start it again under another --study-name") from None
     changed = sorted(k for k, v in study.to_dict().items() if before.get(k) != v)
     if changed:
         raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
                                "repeat the first run's flags")
-    recorded = json.loads((study_dir / RUN_FILE).read_text())["tracking_uri"]
+    recorded = read_run_file(study_dir)["tracking_uri"]
     if tracking_uri and tracking_uri != recorded:
         raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
     return recorded
+
+
+def read_run_file(study_dir: Path) -> dict:
+    """run.json (tracking URI and device of a study's first run), or an error naming the file."""
+    path = study_dir / RUN_FILE
+    try:
+        run = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyConfigError(f"{path} is missing: the study folder is incomplete (its first run stopped before "
+                               "Ray started?); start the study again without --resume under another name") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StudyConfigError(f"{path} is damaged ({err}); it should hold the study's tracking_uri and device") from None
+    if not isinstance(run, dict) or not {"tracking_uri", "device"} <= set(run):
+        raise StudyConfigError(f"{path} lacks tracking_uri or device; it should hold both")
+    return run
 
 
 def lock_study(study_dir: Path):
@@ -98,7 +118,7 @@ def check_name(name: str) -> str:
 def check_device(study_dir: Path, device: str) -> None:
     """Tune restores each trial with its original config, device included, so a switch would
     apply to new trials only and mix devices (and their timings) within one study."""
-    recorded = json.loads((study_dir / RUN_FILE).read_text())["device"]
+    recorded = read_run_file(study_dir)["device"]
     if device != recorded:
         raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "
                          f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")

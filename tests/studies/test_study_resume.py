@@ -7,6 +7,7 @@ import json
 import signal
 import time
 
+import pytest
 import yaml
 
 from studies.config import load_study
@@ -118,3 +119,29 @@ def test_a_second_driver_on_the_same_study_stops_and_touches_nothing(tmp_path):
             first.wait(timeout=120)
         except Exception:
             first.kill()
+
+
+DAMAGED = {
+    "unparsable study.yaml": ("study.yaml", "dataset: [synthetic\n", "study.yaml is damaged"),
+    "invalid study.yaml": ("study.yaml", "dataset: netflix\narms: {}\n", "study.yaml is damaged"),
+    "missing run.json": ("run.json", None, "run.json is missing"),
+    "truncated run.json": ("run.json", '{"tracking_uri": "sqlite:///x', "run.json is damaged"),
+    "run.json without device": ("run.json", '{"tracking_uri": "sqlite:///x.db"}', "run.json lacks tracking_uri or device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_study_files_are_named_not_tracebacks(tmp_path, case):
+    name, text, message = DAMAGED[case]
+    study_dir = tmp_path / STUDY
+    study_dir.mkdir()
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(load_study("synthetic", smoke=True).to_dict()))
+    (study_dir / "run.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{study_dir / 'mlflow.db'}",
+                                                    "device": "cpu"}))
+    if text is None:
+        (study_dir / name).unlink()
+    else:
+        (study_dir / name).write_text(text)
+    proc = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert str(study_dir / name) in proc.stderr

@@ -82,10 +82,16 @@ def fit(path: Path, trainable, resume: bool, build: Callable[[], tune.Tuner]) ->
 
 def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: ResultGrid) -> None:
     """Trials Tune ended without a callback (the time budget) still have a RUNNING run: end it FINISHED,
-    tagged budget_stopped, with its best-so-far metrics."""
+    tagged budget_stopped, with its best-so-far metrics. A RUNNING run whose trial the grid does not
+    hold (the driver died right after creating it, and Tune never kept the trial) is an orphan: it ends
+    KILLED, tagged orphan, and counts as no trial."""
     client = study_run.client()
     last = {r.metrics.get("trial_id"): r.metrics for r in grid if r.metrics}
     for run in study_run.nested_runs(arm, stage, status="RUNNING"):
+        if run.data.tags.get("trial_id") not in last:
+            client.set_tag(run.info.run_id, "orphan", "true")
+            client.set_terminated(run.info.run_id, "KILLED")
+            continue
         metrics = summary_metrics(last.get(run.data.tags.get("trial_id"), {}))
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, float(value))

@@ -280,6 +280,8 @@ def trials_frame(study_run: StudyRun) -> pd.DataFrame:
     rows = []
     for run in study_run.nested_runs(stage="search"):
         tags, data = run.data.tags, run.data
+        if tags.get("orphan") == "true":  # a run without a Tune trial (see search.close_budget_stopped)
+            continue
         rows.append({
             "arm": tags.get("arm"), "trial_id": tags.get("trial_id"), "run_id": run.info.run_id,
             "status": run.info.status, "asha_stopped": tags.get("asha_stopped") == "true",

@@ -7,6 +7,7 @@ import json
 import signal
 import time
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -61,14 +62,23 @@ def test_interrupt_then_resume(tmp_path):
     assert {r.data.tags["arm"] for r in finished.values()} >= {"erm", "idea"}
     assert len(store.nested("final", "erm")) == 1 and not store.nested("final", "idea")  # killed in the IDEA stage
     lines = {t: result_lines(study_dir, t) for t in finished}
+    finished_run = next(iter(finished.values()))
 
+    # a run the driver created just before dying, for a trial Tune never kept (kill -9 at that moment)
+    orphan = store.client.create_run(store.experiment_id, run_name="idea-trial-orphan", tags={
+        **{k: finished_run.data.tags[k] for k in ("study", "mlflow.parentRunId", "dataset", "backbone", "git_sha",
+                                                   "data_sha256")},
+        "arm": "idea", "method": "idea", "stage": "search", "seed": "0", "trial_id": "orphan_00099"}).info.run_id
     resumed = run_study(*ARGS, "--out", str(tmp_path), "--resume", timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
 
-    after = store.runs()
+    gone = store.client.get_run(orphan)
+    assert gone.info.status == "KILLED" and gone.data.tags["orphan"] == "true"
+    assert "orphan_00099" not in set(pd.read_csv(study_dir / "trials.csv")["trial_id"])
+    after = [r for r in store.runs() if r.info.run_id != orphan]
     assert {r.info.status for r in after} == {"FINISHED"}
     for arm, trials in TRIALS_PER_ARM.items():
-        trial_ids = [r.data.tags["trial_id"] for r in store.nested("search", arm)]
+        trial_ids = [r.data.tags["trial_id"] for r in store.nested("search", arm) if r.info.run_id != orphan]
         assert len(trial_ids) == len(set(trial_ids)) == trials  # one run per trial, no extra or lost trials
         assert len(store.nested("final", arm)) == 1
     by_trial = {r.data.tags.get("trial_id"): r for r in after if r.data.tags["stage"] == "search"}
@@ -76,7 +86,7 @@ def test_interrupt_then_resume(tmp_path):
         again = by_trial[trial_id]
         assert again.info.run_id == run.info.run_id and again.info.end_time == run.info.end_time
         assert result_lines(study_dir, trial_id) == lines[trial_id]
-    for run in store.nested("search"):  # resumed trials continued without logging an epoch twice
+    for run in [r for r in store.nested("search") if r.info.run_id != orphan]:  # no epoch logged twice
         steps = store.steps(run)
         assert steps == sorted(set(steps)) and steps[0] == 1
     assert len(store.runs("tags.stage = 'study'")) == 1

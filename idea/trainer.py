@@ -29,7 +29,6 @@ from idea.models import build_backbone
 from idea.splits import Events, Split
 
 
-
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
 
@@ -150,11 +149,12 @@ class Trainer:
         if self.device.type == "cuda":
             self.model.chunk_rows = 1 << 20  # GPUs have FLOPs to spare: one launch beats length buckets
         self.eval_batch_size = config.eval_batch_size or (1024 if self.device.type == "cuda" else 256)
+        self.init_digest = None  # sha256 of the warm start's weights, when there is one
         if config.init_from is not None:  # before the optimiser: Adam starts fresh on the loaded weights
             start = read_checkpoint(config.init_from, self.device)
             check_start(start, config, split, config.init_from)
             self.model.load_state_dict(start["best_state"])
-        self.init_digest = state_digest(self.model.state_dict()) if config.init_from is not None else None
+            self.init_digest = state_digest(self.model.state_dict())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.extractors = None
         if config.method == "idea":

@@ -49,6 +49,11 @@ def _use_assigned_cpus() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
+def _start(trainer: Trainer) -> dict[str, str]:
+    """The warm start's weight digest for a report (tagged on the MLflow run), or nothing."""
+    return {"init_digest": trainer.init_digest} if trainer.init_digest else {}
+
+
 def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Trainer:
     """Fixed settings + sampled params -> a trained Trainer; resumes from Tune's checkpoint when there is one."""
     train_config = TrainConfig.from_dict({**fixed, **config})
@@ -64,8 +69,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
 
         def report(record) -> None:
             best = trainer.records[trainer.best_epoch - 1].valid if trainer.best_epoch else {}  # 0: no finite score yet
-            start = {"init_digest": trainer.init_digest} if trainer.init_digest else {}
-            tune.report({**record.flat(), **start, **{f"best_{k}": v for k, v in best.items()}},
+            tune.report({**record.flat(), **_start(trainer), **{f"best_{k}": v for k, v in best.items()}},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
         trainer.fit(on_epoch=report, checkpoint=path)
@@ -102,7 +106,6 @@ def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any],
     with tempfile.TemporaryDirectory(prefix="idea-final-") as tmp:
         trainer.save(Path(tmp) / CHECKPOINT_FILE)
         frame.to_csv(Path(tmp) / RESULTS_FILE, index=False)
-        start = {"init_digest": trainer.init_digest} if trainer.init_digest else {}
         tune.report({"epoch": trainer.epoch, "best_epoch": trainer.best_epoch, "best_phase": trainer.best_phase,
-                     "evaluated": 1, **start,
+                     "evaluated": 1, **_start(trainer),
                      **final_metrics(frame)}, checkpoint=tune.Checkpoint.from_directory(tmp))

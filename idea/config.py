@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
-BACKBONE_NAMES = ("gru4rec", "sasrec")
+BACKBONE_NAMES = ("gru4rec", "sasrec", "mamba4rec")
 RUNTIME_FIELDS = ("device", "eval_batch_size")  # where and how fast, never what is learned
 METHODS = ("erm", "idea")
 LOSSES = ("ce", "bce")
@@ -17,7 +17,7 @@ class TrainConfig:
     """Defaults follow RecBole (Adam, lr 1e-3, batch 2048, patience 10) and the IDEA paper
     (K=3, N=4, tau=0.1, beta=1, T=5, lambda near 1). Ranges are checked in __post_init__."""
 
-    backbone: str = "gru4rec"  # gru4rec | sasrec
+    backbone: str = "gru4rec"  # gru4rec | sasrec | mamba4rec
     method: str = "erm"  # erm | idea
     loss: str = "ce"  # ce (full softmax) | bce (one sampled negative, the paper's Eq. 2)
     # IDEA

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .base import Backbone
 from .gru4rec import GRU4Rec
+from .mamba4rec import Mamba4Rec
 from .sasrec import SASRec
 
-BACKBONES: dict[str, type[Backbone]] = {"gru4rec": GRU4Rec, "sasrec": SASRec}
+BACKBONES: dict[str, type[Backbone]] = {"gru4rec": GRU4Rec, "sasrec": SASRec, "mamba4rec": Mamba4Rec}
 
 
 def build_backbone(name: str, n_items: int, max_len: int, dropout: float | None = None) -> Backbone:
@@ -17,4 +18,4 @@ def build_backbone(name: str, n_items: int, max_len: int, dropout: float | None 
     return BACKBONES[name](n_items, max_len, **kwargs)
 
 
-__all__ = ["BACKBONES", "Backbone", "GRU4Rec", "SASRec", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "GRU4Rec", "Mamba4Rec", "SASRec", "build_backbone"]

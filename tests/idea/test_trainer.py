@@ -38,7 +38,7 @@ def first_batch(trainer):
     return trainer.batch(torch.arange(64))
 
 
-@pytest.mark.parametrize("backbone", ["gru4rec", "sasrec"])
+@pytest.mark.parametrize("backbone", ["gru4rec", "sasrec", "mamba4rec"])
 def test_recommender_step_moves_only_the_recommender(split, backbone):
     tr = Trainer(small(method="idea", backbone=backbone), split)
     rec, ext = snapshot(tr.model), snapshot(tr.extractors)
@@ -47,7 +47,7 @@ def test_recommender_step_moves_only_the_recommender(split, backbone):
     assert not any(changed(ext, tr.extractors))
 
 
-@pytest.mark.parametrize("backbone", ["gru4rec", "sasrec"])
+@pytest.mark.parametrize("backbone", ["gru4rec", "sasrec", "mamba4rec"])
 def test_exploration_step_moves_only_the_extractors(split, backbone):
     tr = Trainer(small(method="idea", backbone=backbone), split)
     rec, ext = snapshot(tr.model), snapshot(tr.extractors)

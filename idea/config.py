@@ -6,10 +6,19 @@ from dataclasses import asdict, dataclass, fields
 
 BACKBONE_NAMES = ("gru4rec", "sasrec", "mamba4rec")
 RUNTIME_FIELDS = ("device", "eval_batch_size")  # where and how fast, never what is learned
-METHODS = ("erm", "idea")
+METHODS = ("erm", "idea", "dros")
+PENALTIES = ("vrex", "irmv1")
 LOSSES = ("ce", "bce")
 PAIRINGS = ("same_user", "any")
 SELECT_METRIC = "ndcg_at_10"  # early stopping, best state and study selection, on validation
+# The fields only one method reads; every other field is read by every method. A study rejects a
+# method's field in another method's arm, and MLflow runs log only the fields their method reads.
+METHOD_FIELDS = {
+    "erm": (),
+    "idea": ("K", "N", "tau", "beta", "T", "penalty", "lambda_low", "lambda_high", "alpha", "pairing", "mixup",
+             "explore", "pretrain_epochs", "extractor_lr", "extractor_hidden"),
+    "dros": ("dros_alpha", "dros_beta"),
+}
 
 
 @dataclass(frozen=True)
@@ -18,13 +27,14 @@ class TrainConfig:
     (K=3, N=4, tau=0.1, beta=1, T=5, lambda near 1). Ranges are checked in __post_init__."""
 
     backbone: str = "gru4rec"  # gru4rec | sasrec | mamba4rec
-    method: str = "erm"  # erm | idea
+    method: str = "erm"  # erm | idea | dros
     loss: str = "ce"  # ce (full softmax) | bce (one sampled negative, the paper's Eq. 2)
     # IDEA
     K: int = 3  # extractors, 2..16
     N: int = 4  # environments, 2..32
     tau: float = 0.1  # relaxed-Bernoulli temperature, (0, 10]
-    beta: float = 1.0  # variance penalty weight, [0, 1000]
+    beta: float = 1.0  # penalty weight, [0, 1000]
+    penalty: str = "vrex"  # vrex: variance of the environment risks | irmv1: mean squared IRMv1 gradient
     T: int = 5  # recommender steps per extractor step, 1..1000
     lambda_low: float = 0.9  # Uniform(lambda_low, lambda_high) mixup weight, 0.5 <= low <= high <= 1
     lambda_high: float = 1.0
@@ -35,6 +45,9 @@ class TrainConfig:
     pretrain_epochs: int = 2  # ERM epochs before the IDEA phase, 0..epochs-1
     extractor_lr: float = 1e-3  # (0, 1]
     extractor_hidden: int = 64  # 1..4096
+    # DROS (Yang et al., SIGIR'23): base loss + dros_alpha * mean(L_DRO); the reference code's defaults
+    dros_alpha: float = 0.0  # [0, 100]; 0 = plain ERM
+    dros_beta: float = 1.0  # temperature beta' of L_DRO, (0, 1000]
     # training
     epochs: int = 200  # 1..10000
     patience: int = 10  # epochs without validation NDCG@10 gain before stopping, 1..10000
@@ -60,6 +73,9 @@ class TrainConfig:
         need(self.method in METHODS, "method", str(METHODS))
         need(self.loss in LOSSES, "loss", str(LOSSES))
         need(self.pairing in PAIRINGS, "pairing", str(PAIRINGS))
+        need(self.penalty in PENALTIES, "penalty", str(PENALTIES))
+        need(0 <= self.dros_alpha <= 100, "dros_alpha", "[0, 100]")
+        need(0 < self.dros_beta <= 1000, "dros_beta", "(0, 1000]")
         for name, lo, hi in (("K", 2, 16), ("N", 2, 32), ("T", 1, 1000), ("epochs", 1, 10_000),
                              ("patience", 1, 10_000), ("batch_size", 1, 1_000_000),
                              ("extractor_hidden", 1, 4096)):
@@ -82,11 +98,16 @@ class TrainConfig:
              "'auto', 'cpu', 'cuda' or 'cuda:<index>'")
         need(self.init_from is None or (isinstance(self.init_from, str) and self.init_from != ""), "init_from",
              "None or the path of a trainer checkpoint")
-        need(0 <= self.pretrain_epochs < self.epochs or self.method == "erm", "pretrain_epochs",
+        need(0 <= self.pretrain_epochs < self.epochs or self.method != "idea", "pretrain_epochs",
              f"0..epochs-1 = 0..{self.epochs - 1} (IDEA needs at least one epoch after pretraining)")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def used(self) -> dict:
+        """The fields this config's method reads (what a run of it should log)."""
+        others = {f for m, names in METHOD_FIELDS.items() if m != self.method for f in names}
+        return {k: v for k, v in asdict(self).items() if k not in others}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

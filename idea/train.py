@@ -1,4 +1,4 @@
-"""`python -m idea.train`: train ERM or IDEA on one dataset and report per-window test metrics."""
+"""`python -m idea.train`: train ERM, IDEA or DROS on one dataset and report per-window test metrics."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from idea.config import BACKBONE_NAMES, LOSSES, METHODS, PAIRINGS, TrainConfig
+from idea.config import BACKBONE_NAMES, LOSSES, METHODS, PAIRINGS, PENALTIES, TrainConfig
 from idea.data import DATASETS, DataFormatError, DataNotFoundError, load_split
 from idea.metrics import summary
 from idea.splits import PROTOCOLS, SplitConfig
@@ -17,6 +17,7 @@ FLAGS = {
     "K": int, "N": int, "tau": float, "beta": float, "T": int, "lambda_low": float, "lambda_high": float,
     "alpha": float, "pretrain_epochs": int, "epochs": int, "patience": int, "lr": float, "batch_size": int,
     "dropout": float, "noise_ratio": float, "seed": int, "extractor_lr": float, "weight_decay": float,
+    "dros_alpha": float, "dros_beta": float,
 }
 
 
@@ -30,6 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--method", choices=METHODS, default="erm")
     p.add_argument("--loss", choices=LOSSES, default="ce")
     p.add_argument("--pairing", choices=PAIRINGS, default=None)
+    p.add_argument("--penalty", choices=PENALTIES, default=None, help="IDEA's penalty (default vrex)")
     p.add_argument("--no-mixup", action="store_true", help="IDEA ablation: environments are the K views")
     p.add_argument("--no-explore", action="store_true", help="IDEA ablation: extractors are never updated")
     p.add_argument("--mask-seen", action="store_true", help="exclude history items from the ranking")
@@ -51,6 +53,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                   init_from=args.init_from)
     if args.pairing:
         values["pairing"] = args.pairing
+    if args.penalty:
+        values["penalty"] = args.penalty
     return TrainConfig(**values)
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from idea.config import RUNTIME_FIELDS, SELECT_METRIC, TrainConfig
 from idea.environments import SubsequenceExtractors, make_environments, vrex
 from idea.metrics import metrics_frame, rank_events, summary
+from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
 from idea.models import build_backbone
 from idea.splits import Events, Split
 
@@ -161,6 +162,8 @@ class Trainer:
             self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden).to(self.device)
             self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
         tr = split.train
+        if config.method == "dros":
+            self.propensity = dros_propensity(tr.target, split.n_items).to(self.device)  # [n]
         if len(tr) == 0:
             raise ValueError(f"split of {split.dataset!r} has no training events; check the cuts")
         # Copies: the split's arrays may be read-only views of Ray's shared memory.
@@ -178,8 +181,8 @@ class Trainer:
 
     # ----- one step -------------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
-        if self.config.method == "erm":
-            return "erm"
+        if self.config.method != "idea":
+            return self.config.method  # erm | dros: one phase, a plain step on the method's loss
         return "pretrain" if epoch <= self.config.pretrain_epochs else "idea"
 
     def item_table(self, model: torch.nn.Module | None = None) -> torch.Tensor:
@@ -187,16 +190,26 @@ class Trainer:
         fake noise ids are never ranked."""
         return (model or self.model).item_emb.weight[: self.n_items + 1]
 
-    def per_example_loss(self, user: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Base loss [M] per row: full-softmax CE over items 1..n, or BCE with one sampled negative."""
+    def per_example_loss(self, user: torch.Tensor, target: torch.Tensor,
+                         scale_grad: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Loss [M] per row: full-softmax CE over items 1..n, or BCE with one sampled negative, plus
+        DROS's dros_alpha * L_DRO for method dros. With `scale_grad`, also each row's derivative [M]
+        with respect to a scale w = 1 on its logits (IRMv1's dummy classifier)."""
+        c = self.config
         table = self.item_table()
-        if self.config.loss == "ce":
-            logits = user @ table[1:].T  # [M, n]
-            return F.cross_entropy(logits, target - 1, reduction="none")  # [M]
-        negative = torch.randint(1, self.n_items + 1, target.shape, device=target.device)  # [M]
-        pos = (user * table[target]).sum(-1)  # [M]
-        neg = (user * table[negative]).sum(-1)  # [M]
-        return F.softplus(-pos) + F.softplus(neg)  # [M]
+        logits = user @ table[1:].T if c.loss == "ce" or c.method == "dros" else None  # [M, n]
+        if c.loss == "ce":
+            loss = F.cross_entropy(logits, target - 1, reduction="none")  # [M]
+            grad = ce_scale_gradient(logits, target) if scale_grad else None
+        else:
+            negative = torch.randint(1, self.n_items + 1, target.shape, device=target.device)  # [M]
+            pos = (user * table[target]).sum(-1)  # [M]
+            neg = (user * table[negative]).sum(-1)  # [M]
+            loss = bce_loss(pos, neg)  # [M]
+            grad = bce_scale_gradient(pos, neg) if scale_grad else None
+        if c.method == "dros" and c.dros_alpha > 0:
+            loss = loss + c.dros_alpha * dros_loss(logits, target, self.propensity, c.dros_beta)
+        return (loss, grad) if scale_grad else loss
 
     def batch(self, idx: torch.Tensor, width: int | None = None, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training rows `idx` ordered by length (a batch is a set; the order lets the backbone
@@ -225,9 +238,9 @@ class Trainer:
         self.step += 1
         return self.idea_step(history, lengths, target, explore=self.config.explore and self.step % self.config.T == 0)
 
-    def idea_forward(self, history, lengths, target) -> tuple[torch.Tensor, torch.Tensor]:
-        """Risks [E] of the environments built from one batch (one forward pass for all of them)
-        and the environment batch env_x [E*B, L, d] they were computed from."""
+    def idea_forward(self, history, lengths, target) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Risks [E] of the environments built from one batch (one forward pass for all of them), their
+        IRMv1 scale gradients [E] (None under V-REx) and the environment batch env_x [E*B, L, d]."""
         c = self.config
         x = self.model.embed(history)  # [B, L, d]
         masks = self.extractors(x.detach(), lengths, c.tau)  # [K, B, L]; extractors read, never train, x
@@ -237,43 +250,55 @@ class Trainer:
             alpha=c.alpha, lambda_low=c.lambda_low, lambda_high=c.lambda_high,
         )  # [E*B, L, d], [E*B], [E*B]
         user = self.model.encode(env_x, env_len)  # [E*B, d]
-        return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1), env_x  # [E], [E*B, L, d]
+        if c.penalty == "irmv1":
+            loss, grad = self.per_example_loss(user, env_tgt, scale_grad=True)  # [E*B], [E*B]
+            return loss.view(-1, len(target)).mean(1), grad.view(-1, len(target)).mean(1), env_x  # [E], [E]
+        return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1), None, env_x  # [E]
 
     def idea_gradients(self, history, lengths, target, recommend: bool = True,
                        explore: bool = False) -> tuple[tuple | None, tuple | None, dict[str, torch.Tensor]]:
-        """(recommender grads of mean(R) + β·var(R), extractor grads of -var(R), step statistics)
+        """(recommender grads of mean(R) + β·penalty, extractor grads of -penalty, step statistics)
         from one forward pass; a part not asked for is None. Descending both gradients makes the
-        recommender minimise the penalised risk and the extractors maximise the risk variance.
+        recommender minimise the penalised risk and the extractors maximise the penalty: var(R) for
+        V-REx, mean_e (dR_e/dw)^2 for IRMv1.
 
-        The exploration gradient reuses the recommender's backward pass. Row r of env_x belongs to
-        environment n alone, so the recommender's gradient at env_x is, per environment block,
+        Under V-REx the exploration gradient reuses the recommender's backward pass. Row r of env_x
+        belongs to environment n alone, so the recommender's gradient at env_x is, per environment block,
         a_n · dR_n/d env_x with a = d(mean + β var)/dR; rescaling block n by c_n / a_n, c = d(-var)/dR,
         gives the extractors' gradient at env_x, and only the cheap path env_x -> masks -> extractors
         is walked again. a and c are autograd's own derivatives (c sums to zero exactly as autograd's
         does, so no gradient of mean(R) leaks in), and the backward pass is seeded with that very a,
         so the rescaling is exact up to float rounding. When some |a_n| < 0.1/N (large β), where
         the products a_n · (small probabilities) lose precision, a separate backward pass of -var
-        through the backbone is taken instead.
+        through the backbone is taken instead, as it always is for IRMv1 (whose penalty is not a
+        function of the risks alone).
         """
-        risks, env_x = self.idea_forward(history, lengths, target)
+        risks, scale_grads, env_x = self.idea_forward(history, lengths, target)
         mean, var = vrex(risks)
-        rec_loss = mean + self.config.beta * var
+        penalty = var if scale_grads is None else irmv1(scale_grads)
+        rec_loss = mean + self.config.beta * penalty
         rec_params = [p for p in self.model.parameters() if p.requires_grad]
         ext_params = list(self.extractors.parameters())
         rec_grads = ext_grads = None
-        if recommend:
+        shortcut = recommend and scale_grads is None
+        if shortcut:
             a = torch.autograd.grad(rec_loss, risks, retain_graph=True)[0]  # [E] d rec_loss / dR
             grads = torch.autograd.grad(risks, rec_params + [env_x], grad_outputs=a, retain_graph=explore,
                                         allow_unused=True)
             rec_grads, env_grad = grads[:-1], grads[-1]
+        elif recommend:
+            rec_grads = torch.autograd.grad(rec_loss, rec_params, retain_graph=explore, allow_unused=True)
         if explore:
-            if recommend and bool((a.abs() >= 0.1 / len(risks)).all()):
+            if shortcut and bool((a.abs() >= 0.1 / len(risks)).all()):
                 c = torch.autograd.grad(-var, risks, retain_graph=True)[0]  # [E] d(-var) / dR
                 scale = (c / a).repeat_interleave(len(target)).view(-1, 1, 1)  # [E*B, 1, 1]
                 ext_grads = torch.autograd.grad(env_x, ext_params, grad_outputs=env_grad * scale)
             else:
-                ext_grads = torch.autograd.grad(-var, ext_params)
-        return rec_grads, ext_grads, {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+                ext_grads = torch.autograd.grad(-penalty, ext_params)
+        stats = {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+        if scale_grads is not None:
+            stats["irm_penalty"] = penalty.detach()
+        return rec_grads, ext_grads, stats
 
     def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
         """Apply `idea_gradients`: both are taken before either update, then each optimiser steps."""

@@ -27,9 +27,9 @@ from studies.catalog import resolve_path
 from studies.config import StudyConfig, StudyConfigError, from_dict, load_study
 from studies.data import study_split, without_tests
 from studies.final import final_results, run_final
-from studies.search import Resources, Selection, run_search, select_best
-from studies.tracking import (StudyExistsError, StudyRun, git_sha, is_finished, open_study, sqlite_uri,
-                              trials_frame)
+from studies.search import Resources, Selection, TuneStateError, check_state, run_search, select_best
+from studies.tracking import (StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study,
+                              sqlite_uri, trials_frame)
 from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: s
     if changed:
         raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
                                "repeat the first run's flags")
-    recorded = read_run_file(study_dir)["tracking_uri"]
+    recorded = store_uri(study_dir, read_run_file(study_dir))
     if tracking_uri and tracking_uri != recorded:
         raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
     return recorded
@@ -84,6 +84,21 @@ def read_run_file(study_dir: Path) -> dict:
     if not isinstance(run, dict) or not {"tracking_uri", "device"} <= set(run):
         raise StudyConfigError(f"{path} lacks tracking_uri or device; it should hold both")
     return run
+
+
+def store_uri(study_dir: Path, run: dict) -> str:
+    """The study's tracking URI. The default store is the study folder's own mlflow.db wherever the folder
+    now is, so a moved or copied study folder resumes into its own store, not the original's."""
+    return sqlite_uri(study_dir / "mlflow.db") if run.get("default_store") else run["tracking_uri"]
+
+
+def write_run_file(study_dir: Path, **fields) -> None:
+    """run.json updated with `fields`, written whole (a temporary file renamed over it)."""
+    path = study_dir / RUN_FILE
+    run = {**(read_run_file(study_dir) if path.is_file() else {}), **fields}
+    tmp = path.with_name(f".{RUN_FILE}.tmp")
+    tmp.write_text(json.dumps(run) + "\n")
+    os.replace(tmp, path)
 
 
 def lock_study(study_dir: Path):
@@ -128,7 +143,8 @@ def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: s
     """The study folder with the resolved settings, tracking URI and device, which --resume checks against."""
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
-    (study_dir / RUN_FILE).write_text(json.dumps({"tracking_uri": tracking_uri, "device": device}) + "\n")
+    write_run_file(study_dir, tracking_uri=tracking_uri, device=device,
+                   default_store=tracking_uri == sqlite_uri(study_dir / "mlflow.db"))
 
 
 def init_ray(address: str | None) -> None:
@@ -238,7 +254,7 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
             continue
         grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
                          starts.seeds if warm else None)
-        frames.append(final_results(name, arm, grid, study_run))
+        frames.append(final_results(name, arm, study.arms[arm].method, grid, study_run))
         if arm == "erm" and any(study.warm(a) for a in order):
             starts = save_starts(study_dir, selection, grid, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -258,6 +274,9 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
         print(f"\ninterrupted: the study run and {closed} open trial run(s) marked KILLED; Tune saved its state. "
               f"Resume with:\n  {resume_cmd}", file=sys.stderr)
         return None
+    except TuneStateError:  # nothing ran: the study stays resumable once the state is put back
+        study_run.close_open_runs("KILLED")
+        raise
     except BaseException:
         study_run.close_open_runs("FAILED")
         raise
@@ -277,6 +296,9 @@ def run_cli(args: argparse.Namespace) -> int:
             print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
             print_finished(study_dir, name, tracking_uri)
             return 0
+        if args.resume:  # Tune's state files, before Ray starts (run_search/run_final check them against the store)
+            for experiment in sorted((study_dir / "ray").glob("*/tuner.pkl")):
+                check_state(experiment.parent)
         data, split = study_split(study, args.data_dir)
     except (ValueError, DataNotFoundError, DataFormatError) as err:  # StudyConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
@@ -301,12 +323,21 @@ def run_cli(args: argparse.Namespace) -> int:
             # a server keeps its own artifacts; a local store's go in the study folder, never ./mlruns
             server = tracking_uri.startswith(("http://", "https://"))
             artifacts = None if server else study_dir / "mlartifacts"
-            study_run = open_study(tracking_uri, name, tags, artifacts, resume=args.resume)
+            recorded = read_run_file(study_dir).get("parent_run_id") if args.resume else None
+            ran = any((study_dir / "ray").glob("*/tuner.pkl"))  # trials ran against some parent run
+            study_run = open_study(tracking_uri, name, tags, artifacts, resume=args.resume,
+                                   parent_run_id=recorded, require_parent=ran)
+            if recorded is None:
+                write_run_file(study_dir, parent_run_id=study_run.parent_run_id)
             log_inputs(study_dir, study_run, data, split)
-        except (ConnectionError, ValueError, StudyExistsError) as err:
+        except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        outcome = track(study, name, split, resources, study_dir, study_run, args.resume)
+        try:
+            outcome = track(study, name, split, resources, study_dir, study_run, args.resume)
+        except TuneStateError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     finally:
         ray.shutdown()
     if outcome is None:

@@ -13,8 +13,8 @@ from ray.tune import ResultGrid
 
 from idea.splits import Split
 
-from studies.config import ARM_METHODS, StudyConfig
-from studies.search import Resources, Selection, fit
+from studies.config import StudyConfig
+from studies.search import Resources, Selection, ended_trials, fit
 from studies.trainable import RESULTS_FILE, final_trial
 from studies.tracking import MlflowTrialLogger, StudyRun
 
@@ -39,19 +39,20 @@ def run_final(study: StudyConfig, selection: Selection, split: Split, resources:
     name = f"{arm}-final"
     init = {s: starts[s] for s in seeds} if starts is not None else {}
 
-    def build() -> tune.Tuner:
+    def build(run_config: tune.RunConfig) -> tune.Tuner:
         return tune.Tuner(
             trainable,
             param_space={**selection.params, "seed": tune.grid_search(seeds)},
             tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrency),
-            run_config=resources.run_config(ray_dir, name, len(seeds), MlflowTrialLogger(
-                study_run, arm, "final", fixed, study.epochs_of(arm), init)),
+            run_config=run_config,
         )
 
-    return fit(ray_dir / name, trainable, resume, build)
+    run_config = resources.run_config(ray_dir, name, len(seeds), MlflowTrialLogger(
+        study_run, arm, "final", fixed, study.epochs_of(arm), init))
+    return fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, "final"))
 
 
-def final_results(study_name: str, arm: str, grid: ResultGrid, study_run: StudyRun) -> pd.DataFrame:
+def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, study_run: StudyRun) -> pd.DataFrame:
     """Tidy per-window results of an arm's final runs (one row per seed, part, subset, metric, k),
     read from each run's last checkpoint; failed seeds are absent."""
     run_ids = {r.data.tags.get("trial_id"): r.info.run_id for r in study_run.nested_runs(arm, "final")}
@@ -65,7 +66,7 @@ def final_results(study_name: str, arm: str, grid: ResultGrid, study_run: StudyR
                 continue
             frame = pd.read_csv(path)
         trial_id = result.metrics["trial_id"]
-        frames.append(frame.assign(study=study_name, arm=arm, method=ARM_METHODS[arm], stage="final", seed=result.config["seed"],
+        frames.append(frame.assign(study=study_name, arm=arm, method=method, stage="final", seed=result.config["seed"],
                                    trial_id=trial_id, run_id=run_ids.get(trial_id)))
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)

@@ -2,10 +2,12 @@
 resumable with its searcher state; and the selection of each arm's best trial on validation only."""
 from __future__ import annotations
 
+import json
 import math
+import pickletools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ray import tune
 from ray.tune import ResultGrid
@@ -21,6 +23,11 @@ from studies.tracking import INTERRUPTED, MlflowTrialLogger, StudyRun, summary_m
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C stopped a stage; Tune saved its state, so the study can be resumed."""
+
+
+class TuneStateError(ValueError):
+    """A stage's saved Tune state cannot be restored as it was (damaged, or missing trials the tracking
+    store has): Tune would log "Failed to restore the run state" and silently start the stage again."""
 
 
 @dataclass(frozen=True)
@@ -67,17 +74,113 @@ class Resources:
         )
 
 
-def fit(path: Path, trainable, resume: bool, build: Callable[[], tune.Tuner]) -> ResultGrid:
+# The files Tune reads back on restore (the newest of each pattern), and how each is written.
+STATE_FILES = (("tuner.pkl", "pickle"), ("experiment_state-*.json", "json"), ("search_gen_state-*.json", "pickle"),
+               ("searcher-state-*.pkl", "pickle"), ("basic-variant-state-*.json", "pickle"))
+
+
+def _damage(path: Path, kind: str) -> str | None:
+    """Why `path` cannot be read back, or None. Pickles are only walked opcode by opcode (never loaded
+    here, so nothing in them runs): a truncated one ends before its STOP opcode."""
+    data = path.read_bytes()
+    if kind == "json":
+        try:
+            json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"not valid JSON: {err}"
+        return None
+    last = None
+    try:
+        for opcode, _, _ in pickletools.genops(data):
+            last = opcode.name
+    except Exception as err:  # noqa: BLE001 (pickletools raises ValueError and others on bad bytes)
+        return f"an incomplete or corrupt pickle: {err}"
+    return None if last == "STOP" else "an incomplete pickle (no STOP opcode)"
+
+
+def _state_error(path: Path, file: Path, problem: str) -> TuneStateError:
+    return TuneStateError(
+        f"{file} is {problem}: Tune cannot restore the {path.name} stage from it and would start it again, losing "
+        f"its trials. Put the file back from a backup (or a copy of the study folder) and repeat --resume, or "
+        f"start the study again under another --study-name; nothing was changed")
+
+
+def check_state(path: Path, logged: Iterable[str] = ()) -> set[str] | None:
+    """Before Tune restores the experiment at `path`: every state file it will read is whole, and the
+    trials it holds include `logged` (trial ids whose runs the tracking store ended). Returns those trial
+    ids; None when Tune never saved a snapshot and nothing was logged (the stage can start afresh)."""
+    logged = set(logged)
+    for pattern, kind in STATE_FILES:
+        files = sorted(path.glob(pattern))
+        if files and (problem := _damage(files[-1], kind)):
+            raise _state_error(path, files[-1], problem)
+    states = sorted(path.glob("experiment_state-*.json"))
+    if not states:
+        if logged:
+            raise TuneStateError(f"{path} has no experiment_state-*.json, but the tracking store has ended runs of "
+                                 f"{len(logged)} of its trials: Tune would start the stage again. Put the state "
+                                 "back from a backup, or start the study again under another --study-name")
+        return None
+    try:
+        trial_ids = {json.loads(trial)["trial_id"] for trial, _ in json.loads(states[-1].read_text())["trial_data"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise _state_error(path, states[-1], f"not a Tune experiment state ({type(err).__name__}: {err})") from None
+    missing = logged - trial_ids
+    if missing:
+        raise _state_error(path, states[-1], f"missing trials the tracking store has ended runs for "
+                                             f"({', '.join(sorted(missing))}; it holds {len(trial_ids)})")
+    return trial_ids
+
+
+class RestoreCheck(tune.Callback):
+    """At the first step of a restored experiment, before any trial starts: every trial of the saved state
+    is there. When Tune's own restore fails it only logs "Failed to restore the run state" and restarts
+    the experiment empty; this turns that into an error, before the restart runs or logs anything."""
+
+    def __init__(self, path: Path, trial_ids: set[str]):
+        self.path, self.trial_ids, self.checked = path, set(trial_ids), False
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        missing = self.trial_ids - {t.trial_id for t in trials}
+        if missing:
+            raise TuneStateError(
+                f"Tune did not restore {len(missing)} of the {len(self.trial_ids)} trials saved in {self.path} (see "
+                "\"Failed to restore the run state\" above): a state file there is damaged. Put the folder back "
+                "from a backup and repeat --resume, or start the study again under another --study-name")
+
+
+def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], tune.Tuner], run_config: tune.RunConfig,
+        logged: Callable[[], Iterable[str]] = tuple) -> ResultGrid:
     """Run one experiment: restored (finished trials kept, unfinished continued from their checkpoints,
-    errored ones given another chance) when resuming and Tune saved it, else built fresh."""
+    errored ones given another chance) when resuming and Tune saved it, else built fresh with `run_config`.
+    A restore is checked first (`check_state`, against `logged()`, the trial ids the store ended runs for)
+    and runs with the callbacks and failure settings of `run_config`: Tune would otherwise use the ones it
+    pickled with the experiment, bound to the study run (and tracking store) of the first driver."""
     if resume and tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        trial_ids = check_state(path, logged())
+        if trial_ids is None:
+            tuner = build(run_config)
+        else:
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+            restored = tuner._local_tuner.get_run_config()  # noqa: SLF001 (Tuner.restore takes no callbacks)
+            restored.callbacks = [*run_config.callbacks, RestoreCheck(path, trial_ids)]
+            restored.failure_config = run_config.failure_config
     else:
-        tuner = build()
+        tuner = build(run_config)
     grid = tuner.fit()
     if INTERRUPTED.is_set():
         raise Interrupted(f"interrupted during {path.name}")
     return grid
+
+
+def ended_trials(study_run: StudyRun, arm: str, stage: str) -> set[str]:
+    """Trial ids of the arm's stage runs that ended FINISHED or FAILED (orphans excluded): each such trial
+    was in Tune's state, so a restore must bring it back."""
+    return {r.data.tags.get("trial_id") for r in study_run.nested_runs(arm, stage)
+            if r.info.status in ("FINISHED", "FAILED") and r.data.tags.get("orphan") != "true"}
 
 
 def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: ResultGrid) -> None:
@@ -110,7 +213,7 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
     name = f"{arm}-search"
     init = {None: start} if start is not None else {}
 
-    def build() -> tune.Tuner:
+    def build(run_config: tune.RunConfig) -> tune.Tuner:
         return tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -119,11 +222,12 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
                 scheduler=make_scheduler(study, arm), time_budget_s=resources.time_budget_s,
                 reuse_actors=True,  # a new trial reuses a finished trial's worker: no process start, no re-import
             ),
-            run_config=resources.run_config(ray_dir, name, study.arms[arm].num_samples, MlflowTrialLogger(
-                study_run, arm, "search", fixed, study.epochs_of(arm), init)),
+            run_config=run_config,
         )
 
-    grid = fit(ray_dir / name, trainable, resume, build)
+    run_config = resources.run_config(ray_dir, name, study.arms[arm].num_samples, MlflowTrialLogger(
+        study_run, arm, "search", fixed, study.epochs_of(arm), init))
+    grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, "search"))
     close_budget_stopped(study_run, arm, "search", grid)
     return grid
 

@@ -36,6 +36,39 @@ class StudyExistsError(RuntimeError):
     """The tracking store already holds this study and --resume was not given."""
 
 
+class StudyStoreError(RuntimeError):
+    """On --resume, the tracking store lacks the study's parent run (the store was recreated or replaced)."""
+
+
+def quoted(value: Any) -> str:
+    """`value` as a string literal of an MLflow filter. MLflow's filter grammar has no escapes, so the
+    value is quoted with a quote character it does not contain; one holding both kinds is refused."""
+    text = str(value)
+    for quote in ("'", '"'):
+        if quote not in text:
+            return f"{quote}{text}{quote}"
+    raise ValueError(f"{text!r} holds both quote characters and cannot be matched in an MLflow filter")
+
+
+def where(**clauses: Any) -> str:
+    """An MLflow filter matching all `clauses`: `tag_<name>` (a tag, `tag_parent` the parent run id),
+    `status`; None values are left out. Every value is quoted (`quoted`)."""
+    parts = []
+    for key, value in clauses.items():
+        if value is None:
+            continue
+        if key == "status":
+            field = "attributes.status"
+        elif key == "tag_parent":
+            field = f"tags.`{MLFLOW_PARENT_RUN_ID}`"
+        elif key.startswith("tag_"):
+            field = f"tags.`{key[4:]}`"
+        else:
+            raise ValueError(f"unknown filter field {key!r}")
+        parts.append(f"{field} = {quoted(value)}")
+    return " and ".join(parts)
+
+
 def git_sha(root: Path) -> str:
     """The project's commit, for the `git_sha` tag; "unknown" outside a git checkout."""
     try:
@@ -72,11 +105,8 @@ class StudyRun:
                 return
 
     def nested_runs(self, arm: str | None = None, stage: str | None = None, status: str | None = None) -> list:
-        clauses = [f"tags.study = '{self.tags['study']}'", f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_run_id}'"]
-        clauses += [f"tags.arm = '{arm}'"] if arm else []
-        clauses += [f"tags.stage = '{stage}'"] if stage else []
-        clauses += [f"attributes.status = '{status}'"] if status else []
-        return list(self.runs(" and ".join(clauses)))
+        return list(self.runs(where(tag_study=self.tags["study"], tag_parent=self.parent_run_id, tag_arm=arm or None,
+                                    tag_stage=stage or None, status=status or None)))
 
     def close_open_runs(self, status: str, tags: Mapping[str, str] | None = None, parent: bool = True) -> int:
         """End every RUNNING run of the study (nested, and the parent if `parent`); returns how many."""
@@ -92,21 +122,35 @@ class StudyRun:
 
 
 def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_dir: Path | None,
-               resume: bool) -> StudyRun:
-    """The study's experiment and parent run: created, or (with `resume`) found again and reopened."""
+               resume: bool, parent_run_id: str | None = None, require_parent: bool = False) -> StudyRun:
+    """The study's experiment and parent run: created, or (with `resume`) found again and reopened. On
+    resume, `parent_run_id` (the one the study folder recorded; or, with `require_parent`, any) must be in
+    the store: a store recreated or replaced under a study whose trials ran would get them attached to a
+    parent it does not hold. That is refused before anything is written."""
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(study)
+    parents = [] if experiment is None else client.search_runs(
+        [experiment.experiment_id], where(tag_study=study, tag_stage="study"))
+    if resume and (parent_run_id or require_parent):
+        found = [r.info.run_id for r in parents]
+        if (parent_run_id and parent_run_id not in found) or not found:
+            what = f"the study's parent run {parent_run_id}" if parent_run_id else "a parent run of the study"
+            raise StudyStoreError(
+                f"the tracking store {tracking_uri} has no {what} (experiment {study!r}"
+                f"{' is missing' if experiment is None else f' holds {found or None}'}), but the study folder holds "
+                "trials that ran against it: the store was recreated or replaced. Put the study's store back "
+                "(for the default store, the study folder's mlflow.db) and repeat --resume, or start the study "
+                "again under another --study-name; nothing was changed")
     if experiment is None:
         location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
         experiment_id = client.create_experiment(study, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
-    parents = client.search_runs([experiment_id], f"tags.study = '{study}' and tags.stage = 'study'")
     if parents and not resume:
         raise StudyExistsError(f"the tracking store {tracking_uri} already holds study {study!r} "
                                f"(run {parents[0].info.run_id}); continue it with --resume or pick --study-name")
     if parents:
-        run_id = parents[0].info.run_id
+        run_id = parent_run_id or parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = client.create_run(experiment_id, run_name=study, tags={**tags, "stage": "study"}).info.run_id
@@ -119,7 +163,7 @@ def is_finished(tracking_uri: str, study: str) -> bool:
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         return False
-    parents = client.search_runs([experiment.experiment_id], f"tags.study = '{study}' and tags.stage = 'study'")
+    parents = client.search_runs([experiment.experiment_id], where(tag_study=study, tag_stage="study"))
     return bool(parents) and parents[0].info.status == "FINISHED"
 
 
@@ -221,7 +265,7 @@ class MlflowTrialLogger(tune.Callback):
             tags["init_run_id"] = start.run_id  # the ERM run whose best state this run fine-tunes
         run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),
                                          tags=tags).info.run_id
-        params = [Param(k, str(v)) for k, v in config.to_dict().items()]
+        params = [Param(k, str(v)) for k, v in config.used().items()]  # only what its method reads
         self._client.log_batch(run_id, params=params)
         self._runs[trial.trial_id] = run_id
         self._last_step[trial.trial_id] = 0

@@ -7,8 +7,8 @@
   ``valid_*`` metrics are left out: their latest value is the last epoch's, not the selected one.
 - `load_history`: per-epoch metric history (learning curves) of a study's runs.
 - `load_shift`: shift diagnostics per part (cold-item share, JS divergence of target popularity
-  against training), from the parent run's ``describe.json`` artifact when it has one, else
-  recomputed from the dataset (`idea.data.describe`).
+  against training), from the parent run's ``describe.json`` artifact. `analysis` reads MLflow
+  only: it imports neither `idea` nor torch.
 
 Everything goes through an ``MlflowClient`` bound to the given tracking URI (any URI MLflow
 accepts: ``sqlite:///...``, ``http://host:port``, ``file:...``) rather than `mlflow.search_runs`,
@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.summaries import PARAMS, _part_key
+from analysis.summaries import PARAMS, _part_key, arm_order
 
 __all__ = [
     "META_COLUMNS",
@@ -265,9 +265,8 @@ def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, s
     client = _client(tracking_uri)
     exp = _experiment(client, tracking_uri, study)
     runs = _nested_runs(client, exp.experiment_id, ("final",), ("FINISHED",))
-    arm_rank = {"idea": 0, "erm_ft": 1, "erm": 2}
-    runs.sort(key=lambda r: (arm_rank.get(r.data.tags.get("arm"), 3), r.data.tags.get("arm", ""),
-                             int(r.data.tags.get("seed", 0)), r.info.run_name))
+    rank = {arm: i for i, arm in enumerate(arm_order(r.data.tags.get("arm", "") for r in runs))}
+    runs.sort(key=lambda r: (rank[r.data.tags.get("arm", "")], int(r.data.tags.get("seed", 0)), r.info.run_name))
     return exp.experiment_id, [(r.info.run_name, r.info.run_id) for r in runs]
 
 
@@ -291,20 +290,6 @@ def _shift_frame(study: str, desc: dict, source: str) -> pd.DataFrame:
     return out
 
 
-def _find_key(obj, key: str):
-    """First value stored under ``key`` anywhere in nested dicts/lists (breadth-first), else None."""
-    queue = [obj]
-    while queue:
-        cur = queue.pop(0)
-        if isinstance(cur, dict):
-            if key in cur:
-                return cur[key]
-            queue.extend(cur.values())
-        elif isinstance(cur, list):
-            queue.extend(cur)
-    return None
-
-
 def _artifact(client, run_id: str, name: str, tmp: str) -> str | None:
     """Text of a top-level artifact of the run, None when absent (no download progress bar)."""
     if name not in {a.path for a in client.list_artifacts(run_id)}:
@@ -321,86 +306,26 @@ def _artifact(client, run_id: str, name: str, tmp: str) -> str | None:
             os.environ[key] = before
 
 
-def _split_settings(parent, study_yaml: dict | None) -> dict:
-    """dataset, protocol, max_len, cuts, data_seed, max_users and seed (the user sample's seed) from the
-    parent run (tags, params), overridden by ``study.yaml`` keys of those names found anywhere in it."""
-    import ast
+def load_shift(tracking_uri: str, study: str) -> pd.DataFrame:
+    """Shift diagnostics per part (train, valid, w1..wm) of the study's split, from the parent run's
+    ``describe.json`` artifact (``python -m idea.data describe --json`` output, logged by every study
+    at its start).
 
-    tags, params = parent.data.tags, parent.data.params
-    out = {"dataset": tags.get("dataset", params.get("dataset")), "protocol": params.get("protocol", "temporal"),
-           "max_len": params.get("max_len", 50), "cuts": params.get("cuts"), "data_seed": params.get("data_seed", 0),
-           "max_users": params.get("max_users"), "seed": params.get("seed", 0)}
-    for key in out:
-        found = _find_key(study_yaml, key) if study_yaml else None
-        if found is not None and not (key == "dataset" and isinstance(found, dict)):
-            out[key] = found
-    for key in ("cuts", "max_users"):
-        if isinstance(out[key], str):
-            out[key] = None if out[key] == "None" else ast.literal_eval(out[key])
-    out["cuts"] = tuple(out["cuts"]) if out["cuts"] else None
-    for key in ("max_len", "data_seed", "seed"):
-        out[key] = int(out[key])
-    return out
-
-
-def _rebuild(settings: dict, data_dir: str | None):
-    """(data, split) as the study built them: the dataset, its user sample when ``max_users`` is set
-    (`idea.data.interactions.subsample_users`, the study's own rule), and the split."""
-    from idea.data import get_spec, load_dataset
-    from idea.splits import SplitConfig, make_split
-
-    data = load_dataset(settings["dataset"], data_dir, seed=settings["data_seed"])
-    if settings["max_users"] is not None:
-        from idea.data.interactions import subsample_users
-
-        data = subsample_users(data, int(settings["max_users"]), settings["seed"])
-    config = SplitConfig(settings["protocol"], settings["max_len"], settings["cuts"])
-    return data, make_split(data, config, get_spec(settings["dataset"]).cuts)
-
-
-def load_shift(tracking_uri: str, study: str, data_dir: str | None = None) -> pd.DataFrame:
-    """Shift diagnostics per part (train, valid, w1..wm) of the study's split.
-
-    Columns: study, part, events, users, cold_share, popularity_js_vs_train, start, end. Taken from
-    the parent run's ``describe.json`` artifact when present (``python -m idea.data describe --json``
-    output); otherwise recomputed: the dataset from the parent's ``dataset`` tag, the split settings
-    (protocol, max_len, cuts, data_seed) from its params or its ``study.yaml`` artifact, files looked
-    up under ``data_dir``, else $IDEA_DATA_DIR, else ./data (`idea.data.data_dirs`), and the rebuilt
-    data checked against the parent's ``data_sha256`` tag. Never raises for a study that exists: when
-    the diagnostics cannot be had, returns an empty frame whose ``attrs["reason"]`` says why
-    (``attrs["source"]`` says where non-empty ones came from).
+    Columns: study, part, events, users, cold_share, popularity_js_vs_train, start, end. Never raises
+    for a study that exists: without the artifact it returns an empty frame whose ``attrs["reason"]``
+    says why (``attrs["source"]`` says where non-empty ones came from).
     """
     client = _client(tracking_uri)
     exp = _experiment(client, tracking_uri, study)
     parents = _search(client, exp.experiment_id, "tags.stage = 'study'")
     if not parents:
         return _empty_shift("the study has no parent run (tag stage=study)")
-    parent = parents[0]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            logged = _artifact(client, parent.info.run_id, "describe.json", tmp)
-            if logged is not None:
-                return _shift_frame(study, json.loads(logged), "describe.json artifact of the parent run")
-            text = _artifact(client, parent.info.run_id, "study.yaml", tmp)
-        import yaml
-
-        settings = _split_settings(parent, yaml.safe_load(text) if text else None)
+            logged = _artifact(client, parents[0].info.run_id, "describe.json", tmp)
+        if logged is None:
+            return _empty_shift("the parent run has no describe.json artifact (every study logs it at its start; "
+                                "for another store, log `python -m idea.data describe <dataset> --json` there)")
+        return _shift_frame(study, json.loads(logged), "describe.json artifact of the parent run")
     except Exception as err:  # a malformed artifact must not sink the report
-        return _empty_shift(f"could not read the parent run's artifacts: {type(err).__name__}: {err}")
-    if not settings["dataset"]:
-        return _empty_shift("the parent run has no `dataset` tag, so the split cannot be rebuilt")
-    try:  # lazy: idea.data (torch) is only needed here
-        from idea.data.describe import describe
-
-        data, split = _rebuild(settings, data_dir)
-        logged_sha = parent.data.tags.get("data_sha256")
-        if logged_sha and logged_sha != data.sha256:
-            return _empty_shift(
-                f"dataset {settings['dataset']!r} as found now (data_sha256 {data.sha256[:12]}…) is not the data the "
-                f"study ran on (data_sha256 {logged_sha[:12]}…); pass the study's --data-dir"
-            )
-        return _shift_frame(study, describe(data, split), f"recomputed from dataset {settings['dataset']!r}")
-    except Exception as err:  # data missing, unreadable or inconsistent: report it instead of crashing
-        first = str(err).splitlines()[0] if str(err) else ""
-        return _empty_shift(f"could not rebuild the split of dataset {settings['dataset']!r}: "
-                            f"{type(err).__name__}: {first} (data dir: --data-dir, else $IDEA_DATA_DIR, else ./data)")
+        return _empty_shift(f"could not read the parent run's describe.json: {type(err).__name__}: {err}")

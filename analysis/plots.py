@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.summaries import _part_key
+from analysis.summaries import _part_key, arm_order
 
 __all__ = ["ARM_STYLE", "metric_label", "metric_vs_window", "gain_vs_shift", "sensitivity_panel", "sensitivity_figures"]
 
 ARM_STYLE = {"idea": {"color": "#d62728", "marker": "o"}, "erm": {"color": "#1f77b4", "marker": "s"},
-             "erm_ft": {"color": "#2ca02c", "marker": "D"}}
-_OTHER_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+             "erm_ft": {"color": "#2ca02c", "marker": "D"}, "dros": {"color": "#9467bd", "marker": "v"}}
+_OTHER_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 SHIFT_LABELS = {
     "popularity_js_vs_train": "JS divergence of target-item popularity vs training (bits)",
     "cold_share": "share of targets whose item is unseen in training",
@@ -33,9 +33,7 @@ def _style(arm: str, i: int) -> dict:
 
 
 def _arms(df: pd.DataFrame) -> list[str]:
-    """Arms in display order: idea, erm_ft, erm, then others by name."""
-    rank = {"idea": 0, "erm_ft": 1, "erm": 2}
-    return sorted(pd.unique(df["arm"]), key=lambda a: (rank.get(a, 3), a))
+    return arm_order(pd.unique(df["arm"]))
 
 
 def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> Figure:

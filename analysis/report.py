@@ -1,7 +1,7 @@
 """Shift-robustness report of one study: ``summary.md``, a CSV per table and PNG plots.
 
     python analysis/report.py --tracking-uri sqlite:///$PWD/outputs/synthetic-smoke/mlflow.db \\
-        --study synthetic-smoke --out outputs/synthetic-smoke/report [--data-dir ../shared/data]
+        --study synthetic-smoke --out outputs/synthetic-smoke/report
 
 `build_tables` and `build_figures` are what both this report and the notebook
 (analysis/shift_robustness.ipynb) show; `write_report` writes them to a folder.
@@ -44,9 +44,9 @@ TABLES = {
                     "rel_gain = (IDEA - ERM) / ERM per part; paired t-test over seeds present in both arms, Welch t-test "
                     "over all seeds."),
     "paired": ("Paired by seed",
-               "Seed s of every fine-tuning arm starts from ERM final seed s: mean_diff = arm - control over the "
-               "shared seeds with a t-based 95% interval and the paired t-test. idea vs erm_ft isolates IDEA's "
-               "effect from a restart of training."),
+               "Every arm against ERM, and IDEA against erm_ft (first) when both ran. Seed s of every fine-tuning "
+               "arm starts from ERM final seed s: mean_diff = arm - control over the shared seeds with a t-based 95% "
+               "interval and the paired t-test. idea vs erm_ft isolates IDEA's effect from a restart of training."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
@@ -199,15 +199,14 @@ def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: st
     return lines
 
 
-def write_report(tracking_uri: str, study: str, out_dir: Path, data_dir: str | None = None,
-                 metric: str = "ndcg", k: int = 10) -> Path:
+def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "ndcg", k: int = 10) -> Path:
     """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
     ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path. Missing pieces
     (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_study(tracking_uri, study)
-    shift = load_shift(tracking_uri, study, data_dir)
+    shift = load_shift(tracking_uri, study)
     tables = build_tables(results, shift, metric, k)
     figures = build_figures(tables, metric, k)
 
@@ -249,12 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///<abs path>/mlflow.db")
     p.add_argument("--study", required=True, help="study name (= MLflow experiment name)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--data-dir", help="data folder for recomputing shift diagnostics (default: $IDEA_DATA_DIR, else ./data)")
     p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
     p.add_argument("--k", type=int, default=10)
     args = p.parse_args(argv)
     try:
-        path = write_report(args.tracking_uri, args.study, args.out, args.data_dir, args.metric, args.k)
+        path = write_report(args.tracking_uri, args.study, args.out, args.metric, args.k)
     except (StudyNotFoundError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

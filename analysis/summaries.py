@@ -30,6 +30,8 @@ from scipy import stats
 __all__ = [
     "REQUIRED_COLUMNS",
     "PARAMS",
+    "arm_order",
+    "pairs_of",
     "window_index",
     "windows",
     "per_window",
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("study", "arm", "stage", "seed", "part", "subset", "metric", "k", "value")
-PARAMS = ("K", "N", "lambda_low", "lambda_high", "alpha", "tau", "beta", "T", "lr", "dropout")
+PARAMS = ("K", "N", "lambda_low", "lambda_high", "alpha", "tau", "beta", "T", "dros_alpha", "dros_beta", "lr", "dropout")
 
 _WINDOW_RE = re.compile(r"^w(\d+)$")
 
@@ -311,21 +313,34 @@ PAIRED_COLUMNS = [
     "study", "arm", "control", "part", "arm_mean", "control_mean", "rel_gain", "n_pairs", "mean_diff",
     "ci_low", "ci_high", "t_paired", "p_paired",
 ]
-# (arm, control): IDEA vs the same fine-tuning without the penalty first (the warm-started study's
-# headline), then each fine-tuned arm against the ERM models they started from.
-PAIRS = (("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"))
+ARM_RANK = {"idea": 0, "erm_ft": 1, "dros": 2, "erm": 3}  # display order; other arms after, by name
+
+
+def arm_order(arms: Iterable[str]) -> list[str]:
+    """Arms in display order: idea, erm_ft, dros, erm, then any other arm (ablations) by name."""
+    return sorted(set(arms), key=lambda a: (ARM_RANK.get(a, len(ARM_RANK)), a))
+
+
+def pairs_of(arms: Iterable[str]) -> list[tuple[str, str]]:
+    """(arm, control) pairs of a study: IDEA vs the same fine-tuning without the penalty first (the
+    warm-started study's headline), then every other arm against ERM."""
+    arms = arm_order(arms)
+    head = [("idea", "erm_ft")] if {"idea", "erm_ft"} <= set(arms) else []
+    return head + ([(a, "erm") for a in arms if a != "erm"] if "erm" in arms else [])
 
 
 def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
-           pairs: Sequence[tuple[str, str]] = PAIRS) -> pd.DataFrame:
+           pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Arm against control per part, paired by seed: in a warm-started study seed s of every arm starts
     from the same ERM model (ERM final seed s), so per-seed differences remove the start's luck.
 
     Over the seeds present in both (n_pairs): arm_mean / control_mean, rel_gain = mean_diff / control_mean,
     mean_diff of arm - control with its t-based 95% interval [ci_low, ci_high], and the two-sided paired
-    t-test (NaN with fewer than 2 pairs). Pairs whose arms are absent are left out.
+    t-test (NaN with fewer than 2 pairs). Pairs whose arms are absent are left out; `pairs` defaults
+    to `pairs_of` the arms in `df`.
     """
     s = _seed_means(df, metric, k, subset)
+    pairs = pairs_of(s["arm"]) if pairs is None and not s.empty else list(pairs or [])
     rows = []
     for (study, part), g in (s.groupby(["study", "part"], sort=False) if not s.empty else []):
         by_arm = {a: v.set_index("seed")["value"] for a, v in g.groupby("arm")}

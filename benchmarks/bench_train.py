@@ -5,7 +5,7 @@ per second, the IDEA/ERM per-step cost ratio, IDEA's seconds per step and the ex
 cost of noise_ratio 0.1, and full-ranking evaluation users per second over 22,363 users. Uses the real Beauty leave-one-out events when the data is
 found (--data-dir / $IDEA_DATA_DIR), else random sequences of Beauty's shape.
 
-    python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10]
+    python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10] [--backbones gru4rec sasrec mamba4rec]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from idea.config import TrainConfig
+from idea.config import BACKBONE_NAMES, TrainConfig
 from idea.data import DataNotFoundError, load_split
 from idea.splits import Events, Split, SplitConfig
 from idea.trainer import Trainer
@@ -72,12 +72,13 @@ def main() -> None:
     p.add_argument("--data-dir")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--batches", type=int, nargs="+", default=[256, 2048])
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=BACKBONE_NAMES)
     args = p.parse_args()
     split, source = beauty_split(args.data_dir)
     print(f"input: {source}; torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'backbone':<8} {'batch':>5} {'ERM seq/s':>10} {'IDEA seq/s':>10} {'IDEA/ERM':>8} {'limit 1.25N':>11} "
+    print(f"{'backbone':<9} {'batch':>5} {'ERM seq/s':>10} {'IDEA seq/s':>10} {'IDEA/ERM':>8} {'limit 1.25N':>11} "
           f"{'IDEA s/step':>11} {'noise 0.1':>9} {'eval users/s':>12}")
-    for backbone in ("gru4rec", "sasrec"):
+    for backbone in args.backbones:
         for batch in args.batches:
             cfg = dict(backbone=backbone, batch_size=batch, device=args.device)
             erm = Trainer(TrainConfig(**cfg), split)
@@ -92,7 +93,7 @@ def main() -> None:
             erm.evaluate_events(ev, "test")
             sync(erm.device)
             users = len(ev) / (time.perf_counter() - start)
-            print(f"{backbone:<8} {batch:>5} {batch / t_erm:>10,.0f} {batch / t_idea:>10,.0f} {t_idea / t_erm:>8.2f} "
+            print(f"{backbone:<9} {batch:>5} {batch / t_erm:>10,.0f} {batch / t_idea:>10,.0f} {t_idea / t_erm:>8.2f} "
                   f"{1.25 * 4:>11.2f} {t_idea:>11.4f} {t_noisy / t_idea - 1:>+9.1%} {users:>12,.0f}", flush=True)
     print(f"device: {erm.device}" + (f" ({torch.cuda.get_device_name()})" if erm.device.type == "cuda" else ""))
 

@@ -2,9 +2,12 @@
 
 A study file holds the fixed settings of every trial (dataset, protocol,
 backbone, epochs, patience, metric, other TrainConfig fields) and, per arm,
-the search space and the arm's own fixed fields. With `idea_init: erm` (the
-default) the `erm` arm runs first and every other arm fine-tunes its trained
-models: IDEA, and `erm_ft`, the same fine-tuning with the plain ERM loss. Everything is checked before Ray starts: unknown keys,
+the search space and the arm's own fixed fields. Arms are data: any number, each
+with a name, a method (erm | idea | dros), fixed fields and a space, e.g. `erm_ft`
+(method erm), `dros`, or ablations such as an `idea` arm with `mixup: false`. With
+`idea_init: erm` (the default) the arm named `erm` runs first and every other arm
+fine-tunes its trained models. Everything is checked before Ray starts: unknown keys,
+a field the arm's method does not read,
 empty or inverted ranges, non-positive counts, and every range end and the
 first point against TrainConfig's own limits; a message names the file and key.
 """
@@ -12,28 +15,24 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from idea.config import BACKBONE_NAMES, SELECT_METRIC, TrainConfig
+from idea.config import BACKBONE_NAMES, METHOD_FIELDS, METHODS, SELECT_METRIC, TrainConfig
 from idea.data import DATASETS
 from idea.splits import PROTOCOLS, SplitConfig
 
 from studies.catalog import resolve_path, shipped_studies
 
-# arm -> its TrainConfig.method; erm_ft fine-tunes the ERM arm's models with the ERM loss (IDEA's control)
-ARM_METHODS = {"erm": "erm", "idea": "idea", "erm_ft": "erm"}
-ARMS = tuple(ARM_METHODS)
 INIT_MODES = ("erm", "scratch")  # idea_init: warm start from the ERM arm's models, or train from scratch
-# TrainConfig fields the study sets itself (top-level keys, the arm, the seed, the warm start, the device).
+# TrainConfig fields the study sets itself (top-level keys, the arm's method, the seed, the warm start, the device).
 MANAGED = ("backbone", "method", "epochs", "patience", "seed", "device", "init_from")
 ARM_TRAIN_EXTRA = ("epochs", "patience")  # an arm may set its own (fine-tuning needs fewer epochs)
-# TrainConfig fields that only matter to IDEA: searching them in the ERM arm would be noise.
-IDEA_ONLY = ("K", "N", "tau", "beta", "T", "lambda_low", "lambda_high", "alpha", "pairing", "mixup", "explore",
-             "pretrain_epochs", "extractor_lr", "extractor_hidden")
+ARM_NAME = re.compile(r"[a-z][a-z0-9_]*")  # part of Tune folder and MLflow run names
 TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig)}
 
 
@@ -44,7 +43,8 @@ class StudyConfigError(ValueError):
 def _number(value: Any, key: str, integer: bool = False) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
-        hint = " (YAML reads 1e-4 as a string; write 1.0e-4)" if isinstance(value, str) and "e" in value.lower() else ""
+        numeric = isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip())
+        hint = " (YAML reads 1e-4 as a string; write 1.0e-4)" if numeric else ""
         raise ValueError(f"{key} must be {kind}, got {value!r}{hint}")
     return value
 
@@ -135,25 +135,29 @@ def _check_range(low, high, log: bool) -> None:
 
 # ----- arms and the study -----------------------------------------------------------------------------
 
+def _method_of_field(name: str) -> str | None:
+    """The one method that reads TrainConfig field `name`, or None when every method does."""
+    return next((m for m, names in METHOD_FIELDS.items() if name in names), None)
+
+
 @dataclass(frozen=True)
 class ArmSpace:
-    """One arm: its search space, trial count and the first point evaluated (the paper-like defaults)."""
+    """One arm: its method, search space, trial count and the first point evaluated (the paper-like defaults)."""
 
-    name: str  # erm | idea | erm_ft (ARM_METHODS gives its TrainConfig.method)
+    name: str  # [a-z][a-z0-9_]*, e.g. erm, erm_ft, idea, dros, idea_nomix
+    method: str  # a TrainConfig method: erm | idea | dros
     num_samples: int
     space: Mapping[str, ParamSpec]
     first: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)  # this arm's fixed fields, over the study's `train`
     asha: "AshaConfig | None" = None  # None: the study's
 
-    @property
-    def method(self) -> str:
-        return ARM_METHODS[self.name]
-
     def __post_init__(self) -> None:
         where = f"arms.{self.name}"
-        if self.name not in ARMS:
-            raise ValueError(f"arms: unknown arm {self.name!r}; arms are {list(ARMS)}")
+        if not isinstance(self.name, str) or ARM_NAME.fullmatch(self.name) is None:
+            raise ValueError(f"arms: arm name {self.name!r} must match [a-z][a-z0-9_]* (it names folders and runs)")
+        if self.method not in METHODS:
+            raise ValueError(f"{where}.method: unknown method {self.method!r}; methods are {list(METHODS)}")
         _positive(self.num_samples, f"{where}.num_samples")
         if not self.space:
             raise ValueError(f"{where}.space is empty: an arm needs at least one searched parameter")
@@ -161,8 +165,7 @@ class ArmSpace:
             if name not in TRAIN_FIELDS or name in MANAGED:
                 raise ValueError(f"{where}.space.{name}: not a searchable TrainConfig field; "
                                  f"searchable: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
-            if self.method == "erm" and name in IDEA_ONLY:
-                raise ValueError(f"{where}.space.{name}: an IDEA-only parameter has no effect in an ERM arm")
+            self._check_used(f"{where}.space.{name}", name)
             kind = TRAIN_FIELDS[name]
             if isinstance(spec, IntRange) and not kind.startswith("int"):
                 raise ValueError(f"{where}.space.{name}: TrainConfig.{name} is {kind}, not an integer; use type: float")
@@ -173,19 +176,26 @@ class ArmSpace:
                              "alpha, when set, replaces the lambda range")
         for key in self.train:
             if key in MANAGED and key not in ARM_TRAIN_EXTRA:
-                raise ValueError(f"{where}.train.{key}: set by the study itself (top-level key, arm, seed, warm start "
-                                 "or --gpus-per-trial)")
+                raise ValueError(f"{where}.train.{key}: set by the study itself (top-level key, arm method, seed, "
+                                 "warm start or --gpus-per-trial)")
             if key not in TRAIN_FIELDS:
                 raise ValueError(f"{where}.train.{key}: unknown TrainConfig field")
             if key in self.space:
                 raise ValueError(f"{where}.train.{key}: also searched under space; keep one")
-            if self.method == "erm" and key in IDEA_ONLY:
-                raise ValueError(f"{where}.train.{key}: an IDEA-only parameter has no effect in an ERM arm")
+            self._check_used(f"{where}.train.{key}", key)
         for name, value in self.first.items():
             if name not in self.space:
                 raise ValueError(f"{where}.first.{name}: not a searched parameter of this arm")
+            if not isinstance(self.space[name], Choice):
+                _number(value, f"{where}.first.{name}", integer=isinstance(self.space[name], IntRange))
             if not self.space[name].contains(value):
                 raise ValueError(f"{where}.first.{name} = {value!r} lies outside its space {self.space[name]}")
+
+    def _check_used(self, where: str, name: str) -> None:
+        owner = _method_of_field(name)
+        if owner is not None and owner != self.method:
+            raise ValueError(f"{where}: only method {owner} reads {name}; this arm's method is {self.method}, "
+                             "so it would have no effect")
 
 
 @dataclass(frozen=True)
@@ -217,7 +227,7 @@ class StudyConfig:
     seed: int = 0  # search trials' seed and the TPE sampler's seed; final seeds are seed+1..seed+seeds
     seeds: int = 3  # final retraining seeds per arm
     max_users: int | None = None  # keep this many users (smoke runs on real data); None = all
-    train: Mapping[str, Any] = field(default_factory=dict)  # other fixed TrainConfig fields
+    train: Mapping[str, Any] = field(default_factory=dict)  # other fixed TrainConfig fields, for every arm whose method reads them
     asha: AshaConfig = AshaConfig()
     idea_init: str = "erm"  # erm: the other arms fine-tune the ERM arm's models | scratch: every arm from scratch
 
@@ -247,14 +257,17 @@ class StudyConfig:
             if key not in TRAIN_FIELDS:
                 raise ValueError(f"train.{key}: unknown TrainConfig field; known: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
         if not self.arms:
-            raise ValueError(f"arms: at least one arm is needed, from {list(ARMS)}")
+            raise ValueError("arms: at least one arm is needed (e.g. erm with method erm)")
         if self.idea_init not in INIT_MODES:
             raise ValueError(f"idea_init must be one of {list(INIT_MODES)}, got {self.idea_init!r}")
-        if self.idea_init == "erm" and "erm" not in self.arms:
-            raise ValueError("idea_init: erm warm-starts the other arms from the erm arm's models, but there is no "
-                             "erm arm: add one, or set idea_init: scratch")
-        if self.idea_init == "scratch" and "erm_ft" in self.arms:
-            raise ValueError("arms.erm_ft fine-tunes the erm arm's models, which needs idea_init: erm")
+        if self.idea_init == "erm" and ("erm" not in self.arms or self.arms["erm"].method != "erm"):
+            raise ValueError("idea_init: erm warm-starts the other arms from the models of the arm named erm (method "
+                             "erm), but there is none: add one, or set idea_init: scratch")
+        methods = {arm.method for arm in self.arms.values()}
+        for key in self.train:
+            owner = _method_of_field(key)
+            if owner is not None and owner not in methods:
+                raise ValueError(f"train.{key}: only method {owner} reads it, and no arm has that method")
         for name, arm in self.arms.items():
             if name != arm.name:
                 raise ValueError(f"arms.{name}: holds the space of arm {arm.name!r}")
@@ -279,6 +292,9 @@ class StudyConfig:
             try:
                 self.train_config(arm.name, params)
             except (ValueError, TypeError) as err:  # TypeError: a string where TrainConfig compares numbers
+                field = next((f for f in TRAIN_FIELDS if f"TrainConfig.{f} " in str(err)), None)
+                if field is not None and field not in params:  # a fixed field is at fault, not the searched point
+                    where = f"arms.{arm.name}.train.{field}" if field in arm.train else f"train.{field}"
                 raise ValueError(f"{where}: {err}") from None
 
         attempt(f"arms.{arm.name}.first", dict(arm.first))
@@ -303,8 +319,10 @@ class StudyConfig:
     def fixed(self, arm: str) -> dict[str, Any]:
         """TrainConfig fields common to all trials of `arm` (searched ones come from the sampler; the
         warm start's init_from comes from the ERM arm's results)."""
-        out = {"backbone": self.backbone, "method": ARM_METHODS[arm], "epochs": self.epochs, "patience": self.patience,
-               "seed": self.seed, **self.train, **self.arms[arm].train}
+        method = self.arms[arm].method
+        shared = {k: v for k, v in self.train.items() if _method_of_field(k) in (None, method)}
+        out = {"backbone": self.backbone, "method": method, "epochs": self.epochs, "patience": self.patience,
+               "seed": self.seed, **shared, **self.arms[arm].train}
         if self.warm(arm) and out["method"] == "idea":
             out["pretrain_epochs"] = 0
         return out
@@ -320,6 +338,10 @@ class StudyConfig:
                        seeds: int | None = None) -> "StudyConfig":
         """The CLI's --num-samples (each arm), --max-epochs (a cap on every arm's epochs) and --seeds,
         validated like the file."""
+        for flag, v in (("--num-samples", num_samples), ("--max-epochs", epochs), ("--seeds", seeds)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{flag} must be a positive integer, got {v!r}")
+
         def capped(asha: AshaConfig | None, limit: int) -> AshaConfig | None:
             return replace(asha, grace_period=limit) if asha is not None and asha.grace_period > limit else asha
 
@@ -347,7 +369,7 @@ class StudyConfig:
             "metric": self.metric, "epochs": self.epochs, "patience": self.patience, "seed": self.seed,
             "seeds": self.seeds, "max_users": self.max_users, "train": dict(self.train),
             "asha": asdict(self.asha), "idea_init": self.idea_init,
-            "arms": {name: {"num_samples": arm.num_samples, "first": dict(arm.first),
+            "arms": {name: {"method": arm.method, "num_samples": arm.num_samples, "first": dict(arm.first),
                             "space": {k: spec(v) for k, v in arm.space.items()}, "train": dict(arm.train),
                             **({"asha": asdict(arm.asha)} if arm.asha else {})} for name, arm in self.arms.items()},
         }
@@ -356,7 +378,7 @@ class StudyConfig:
 # ----- parsing ---------------------------------------------------------------------------------------
 
 STUDY_KEYS = {f.name for f in fields(StudyConfig)}
-ARM_KEYS = {"num_samples", "first", "space", "train", "asha"}
+ARM_KEYS = {"method", "num_samples", "first", "space", "train", "asha"}
 
 
 def _mapping(value: Any, key: str) -> dict:
@@ -397,9 +419,12 @@ def _arm(name: str, raw: Any) -> ArmSpace:
     _no_unknown(raw, ARM_KEYS, key)
     if "num_samples" not in raw or "space" not in raw:
         raise ValueError(f"{key}: needs num_samples and space")
+    method = raw.get("method", name if name in METHODS else None)
+    if method is None:
+        raise ValueError(f"{key}: needs a method, one of {list(METHODS)} (only an arm named after a method may omit it)")
     space = {p: _param_spec(s, f"{key}.space.{p}") for p, s in _mapping(raw["space"], f"{key}.space").items()}
     asha = _asha(raw["asha"], f"{key}.asha") if "asha" in raw else None
-    return ArmSpace(name, raw["num_samples"], space, dict(_mapping(raw.get("first") or {}, f"{key}.first")),
+    return ArmSpace(name, method, raw["num_samples"], space, dict(_mapping(raw.get("first") or {}, f"{key}.first")),
                     dict(_mapping(raw.get("train") or {}, f"{key}.train")), asha)
 
 

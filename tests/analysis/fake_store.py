@@ -8,12 +8,10 @@
   ``erm-seed1``, ``erm-seed2`` with ``best_valid_*``, ``best_valid_warm_*`` and
   ``test_<w>[_warm]_*`` metrics for windows w1..w3, per-epoch ``valid_*`` whose latest value is NOT
   the best one, ``train_loss`` and ``best_epoch``.
-- ``OTHER`` (``other-study``): a parent whose ``data_sha256`` does not match the synthetic data, and
-  one final run with absurd values that must never leak into ``STUDY``.
-- ``LOGGED`` (``logged-shift``): a parent that carries its shift diagnostics as ``describe.json``.
-- ``NODATA`` (``beauty-nodata``): a parent on dataset ``beauty``, for when its files cannot be found.
-- ``SAMPLED`` (``synthetic-sampled``): a parent whose study.yaml samples 300 users (like ``--smoke`` on
-  real data) and whose ``data_sha256`` is that sample's.
+  Its parent carries ``describe.json`` of the synthetic dataset's default split, as a study logs it.
+- ``OTHER`` (``other-study``): a parent without ``describe.json``, and one final run with absurd
+  values that must never leak into ``STUDY``.
+- ``LOGGED`` (``logged-shift``): a parent that carries hand-written shift diagnostics as ``describe.json``.
 
 Values come from `final_value` / `search_value`, simple formulas so that tests can hand-compute
 means, drops and gains. Swap this for the real smoke study (``studies/run_study.py synthetic
@@ -27,8 +25,6 @@ from pathlib import Path
 STUDY = "synthetic-smoke"
 OTHER = "other-study"
 LOGGED = "logged-shift"
-NODATA = "beauty-nodata"
-SAMPLED = "synthetic-sampled"
 ARMS = ("idea", "erm")
 SEEDS = (1, 2)
 WINDOWS = ("w1", "w2", "w3")
@@ -136,6 +132,7 @@ def make_fake_store(path: str | Path) -> str:
     exp = experiment(STUDY)
     parent = run(exp, STUDY, {**common, "study": STUDY, "stage": "study", "data_sha256": sha})
     client.log_text(parent, STUDY_YAML.format(max_users="null"), "study.yaml")
+    client.log_text(parent, json.dumps(synthetic_describe()), "describe.json")
     configs = {}
     for arm, trials in SEARCH.items():
         for trial_id, overrides, best, status, asha in trials:
@@ -178,14 +175,14 @@ def make_fake_store(path: str | Path) -> str:
     client.log_text(parent, json.dumps({"dataset": "synthetic", "protocol": "temporal", "data_sha256": "feedface",
                                         "parts": parts}), "describe.json")
 
-    # ---- a user-sampled study (its shift must be recomputed on the same sample)
-    from idea.data.interactions import subsample_users
-
-    sampled = subsample_users(load_dataset("synthetic"), 300, 0).sha256
-    parent = run(experiment(SAMPLED), SAMPLED, {**common, "study": SAMPLED, "stage": "study", "data_sha256": sampled})
-    client.log_text(parent, STUDY_YAML.format(max_users=300), "study.yaml")
-
-    # ---- a study on a dataset whose files may be absent
-    run(experiment(NODATA), NODATA, {**common, "dataset": "beauty", "study": NODATA, "stage": "study",
-                                     "data_sha256": "cafe"})
     return uri
+
+
+def synthetic_describe() -> dict:
+    """`python -m idea.data describe synthetic --json` of the default temporal split (what a study logs)."""
+    from idea.data import get_spec, load_dataset
+    from idea.data.describe import describe
+    from idea.splits import SplitConfig, make_split
+
+    data = load_dataset("synthetic")
+    return describe(data, make_split(data, SplitConfig("temporal", 50), get_spec("synthetic").cuts))

@@ -17,12 +17,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_notebook_is_parameterised_and_stored_without_outputs():
-    """The parameters cell defines tracking_uri, study and data_dir; the stored notebook carries no outputs."""
+    """The parameters cell defines tracking_uri and study; the stored notebook carries no outputs."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nbformat.validate(nb)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
-    for name in ("tracking_uri", "study", "data_dir"):
+    for name in ("tracking_uri", "study"):
         assert f"\n{name} = " in "\n" + params[0].source
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 

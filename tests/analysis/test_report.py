@@ -95,13 +95,13 @@ def test_plots_are_valid_pngs(report):
 
 
 def test_report_notes_instead_of_crashing(store, tmp_path):
-    """One arm, one seed, no search trials, data that is not the study's: notes, and no plot that needs them."""
+    """One arm, one seed, no search trials, no shift diagnostics: notes, and no plot that needs them."""
     md = write_report(store, F.OTHER, tmp_path / "other").read_text()
     notes = md.split("## Notes\n", 1)[1].split("\n## ", 1)[0]
     assert "Only one seed for idea" in notes
     assert "No final runs for arm(s) erm" in notes
     assert "No search trials" in notes
-    assert "Shift diagnostics unavailable" in notes and "data_sha256" in notes
+    assert "Shift diagnostics unavailable" in notes and "no describe.json" in notes
     assert "No warm-target metrics" in notes
     pngs = sorted(p.name for p in (tmp_path / "other").glob("*.png"))
     assert pngs == ["metric_vs_window_all.png"]

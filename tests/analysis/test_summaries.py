@@ -218,6 +218,20 @@ def test_paired_by_seed_with_interval_for_every_pair_present():
     assert list(zip(only_two["arm"], only_two["control"])) == [("idea", "erm")]
 
 
+def test_every_arm_is_paired_with_erm():
+    """Arms are data: any arm (DROS, ablations) is compared with ERM; IDEA with erm_ft first."""
+    arms = ("erm", "idea_nomix", "dros", "idea", "erm_ft")
+    assert S.arm_order(arms) == ["idea", "erm_ft", "dros", "erm", "idea_nomix"]
+    assert S.pairs_of(arms) == [("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"), ("dros", "erm"),
+                                ("idea_nomix", "erm")]
+    assert S.pairs_of(("dros", "idea")) == []  # no control present
+    rows = [row(arm, "w1", s, 0.1 + 0.01 * i + 0.001 * s) for i, arm in enumerate(("erm", "dros", "idea_nomix"))
+            for s in (1, 2)]
+    out = S.paired(frame(rows))
+    assert list(zip(out["arm"], out["control"])) == [("dros", "erm"), ("idea_nomix", "erm")]
+    assert out["mean_diff"].tolist() == pytest.approx([0.01, 0.02])
+
+
 def test_idea_vs_erm_paired_and_welch():
     out = S.idea_vs_erm(frame(_gain_rows()))
     assert list(out.columns) == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm",

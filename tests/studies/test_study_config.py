@@ -63,16 +63,19 @@ def test_valid_file_loads(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_studies_cover_the_issue_space(name):
     study = load_study(name)
-    assert study.idea_init == "erm" and study.arm_order() == ["erm", "idea", "erm_ft"] and study.seeds == 3
-    idea, erm, ft = study.arms["idea"], study.arms["erm"], study.arms["erm_ft"]
-    assert idea.num_samples >= 12 and ft.num_samples >= 8
+    assert study.idea_init == "erm" and study.arm_order() == ["erm", "idea", "erm_ft", "dros"] and study.seeds == 3
+    idea, erm, ft, dros = study.arms["idea"], study.arms["erm"], study.arms["erm_ft"], study.arms["dros"]
+    assert [a.method for a in (idea, erm, ft, dros)] == ["idea", "erm", "erm", "dros"]
+    assert idea.num_samples >= 12 and ft.num_samples >= 8 and dros.num_samples >= 8
     space = idea.space
     assert space["K"] == IntRange(2, 5) and space["N"].low == 2 and space["N"].high >= 4
-    assert space["lambda_low"] == FloatRange(0.5, 0.95) and study.train["lambda_high"] == 1.0
+    assert space["lambda_low"] == FloatRange(0.5, 0.95) and study.fixed("idea")["lambda_high"] == 1.0
     assert space["tau"] == FloatRange(0.05, 2.0, log=True) and space["beta"] == FloatRange(1.0, 1000.0, log=True)
     assert space["T"].values == (1, 2, 5, 10, 20)
     assert set(erm.space) == {"lr", "dropout"} and set(ft.space) == {"lr", "dropout"} and {"lr", "dropout"} <= set(space)
-    assert ft.space["lr"] == space["lr"]  # the control fine-tunes under the same search as IDEA
+    assert ft.space["lr"] == space["lr"] == dros.space["lr"]  # the peers fine-tune under the same search as IDEA
+    assert set(dros.space) == {"dros_alpha", "dros_beta", "lr", "dropout"} and dros.space["dros_beta"].contains(1.0)
+    assert "lambda_high" not in study.fixed("erm_ft") and "dros_alpha" not in study.fixed("idea")
     assert study.fixed("idea")["pretrain_epochs"] == 0 and study.fixed("erm_ft")["method"] == "erm"
     assert {k: idea.first[k] for k in ("K", "N", "tau", "T")} == {"K": 3, "N": 4, "tau": 0.1, "T": 5}
     smoke = load_study(name, smoke=True)
@@ -104,6 +107,7 @@ arms:
     asha: {grace_period: 1}
     space: {beta: {type: float, low: 1.0, high: 100.0, log: true}}
   erm_ft:
+    method: erm
     num_samples: 2
     train: {epochs: 3}
     space: {lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}}
@@ -129,11 +133,17 @@ WARM_BAD = {
     "pretraining a warm arm": ("train: {batch_size: 64}", "train: {batch_size: 64, pretrain_epochs: 1}",
                                "arms.idea: pretrain_epochs does not apply with idea_init: erm"),
     "no erm arm to start from": ("  erm:\n    num_samples: 2\n    space: {lr: {type: float, low: 1.0e-4, high: 1.0e-2, "
-                                 "log: true}}\n", "", "there is no erm arm"),
-    "erm_ft from scratch": ("epochs: 6", "epochs: 6\nidea_init: scratch", "arms.erm_ft fine-tunes the erm arm's models"),
+                                 "log: true}}\n", "", "the models of the arm named erm (method erm), but there is none"),
+    "unknown method": ("    method: erm\n", "    method: erm4rec\n", "arms.erm_ft.method: unknown method 'erm4rec'"),
+    "arm without a method": ("    method: erm\n", "", "arms.erm_ft: needs a method, one of ['erm', 'idea', 'dros']"),
+    "unsafe arm name": ("  erm_ft:", "  erm-ft:", "arm name 'erm-ft' must match [a-z][a-z0-9_]*"),
+    "DROS field in an IDEA arm": ("    train: {epochs: 3, patience: 2}", "    train: {epochs: 3, patience: 2, dros_beta: 2.0}",
+                                  "arms.idea.train.dros_beta: only method dros reads dros_beta; this arm's method is idea"),
+    "method field no arm reads": ("train: {batch_size: 64}", "train: {batch_size: 64, dros_alpha: 0.1}",
+                                  "train.dros_alpha: only method dros reads it, and no arm has that method"),
     "unknown init": ("epochs: 6", "epochs: 6\nidea_init: erm4rec", "idea_init must be one of ['erm', 'scratch']"),
     "IDEA field fixed in an ERM arm": ("    train: {epochs: 3}\n", "    train: {epochs: 3, K: 4}\n",
-                                       "arms.erm_ft.train.K: an IDEA-only parameter"),
+                                       "arms.erm_ft.train.K: only method idea reads K; this arm's method is erm"),
     "grace beyond an arm's epochs": ("    asha: {grace_period: 1}", "    asha: {grace_period: 4}",
                                      "arms.idea: asha.grace_period = 4 exceeds epochs = 3"),
     "warm start path in a file": ("train: {batch_size: 64}", "train: {batch_size: 64, init_from: x.pt}",
@@ -148,6 +158,32 @@ def test_bad_warm_start_files(tmp_path, case):
     with pytest.raises(StudyConfigError) as err:
         load_study(write(tmp_path, WARM.replace(old, new, 1)))
     assert message in str(err.value)
+
+
+def test_arms_are_data(tmp_path):
+    """Any arms, each a method with fixed fields and a space: ablations of IDEA and DROS beside ERM."""
+    extra = """
+  idea_nomix:
+    method: idea
+    num_samples: 2
+    train: {epochs: 3, mixup: false, penalty: irmv1}
+    space: {beta: {type: float, low: 1.0, high: 100.0, log: true}}
+  dros:
+    num_samples: 2
+    train: {epochs: 3}
+    space: {dros_alpha: {type: float, low: 0.01, high: 1.0, log: true}}
+"""
+    study = load_study(write(tmp_path, WARM + extra))
+    assert study.arm_order() == ["erm", "idea", "erm_ft", "idea_nomix", "dros"]
+    assert study.arms["idea_nomix"].method == "idea" and study.arms["dros"].method == "dros"
+    cfg = study.train_config("idea_nomix", {"beta": 3.0})
+    assert cfg.method == "idea" and cfg.mixup is False and cfg.penalty == "irmv1" and cfg.pretrain_epochs == 0
+    assert study.train_config("dros", {"dros_alpha": 0.2}).dros_alpha == 0.2
+    from studies.config import from_dict
+    assert from_dict(study.to_dict()) == study
+    assert set(cfg.used()) >= {"K", "N", "penalty", "mixup", "lr"} and "dros_alpha" not in cfg.used()
+    erm = study.train_config("erm", {"lr": 1e-3}).used()
+    assert not {"K", "N", "T", "beta", "tau", "penalty", "dros_alpha", "pretrain_epochs"} & set(erm) and "lr" in erm
 
 
 def test_extends_merges_a_base_and_refuses_cycles(tmp_path):
@@ -177,7 +213,7 @@ BAD = {
     "range beyond TrainConfig": ("high: 5}", "high: 20}", "arms.idea.space.K = 20: TrainConfig.K = 20 is invalid"),
     "log range from zero": ("low: 0.05, high: 2.0", "low: 0.0, high: 2.0", "arms.idea.space.tau: a log range needs low > 0"),
     "IDEA parameter in ERM": ("      lr: {type: float", "      K: {type: int, low: 2, high: 4}\n      lr: {type: float",
-                              "arms.erm.space.K: an IDEA-only parameter has no effect in an ERM arm"),
+                              "arms.erm.space.K: only method idea reads K; this arm's method is erm, so it would have no effect"),
     "first point outside": ("first: {K: 3", "first: {K: 7", "arms.idea.first.K = 7 lies outside its space"),
     "exponent read as string": ("low: 1.0e-4", "low: 1e-4", "write 1.0e-4"),
     "managed field under train": ("batch_size: 64", "batch_size: 64, seed: 3", "train.seed: set by the study itself"),
@@ -289,3 +325,34 @@ def test_impossible_resources_fail_before_the_study_folder_exists(tmp_path, flag
     proc = run_study("synthetic", "--smoke", "--out", str(tmp_path), *flags, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "synthetic-smoke").exists()
+
+
+MESSAGES = {  # (old, new, message): each names the field at fault, not a neighbour
+    "bad fixed batch size": ("train: {batch_size: 64, pretrain_epochs: 1}", "train: {batch_size: 0, pretrain_epochs: 1}",
+                             "train.batch_size: TrainConfig.batch_size = 0 is invalid"),
+    "a word for K in first": ("first: {K: 3", "first: {K: three", "arms.idea.first.K must be an integer, got 'three'"),
+    "an exponent in first": ("first: {K: 3, tau: 0.1}", "first: {K: 3, tau: 1e-1}", "write 1.0e-4"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MESSAGES))
+def test_messages_name_the_field_at_fault(tmp_path, case):
+    old, new, message = MESSAGES[case]
+    assert old in VALID
+    with pytest.raises(StudyConfigError) as err:
+        load_study(write(tmp_path, VALID.replace(old, new, 1)))
+    assert message in str(err.value)
+    assert "arms.idea.first:" not in str(err.value)
+
+
+def test_word_gets_no_exponent_hint(tmp_path):
+    with pytest.raises(StudyConfigError) as err:
+        load_study(write(tmp_path, VALID.replace("K: {type: int, low: 2", "K: {type: int, low: three", 1)))
+    assert "must be an integer, got 'three'" in str(err.value) and "1.0e-4" not in str(err.value)
+
+
+@pytest.mark.parametrize("flag, kwargs", [("--max-epochs", {"epochs": 0}), ("--num-samples", {"num_samples": -1}),
+                                          ("--seeds", {"seeds": 0})])
+def test_cli_overrides_name_their_flag(tmp_path, flag, kwargs):
+    with pytest.raises(ValueError, match=f"{flag} must be a positive integer"):
+        load_study(write(tmp_path, VALID)).with_overrides(**kwargs)

@@ -17,15 +17,17 @@ from tests.studies.study_cli import Store, run_study
 
 STUDY = "synthetic-smoke"
 FAULT = {"method": "erm", "lr": 0.001, "dropout": 0.3, "seed": 0}  # the ERM arm's first point
-SEARCH_PARAMS = ("K", "N", "lambda_low", "lambda_high", "tau", "beta", "T", "lr", "dropout")
+COMMON_PARAMS = ("lr", "dropout", "batch_size", "epochs", "backbone", "method", "seed")  # every method reads them
+IDEA_PARAMS = ("K", "N", "lambda_low", "lambda_high", "tau", "beta", "T", "penalty", "pretrain_epochs")
+DROS_PARAMS = ("dros_alpha", "dros_beta")
 NESTED_TAGS = ("study", "arm", "method", "backbone", "dataset", "seed", "git_sha", "data_sha256", "stage")
 WINDOWS = ("w1", "w2", "w3")
 # _base.yaml's smoke section (synthetic.yaml extends it): trials and epochs per arm, final seeds
-SMOKE_TRIALS = {"erm": 2, "idea": 3, "erm_ft": 2}
-SMOKE_EPOCHS = {"erm": 3, "idea": 2, "erm_ft": 2}
+SMOKE_TRIALS = {"erm": 2, "idea": 3, "erm_ft": 2, "dros": 2}
+SMOKE_EPOCHS = {"erm": 3, "idea": 2, "erm_ft": 2, "dros": 2}
 SMOKE_SEEDS = (1, 2)
 ARMS = tuple(SMOKE_TRIALS)
-METHOD = {"erm": "erm", "idea": "idea", "erm_ft": "erm"}
+METHOD = {"erm": "erm", "idea": "idea", "erm_ft": "erm", "dros": "dros"}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,13 @@ def test_search_runs_have_params_once_and_per_epoch_validation_metrics(smoke):
         for run in runs:
             assert run.info.run_name == f"{arm}-trial-{run.data.tags['trial_id']}"
             assert run.data.tags["method"] == METHOD[arm] and run.data.tags["seed"] == "0"
-            assert set(SEARCH_PARAMS) <= set(run.data.params)
+            params = set(run.data.params)  # only what the run's method reads: an ERM run shows no K or beta
+            assert set(COMMON_PARAMS) <= params
+            for method, names in (("idea", IDEA_PARAMS), ("dros", DROS_PARAMS)):
+                if METHOD[arm] == method:
+                    assert set(names) <= params, (arm, params)
+                else:
+                    assert not set(names) & params, (arm, set(names) & params)
             assert not any(k.startswith("test_") for k in run.data.metrics)  # trials never see test data
             if run.info.status == "FINISHED":
                 steps = store.steps(run)
@@ -135,7 +143,7 @@ def test_fine_tuning_arms_start_from_the_erm_models_they_name(smoke):
     selected = max(erm, key=lambda r: r.data.metrics["best_valid_ndcg_at_10"])
     search_digest = _best_state_digest(study_dir, "erm-search", selected.data.tags["trial_id"])
     erm_final = {r.data.tags["seed"]: r for r in store.nested("final", "erm")}
-    for arm in ("idea", "erm_ft"):
+    for arm in ("idea", "erm_ft", "dros"):
         for run in store.nested("search", arm):
             assert run.data.tags["init_run_id"] == selected.info.run_id
             assert run.data.tags["init_digest"] == search_digest  # the weights it actually loaded
@@ -155,7 +163,11 @@ def test_report_compares_the_arms_paired_by_seed(smoke):
     summary = (study_dir / "report" / "summary.md").read_text()
     assert "Paired by seed" in summary and "erm_ft" in summary
     paired = pd.read_csv(study_dir / "report" / "paired.csv")
-    assert {("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm")} == set(zip(paired["arm"], paired["control"]))
+    pairs = list(dict.fromkeys(zip(paired["arm"], paired["control"])))  # every arm against ERM, IDEA vs erm_ft first
+    assert pairs == [("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"), ("dros", "erm")]
+    per_window = pd.read_csv(study_dir / "report" / "per_window_all.csv")
+    assert set(per_window["arm"]) == set(ARMS)
+    assert all(f"| {arm} " in summary for arm in ARMS)
     assert (paired["n_pairs"] == len(SMOKE_SEEDS)).all() and paired["ci_low"].le(paired["ci_high"]).all()
     assert "same fine-tuning without the penalty (erm_ft" in summary
 
@@ -192,7 +204,8 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
     assert f"mlflow ui --backend-store-uri sqlite:///{study_dir / 'mlflow.db'}" in out
     err = proc.stderr
     assert "Trial status" not in out + err  # Tune's metric table is replaced by compact lines
-    assert "== arm 2/3: idea (fine-tunes the trained ERM models)" in err
+    assert "== arm 2/4: idea (fine-tunes the trained ERM models)" in err
+    assert "== arm 4/4: dros (fine-tunes the trained ERM models)" in err
     assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running, "
                      r"\d+m\d\ds elapsed", err), err[-3000:]
     assert re.search(r"\[idea-search\] trial \w+ finished \| 3/3 done, 0 running", err), err[-3000:]

@@ -146,9 +146,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.n_items = split.n_items
         self.n_fake = n_fake_items(split.n_items, config.noise_ratio)
-        self.model = build_backbone(config.backbone, split.n_items + self.n_fake, split.max_len, config.dropout).to(self.device)
-        if self.device.type == "cuda":
-            self.model.chunk_rows = 1 << 20  # GPUs have FLOPs to spare: one launch beats length buckets
+        chunk_rows = 1 << 20 if self.device.type == "cuda" else 256  # GPUs: one launch beats length buckets
+        self.model = build_backbone(config.backbone, split.n_items + self.n_fake, split.max_len, config.dropout,
+                                    chunk_rows).to(self.device)
         self.eval_batch_size = config.eval_batch_size or (1024 if self.device.type == "cuda" else 256)
         self.init_digest = None  # sha256 of the warm start's weights, when there is one
         if config.init_from is not None:  # before the optimiser: Adam starts fresh on the loaded weights

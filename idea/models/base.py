@@ -16,25 +16,27 @@ from torch import Tensor, nn
 
 
 class Backbone(nn.Module, abc.ABC):
-    """Item table + encoder: `forward(history, lengths) -> user vector`, `scores(user)`."""
+    """Item table + encoder: `forward(history, lengths) -> user vector`; scores are `user @ item_emb.weight.T`
+    (the trainer keeps the real items' rows only, so fake noise ids are never ranked)."""
 
-    def __init__(self, n_items: int, max_len: int, d: int):
+    def __init__(self, n_items: int, max_len: int, d: int, chunk_rows: int = 256):
         super().__init__()
         if n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.n_items = n_items
         self.max_len = max_len
         self.d = d
+        self.chunk_rows = chunk_rows  # rows per length bucket in `encode` (CPU: 256; GPUs: one bucket)
         # Row 0 is padding: zero vector and no gradient.
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
 
     def embed(self, history: Tensor) -> Tensor:
         """Plain embedding lookup (no dropout), so extractors see the clean sequence."""
         return self.item_emb(history)  # [B, L] -> [B, L, d]
-
-    chunk_rows = 256  # rows per length bucket in `encode`; the trainer raises it on GPUs
 
     def encode(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Map item embeddings `x [B, L, d]` (maybe a masked/mixed view) to users `[B, d]`.
@@ -60,10 +62,6 @@ class Backbone(nn.Module, abc.ABC):
     def forward(self, history: Tensor, lengths: Tensor) -> Tensor:
         """User vectors `[B, d]` for id sequences `history [B, L]`."""
         return self.encode(self.embed(history), lengths)  # [B, d]
-
-    def scores(self, user: Tensor) -> Tensor:
-        """Full-ranking scores `[B, n_items + 1]`; column 0 is padding, ignored by the caller."""
-        return user @ self.item_emb.weight.T  # [B, d] @ [d, n+1] -> [B, n+1]
 
     def _zero_padding_row(self) -> None:
         """Re-zero the padding embedding after a custom init overwrote it."""

@@ -23,8 +23,9 @@ class GRU4Rec(Backbone):
         d: int = 64,
         hidden: int = 128,
         n_layers: int = 1,
+        chunk_rows: int = 256,
     ):
-        super().__init__(n_items, max_len, d)
+        super().__init__(n_items, max_len, d, chunk_rows)
         self.hidden = hidden
         self.emb_dropout = nn.Dropout(check_dropout(dropout))
         self.gru = nn.GRU(d, hidden, num_layers=n_layers, bias=False, batch_first=True)  # RecBole: no bias

@@ -92,8 +92,9 @@ class SASRec(Backbone):
         n_layers: int = 2,
         n_heads: int = 2,
         d_ff: int = 256,
+        chunk_rows: int = 256,
     ):
-        super().__init__(n_items, max_len, d)
+        super().__init__(n_items, max_len, d, chunk_rows)
         dropout = check_dropout(dropout)
         self.pos_emb = nn.Embedding(max_len, d)
         self.emb_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)

@@ -121,7 +121,7 @@ def test_end_to_end_through_backbone(pairing):
     env_x, env_len, env_t = make_environments(
         views, lengths, targets, N=2, pairing=pairing, mixup=True, alpha=None, lambda_low=0.6, lambda_high=0.9
     )
-    logits = model.scores(model.encode(env_x, env_len))[:, 1:]  # [N*B, n]
+    logits = (model.encode(env_x, env_len) @ model.item_emb.weight.T)[:, 1:]  # [N*B, n]
     losses = torch.nn.functional.cross_entropy(logits, env_t - 1, reduction="none").view(2, B)
     _, var = vrex(losses.mean(1))
     var.backward()

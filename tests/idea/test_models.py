@@ -30,10 +30,11 @@ def test_shapes_and_scores(name):
     user = model(hist, lengths)
     assert user.shape == (3, model.d) == (3, 64)
     assert model.embed(hist).shape == (3, 20, 64)
-    scores = model.scores(user)
-    assert scores.shape == (3, N_ITEMS + 1)
-    torch.testing.assert_close(scores, user @ model.item_emb.weight.T)
-    assert model.max_len == 20
+    assert model.item_emb.weight.shape == (N_ITEMS + 1, 64)
+    assert model.max_len == 20 and model.chunk_rows == 256
+    assert build_backbone(name, N_ITEMS, 20, chunk_rows=2).chunk_rows == 2
+    with pytest.raises(ValueError, match="chunk_rows"):
+        build_backbone(name, N_ITEMS, 20, chunk_rows=0)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -168,3 +169,15 @@ def test_eval_is_deterministic_and_train_uses_dropout(name):
     torch.testing.assert_close(model(hist, lengths), model(hist, lengths), rtol=0, atol=0)
     model.train()
     assert not torch.allclose(model(hist, lengths), model(hist, lengths))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_length_buckets_equal_one_pass(name):
+    """Encoding in buckets of chunk_rows rows, each trimmed to its longest row, changes no user vector."""
+    seqs = [[4], [1, 2], [3, 7, 1], [2, 5, 8, 9], list(range(1, 9)), list(range(3, 15))]
+    hist, lengths = left_pad(seqs, 20)
+    torch.manual_seed(0)
+    one = build_backbone(name, N_ITEMS, 20, chunk_rows=1 << 20).eval()
+    torch.manual_seed(0)
+    buckets = build_backbone(name, N_ITEMS, 20, chunk_rows=2).eval()
+    torch.testing.assert_close(buckets(hist, lengths), one(hist, lengths), rtol=1e-5, atol=1e-6)

@@ -43,7 +43,7 @@ def smoke(tmp_path_factory):
 
 
 def test_finishes_within_the_smoke_budget(smoke):
-    assert smoke[3] < 150
+    assert smoke[3] < 200  # four arms, 2 seeds each: ~100 s on a quiet 2-core machine
 
 
 def test_one_parent_run_and_no_run_left_running(smoke):

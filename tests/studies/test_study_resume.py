@@ -17,7 +17,7 @@ from tests.studies.study_cli import Store, run_study, start_study
 
 STUDY = "synthetic-smoke"
 ARGS = ("synthetic", "--smoke", "--seeds", "1")
-TRIALS_PER_ARM = {"erm": 2, "idea": 3, "erm_ft": 2}  # _base.yaml's smoke section
+TRIALS_PER_ARM = {"erm": 2, "idea": 3, "erm_ft": 2, "dros": 2}  # _base.yaml's smoke section
 
 
 def wait_for_finished_idea_trial(study_dir, proc, timeout: float = 300) -> None:

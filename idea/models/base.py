@@ -69,6 +69,18 @@ class Backbone(nn.Module, abc.ABC):
             self.item_emb.weight[0].zero_()
 
 
+def recbole_init(m: nn.Module) -> None:
+    """RecBole's init, for `module.apply`: N(0, 0.02) linear and embedding weights, zero linear biases,
+    identity LayerNorm; other modules keep PyTorch's defaults."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, mean=0.0, std=0.02)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+    if isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def check_dropout(dropout: float) -> float:
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import Backbone, check_dropout
+from .base import Backbone, check_dropout, recbole_init
 from .sasrec import LAYER_NORM_EPS
 
 try:  # the fused CUDA kernel of the Mamba authors, when installed (GPU machines only)
@@ -178,21 +178,8 @@ class Mamba4Rec(Backbone):
         self.emb_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.layers = nn.ModuleList(MambaLayer(d, d_state, d_conv, expand, dropout, residual=n_layers > 1)
                                     for _ in range(n_layers))
-        self.apply(self._init_weights)
+        self.apply(recbole_init)  # as the reference applies it: dt's bias too (dt starts at softplus(0) = 0.69)
         self._zero_padding_row()
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        """The reference's RecBole init, applied to every submodule as there: N(0, 0.02) linear and
-        embedding weights, zero linear biases (dt's too, so dt starts at softplus(0) = 0.69),
-        identity LayerNorm; the convolution keeps PyTorch's default, A and D their S4D values."""
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Output of the last layer at the last (most recent) position."""

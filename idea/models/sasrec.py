@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone, check_dropout
+from .base import Backbone, check_dropout, recbole_init
 
 LAYER_NORM_EPS = 1e-12  # RecBole's value
 
@@ -100,19 +100,8 @@ class SASRec(Backbone):
         self.emb_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
         self.emb_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(Block(d, n_heads, d_ff, dropout) for _ in range(n_layers))
-        self.apply(self._init_weights)
+        self.apply(recbole_init)
         self._zero_padding_row()
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        """RecBole's init: N(0, 0.02) weights, zero biases, identity LayerNorm."""
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Hidden state at the last (most recent) position after the Transformer blocks."""

@@ -248,7 +248,7 @@ def test_cli_overrides_are_validated_like_the_file(tmp_path):
     study = load_study(write(tmp_path, VALID))
     assert study.with_overrides(num_samples=7).arms["erm"].num_samples == 7
     assert study.with_overrides(epochs=3).asha.grace_period == 2
-    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+    with pytest.raises(ValueError, match="--num-samples must be a positive integer"):
         study.with_overrides(num_samples=0)
     with pytest.raises(ValueError, match="pretrain_epochs"):  # IDEA needs an epoch after pretraining
         study.with_overrides(epochs=1)

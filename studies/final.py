@@ -15,7 +15,7 @@ from idea.splits import Split
 
 from studies.config import StudyConfig
 from studies.search import Resources, Selection, ended_trials, fit
-from studies.trainable import RESULTS_FILE, final_trial
+from studies.trainable import RESULTS_FILE, failed, final_trial
 from studies.tracking import MlflowTrialLogger, StudyRun
 
 RESULT_COLUMNS = ["study", "arm", "method", "stage", "seed", "trial_id", "run_id", "part", "subset", "metric", "k",
@@ -58,7 +58,7 @@ def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, stud
     run_ids = {r.data.tags.get("trial_id"): r.info.run_id for r in study_run.nested_runs(arm, "final")}
     frames = []
     for result in grid:
-        if result.error is not None or result.checkpoint is None:
+        if failed(result) or result.checkpoint is None:
             continue
         with result.checkpoint.as_directory() as d:
             path = Path(d) / RESULTS_FILE

@@ -7,6 +7,8 @@ import time
 
 from ray import tune
 
+from studies.trainable import PERMANENT_ERROR
+
 SHOWN_PARAMS = 6  # searched parameters shown per line
 
 
@@ -44,6 +46,8 @@ class ProgressPrinter(tune.Callback):
         print(f"[{self.stage}] {text} | {self._status(trials, ending)}", file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if PERMANENT_ERROR in result:
+            return  # said when the trial completes
         if "evaluated" in result:
             self._say(f"trial {trial.trial_id} evaluated on the test windows", trials)
             return
@@ -53,6 +57,10 @@ class ProgressPrinter(tune.Callback):
                   f"{result.get('ndcg_at_10', float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        error = (trial.last_result or {}).get(PERMANENT_ERROR)
+        if error is not None:
+            self._say(f"trial {trial.trial_id} FAILED, not retried (it would fail the same way): {error}", trials, trial)
+            return
         self._say(f"trial {trial.trial_id} finished", trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:

@@ -17,7 +17,7 @@ from idea.splits import Split
 from studies.config import StudyConfig
 from studies.progress import ProgressPrinter
 from studies.space import MODE, make_scheduler, make_searcher
-from studies.trainable import search_trial
+from studies.trainable import failed, search_trial
 from studies.tracking import INTERRUPTED, MlflowTrialLogger, StudyRun, summary_metrics
 
 
@@ -246,7 +246,7 @@ class Selection:
 def select_best(arm: str, grid: ResultGrid, metric: str) -> Selection | None:
     """Highest best-so-far validation metric among trials that did not fail; None if all failed."""
     key = f"best_{metric}"
-    done = [r for r in grid if r.error is None and math.isfinite(r.metrics.get(key, math.nan))]
+    done = [r for r in grid if not failed(r) and math.isfinite(r.metrics.get(key, math.nan))]
     if not done:
         return None
     best = max(done, key=lambda r: r.metrics[key])

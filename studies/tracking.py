@@ -26,6 +26,8 @@ from ray import tune
 from idea.config import TrainConfig
 from idea.metrics import KS, METRICS
 
+from studies.trainable import PERMANENT_ERROR
+
 METRIC_NAMES = tuple(f"{m}_at_{k}" for m in METRICS for k in KS)
 EPOCH_KEYS = ("train_loss", "epoch_seconds", "risk_mean", "risk_var")  # logged per epoch besides valid_*
 # Set when Ctrl-C reaches a running Tuner (Tune itself then stops gracefully and saves its state).
@@ -296,7 +298,7 @@ class MlflowTrialLogger(tune.Callback):
         self._open(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "evaluated" in result:  # the final run's test report: logged once, when the trial completes
+        if "evaluated" in result or PERMANENT_ERROR in result:  # logged once, when the trial completes
             return
         run_id, epoch = self._open(trial), int(result["epoch"])
         if epoch > self._last_step.get(trial.trial_id, 0):
@@ -309,7 +311,15 @@ class MlflowTrialLogger(tune.Callback):
             self._client.set_tag(run_id, "asha_stopped", "true")
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, RunStatus.to_string(RunStatus.FINISHED))
+        error = (trial.last_result or {}).get(PERMANENT_ERROR)
+        if error is None:
+            self._end(trial, RunStatus.to_string(RunStatus.FINISHED))
+            return
+        run_id = self._open(trial)  # a trial that stopped on an error a retry would repeat: not retried
+        for key, value in {"failures": "0", "error": error[:500], "retried": "false (would fail the same way)"}.items():
+            self._client.set_tag(run_id, key, value)
+        self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        self._running.discard(trial.trial_id)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._client.set_tag(self._open(trial), "failures", str(trial.num_failures))

@@ -7,11 +7,12 @@ without test windows; only `final_trial` sees them, after training, once.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import ray
@@ -19,14 +20,21 @@ import torch
 from ray import tune
 
 from idea.config import TrainConfig
-from idea.metrics import summary
+from idea.metrics import KS, METRICS, summary
 from idea.splits import Split
-from idea.trainer import Trainer
+from idea.trainer import CheckpointError, NonFiniteLossError, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 RESULTS_FILE = "results.csv"  # final trials: the tidy metrics frame of the best state
-# Test hook: a JSON object of TrainConfig fields; a trial whose config matches all of them raises
-# at its start, every attempt, so failure handling (retries, FAILED runs) can be tested for real.
+# The key of a trial's last result when it stopped on an error that a retry would repeat (a NaN loss
+# from the same seed and config, an unreadable or mismatched checkpoint): such a trial reports it and
+# returns instead of raising, so Tune does not retry it; the MLflow callback ends its run FAILED.
+PERMANENT_ERROR = "permanent_error"
+PERMANENT_ERRORS = (NonFiniteLossError, CheckpointError)
+# Test hook: a JSON object (or a list of them) of TrainConfig fields; a trial whose config matches all
+# of one's fields raises at its start, every attempt, so failure handling (retries, FAILED runs) can be
+# tested for real. The optional key "error": "nonfinite" raises NonFiniteLossError (never retried)
+# instead of InjectedFault (retried like a crash).
 FAULT_ENV = "IDEA_STUDY_INJECT_FAULT"
 
 
@@ -36,11 +44,38 @@ class InjectedFault(RuntimeError):
 
 def _check_fault(config: TrainConfig) -> None:
     spec = os.environ.get(FAULT_ENV)
-    if spec:
-        wanted = json.loads(spec)
-        values = config.to_dict()
+    if not spec:
+        return
+    faults = json.loads(spec)
+    values = config.to_dict()
+    for fault in faults if isinstance(faults, list) else [faults]:
+        wanted = {k: v for k, v in fault.items() if k != "error"}
         if all(values.get(k) == v for k, v in wanted.items()):
-            raise InjectedFault(f"{FAULT_ENV}={spec} matches this trial")
+            error = NonFiniteLossError if fault.get("error") == "nonfinite" else InjectedFault
+            raise error(f"{FAULT_ENV} fault {json.dumps(fault)} matches this trial")
+
+
+def failed(result) -> bool:
+    """Did a trial of a Tune result grid fail: an error Tune recorded, or one it was not asked to retry?"""
+    return result.error is not None or PERMANENT_ERROR in (result.metrics or {})
+
+
+def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
+    """`run` (a trial function), reporting an error in PERMANENT_ERRORS as its last result instead of
+    raising it. The result carries NaN for every metric a scheduler or searcher may read (Optuna records
+    the trial as failed) and epoch 0, where ASHA decides nothing."""
+
+    @functools.wraps(run)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            run(*args, **kwargs)
+        except PERMANENT_ERRORS as err:
+            nan = float("nan")
+            names = [f"{m}_at_{k}" for m in METRICS for k in KS]
+            tune.report({"epoch": 0, **{n: nan for n in names}, **{f"best_{n}": nan for n in names},
+                         PERMANENT_ERROR: f"{type(err).__name__}: {err}"})
+
+    return guarded
 
 
 def _use_assigned_cpus() -> None:
@@ -76,6 +111,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
     return trainer
 
 
+@_stop_on_permanent_errors
 def search_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> None:
     """One search trial: train on `split` (no test windows), reporting validation metrics per epoch."""
     if split.tests:
@@ -94,6 +130,7 @@ def final_metrics(frame: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+@_stop_on_permanent_errors
 def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any],
                 starts: Mapping[int, str] | None = None) -> None:
     """One final seed run: train like a search trial (a warm arm's seed s from `starts[s]`, the ERM arm's

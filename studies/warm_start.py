@@ -10,7 +10,7 @@ from pathlib import Path
 from ray.tune import ResultGrid
 
 from studies.search import Selection
-from studies.trainable import CHECKPOINT_FILE
+from studies.trainable import CHECKPOINT_FILE, failed
 from studies.tracking import StudyRun
 
 
@@ -50,7 +50,7 @@ def save_starts(study_dir: Path, selection: Selection, final: ResultGrid, study_
     search = Start(_copy(selection.checkpoint, folder / "erm-search.pt"), run_ids.get(selection.trial_id))
     seeds = {}
     for result in final:
-        if result.error is None and result.checkpoint is not None:
+        if not failed(result) and result.checkpoint is not None:
             seed = int(result.config["seed"])
             seeds[seed] = Start(_copy(result.checkpoint.path, folder / f"erm-seed{seed}.pt"),
                                 run_ids.get(result.metrics.get("trial_id")))

@@ -49,9 +49,9 @@ class Store:
     def runs(self, filter_string: str = "") -> list:
         return list(self.client.search_runs([self.experiment_id], filter_string, max_results=1000))
 
-    def nested(self, stage: str, arm: str | None = None) -> list:
+    def nested(self, stage: str, arm: str | None = None, status: str | None = None) -> list:
         clause = f"tags.stage = '{stage}'" + (f" and tags.arm = '{arm}'" if arm else "")
-        return self.runs(clause)
+        return self.runs(clause + (f" and attributes.status = '{status}'" if status else ""))
 
     def steps(self, run, key: str = "valid_ndcg_at_10") -> list[int]:
         return [m.step for m in self.client.get_metric_history(run.info.run_id, key)]

@@ -1,5 +1,6 @@
 """A real smoke study on `synthetic` (local Ray, SQLite MLflow), run once for the module. One ERM
-trial is made to crash at every attempt (the fault hook), so failure handling runs in the same study."""
+trial is made to crash at every attempt and one DROS trial to hit a NaN loss (the fault hook), so
+failure handling (a crash retried, a NaN not) runs in the same study."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ from idea.trainer import state_digest
 from tests.studies.study_cli import Store, run_study
 
 STUDY = "synthetic-smoke"
-FAULT = {"method": "erm", "lr": 0.001, "dropout": 0.3, "seed": 0}  # the ERM arm's first point
+FAULTS = [{"method": "erm", "lr": 0.001, "dropout": 0.3, "seed": 0},  # the ERM arm's first point: a crash
+          {"method": "dros", "dros_alpha": 0.1, "seed": 0, "error": "nonfinite"}]  # the DROS arm's: a NaN loss
 COMMON_PARAMS = ("lr", "dropout", "batch_size", "epochs", "backbone", "method", "seed")  # every method reads them
 IDEA_PARAMS = ("K", "N", "lambda_low", "lambda_high", "tau", "beta", "T", "penalty", "pretrain_epochs")
 DROS_PARAMS = ("dros_alpha", "dros_beta")
@@ -36,7 +38,7 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     start = time.monotonic()
     proc = run_study("synthetic", "--smoke", "--out", str(out), "--max-failures", "1", timeout=400,
-                     IDEA_STUDY_INJECT_FAULT=json.dumps(FAULT))
+                     IDEA_STUDY_INJECT_FAULT=json.dumps(FAULTS))
     seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc, out / STUDY, Store(out / STUDY, STUDY), seconds
@@ -95,15 +97,29 @@ def test_search_runs_have_params_once_and_per_epoch_validation_metrics(smoke):
 
 def test_crashing_trial_is_retried_then_failed_and_the_study_goes_on(smoke):
     proc, _, store, _ = smoke
-    failed = [r for r in store.runs() if r.info.status == "FAILED"]
-    assert len(failed) == 1
-    run = failed[0]
-    assert run.data.tags["arm"] == "erm" and run.data.tags["stage"] == "search"
+    failed = {r.data.tags["arm"]: r for r in store.runs() if r.info.status == "FAILED"}
+    assert set(failed) == {"erm", "dros"}
+    run = failed["erm"]
+    assert run.data.tags["stage"] == "search"
     assert run.data.params["lr"] == "0.001" and run.data.params["dropout"] == "0.3"
     assert run.data.tags["failures"] == "2"  # first attempt + max_failures=1 retry
     assert "InjectedFault" in run.data.tags["error"]
     assert len(store.nested("final", "erm")) == len(SMOKE_SEEDS)  # the ERM arm still finished
-    assert "1 failed" in proc.stdout
+    assert re.search(r"^\s*erm .*1 failed", proc.stdout, re.M), proc.stdout
+
+
+def test_a_nan_loss_fails_its_trial_at_once_without_retries(smoke):
+    proc, study_dir, store, _ = smoke
+    (run,) = [r for r in store.nested("search", "dros") if r.info.status == "FAILED"]
+    assert run.data.params["dros_alpha"] == "0.1" and run.data.tags["failures"] == "0"
+    assert run.data.tags["error"].startswith("NonFiniteLossError: ") and "retried" in run.data.tags
+    assert store.steps(run) == []  # its marker result is not logged as an epoch
+    trial_id = run.data.tags["trial_id"]
+    assert re.search(rf"\[dros-search\] trial {trial_id} FAILED, not retried .*NonFiniteLossError", proc.stderr)
+    (trial_dir,) = (study_dir / "ray" / "dros-search").glob(f"*{trial_id}*")
+    assert not (trial_dir / "error.txt").exists()  # Tune saw no error, so it retried nothing
+    finished = [r for r in store.nested("search", "dros") if r.info.status == "FINISHED"]
+    assert len(finished) == SMOKE_TRIALS["dros"] - 1 and len(store.nested("final", "dros")) == len(SMOKE_SEEDS)
 
 
 def test_final_runs_per_arm_and_seed_with_per_window_test_metrics(smoke):
@@ -144,7 +160,7 @@ def test_fine_tuning_arms_start_from_the_erm_models_they_name(smoke):
     search_digest = _best_state_digest(study_dir, "erm-search", selected.data.tags["trial_id"])
     erm_final = {r.data.tags["seed"]: r for r in store.nested("final", "erm")}
     for arm in ("idea", "erm_ft", "dros"):
-        for run in store.nested("search", arm):
+        for run in store.nested("search", arm, "FINISHED"):
             assert run.data.tags["init_run_id"] == selected.info.run_id
             assert run.data.tags["init_digest"] == search_digest  # the weights it actually loaded
             assert run.data.params["init_from"] == str(study_dir / "starts" / "erm-search.pt")

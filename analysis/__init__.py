@@ -1,6 +1,6 @@
 """MLflow runs -> tidy pandas tables -> shift-robustness summaries, plots, report and notebook.
 
 Modules: `load` (MLflow -> tidy frames), `summaries` (pure pandas tables), `plots` (matplotlib
-figures), `report` (summary.md + CSV + PNG; `python analysis/report.py`), `mlflow_ui` (UI links).
+figures), `report` (summary.md + CSV + PNG; `python -m analysis.report`), `mlflow_ui` (UI links).
 Reads MLflow only: imports neither Ray nor `idea` nor torch.
 """

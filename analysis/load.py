@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.summaries import PARAMS, _part_key, arm_order
+from analysis.summaries import arm_order, part_key
 
 __all__ = [
     "META_COLUMNS",
@@ -38,6 +38,7 @@ __all__ = [
     "parse_metric_key",
     "type_params",
     "load_study",
+    "load_spaces",
     "load_history",
     "load_shift",
     "final_run_ids",
@@ -105,10 +106,25 @@ def type_params(params: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({c: _type_column(params[c]) for c in params.columns}, index=params.index)
 
 
-def _param_order(names: Iterable[str]) -> list[str]:
-    """The searched hyperparameters first (PARAMS order), then the rest alphabetically."""
+def _param_order(names: Iterable[str], searched: Iterable[str]) -> list[str]:
+    """The searched hyperparameters first (in the order of the search spaces), then the rest alphabetically."""
     names = list(names)
-    return [p for p in PARAMS if p in names] + sorted(n for n in names if n not in PARAMS)
+    first = [p for p in dict.fromkeys(searched) if p in names]
+    return first + sorted(n for n in names if n not in first)
+
+
+def _spaces(runs) -> dict[str, dict[str, dict]]:
+    """{arm: search space} from the tag `searched` of the arms' search runs, arms in display order."""
+    spaces: dict[str, dict[str, dict]] = {}
+    for run in runs:
+        try:
+            space = json.loads(run.data.tags.get("searched", "{}"))
+        except json.JSONDecodeError:
+            continue
+        arm = run.data.tags.get("arm")
+        if arm and space and isinstance(space, dict):
+            spaces.setdefault(arm, space)
+    return {arm: spaces[arm] for arm in arm_order(spaces)}
 
 
 # ----------------------------------------------------------------------------
@@ -184,7 +200,8 @@ def _runs_frame(runs, study: str) -> pd.DataFrame:
     raw = pd.DataFrame([r.data.params for r in runs], index=meta.index, dtype=object)
     raw = raw.drop(columns="seed", errors="ignore")
     raw = raw.rename(columns={c: f"param_{c}" for c in raw.columns if c in META_COLUMNS + TIDY_COLUMNS})
-    params = type_params(raw)[_param_order(raw.columns)] if len(raw.columns) else raw
+    searched = [p for space in _spaces(runs).values() for p in space]
+    params = type_params(raw)[_param_order(raw.columns, searched)] if len(raw.columns) else raw
     seed = pd.to_numeric(meta["seed"], errors="coerce")
     meta["seed"] = seed.astype("int64") if seed.notna().all() else seed
     return pd.concat([meta, params], axis=1)
@@ -194,7 +211,7 @@ def _sorted(df: pd.DataFrame, extra: Sequence[str]) -> pd.DataFrame:
     keys = df.assign(
         _stage=df["stage"].map({s: i for i, s in enumerate(STAGES)}),
         _trial=df["trial"].astype(str),
-        _part=df["part"].map(_part_key) if "part" in df.columns else 0,
+        _part=df["part"].map(part_key) if "part" in df.columns else 0,
     )
     order = keys.sort_values(["_stage", "arm", "_trial", "seed", "_part", *extra], kind="stable").index
     return df.loc[order].reset_index(drop=True)
@@ -209,8 +226,8 @@ def load_study(tracking_uri: str, study: str, statuses: Sequence[str] | None = (
     """A study's search and final runs as one tidy frame (the input of `analysis.summaries`).
 
     Columns: META_COLUMNS (study, arm, stage, trial, seed, run_id, run_name, status), the runs' params
-    typed back (K, N, lambda_low, lambda_high, alpha, tau, beta, T, lr, dropout first, then the rest of
-    TrainConfig alphabetically; "None" -> NaN, "True"/"False" -> bool), then part, subset, metric, k,
+    typed back (the searched ones first, in the order of the arms' spaces, then the rest alphabetically;
+    "None" -> NaN, "True"/"False" -> bool), then part, subset, metric, k,
     value. Only runs tagged ``stage`` search|final whose status is in ``statuses`` (None: any; the
     default keeps FINISHED runs, ASHA-stopped ones included, and drops FAILED/KILLED ones). Raises
     StudyNotFoundError, listing the experiments present, when the study is not in the store.
@@ -228,6 +245,14 @@ def load_study(tracking_uri: str, study: str, statuses: Sequence[str] | None = (
     metrics = pd.DataFrame(metric_rows, columns=["run_id", *TIDY_COLUMNS]).astype({"k": "int64", "value": "float64"})
     out = _runs_frame(runs, study).merge(metrics, on="run_id", how="inner")
     return _sorted(out, ["subset", "metric", "k"])
+
+
+def load_spaces(tracking_uri: str, study: str) -> dict[str, dict[str, dict]]:
+    """Each arm's search space, {arm: {param: entry}}, entries as the study file writes them
+    (``{"type": "float", "low": 1e-4, "high": 1e-2, "log": true}``, ``{"type": "choice", "values": [...]}``),
+    from the ``searched`` tag of the arm's search runs. Arms without the tag are left out."""
+    client = _client(tracking_uri)
+    return _spaces(_nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, ("search",), None))
 
 
 def load_history(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.summaries import _part_key, arm_order
+from analysis.summaries import arm_order, part_key
 
 __all__ = ["ARM_STYLE", "metric_label", "metric_vs_window", "gain_vs_shift", "sensitivity_panel", "sensitivity_figures"]
 
@@ -38,7 +38,7 @@ def _arms(df: pd.DataFrame) -> list[str]:
 
 def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> Figure:
     """Metric per part (valid, w1..wm) for each arm: seed mean with ± std error bars (``per_window`` output)."""
-    parts = sorted(pd.unique(per_window["part"]), key=_part_key)
+    parts = sorted(pd.unique(per_window["part"]), key=part_key)
     x_of = {p: i for i, p in enumerate(parts)}
     arms = _arms(per_window)
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
@@ -73,8 +73,9 @@ def _annotate_windows(ax, d: pd.DataFrame, x: str, y: str) -> None:
 def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str = "popularity_js_vs_train",
                   metric: str = "ndcg", k: int = 10) -> Figure:
     """Left: each arm's relative drop from validation per test window against the window's shift size
-    (`summaries.shift_vs_gain` of ``degradation``). Right, when ``gains`` (`shift_vs_gain` of
-    ``idea_vs_erm``) has rows: IDEA's relative gain over ERM per window against the same shift size."""
+    (`summaries.shift_vs_gain` of ``degradation``). Right, when ``gains`` (`shift_vs_gain` of ``paired``)
+    has rows: each arm's relative gain over its control per window against the same shift size, one line
+    per (arm, control) pair, with the paired 95% interval over seeds (ci / control mean) as error bars."""
     with_gain = gains is not None and not gains.empty
     fig = Figure(figsize=(12 if with_gain else 6.5, 4.5), layout="constrained")
     axes = fig.subplots(1, 2 if with_gain else 1, squeeze=False)[0]
@@ -90,49 +91,76 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
     ax.legend()
     if with_gain:
         ax = axes[1]
-        d = gains.sort_values(x)
-        ax.plot(d[x], 100 * d["rel_gain"], color="#555555", marker="D", linewidth=1.8)
+        pairs = list(dict.fromkeys(zip(gains["arm"], gains["control"])))
+        arms = arm_order(a for a, _ in pairs)
+        for j, (arm, control) in enumerate(sorted(pairs, key=lambda p: (arms.index(p[0]), p[1]))):
+            d = gains.loc[(gains["arm"] == arm) & (gains["control"] == control)].sort_values(x)
+            base = d["control_mean"].to_numpy(dtype=float)
+            y = 100 * d["rel_gain"].to_numpy(dtype=float)
+            low = np.nan_to_num(100 * (d["mean_diff"] - d["ci_low"]).to_numpy(dtype=float) / base)  # one seed: no bar
+            high = np.nan_to_num(100 * (d["ci_high"] - d["mean_diff"]).to_numpy(dtype=float) / base)
+            style = _style(arm, arms.index(arm))
+            ax.errorbar(d[x].to_numpy(dtype=float), y, yerr=[low, high], capsize=4, linewidth=1.8,
+                        linestyle="-" if control == "erm" else "--", label=f"{arm} vs {control}", **style)
         _annotate_windows(ax, d.assign(rel_gain=100 * d["rel_gain"]), x, "rel_gain")
         ax.axhline(0, color="grey", linewidth=1)
         ax.set_xlabel(SHIFT_LABELS.get(x, x))
-        ax.set_ylabel(f"IDEA vs ERM, relative gain in {metric_label(metric, k)} (%)")
-        ax.set_title("IDEA's gain over ERM vs shift size")
+        ax.set_ylabel(f"relative gain in {metric_label(metric, k)} over the control (%)")
+        ax.set_title("Gain vs shift size: paired by seed, 95% interval")
         ax.grid(alpha=0.3)
+        ax.legend()
     return fig
 
 
-def _level_key(v):
-    return v.left if isinstance(v, pd.Interval) else (v if isinstance(v, (int, float, np.number)) else str(v))
+def _numeric(levels) -> bool:
+    return all(isinstance(v, pd.Interval) or (isinstance(v, (int, float, np.number)) and not isinstance(v, bool))
+               for v in levels)
 
 
-def _level_label(v) -> str:
-    if isinstance(v, pd.Interval):
-        return f"({v.left:.3g}, {v.right:.3g}]"
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.3g}"
-    return str(v)
+def _position(v, log: bool) -> tuple[float, float, float]:
+    """(x, left, right) of a level on a numeric axis: a value itself, a bin its (geometric on a log axis)
+    midpoint with its edges."""
+    if not isinstance(v, pd.Interval):
+        return float(v), float(v), float(v)
+    left, right = float(v.left), float(v.right)
+    mid = float(np.sqrt(left * right)) if log and left > 0 else (left + right) / 2
+    return mid, left, right
 
 
 def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg", k: int = 10) -> Figure:
-    """Mean validation metric of the search trials per value (or quantile bin) of one hyperparameter,
-    one line per arm, trial counts annotated (`summaries.sensitivity` output)."""
+    """Mean validation metric of the search trials per value (or quantile bin, drawn at its midpoint with
+    its extent as a horizontal bar) of one hyperparameter, one line per arm, trial counts annotated
+    (`summaries.sensitivity` output). Numbers go on a numeric axis, logarithmic where the parameter was
+    searched on a log scale; other values (a choice of names) on a categorical one."""
     s = sensitivity.loc[sensitivity["param"] == param]
-    levels = sorted({v for v in s["value_or_bin"]}, key=_level_key)
-    x_of = {v: i for i, v in enumerate(levels)}
+    numeric = _numeric(s["value_or_bin"])
+    log = numeric and bool(s["log"].any())
+    categories = {v: i for i, v in enumerate(sorted(set(map(str, s["value_or_bin"]))))}
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     for i, arm in enumerate(_arms(s)):
-        d = s.loc[s["arm"] == arm].copy()
-        d["x"] = d["value_or_bin"].map(x_of)
-        d = d.sort_values("x")
-        ax.plot(d["x"], d["mean"], label=arm, linewidth=1.8, **_style(arm, i))
-        for _, r in d.iterrows():
-            ax.annotate(f"n={r['count']}", (r["x"], r["mean"]), textcoords="offset points", xytext=(4, -12 - 10 * i),
-                        fontsize=8, color=_style(arm, i)["color"])
+        d = s.loc[s["arm"] == arm]
+        if numeric:
+            pos = np.array([_position(v, log) for v in d["value_or_bin"]]).reshape(-1, 3)  # [levels, 3]
+        else:
+            x = d["value_or_bin"].map(lambda v: categories[str(v)]).to_numpy(dtype=float)
+            pos = np.stack([x, x, x], axis=1)
+        order = np.argsort(pos[:, 0], kind="stable")
+        pos, mean, count = pos[order], d["mean"].to_numpy(dtype=float)[order], d["count"].to_numpy()[order]
+        style = _style(arm, i)
+        ax.errorbar(pos[:, 0], mean, xerr=[pos[:, 0] - pos[:, 1], pos[:, 2] - pos[:, 0]], capsize=3, linewidth=1.8,
+                    label=arm, **style)
+        for x, y, n in zip(pos[:, 0], mean, count):
+            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -12 - 10 * i), fontsize=8,
+                        color=style["color"])
+    if log:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(list(categories.values()), list(categories))
     ax.margins(x=0.1)
-    ax.set_xticks(range(len(levels)), [_level_label(v) for v in levels])
     binned = bool(s["binned"].any())
-    ax.set_xlabel(f"{param}{' (quantile bins)' if binned else ''}")
+    scale = " (log scale)" if log else ""
+    ax.set_xlabel(f"{param}{scale}{'; bins drawn at their midpoints' if binned else ''}")
     ax.set_ylabel(f"validation {metric_label(metric, k)} (search trials)")
     ax.set_title(f"Sensitivity to {param}")
     ax.grid(alpha=0.3)

@@ -1,6 +1,6 @@
 """Shift-robustness report of one study: ``summary.md``, a CSV per table and PNG plots.
 
-    python analysis/report.py --tracking-uri sqlite:///$PWD/outputs/synthetic-smoke/mlflow.db \\
+    python -m analysis.report --tracking-uri sqlite:///$PWD/outputs/synthetic-smoke/mlflow.db \\
         --study synthetic-smoke --out outputs/synthetic-smoke/report
 
 `build_tables` and `build_figures` are what both this report and the notebook
@@ -8,23 +8,17 @@
 """
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python analysis/report.py`: import `analysis` as a package
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-    sys.path.insert(0, str(_here.parent))
-
-import argparse
-import datetime as dt
-
+import numpy as np
 import pandas as pd
 
 from analysis import plots
 from analysis import summaries as S
-from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_study, parent_tags
-from analysis.summaries import _part_key
+from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_spaces, load_study, parent_tags
 from analysis.mlflow_ui import compare_url, metric_url, ui_base_url, ui_command
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
@@ -52,7 +46,9 @@ TABLES = {
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
               "divergence (bits) of the target-item distribution against training's."),
     "drop_vs_shift": ("Drop vs shift size", "Each arm's drop per window next to the window's shift size."),
-    "gain_vs_shift": ("Gain vs shift size", "IDEA's gain over ERM per window next to the window's shift size."),
+    "gain_vs_shift": ("Gain vs shift size",
+                      "Each pair of the paired table (arm vs control, paired by seed, 95% interval) per window next to "
+                      "the window's shift size."),
     "sensitivity": ("Hyperparameter sensitivity",
                     "Search trials: mean validation metric per value (or quantile bin) of each varying hyperparameter."),
     "param_importances": ("Hyperparameter importances",
@@ -65,8 +61,10 @@ SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few 
               "Its numbers are not results.")
 
 
-def build_tables(results: pd.DataFrame, shift: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, pd.DataFrame]:
-    """Every summary table of the report (keys of TABLES), from `load_study` and `load_shift` output."""
+def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, dict], metric: str = "ndcg",
+                 k: int = 10) -> dict[str, pd.DataFrame]:
+    """Every summary table of the report (keys of TABLES), from `load_study`, `load_shift` and
+    `load_spaces` output."""
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),
@@ -78,10 +76,9 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, metric: str = "ndcg
         "shift": shift,
     }
     t["drop_vs_shift"] = S.shift_vs_gain(t["degradation"], shift)
-    t["gain_vs_shift"] = S.shift_vs_gain(t["idea_vs_erm"], shift)
-    t["sensitivity"] = S.sensitivity(results, S.PARAMS, metric, k)
-    arms = sorted(pd.unique(results.loc[results["stage"] == "search", "arm"])) if not results.empty else []
-    imps = [S.param_importances(results, arm, S.PARAMS, metric, k).assign(arm=arm) for arm in arms]
+    t["gain_vs_shift"] = S.shift_vs_gain(t["paired"], shift)
+    t["sensitivity"] = S.sensitivity(results, spaces, metric, k)
+    imps = [S.param_importances(results, arm, space, metric, k).assign(arm=arm) for arm, space in spaces.items()]
     imps = [i for i in imps if not i.empty]
     t["param_importances"] = (pd.concat(imps, ignore_index=True)[["study", "arm", "param", "importance"]] if imps
                               else pd.DataFrame(columns=["study", "arm", "param", "importance"]))
@@ -117,15 +114,17 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10)
     g = gain.loc[gain["part"] == part]
     if not pair.empty:
         r = pair.iloc[0]
-        ci = f", 95% CI [{r['ci_low']:+.4g}, {r['ci_high']:+.4g}], paired p = {r['p_paired']:.3g}" \
+        n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
+        ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}], paired p = {r['p_paired']:.3f}" \
             if pd.notna(r["p_paired"]) else ""
-        out += (f"; there IDEA scores {r['arm_mean']:.4g} vs {r['control_mean']:.4g} for the same fine-tuning without "
-                f"the penalty (erm_ft; {r['n_pairs']} seeds paired by ERM start): difference {r['mean_diff']:+.4g} "
-                f"({100 * r['rel_gain']:+.1f}%{ci})")
+        out += (f"; there IDEA scores {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f} for the same fine-tuning "
+                f"without the penalty (erm_ft; {r['n_pairs']} seeds paired by ERM start): difference "
+                f"{r['mean_diff']:+.{n}f} ({100 * r['rel_gain']:+.1f}%{ci})")
     elif not g.empty and pd.notna(g["rel_gain"].iloc[0]):
         r = g.iloc[0]
-        p = f", paired p = {r['p_paired']:.3g}" if pd.notna(r["p_paired"]) else ""
-        out += (f"; there IDEA scores {r['idea_mean']:.4g} vs ERM {r['erm_mean']:.4g} "
+        n = decimals([r["idea_mean"], r["erm_mean"]])
+        p = f", paired p = {r['p_paired']:.3f}" if pd.notna(r["p_paired"]) else ""
+        out += (f"; there IDEA scores {r['idea_mean']:.{n}f} vs ERM {r['erm_mean']:.{n}f} "
                 f"({100 * r['rel_gain']:+.1f}%{p})")
     return out + "."
 
@@ -154,7 +153,8 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
     if results.loc[results["stage"] == "search"].empty:
         out.append("No search trials: sensitivity and importances are skipped.")
     elif tables["sensitivity"].empty:
-        out.append("No searched hyperparameter varies across the search trials: sensitivity plots are skipped.")
+        out.append("No searched hyperparameter varies across the search trials (or no search run records its space "
+                   "in the tag `searched`): sensitivity plots are skipped.")
     if shift.empty:
         out.append(f"Shift diagnostics unavailable, so the gain-vs-shift plot is skipped: {shift.attrs.get('reason')}")
     elif not final.empty and S.windows(shift) != S.windows(final):
@@ -163,14 +163,44 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
     return out
 
 
+SIGNIFICANT = 4  # digits of a column's largest value; the rest of the column gets the same decimals
+
+
+def decimals(values) -> int:
+    """Decimals that give the largest |value| SIGNIFICANT significant digits (so a column, or the numbers
+    of one sentence, share one precision: 0.00463 next to 0.01056, not 0.004633 next to 0.01056)."""
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v) & (v > 0)]
+    return int(min(8, max(0, SIGNIFICANT - 1 - np.floor(np.log10(v.max()))))) if v.size else 0
+
+
+def _column(name: str, values: pd.Series) -> pd.Series:
+    """One column as text: shares (rel_*) in percent, p-values and t-statistics with fixed decimals,
+    other numbers with one precision per column (`decimals`), NaN blank."""
+    if name == "value_or_bin":  # values of different hyperparameters: each to its own precision
+        return values.map(lambda v: f"({v.left:.4g}, {v.right:.4g}]" if isinstance(v, pd.Interval) else f"{v:.4g}"
+                          if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
+    if not pd.api.types.is_float_dtype(values):
+        return values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    if name.startswith("rel_"):
+        fmt = "{:+.1f}%"
+        values = 100 * values
+    elif name.startswith("p_"):
+        fmt = "{:.3f}"
+    elif name.startswith("t_"):
+        fmt = "{:.2f}"
+    else:
+        fmt = f"{{:.{decimals(values)}f}}"
+    return values.map(lambda v: "" if pd.isna(v) else fmt.format(v))
+
+
 def _markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_(no rows)_"
-    d = df.copy()
-    for c in d.columns:
-        if d[c].dtype == object:
-            d[c] = d[c].map(lambda v: str(v) if isinstance(v, pd.Interval) else v)
-    return d.to_markdown(index=False, floatfmt=".4g")
+    d = pd.DataFrame({c: _column(c, df[c]) for c in df.columns})
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) else "left"
+             for c in df.columns]
+    return d.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -192,7 +222,7 @@ def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: st
     if runs:
         ids = [i for _, i in runs]
         lines += ["", f"- compare page: <{compare_url(base, exp_id, ids)}>"]
-        tests = sorted({p for p in results.loc[results["stage"] == "final", "part"] if p != "valid"}, key=_part_key)
+        tests = sorted({p for p in results.loc[results["stage"] == "final", "part"] if p != "valid"}, key=S.part_key)
         if tests:
             key = f"test_{tests[0]}_{metric}_at_{k}"
             lines += [f"- `{key}` across the runs: <{metric_url(base, exp_id, ids, key)}>"]
@@ -207,7 +237,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_study(tracking_uri, study)
     shift = load_shift(tracking_uri, study)
-    tables = build_tables(results, shift, metric, k)
+    tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k)
     figures = build_figures(tables, metric, k)
 
     results.to_csv(out_dir / "results.csv", index=False)
@@ -244,7 +274,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python analysis/report.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///<abs path>/mlflow.db")
     p.add_argument("--study", required=True, help="study name (= MLflow experiment name)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")

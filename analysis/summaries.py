@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,8 +29,8 @@ from scipy import stats
 
 __all__ = [
     "REQUIRED_COLUMNS",
-    "PARAMS",
     "arm_order",
+    "part_key",
     "pairs_of",
     "window_index",
     "windows",
@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 REQUIRED_COLUMNS = ("study", "arm", "stage", "seed", "part", "subset", "metric", "k", "value")
-PARAMS = ("K", "N", "lambda_low", "lambda_high", "alpha", "tau", "beta", "T", "dros_alpha", "dros_beta", "lr", "dropout")
 
 _WINDOW_RE = re.compile(r"^w(\d+)$")
 
@@ -68,7 +67,7 @@ def _is_window(part) -> bool:
     return isinstance(part, str) and _WINDOW_RE.match(part) is not None
 
 
-def _part_key(part) -> tuple:
+def part_key(part) -> tuple:
     """Sort key for parts: valid first, then windows by number, then the rest by name."""
     if part == "valid":
         return (0, 0, "")
@@ -101,7 +100,7 @@ def _select(df: pd.DataFrame, stage: str, metric: str, k: int, subset: str | Non
 
 def _sort_parts(out: pd.DataFrame, by_before: Sequence[str] = (), by_after: Sequence[str] = ()) -> pd.DataFrame:
     """Sort by ``by_before`` columns, then part order, then ``by_after`` columns; fresh index."""
-    out = out.assign(_pk=out["part"].map(_part_key))
+    out = out.assign(_pk=out["part"].map(part_key))
     out = out.sort_values([*by_before, "_pk", *by_after], kind="stable").drop(columns="_pk")
     return out.reset_index(drop=True)
 
@@ -406,14 +405,14 @@ def warm_gap(df: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> pd.DataFram
 # 6. sensitivity
 # ----------------------------------------------------------------------------
 
-SENSITIVITY_COLUMNS = ["study", "arm", "param", "value_or_bin", "binned", "mean", "count"]
+SENSITIVITY_COLUMNS = ["study", "arm", "param", "value_or_bin", "binned", "log", "mean", "count"]
 
 
-def _trial_table(df: pd.DataFrame, metric: str, k: int, subset: str, params: Sequence[str]) -> pd.DataFrame:
+def _trial_table(df: pd.DataFrame, metric: str, k: int, subset: str, params: Iterable[str]) -> pd.DataFrame:
     """Search-stage validation value per (study, arm, trial) with that trial's params (one row per trial)."""
     d = _select(df, "search", metric, k, subset)
     d = d.loc[d["part"] == "valid"]
-    present = [p for p in params if p in d.columns]
+    present = [p for p in dict.fromkeys(params) if p in d.columns]
     if "trial" not in d.columns or d.empty:
         return d[["study", "arm", "value", *present]].reset_index(drop=True)
     agg = {p: "first" for p in present}
@@ -423,7 +422,7 @@ def _trial_table(df: pd.DataFrame, metric: str, k: int, subset: str, params: Seq
 
 def sensitivity(
     df: pd.DataFrame,
-    params: Sequence[str] = ("K", "N", "lambda_low", "alpha", "tau", "beta", "T"),
+    spaces: Mapping[str, Mapping[str, Mapping]],
     metric: str = "ndcg",
     k: int = 10,
     subset: str = "all",
@@ -431,18 +430,20 @@ def sensitivity(
 ) -> pd.DataFrame:
     """Marginal effect of each searched hyperparameter on the validation metric (search stage).
 
-    Per study, arm and param that is present and non-constant among that arm's trials: the mean and
-    count of the trials' validation metric per observed value. A param with more than ``max_levels``
-    distinct values is binned into at most ``max_levels`` quantile bins (``pd.qcut``,
-    ``duplicates="drop"``); ``value_or_bin`` then holds a ``pd.Interval`` and ``binned`` is True.
-    Trials where the param is NaN (not applicable) are left out of that param's rows.
-    Columns: study, arm, param, value_or_bin, binned, mean, count.
+    ``spaces`` maps an arm to its search space (``analysis.load.load_spaces``: param -> the study
+    file's entry, with ``log`` for log-scale ranges); an arm without one gets no rows. Per study, arm
+    and searched param that varies among that arm's trials: the mean and count of the trials'
+    validation metric per observed value. A param with more than ``max_levels`` distinct values is
+    binned into at most ``max_levels`` quantile bins (``pd.qcut``, ``duplicates="drop"``);
+    ``value_or_bin`` then holds a ``pd.Interval`` and ``binned`` is True. ``log`` says whether the
+    param was searched on a log scale. Columns: study, arm, param, value_or_bin, binned, log, mean, count.
     """
-    t = _trial_table(df, metric, k, subset, params)
-    present = [p for p in params if p in t.columns]
+    t = _trial_table(df, metric, k, subset, [p for space in spaces.values() for p in space])
     rows = []
     for (study, arm), g in t.groupby(["study", "arm"], sort=True):
-        for p in present:
+        for p, spec in spaces.get(arm, {}).items():
+            if p not in g.columns:
+                continue
             sub = g.loc[g[p].notna(), [p, "value"]]
             nuniq = sub[p].nunique()
             if nuniq < 2:
@@ -450,18 +451,9 @@ def sensitivity(
             binned = nuniq > max_levels
             key = pd.qcut(sub[p], q=max_levels, duplicates="drop") if binned else sub[p]
             agg = sub["value"].groupby(key, observed=True, sort=True).agg(["mean", "count"])
-            for val, r in agg.iterrows():
-                rows.append(
-                    {
-                        "study": study,
-                        "arm": arm,
-                        "param": p,
-                        "value_or_bin": val,
-                        "binned": binned,
-                        "mean": float(r["mean"]),
-                        "count": int(r["count"]),
-                    }
-                )
+            rows += [{"study": study, "arm": arm, "param": p, "value_or_bin": val, "binned": binned,
+                      "log": bool(spec.get("log", False)), "mean": float(r["mean"]), "count": int(r["count"])}
+                     for val, r in agg.iterrows()]
     if not rows:
         return _empty(SENSITIVITY_COLUMNS)
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
@@ -474,50 +466,42 @@ def sensitivity(
 IMPORTANCE_COLUMNS = ["study", "param", "importance"]
 
 
-def _distribution(values: pd.Series):
-    """Optuna distribution for observed values: ints -> IntDistribution, floats -> FloatDistribution
-    over [min, max] (log when min > 0 and max/min >= 100), anything else -> CategoricalDistribution."""
+def _distribution(spec: Mapping):
+    """The Optuna distribution of a search-space entry as the study file writes it (``load_spaces``)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-        return CategoricalDistribution(sorted(pd.unique(values).tolist(), key=str))
-    v = values.to_numpy(dtype=float)
-    lo, hi = float(v.min()), float(v.max())
-    log = lo > 0 and hi / lo >= 100
-    if pd.api.types.is_integer_dtype(values) or bool(np.all(np.mod(v, 1) == 0)):
-        return IntDistribution(int(lo), int(hi), log=log)
-    return FloatDistribution(lo, hi, log=log)
+    if spec["type"] == "choice":
+        return CategoricalDistribution(list(spec["values"]))
+    kind = IntDistribution if spec["type"] == "int" else FloatDistribution
+    return kind(spec["low"], spec["high"], log=bool(spec.get("log", False)))
 
 
 def param_importances(
     df: pd.DataFrame,
-    arm: str = "idea",
-    params: Sequence[str] = PARAMS,
+    arm: str,
+    space: Mapping[str, Mapping],
     metric: str = "ndcg",
     k: int = 10,
     subset: str = "all",
 ) -> pd.DataFrame:
     """Which hyperparameters drive the validation metric: Optuna mean-decrease-impurity importances.
 
-    Per study, the arm's search trials (validation value, params that are present, non-NaN and
-    varying) are replayed into an ``optuna`` study via ``create_trial`` and scored with
-    ``MeanDecreaseImpurityImportanceEvaluator(seed=0)`` (random forest, no fANOVA). Params missing
-    from some trials are dropped by Optuna (intersection search space). Importances sum to 1 per
-    study. Fewer than 2 trials or no varying param gives no rows. Columns: study, param, importance.
+    Per study, the arm's search trials (validation value, and the params of ``space``, the arm's
+    search space, that vary) are replayed into an ``optuna`` study via ``create_trial`` with the
+    space's own distributions and scored with ``MeanDecreaseImpurityImportanceEvaluator(seed=0)``
+    (random forest, no fANOVA). Importances sum to 1 per study. Fewer than 2 trials or no varying
+    param gives no rows. Columns: study, param, importance.
     """
     import optuna
 
-    t = _trial_table(df, metric, k, subset, params)
+    t = _trial_table(df, metric, k, subset, space)
     t = t.loc[t["arm"] == arm]
-    present = [p for p in params if p in t.columns]
     frames = []
     for study_name, g in t.groupby("study", sort=True):
-        if len(g) < 2:
+        varying = [p for p in space if p in g.columns and g[p].notna().all() and g[p].nunique() >= 2]
+        if len(g) < 2 or not varying:
             continue
-        varying = [p for p in present if g[p].dropna().nunique() >= 2]
-        if not varying:
-            continue
-        dists = {p: _distribution(g[p].dropna()) for p in varying}
+        dists = {p: _distribution(space[p]) for p in varying}
         verbosity = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per call
         try:
@@ -525,18 +509,8 @@ def param_importances(
         finally:
             optuna.logging.set_verbosity(verbosity)
         for _, row in g.iterrows():
-            ps, ds = {}, {}
-            for p in varying:
-                val = row[p]
-                if pd.isna(val):
-                    continue
-                dist = dists[p]
-                if isinstance(dist, optuna.distributions.IntDistribution):
-                    val = int(val)
-                elif isinstance(dist, optuna.distributions.FloatDistribution):
-                    val = float(val)
-                ps[p], ds[p] = val, dist
-            study.add_trial(optuna.trial.create_trial(params=ps, distributions=ds, value=float(row["value"])))
+            params = {p: row[p].item() if hasattr(row[p], "item") else row[p] for p in varying}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(row["value"])))
         imp = optuna.importance.get_param_importances(
             study, evaluator=optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
         )

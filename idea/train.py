@@ -71,7 +71,7 @@ def results_json(trainer: Trainer, frame) -> dict:
         "epochs_run": trainer.epoch,
         "best_epoch": trainer.best_epoch,
         "best_phase": trainer.best_phase,
-        "train_seconds": round(trainer.train_seconds, 3),
+        "fit_seconds": round(trainer.fit_seconds, 3),
         "valid": summary(frame, "valid", "all"),
         "test": tests,
     }

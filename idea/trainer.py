@@ -177,7 +177,7 @@ class Trainer:
         self.best_state = copy.deepcopy(self.model.state_dict())
         self.bad_epochs = 0
         self.records: list[EpochRecord] = []
-        self.train_seconds = 0.0
+        self.fit_seconds = 0.0  # wall clock of every epoch so far, training and validation
 
     # ----- one step -------------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
@@ -362,7 +362,7 @@ class Trainer:
             losses = self.train_epoch(epoch, progress)
             train_time = time.perf_counter() - start
             valid = summary(self.evaluate_events(self.split.valid, "valid"), "valid")
-            self.train_seconds += time.perf_counter() - start
+            self.fit_seconds += time.perf_counter() - start
             self.epoch = epoch
             phase = self.phase(epoch)
             if phase != "pretrain":  # an IDEA run's best state is an IDEA epoch, never plain ERM pretraining
@@ -424,7 +424,7 @@ class Trainer:
             "config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
             "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state,
-            "bad_epochs": self.bad_epochs, "train_seconds": self.train_seconds,
+            "bad_epochs": self.bad_epochs, "fit_seconds": self.fit_seconds,
             "records": [vars(r) for r in self.records],
             "split": split_identity(self.split),
             "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state(),
@@ -451,7 +451,7 @@ class Trainer:
             self.ext_opt.load_state_dict(state["ext_opt"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.best_state, self.bad_epochs = state["best_state"], state["bad_epochs"]
-        self.train_seconds = state["train_seconds"]
+        self.fit_seconds = state["fit_seconds"]
         self.records = [EpochRecord(**r) for r in state["records"]]
         rng = state["rng"]
         random.setstate(rng["python"])

@@ -12,6 +12,22 @@ DESCRIPTION = ("Train the ERM backbone, fine-tune it with IDEA and with the plai
                "those on the test windows, and track everything in MLflow. See studies/README.md.")
 
 
+def _number(kind: type, low: float, strict: bool):
+    """An argparse type: `kind` (int or float) that is > low (strict) or >= low, so a resource flag out of
+    range stops the command at once, before any import, data or Ray start."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not (value > low if strict else value >= low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
     p.add_argument("study", help=f"a shipped study (studies/configs/<name>.yaml: {', '.join(shipped_studies())}) "
@@ -19,14 +35,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="search trials per arm (default: the study file's)")
     p.add_argument("--max-epochs", type=int, help="cap on every arm's epochs per trial (default: the study file's)")
     p.add_argument("--seeds", type=int, help="final retraining seeds per arm (default: the study file's, 3)")
-    p.add_argument("--time-budget-s", type=float, help="wall-clock limit of each arm's search, in seconds")
-    p.add_argument("--concurrency", type=int,
+    p.add_argument("--time-budget-s", type=_number(float, 0, strict=True), help="wall-clock limit of each arm's search, in seconds")
+    p.add_argument("--concurrency", type=_number(int, 1, strict=False),
                    help="trials in flight at once (default: what the cluster fits, at most 4, so TPE keeps learning)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=float,
+    p.add_argument("--cpus-per-trial", type=_number(float, 0, strict=True), default=1.0, help="CPUs reserved per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=_number(float, 0, strict=False),
                    help="GPUs per trial, fractions share a GPU (default: the cluster's GPUs split over --concurrency, "
                         "else 0 = CPU)")
-    p.add_argument("--max-failures", type=int, default=2, help="retries of a crashing trial before it is FAILED")
+    p.add_argument("--max-failures", type=_number(int, 0, strict=False), default=2, help="retries of a crashing trial before it is FAILED")
     p.add_argument("--out", default="outputs", help="output root; the study lives in <out>/<study name>/")
     p.add_argument("--study-name", help="default: the study file's name, e.g. beauty, or beauty-smoke with --smoke")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<out>/<study>/mlflow.db)")

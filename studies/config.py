@@ -120,6 +120,14 @@ ParamSpec = IntRange | FloatRange | Choice
 SPEC_TYPES = {"int": IntRange, "float": FloatRange, "choice": Choice}
 
 
+def spec_dict(spec: ParamSpec) -> dict[str, Any]:
+    """A search-space entry as the study file writes it (also the `searched` tag of search runs)."""
+    if isinstance(spec, Choice):
+        return {"type": "choice", "values": list(spec.values)}
+    return {"type": "int" if isinstance(spec, IntRange) else "float", "low": spec.low, "high": spec.high,
+            "log": spec.log}
+
+
 def _check_range(low, high, log: bool) -> None:
     if not isinstance(log, bool):
         raise ValueError(f"log must be true or false, got {log!r}")
@@ -358,11 +366,6 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-ready form; `from_dict(to_dict())` round-trips (the saved, resolved study.yaml)."""
-        def spec(s: ParamSpec) -> dict:
-            if isinstance(s, Choice):
-                return {"type": "choice", "values": list(s.values)}
-            return {"type": "int" if isinstance(s, IntRange) else "float", "low": s.low, "high": s.high, "log": s.log}
-
         return {
             "dataset": self.dataset, "protocol": self.protocol, "max_len": self.max_len,
             "cuts": list(self.cuts) if self.cuts is not None else None, "backbone": self.backbone,
@@ -370,7 +373,7 @@ class StudyConfig:
             "seeds": self.seeds, "max_users": self.max_users, "train": dict(self.train),
             "asha": asdict(self.asha), "idea_init": self.idea_init,
             "arms": {name: {"method": arm.method, "num_samples": arm.num_samples, "first": dict(arm.first),
-                            "space": {k: spec(v) for k, v in arm.space.items()}, "train": dict(arm.train),
+                            "space": {k: spec_dict(v) for k, v in arm.space.items()}, "train": dict(arm.train),
                             **({"asha": asdict(arm.asha)} if arm.asha else {})} for name, arm in self.arms.items()},
         }
 

@@ -166,8 +166,6 @@ def pick_resources(args: argparse.Namespace) -> Resources:
     """Defaults fitted to the cluster: concurrency = trials that fit (at most 4), GPUs split between them.
     A request the cluster can never grant is refused here, before the study folder exists (Tune would
     leave such trials PENDING forever)."""
-    Resources(args.cpus_per_trial, args.gpus_per_trial or 0.0, args.concurrency or 1, args.max_failures,
-              args.time_budget_s)  # the flags' own ranges, before they are used in arithmetic
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 1), total.get("GPU", 0)
     if args.cpus_per_trial > cpus:

@@ -14,7 +14,7 @@ from ray.tune import ResultGrid
 
 from idea.splits import Split
 
-from studies.config import StudyConfig
+from studies.config import StudyConfig, spec_dict
 from studies.progress import ProgressPrinter
 from studies.space import MODE, make_scheduler, make_searcher
 from studies.trainable import failed, search_trial
@@ -225,8 +225,9 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
             run_config=run_config,
         )
 
+    searched = json.dumps({k: spec_dict(v) for k, v in study.arms[arm].space.items()})  # read by analysis
     run_config = resources.run_config(ray_dir, name, study.arms[arm].num_samples, MlflowTrialLogger(
-        study_run, arm, "search", fixed, study.epochs_of(arm), init))
+        study_run, arm, "search", fixed, study.epochs_of(arm), init, tags={"searched": searched}))
     grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, "search"))
     close_budget_stopped(study_run, arm, "search", grid)
     return grid

@@ -204,10 +204,11 @@ class MlflowTrialLogger(tune.Callback):
     """Driver-side Tune callback: one nested MLflow run per trial of one arm and stage (search|final)."""
 
     def __init__(self, study_run: StudyRun, arm: str, stage: str, fixed: Mapping[str, Any], max_epochs: int,
-                 starts: Mapping[int | None, Any] | None = None):
+                 starts: Mapping[int | None, Any] | None = None, tags: Mapping[str, str] | None = None):
         self.study_run = study_run
         self.arm, self.stage = arm, stage
         self.fixed = dict(fixed)
+        self.tags = dict(tags or {})  # set on every run of this arm and stage (search runs: `searched`)
         self.max_epochs = max_epochs
         self.starts = dict(starts or {})  # seed (None: every trial) -> studies.warm_start.Start of a warm arm
         self._client: MlflowClient | None = None
@@ -261,8 +262,9 @@ class MlflowTrialLogger(tune.Callback):
         start = self.starts.get(trial.config.get("seed"), self.starts.get(None))
         config = TrainConfig.from_dict({**self.fixed, **trial.config,
                                         **({"init_from": start.path} if start is not None else {})})
-        tags = {**self.study_run.tags, MLFLOW_PARENT_RUN_ID: self.study_run.parent_run_id, "arm": self.arm,
-                "method": config.method, "seed": str(config.seed), "stage": self.stage, "trial_id": trial.trial_id}
+        tags = {**self.study_run.tags, **self.tags, MLFLOW_PARENT_RUN_ID: self.study_run.parent_run_id,
+                "arm": self.arm, "method": config.method, "seed": str(config.seed), "stage": self.stage,
+                "trial_id": trial.trial_id}
         if start is not None and start.run_id:
             tags["init_run_id"] = start.run_id  # the ERM run whose best state this run fine-tunes
         run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),

@@ -9,8 +9,23 @@ import pytest
 # Set at import, before any test module imports ray or mlflow.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one torch thread per worker, so 2 workers fill 2 cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Test files that run whole studies (Ray, MLflow, several driver processes), longest first. They are
+# collected first, so under `pytest -n 2 --dist loadfile` both workers start on them and the quick
+# files fill the gaps, instead of a long study file starting last.
+STUDY_FILES_FIRST = ("test_study_resume.py", "test_study_smoke.py", "test_study_state.py",
+                     "test_study_address.py", "test_study_config.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return STUDY_FILES_FIRST.index(name) if name in STUDY_FILES_FIRST else len(STUDY_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file, and of the other files, is kept
 
 
 def shared_data_dir() -> Path | None:

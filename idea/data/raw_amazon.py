@@ -27,7 +27,6 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -38,23 +37,15 @@ import numpy as np
 import pandas as pd
 
 from idea.data.interactions import DataFormatError, DataNotFoundError, Interactions, from_arrays
+from idea.data.readers import file_sha256
 
-__all__ = ["read_reviews_json", "read_ratings_csv", "kcore", "file_sha256"]
+__all__ = ["read_reviews_json", "read_ratings_csv", "kcore"]
 
 _JSON_KEYS = ("reviewerID", "asin", "unixReviewTime")
 _CSV_COLUMNS = ("user", "item", "rating", "timestamp")
 _INT_RE = re.compile(r"[+-]?\d+")
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
-
-
-def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, streamed in chunks (files can be hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def kcore(frame: pd.DataFrame, k: int = 5) -> pd.DataFrame:

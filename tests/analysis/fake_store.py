@@ -55,6 +55,18 @@ SEARCH = {
     ],
 }
 BEST_TRIAL = {"idea": "a0001_00002", "erm": "b0002_00001"}  # the configurations the final runs use
+# Each arm's search space, as its search runs carry it in the tag `searched` (alpha is not searched: it is
+# set in one trial only, a fixed field of no arm's space)
+LOG = {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}
+SPACES = {
+    "idea": {"K": {"type": "int", "low": 2, "high": 5, "log": False}, "N": {"type": "int", "low": 2, "high": 8, "log": False},
+             "lambda_low": {"type": "float", "low": 0.5, "high": 0.95, "log": False},
+             "tau": {"type": "float", "low": 0.05, "high": 2.0, "log": True},
+             "beta": {"type": "float", "low": 1.0, "high": 1000.0, "log": True},
+             "T": {"type": "choice", "values": [1, 2, 5, 10, 20]}, "lr": LOG,
+             "dropout": {"type": "float", "low": 0.0, "high": 0.5, "log": False}},
+    "erm": {"lr": LOG, "dropout": {"type": "float", "low": 0.0, "high": 0.5, "log": False}},
+}
 
 # The shift diagnostics that LOGGED's describe.json carries (cold share, JS divergence per window).
 LOGGED_SHIFT = {"valid": (0.01, 0.2), "w1": (0.02, 0.3), "w2": (0.05, 0.4)}
@@ -139,7 +151,8 @@ def make_fake_store(path: str | Path) -> str:
             cfg = TrainConfig(method=arm, epochs=EPOCHS, pretrain_epochs=1, **overrides).to_dict()
             configs[(arm, trial_id)] = cfg
             tags = {**common, "study": STUDY, "arm": arm, "method": arm, "seed": 0, "data_sha256": sha,
-                    "stage": "search", "trial_id": trial_id, "mlflow.parentRunId": parent}
+                    "stage": "search", "trial_id": trial_id, "mlflow.parentRunId": parent,
+                    "searched": json.dumps(SPACES[arm])}
             if asha:
                 tags["asha_stopped"] = "true"
             metrics = epochs(best) + [(n, search_value(best, m, k), 0) for n, m, k in _names("best_valid_")]

@@ -75,7 +75,9 @@ def test_load_study_columns_and_row_counts(results):
     """One row per (run, part, subset, metric, k); FAILED trials, other studies and per-epoch metrics left out."""
     cols = list(results.columns)
     assert cols[:8] == L.META_COLUMNS
-    assert cols[8:8 + len(S.PARAMS)] == list(S.PARAMS)  # the searched hyperparameters first
+    searched = list(dict.fromkeys([*F.SPACES["idea"], *F.SPACES["erm"]]))
+    assert cols[8:8 + len(searched)] == searched  # the searched hyperparameters first (the spaces' order)
+    assert cols[8 + len(searched):-5] == sorted(cols[8 + len(searched):-5])  # then the rest alphabetically
     assert cols[-5:] == L.TIDY_COLUMNS
     assert "seed" not in cols[8:-5]  # the seed param is the seed column, not a second one
     # search: (4 finished idea + 3 erm trials) x 3 metrics x 3 k; final: 4 runs x 4 parts x 2 subsets x 9
@@ -126,9 +128,17 @@ def test_load_study_feeds_the_summaries(results):
     assert w3["idea"] == pytest.approx(0.085) and w3["erm"] == pytest.approx(0.070)  # 0.1*(1-0.15), 0.1*(1-0.3)
     gain = S.idea_vs_erm(results).set_index("part")["rel_gain"]
     assert gain["w3"] == pytest.approx(0.015 / 0.07)
-    sens = S.sensitivity(results, params=["K"])
+    sens = S.sensitivity(results, {"idea": {"K": F.SPACES["idea"]["K"]}})
     k2 = sens.loc[(sens["arm"] == "idea") & (sens["value_or_bin"] == 2)].iloc[0]
     assert (k2["mean"], k2["count"]) == (pytest.approx((0.090 + 0.080) / 2), 2)  # trials 00000 and 00003
+
+
+def test_load_spaces_reads_each_arms_search_space_from_its_runs(store):
+    """The tag `searched` of the search runs, per arm (IDEA first); a study without search runs has none."""
+    spaces = L.load_spaces(store, F.STUDY)
+    assert list(spaces) == ["idea", "erm"] and spaces == F.SPACES
+    assert spaces["idea"]["tau"]["log"] is True and spaces["idea"]["T"]["values"] == [1, 2, 5, 10, 20]
+    assert L.load_spaces(store, F.OTHER) == {}
 
 
 def test_load_study_unknown_study_lists_experiments(store):

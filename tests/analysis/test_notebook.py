@@ -32,7 +32,7 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     """`papermill analysis/shift_robustness.ipynb OUT -p tracking_uri URI -p study NAME` (the README's and
     the notebook's command) runs from the project root: every figure the report would draw appears
     inline as a valid PNG, and no cell errors."""
-    from analysis.load import load_shift, load_study
+    from analysis.load import load_shift, load_spaces, load_study
     from analysis.report import build_figures, build_tables
 
     out = tmp_path / "executed.ipynb"  # kept for inspection when the test fails
@@ -46,7 +46,8 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     pngs = [base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert all(p[:8] == PNG_MAGIC and len(p) > 5000 for p in pngs)
 
-    expected = build_figures(build_tables(load_study(store, F.STUDY), load_shift(store, F.STUDY)))
+    expected = build_figures(build_tables(load_study(store, F.STUDY), load_shift(store, F.STUDY),
+                                        load_spaces(store, F.STUDY)))
     assert len(expected) == 11  # metric vs window (all, warm), gain vs JS, 8 sensitivity panels
     assert len(pngs) == len(expected)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)

@@ -45,35 +45,57 @@ def shift_rows(table):
     return table.assign(popularity_js_vs_train=table["part"].map(js), cold_share=0.0)
 
 
-def test_gain_vs_shift_plots_drop_and_gain_against_js():
-    """Left panel: each arm's relative drop (%) against JS, sorted by JS; right panel: IDEA's gain (%)."""
+def test_gain_vs_shift_plots_drop_and_paired_gains_with_intervals_against_js():
+    """Left panel: each arm's relative drop (%) against JS, sorted by JS; right panel: each pair's gain (%)
+    with its paired 95% interval relative to the control's mean as error bars."""
     drops = shift_rows(pd.DataFrame({"arm": ["idea"] * 3 + ["erm"] * 3, "part": ["w1", "w2", "w3"] * 2,
                                      "rel_drop": [0.1, 0.3, 0.2, 0.2, 0.6, 0.4]}))
-    gains = shift_rows(pd.DataFrame({"part": ["w1", "w2", "w3"], "rel_gain": [0.05, 0.25, 0.15]}))
+    gains = shift_rows(pd.DataFrame({
+        "arm": ["idea"] * 3 + ["idea"] * 3, "control": ["erm"] * 3 + ["erm_ft"] * 3, "part": ["w1", "w2", "w3"] * 2,
+        "control_mean": [0.1] * 6, "rel_gain": [0.05, 0.25, 0.15, 0.0, 0.1, 0.0],
+        "mean_diff": [0.005, 0.025, 0.015, 0.0, 0.01, 0.0],
+        "ci_low": [0.003, 0.02, 0.01, -0.002, 0.0, float("nan")],
+        "ci_high": [0.007, 0.03, 0.02, 0.002, 0.02, float("nan")]}))
     fig = P.gain_vs_shift(drops, gains)
     left, right = fig.axes
     lines = {ln.get_label(): ln for ln in left.get_lines()}
     x, y = lines["erm"].get_data()
     assert list(x) == pytest.approx([0.1, 0.2, 0.3]) and list(y) == pytest.approx([20, 40, 60])
+    assert [t.get_text() for t in right.get_legend().get_texts()] == ["idea vs erm", "idea vs erm_ft"]
     gx, gy = right.get_lines()[0].get_data()
     assert list(gx) == pytest.approx([0.1, 0.2, 0.3]) and list(gy) == pytest.approx([5, 15, 25])
+    bars = [c for c in right.collections if len(c.get_segments()) == 3]
+    # idea vs erm sorted by JS (w1, w3, w2): intervals (ci / 0.1) in %
+    assert [tuple(np.round(seg[:, 1], 6)) for seg in bars[0].get_segments()] == [(3, 7), (10, 20), (20, 30)]
     assert "JS divergence" in left.get_xlabel()
-    assert len(P.gain_vs_shift(drops, gains.iloc[:0]).axes) == 1  # no ERM comparison: drop panel only
+    assert len(P.gain_vs_shift(drops, gains.iloc[:0]).axes) == 1  # no pair: drop panel only
 
 
-def test_sensitivity_panel_orders_levels_numerically_and_bins_by_left_edge():
-    """Levels sort by value (2 before 10), bins by their left edge; the line holds the trial means."""
+def test_sensitivity_panel_draws_numbers_on_numeric_axes_log_where_searched_so():
+    """Values sit at their own x (2 and 10, not at category slots 0 and 1); bins at their midpoint (geometric
+    on a log axis) with their edges as x error bars; a log-searched parameter gets a log axis; names stay
+    categorical."""
     sens = pd.DataFrame([
-        dict(study="s", arm="idea", param="K", value_or_bin=10, binned=False, mean=0.3, count=1),
-        dict(study="s", arm="idea", param="K", value_or_bin=2, binned=False, mean=0.1, count=2),
-        dict(study="s", arm="idea", param="lr", value_or_bin=pd.Interval(0.01, 0.1), binned=True, mean=0.5, count=4),
-        dict(study="s", arm="idea", param="lr", value_or_bin=pd.Interval(0.001, 0.01), binned=True, mean=0.4, count=4),
+        dict(study="s", arm="idea", param="K", value_or_bin=10, binned=False, log=False, mean=0.3, count=1),
+        dict(study="s", arm="idea", param="K", value_or_bin=2, binned=False, log=False, mean=0.1, count=2),
+        dict(study="s", arm="idea", param="lr", value_or_bin=pd.Interval(0.01, 0.1), binned=True, log=True, mean=0.5,
+             count=4),
+        dict(study="s", arm="idea", param="lr", value_or_bin=pd.Interval(0.001, 0.01), binned=True, log=True, mean=0.4,
+             count=4),
+        dict(study="s", arm="idea", param="penalty", value_or_bin="vrex", binned=False, log=False, mean=0.2, count=3),
+        dict(study="s", arm="idea", param="penalty", value_or_bin="irmv1", binned=False, log=False, mean=0.1, count=3),
     ])
     figs = P.sensitivity_figures(sens)
-    assert set(figs) == {"K", "lr"}
+    assert set(figs) == {"K", "lr", "penalty"}
     ax = figs["K"].axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "10"]
-    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([0.1, 0.3])
+    x, y = ax.get_lines()[0].get_data()
+    assert list(x) == pytest.approx([2, 10]) and list(y) == pytest.approx([0.1, 0.3])
+    assert ax.get_xscale() == "linear"
     lr = figs["lr"].axes[0]
-    assert [t.get_text() for t in lr.get_xticklabels()] == ["(0.001, 0.01]", "(0.01, 0.1]"]
-    assert "quantile bins" in lr.get_xlabel()
+    x, y = lr.get_lines()[0].get_data()
+    assert list(x) == pytest.approx([10 ** -2.5, 10 ** -1.5]) and list(y) == pytest.approx([0.4, 0.5])
+    assert lr.get_xscale() == "log" and "log scale" in lr.get_xlabel() and "midpoints" in lr.get_xlabel()
+    (bars,) = [c for c in lr.collections if len(c.get_segments()) == 2]  # the bins' extents
+    assert sorted(tuple(np.round(seg[:, 0], 6)) for seg in bars.get_segments()) == [(0.001, 0.01), (0.01, 0.1)]
+    pen = figs["penalty"].axes[0]
+    assert [t.get_text() for t in pen.get_xticklabels()] == ["irmv1", "vrex"]

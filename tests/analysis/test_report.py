@@ -19,10 +19,10 @@ SEARCHED_VARYING = ["K", "N", "lambda_low", "tau", "beta", "T", "lr", "dropout"]
 
 @pytest.fixture(scope="module")
 def report(store, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """Run the CLI exactly as documented: `python analysis/report.py ...` from the repo root."""
+    """Run the CLI exactly as documented: `python -m analysis.report ...` from the repo root."""
     out = tmp_path_factory.mktemp("report")
     proc = subprocess.run(
-        [sys.executable, "analysis/report.py", "--tracking-uri", store, "--study", F.STUDY, "--out", str(out)],
+        [sys.executable, "-m", "analysis.report", "--tracking-uri", store, "--study", F.STUDY, "--out", str(out)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -60,6 +60,20 @@ def test_summary_has_per_window_table_for_both_arms(report):
     assert "erm 30.0%" in md and "idea 15.0%" in md and "+21.4%" in md
     assert "## Notes" not in md  # nothing missing in this study
     assert "#/compare-runs?runs=[" in md
+
+
+def test_numbers_share_one_precision_per_column(report):
+    """Each number column has one count of decimals (4 significant digits of its largest value), shares are
+    percentages, p-values have 3 decimals; the headline's means share theirs."""
+    out, _ = report
+    md = (out / "summary.md").read_text()
+    rows = table_rows(section(md, "Metric per window, all targets"))
+    for column in (3, 4, 6, 7):  # mean, std, ci95_low, ci95_high
+        assert len({len(r[column].split(".")[1]) for r in rows}) == 1, [r[column] for r in rows]
+    assert [r[3] for r in rows if r[2] == "w3"] == ["0.0700", "0.0850"]  # erm, idea: 0.1 is the column's largest
+    paired = table_rows(section(md, "Paired by seed"))
+    assert {r[6] for r in paired if r[3] == "w3"} == {"+21.4%"} and all(len(r[12]) == 5 for r in paired)
+    assert "IDEA scores 0.08500 vs ERM 0.07000 (+21.4%, paired p = 0.042)" in md
 
 
 def test_every_table_is_a_csv(report):
@@ -117,7 +131,7 @@ def test_report_on_a_study_without_runs(store, tmp_path):
 
 def test_cli_unknown_study_exits_2_with_the_experiments(store, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "analysis/report.py", "--tracking-uri", store, "--study", "typo", "--out", str(tmp_path)],
+        [sys.executable, "-m", "analysis.report", "--tracking-uri", store, "--study", "typo", "--out", str(tmp_path)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
@@ -134,11 +148,11 @@ def test_notes_on_a_hand_built_frame():
     results = pd.DataFrame(rows)
     shift = pd.DataFrame({"study": "s", "part": ["valid", "w1"], "cold_share": 0.0, "popularity_js_vs_train": [0.1, 0.2]})
     shift.attrs["source"] = "test"
-    text = "\n".join(notes(results, build_tables(results, shift), shift))
+    text = "\n".join(notes(results, build_tables(results, shift, {}), shift))
     assert "Only one seed for idea" in text
     assert "No final runs for arm(s) erm" in text
     assert "No warm-target metrics" in text
     assert "No search trials" in text
     assert "['w1'] differ from the study's ['w1', 'w2']" in text
     both = shift.assign(part=["w1", "w2"])
-    assert "differ" not in "\n".join(notes(results, build_tables(results, both), both))
+    assert "differ" not in "\n".join(notes(results, build_tables(results, both, {}), both))

@@ -295,28 +295,34 @@ def test_warm_gap():
 # ---------------------------------------------------------------- sensitivity
 
 
+INT = {"type": "int", "low": 2, "high": 8, "log": False}
+LOG = {"type": "float", "low": 1.0e-4, "high": 10.0, "log": True}
+
+
 def test_sensitivity_discrete_values_skip_constant_and_nan():
-    rows = [row("idea", "valid", 0, v, stage="search", trial=f"t{i}", K=K, N=3, alpha=NAN)
+    rows = [row("idea", "valid", 0, v, stage="search", trial=f"t{i}", K=K, N=3, alpha=NAN, lr=0.1 * (i + 1))
             for i, (K, v) in enumerate([(2, 0.1), (2, 0.3), (4, 0.5), (4, 0.7)])]
     rows += [row("idea", "w1", 0, 99.0, stage="final", K=2, N=3, alpha=NAN),
              row("idea", "valid", 0, 99.0, stage="final", K=2, N=3, alpha=NAN),
              row("idea", "valid", 0, 99.0, stage="search", trial="t0", metric="hr", K=2, N=3, alpha=NAN)]
-    out = S.sensitivity(frame(rows))
-    assert list(out.columns) == ["study", "arm", "param", "value_or_bin", "binned", "mean", "count"]
-    # N is constant, alpha all NaN, others absent: only K remains
+    space = {"K": INT, "N": INT, "alpha": LOG, "beta": LOG}  # lr varies but was not searched
+    out = S.sensitivity(frame(rows), {"idea": space})
+    assert list(out.columns) == ["study", "arm", "param", "value_or_bin", "binned", "log", "mean", "count"]
+    # N is constant, alpha all NaN, beta absent, lr not in the space: only K remains
     assert out["param"].tolist() == ["K", "K"]
     assert out["value_or_bin"].tolist() == [2, 4]
     assert out["mean"].tolist() == pytest.approx([0.2, 0.6])
     assert out["count"].tolist() == [2, 2]
-    assert not out["binned"].any()
+    assert not out["binned"].any() and not out["log"].any()
+    assert S.sensitivity(frame(rows), {"erm": space}).empty  # an arm is read with its own space only
 
 
 def test_sensitivity_bins_many_values_into_quantiles():
     # tau = 1..10 with value = tau: 5 quantile bins of 2 trials each, means 1.5, 3.5, ..., 9.5
     rows = [row("erm", "valid", 0, float(t), stage="search", trial=f"t{t}", tau=float(t)) for t in range(1, 11)]
-    out = S.sensitivity(frame(rows), params=("tau",))
+    out = S.sensitivity(frame(rows), {"erm": {"tau": LOG}})
     assert out["arm"].tolist() == ["erm"] * 5
-    assert out["binned"].all()
+    assert out["binned"].all() and out["log"].all()  # tau was searched on a log scale
     assert out["mean"].tolist() == pytest.approx([1.5, 3.5, 5.5, 7.5, 9.5])
     assert out["count"].tolist() == [2] * 5
     assert all(isinstance(b, pd.Interval) for b in out["value_or_bin"])
@@ -327,7 +333,7 @@ def test_sensitivity_drops_duplicate_quantile_edges():
     # eight 1s then 2..7: quantile edges at 1 collapse; all 14 trials still counted, 1s in the first bin
     taus = [1.0] * 8 + [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
     rows = [row("idea", "valid", 0, 0.5, stage="search", trial=f"t{i}", tau=t) for i, t in enumerate(taus)]
-    out = S.sensitivity(frame(rows), params=("tau",))
+    out = S.sensitivity(frame(rows), {"idea": {"tau": LOG}})
     assert out["count"].sum() == 14
     assert len(out) < 5
     assert out["count"].iloc[0] >= 8
@@ -336,14 +342,16 @@ def test_sensitivity_drops_duplicate_quantile_edges():
 # ---------------------------------------------------------------- param_importances
 
 
-def test_distribution_inference():
-    assert S._distribution(pd.Series([2, 4, 8])) == IntDistribution(2, 8)
-    assert S._distribution(pd.Series([2.0, 4.0, NAN]).dropna()) == IntDistribution(2, 4)  # ints stay ints
-    assert S._distribution(pd.Series([1e-4, 1e-3, 1e-2])) == FloatDistribution(1e-4, 1e-2, log=True)
-    assert S._distribution(pd.Series([0.1, 0.5])) == FloatDistribution(0.1, 0.5, log=False)
-    assert S._distribution(pd.Series([0.0, 0.5])) == FloatDistribution(0.0, 0.5, log=False)
-    assert S._distribution(pd.Series([1, 100])) == IntDistribution(1, 100, log=True)
-    assert S._distribution(pd.Series(["a", "b"])) == CategoricalDistribution(["a", "b"])
+def test_distributions_are_the_searched_spaces():
+    assert S._distribution({"type": "int", "low": 2, "high": 8, "log": False}) == IntDistribution(2, 8)
+    assert S._distribution({"type": "float", "low": 1e-4, "high": 1e-2, "log": True}) == \
+        FloatDistribution(1e-4, 1e-2, log=True)
+    assert S._distribution({"type": "float", "low": 0.0, "high": 0.5, "log": False}) == FloatDistribution(0.0, 0.5)
+    assert S._distribution({"type": "choice", "values": [1, 2, 5]}) == CategoricalDistribution([1, 2, 5])
+
+
+IMPORTANCE_SPACE = {"K": INT, "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-1, "log": True}, "N": INT,
+                    "tau": LOG}
 
 
 def _importance_rows():
@@ -360,7 +368,7 @@ def _importance_rows():
 
 
 def test_param_importances_value_driven_by_one_param():
-    out = S.param_importances(frame(_importance_rows()))
+    out = S.param_importances(frame(_importance_rows()), "idea", IMPORTANCE_SPACE)
     assert list(out.columns) == ["study", "param", "importance"]
     assert out["param"].tolist() == ["K", "lr"]  # N constant, tau all NaN
     assert out["importance"].tolist() == pytest.approx([1.0, 0.0], abs=1e-9)
@@ -368,10 +376,10 @@ def test_param_importances_value_driven_by_one_param():
 
 def test_param_importances_empty_cases():
     cols = ["study", "param", "importance"]
-    one = S.param_importances(frame(_importance_rows()), arm="erm")  # a single trial
+    one = S.param_importances(frame(_importance_rows()), "erm", {"lr": IMPORTANCE_SPACE["lr"]})  # a single trial
     assert list(one.columns) == cols and one.empty
     flat = [row("idea", "valid", 0, v, stage="search", trial=f"t{i}", K=2) for i, v in enumerate([0.1, 0.2])]
-    none = S.param_importances(frame(flat))  # nothing varies
+    none = S.param_importances(frame(flat), "idea", {"K": INT})  # nothing varies
     assert list(none.columns) == cols and none.empty
 
 

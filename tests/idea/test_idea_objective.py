@@ -188,7 +188,7 @@ def assert_same(a, b, where="state"):
 
 
 def without_timings(state: dict) -> dict:
-    state = {k: v for k, v in state.items() if k != "train_seconds"}
+    state = {k: v for k, v in state.items() if k != "fit_seconds"}
     state["records"] = [{k: v for k, v in r.items() if "seconds" not in k} for r in state["records"]]
     return state
 

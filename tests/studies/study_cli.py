@@ -7,8 +7,29 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RUN_STUDY = PROJECT_ROOT / "studies" / "run_study.py"
+
+
+LR = {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}
+DROPOUT = {"type": "float", "low": 0.0, "high": 0.5}
+TINY_ARMS = {  # the smallest arms that still run every stage: 1 epoch, 150 users, sequences of 10
+    "erm": {"num_samples": 2, "first": {"lr": 0.003, "dropout": 0.3}, "space": {"lr": LR, "dropout": DROPOUT}},
+    "idea": {"num_samples": 3, "train": {"K": 2}, "first": {"N": 2, "lr": 0.001, "dropout": 0.3},
+             "space": {"N": {"type": "int", "low": 2, "high": 3}, "lr": LR, "dropout": DROPOUT}},
+}
+
+
+def tiny_study(path: Path, arms: tuple[str, ...] = ("erm",)) -> Path:
+    """Write a study file of `arms` (TINY_ARMS) on a tiny synthetic sample, 1 final seed; returns its path.
+    The study's folder name is the file's stem."""
+    spec = {"dataset": "synthetic", "max_users": 150, "max_len": 10, "epochs": 1, "patience": 1, "seed": 0,
+            "seeds": 1, "train": {"batch_size": 256}, "asha": {"grace_period": 1, "reduction_factor": 2},
+            "arms": {arm: TINY_ARMS[arm] for arm in arms}}
+    path.write_text(yaml.safe_dump(spec))
+    return path
 
 
 def study_env(**extra: str) -> dict[str, str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.studies.study_cli import Store, run_study, study_env
+from tests.studies.study_cli import Store, run_study, study_env, tiny_study
 
-STUDY = "synthetic-smoke"
+STUDY = "joined"
 
 
 def free_port() -> int:
@@ -55,8 +55,9 @@ def ray_head(tmp_path):
 
 def test_study_joins_an_existing_ray_head(tmp_path, ray_head):
     port, auth = ray_head
-    proc = run_study("synthetic", "--smoke", "--num-samples", "1", "--seeds", "1", "--out", str(tmp_path / "out"),
-                     "--address", f"127.0.0.1:{port}", timeout=400, **auth)
+    study_file = tiny_study(tmp_path / f"{STUDY}.yaml", ("erm", "idea"))
+    proc = run_study(str(study_file), "--num-samples", "1", "--out", str(tmp_path / "out"),
+                     "--address", f"127.0.0.1:{port}", timeout=300, **auth)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "Connected to Ray cluster" in proc.stderr and "Started a local Ray instance" not in proc.stderr
     store = Store(tmp_path / "out" / STUDY, STUDY)

@@ -315,15 +315,18 @@ def test_unsafe_study_names_are_refused_before_anything_is_written(tmp_path, nam
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (("--cpus-per-trial", "64"), "exceeds the cluster's"),
-    (("--gpus-per-trial", "0.5"), "use --gpus-per-trial 0"),
-    (("--cpus-per-trial", "0"), "--cpus-per-trial must be > 0"),
-    (("--concurrency", "0"), "--concurrency must be >= 1"),
+@pytest.mark.parametrize("flags, message, ray_started", [
+    (("--cpus-per-trial", "64"), "exceeds the cluster's", True),  # only the cluster knows its size
+    (("--gpus-per-trial", "0.5"), "use --gpus-per-trial 0", True),
+    (("--cpus-per-trial", "0"), "argument --cpus-per-trial: must be > 0, got 0", False),  # a flag's own range
+    (("--concurrency", "0"), "argument --concurrency: must be >= 1, got 0", False),
+    (("--max-failures", "-1"), "argument --max-failures: must be >= 0, got -1", False),
+    (("--gpus-per-trial", "half"), "argument --gpus-per-trial: expected a number, got 'half'", False),
 ])
-def test_impossible_resources_fail_before_the_study_folder_exists(tmp_path, flags, message):
+def test_impossible_resources_fail_before_the_study_folder_exists(tmp_path, flags, message, ray_started):
     proc = run_study("synthetic", "--smoke", "--out", str(tmp_path), *flags, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    assert ("Started a local Ray instance" in proc.stderr) == ray_started
     assert not (tmp_path / "synthetic-smoke").exists()
 
 

@@ -1,6 +1,7 @@
 """Ctrl-C during the IDEA stage (after the ERM arm and while IDEA fine-tunes its models) leaves a
 resumable study and a consistent store; `--resume` finishes it without rerunning finished trials
-(same MLflow runs, untouched Tune results, no extra trials from a reset searcher) or losing any."""
+(same MLflow runs, untouched Tune results, no extra trials from a reset searcher) or losing any.
+The interrupted study is a tiny one (tests/studies/study_cli.py: tiny_study), one trial at a time."""
 from __future__ import annotations
 
 import json
@@ -13,21 +14,21 @@ import yaml
 
 from studies.config import load_study
 
-from tests.studies.study_cli import Store, run_study, start_study
+from tests.studies.study_cli import TINY_ARMS, Store, run_study, start_study, tiny_study
 
-STUDY = "synthetic-smoke"
-ARGS = ("synthetic", "--smoke", "--seeds", "1")
-TRIALS_PER_ARM = {"erm": 2, "idea": 3, "erm_ft": 2, "dros": 2}  # _base.yaml's smoke section
+STUDY = "synthetic-smoke"  # the smoke study's folder, for the tests that need no study to run
+RESUMED = "resumed"  # the tiny study's folder
+TRIALS_PER_ARM = {arm: TINY_ARMS[arm]["num_samples"] for arm in ("erm", "idea")}
 
 
-def wait_for_finished_idea_trial(study_dir, proc, timeout: float = 300) -> None:
+def wait_for_finished_idea_trial(study_dir, proc, timeout: float = 200) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the study ended before it could be interrupted"
         # Tune's folder appears after the driver has created the store: opening the SQLite file earlier
         # would race the driver's table creation.
         if (study_dir / "ray" / "idea-search").exists():
-            if Store(study_dir, STUDY).runs("tags.stage = 'search' and tags.arm = 'idea' and "
+            if Store(study_dir, RESUMED).runs("tags.stage = 'search' and tags.arm = 'idea' and "
                                             "attributes.status = 'FINISHED'"):
                 return
         time.sleep(0.5)
@@ -41,8 +42,10 @@ def result_lines(study_dir, trial_id: str) -> int:
 
 
 def test_interrupt_then_resume(tmp_path):
-    study_dir = tmp_path / STUDY
-    proc = start_study(*ARGS, "--out", str(tmp_path), log=tmp_path / "first.log")
+    args = (str(tiny_study(tmp_path / f"{RESUMED}.yaml", ("erm", "idea"))), "--out", str(tmp_path),
+            "--concurrency", "1")  # one trial at a time: IDEA's later trials are still to run at the Ctrl-C
+    study_dir = tmp_path / RESUMED
+    proc = start_study(*args, log=tmp_path / "first.log")
     try:
         wait_for_finished_idea_trial(study_dir, proc)
         proc.send_signal(signal.SIGINT)
@@ -53,7 +56,7 @@ def test_interrupt_then_resume(tmp_path):
     log = (tmp_path / "first.log").read_text()
     assert "--resume" in log
 
-    store = Store(study_dir, STUDY)
+    store = Store(study_dir, RESUMED)
     before = store.runs()
     assert {r.info.status for r in before} <= {"FINISHED", "KILLED"}  # nothing left RUNNING
     assert [r.info.status for r in before if r.data.tags["stage"] == "study"] == ["KILLED"]
@@ -69,7 +72,7 @@ def test_interrupt_then_resume(tmp_path):
         **{k: finished_run.data.tags[k] for k in ("study", "mlflow.parentRunId", "dataset", "backbone", "git_sha",
                                                    "data_sha256")},
         "arm": "idea", "method": "idea", "stage": "search", "seed": "0", "trial_id": "orphan_00099"}).info.run_id
-    resumed = run_study(*ARGS, "--out", str(tmp_path), "--resume", timeout=400)
+    resumed = run_study(*args, "--resume", timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
 
     gone = store.client.get_run(orphan)
@@ -92,7 +95,7 @@ def test_interrupt_then_resume(tmp_path):
     assert len(store.runs("tags.stage = 'study'")) == 1
 
     parent = store.runs("tags.stage = 'study'")[0]
-    again = run_study(*ARGS, "--out", str(tmp_path), "--resume", timeout=120)
+    again = run_study(*args, "--resume", timeout=120)
     assert again.returncode == 0 and "already finished" in again.stderr and "best valid NDCG@10" in again.stdout
     assert "report:" in again.stdout and "Ray" not in again.stderr  # answered from the folder, no Ray start
     assert store.runs("tags.stage = 'study'")[0].info.end_time == parent.info.end_time  # nothing changed
@@ -112,17 +115,18 @@ def test_resume_refuses_changed_settings(tmp_path):
 
 
 def test_a_second_driver_on_the_same_study_stops_and_touches_nothing(tmp_path):
-    first = start_study("synthetic", "--smoke", "--out", str(tmp_path), log=tmp_path / "first.log")
+    args = (str(tiny_study(tmp_path / f"{RESUMED}.yaml", ("erm", "idea"))), "--out", str(tmp_path))
+    first = start_study(*args, log=tmp_path / "first.log")
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / STUDY / "study.yaml").exists():  # the first driver holds the folder
+        while not (tmp_path / RESUMED / "study.yaml").exists():  # the first driver holds the folder
             assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-2000:]
             time.sleep(0.5)
         time.sleep(1)  # run.json is written right after study.yaml
-        second = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+        second = run_study(*args, "--resume", timeout=120)
         assert second.returncode == 2 and f"in use by another driver (pid {first.pid} on " in second.stderr, \
             second.stderr[-2000:]
-        assert (tmp_path / STUDY / ".driver.lock").read_text().startswith(f"pid {first.pid} ")
+        assert (tmp_path / RESUMED / ".driver.lock").read_text().startswith(f"pid {first.pid} ")
     finally:
         first.send_signal(signal.SIGINT)
         try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import re
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from idea.trainer import state_digest
 from tests.studies.study_cli import Store, run_study
@@ -34,22 +34,16 @@ METHOD = {"erm": "erm", "idea": "idea", "erm_ft": "erm", "dros": "dros"}
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """(completed process, study folder, store, seconds) of `run_study.py synthetic --smoke`."""
+    """(completed process, study folder, store) of `run_study.py synthetic --smoke`."""
     out = tmp_path_factory.mktemp("smoke")
-    start = time.monotonic()
     proc = run_study("synthetic", "--smoke", "--out", str(out), "--max-failures", "1", timeout=400,
                      IDEA_STUDY_INJECT_FAULT=json.dumps(FAULTS))
-    seconds = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc, out / STUDY, Store(out / STUDY, STUDY), seconds
-
-
-def test_finishes_within_the_smoke_budget(smoke):
-    assert smoke[3] < 200  # four arms, 2 seeds each: ~100 s on a quiet 2-core machine
+    return proc, out / STUDY, Store(out / STUDY, STUDY)
 
 
 def test_one_parent_run_and_no_run_left_running(smoke):
-    _, _, store, _ = smoke
+    _, _, store = smoke
     parents = store.runs("tags.stage = 'study'")
     assert len(parents) == 1
     parent = parents[0]
@@ -67,7 +61,8 @@ def test_one_parent_run_and_no_run_left_running(smoke):
 
 
 def test_search_runs_have_params_once_and_per_epoch_validation_metrics(smoke):
-    _, _, store, _ = smoke
+    _, study_dir, store = smoke
+    space = {arm: spec["space"] for arm, spec in yaml.safe_load((study_dir / "study.yaml").read_text())["arms"].items()}
     for arm in ARMS:
         runs = store.nested("search", arm)
         assert len(runs) == SMOKE_TRIALS[arm]
@@ -83,6 +78,7 @@ def test_search_runs_have_params_once_and_per_epoch_validation_metrics(smoke):
                 else:
                     assert not set(names) & params, (arm, set(names) & params)
             assert not any(k.startswith("test_") for k in run.data.metrics)  # trials never see test data
+            assert json.loads(run.data.tags["searched"]) == space[arm]  # the arm's space, for analysis
             if run.info.status == "FINISHED":
                 steps = store.steps(run)
                 assert steps == list(range(1, len(steps) + 1)) and 1 <= len(steps) <= SMOKE_EPOCHS[arm]
@@ -96,7 +92,7 @@ def test_search_runs_have_params_once_and_per_epoch_validation_metrics(smoke):
 
 
 def test_crashing_trial_is_retried_then_failed_and_the_study_goes_on(smoke):
-    proc, _, store, _ = smoke
+    proc, _, store = smoke
     failed = {r.data.tags["arm"]: r for r in store.runs() if r.info.status == "FAILED"}
     assert set(failed) == {"erm", "dros"}
     run = failed["erm"]
@@ -109,7 +105,7 @@ def test_crashing_trial_is_retried_then_failed_and_the_study_goes_on(smoke):
 
 
 def test_a_nan_loss_fails_its_trial_at_once_without_retries(smoke):
-    proc, study_dir, store, _ = smoke
+    proc, study_dir, store = smoke
     (run,) = [r for r in store.nested("search", "dros") if r.info.status == "FAILED"]
     assert run.data.params["dros_alpha"] == "0.1" and run.data.tags["failures"] == "0"
     assert run.data.tags["error"].startswith("NonFiniteLossError: ") and "retried" in run.data.tags
@@ -123,7 +119,7 @@ def test_a_nan_loss_fails_its_trial_at_once_without_retries(smoke):
 
 
 def test_final_runs_per_arm_and_seed_with_per_window_test_metrics(smoke):
-    _, _, store, _ = smoke
+    _, _, store = smoke
     for arm in ARMS:
         runs = store.nested("final", arm)
         assert sorted(r.info.run_name for r in runs) == [f"{arm}-seed{s}" for s in SMOKE_SEEDS]
@@ -138,7 +134,7 @@ def test_final_runs_per_arm_and_seed_with_per_window_test_metrics(smoke):
 
 
 def test_final_runs_retrain_the_best_validation_configuration(smoke):
-    _, _, store, _ = smoke
+    _, _, store = smoke
     for arm in ARMS:
         searched = [r for r in store.nested("search", arm) if r.info.status == "FINISHED"]
         best = max(searched, key=lambda r: r.data.metrics["best_valid_ndcg_at_10"])
@@ -154,7 +150,7 @@ def _best_state_digest(study_dir, experiment: str, trial_id: str) -> str:
 
 
 def test_fine_tuning_arms_start_from_the_erm_models_they_name(smoke):
-    _, study_dir, store, _ = smoke
+    _, study_dir, store = smoke
     erm = [r for r in store.nested("search", "erm") if r.info.status == "FINISHED"]
     selected = max(erm, key=lambda r: r.data.metrics["best_valid_ndcg_at_10"])
     search_digest = _best_state_digest(study_dir, "erm-search", selected.data.tags["trial_id"])
@@ -175,7 +171,7 @@ def test_fine_tuning_arms_start_from_the_erm_models_they_name(smoke):
 
 
 def test_report_compares_the_arms_paired_by_seed(smoke):
-    _, study_dir, _, _ = smoke
+    _, study_dir, _ = smoke
     summary = (study_dir / "report" / "summary.md").read_text()
     assert "Paired by seed" in summary and "erm_ft" in summary
     paired = pd.read_csv(study_dir / "report" / "paired.csv")
@@ -189,7 +185,7 @@ def test_report_compares_the_arms_paired_by_seed(smoke):
 
 
 def test_parent_artifacts_and_study_folder(smoke):
-    _, study_dir, store, _ = smoke
+    _, study_dir, store = smoke
     parent = store.runs("tags.stage = 'study'")[0]
     assert {a.path for a in store.client.list_artifacts(parent.info.run_id)} == {
         "study.yaml", "describe.json", "trials.csv", "final_results.csv", "report"}
@@ -212,7 +208,7 @@ def test_parent_artifacts_and_study_folder(smoke):
 
 
 def test_cli_prints_summary_and_mlflow_ui_command(smoke):
-    proc, study_dir, _, _ = smoke
+    proc, study_dir, _ = smoke
     out = proc.stdout
     assert "best valid NDCG@10" in out and "w1 (n=2)" in out and "±" in out
     summary = out[out.index("best valid NDCG@10"):]
@@ -228,7 +224,7 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
 
 
 def test_final_runs_log_metric_against_window_series(smoke):
-    _, _, store, _ = smoke
+    _, _, store = smoke
     for run in store.nested("final"):
         for infix in ("", "warm_"):
             history = store.client.get_metric_history(run.info.run_id, f"shift_{infix}ndcg_at_10")
@@ -240,13 +236,13 @@ def test_final_runs_log_metric_against_window_series(smoke):
 
 
 def test_smoke_output_is_labelled_as_such(smoke):
-    proc, study_dir, store, _ = smoke
+    proc, study_dir, store = smoke
     assert store.runs("tags.stage = 'study'")[0].data.tags["smoke"] == "true"
     assert "SMOKE RUN" in proc.stdout and "its numbers are not results" in proc.stdout
     assert "Smoke study" in (study_dir / "report" / "summary.md").read_text()
 
 
 def test_rerun_without_resume_refuses_to_overwrite(smoke):
-    _, study_dir, _, _ = smoke
+    _, study_dir, _ = smoke
     proc = run_study("synthetic", "--smoke", "--out", str(study_dir.parent), timeout=120)
     assert proc.returncode == 2 and "--resume" in proc.stderr

@@ -9,22 +9,14 @@ import json
 import shutil
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
-from tests.studies.study_cli import Store, run_study
+from tests.studies.study_cli import Store, run_study, tiny_study
 
 STUDY = "state"
 # The ERM arm's first trial (its `first` point) crashes in the first run, never retried (--max-failures 0):
 # Tune keeps it ERROR, and a resume (without the fault) gives it another chance, so a resumed stage logs.
 FAULT = {"method": "erm", "lr": 0.003, "dropout": 0.3, "seed": 0}
-SPEC = {
-    "dataset": "synthetic", "max_users": 150, "max_len": 10, "epochs": 1, "patience": 1, "seed": 0, "seeds": 1,
-    "train": {"batch_size": 256}, "asha": {"grace_period": 1, "reduction_factor": 2},
-    "arms": {"erm": {"num_samples": 2, "first": {"lr": 0.003, "dropout": 0.3},
-                     "space": {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-                               "dropout": {"type": "float", "low": 0.0, "high": 0.5}}}},
-}
 
 
 def args(study_file, out, *extra: str) -> tuple[str, ...]:
@@ -36,8 +28,7 @@ def args(study_file, out, *extra: str) -> tuple[str, ...]:
 def base(tmp_path_factory):
     """(study file, folder of the interrupted study): its parent run KILLED as a Ctrl-C leaves it."""
     root = tmp_path_factory.mktemp("state")
-    study_file = root / "state.yaml"
-    study_file.write_text(yaml.safe_dump(SPEC))
+    study_file = tiny_study(root / "state.yaml")
     proc = run_study(*args(study_file, root / "out"), timeout=300, IDEA_STUDY_INJECT_FAULT=json.dumps(FAULT))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     study_dir = root / "out" / STUDY

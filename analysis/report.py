@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ import pandas as pd
 from analysis import plots
 from analysis import summaries as S
 from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_spaces, load_study, parent_tags
-from analysis.mlflow_ui import compare_url, metric_url, ui_base_url, ui_command
+from analysis.mlflow_ui import PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
 
@@ -210,29 +211,46 @@ def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"runs": g["run_id"].nunique(), "seeds": g["seed"].nunique()}).reset_index()
 
 
-def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: str, k: int) -> list[str]:
-    base = ui_base_url(tracking_uri)
+def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: str, k: int,
+                ui_url: str | None) -> list[str]:
+    base = ui_base_url(tracking_uri, ui_url)
     cmd = ui_command(tracking_uri)
+    placeholder = PORT in base  # a local store, served wherever the reader chooses
     lines = ["## MLflow UI", ""]
-    lines += [f"Serve the store: `{cmd}`, then open {base}." if cmd else f"The store is served at {base}.", ""]
+    if placeholder:
+        lines += [f"Serve the store on any free port: `{cmd}`. In the links below put that port for `{PORT}` (or "
+                  f"rebuild this report with `python -m analysis.report ... --ui-url http://127.0.0.1:<port>`).", ""]
+    elif cmd:
+        port = urlsplit(base).port or PORT
+        lines += [f"The links below expect the UI at {base}: `{ui_command(tracking_uri, port)}`.", ""]
+    else:
+        lines += [f"The store is served at {base}.", ""]
     exp_id, runs = final_run_ids(tracking_uri, study)
-    lines += [f"Experiment `{study}`: tick the final runs ({', '.join(f'`{n}`' for n, _ in runs) or 'none yet'}; "
-              "search `tags.stage = 'final'`, expand the parent run) and click **Compare**: runs side by side with "
-              "params, tags and metrics; a metric's chart icon opens it across the runs."]
+    lines += [f"Click path: **Experiments** → `{study}` (MLflow 3 opens it on its GenAI overview: click **Model "
+              "training** at the top left for the runs table) → search `tags.stage = 'final'`, expand the parent run "
+              f"(⊞), tick the final runs ({', '.join(f'`{n}`' for n, _ in runs) or 'none yet'}) → **Compare** → in "
+              f"the Metrics list (scroll), click `shift_{metric}_at_{k}` and choose X-axis **Step**: the metric against the window "
+              "(step 0 = validation, step i = window wi), one line per run."]
+
+    def link(text: str, url: str) -> str:
+        return f"- {text}: `{url}`" if placeholder else f"- {text}: <{url}>"
+
+    lines += ["", link("runs table", runs_url(base, exp_id))]
     if runs:
         ids = [i for _, i in runs]
-        lines += ["", f"- compare page: <{compare_url(base, exp_id, ids)}>"]
-        tests = sorted({p for p in results.loc[results["stage"] == "final", "part"] if p != "valid"}, key=S.part_key)
-        if tests:
-            key = f"test_{tests[0]}_{metric}_at_{k}"
-            lines += [f"- `{key}` across the runs: <{metric_url(base, exp_id, ids, key)}>"]
+        lines += [link("compare page", compare_url(base, exp_id, ids))]
+        if any(p != "valid" for p in results.loc[results["stage"] == "final", "part"]):
+            key = f"shift_{metric}_at_{k}"
+            lines += [link(f"`{key}` against the window, per final run", metric_url(base, exp_id, ids, key))]
     return lines
 
 
-def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "ndcg", k: int = 10) -> Path:
+def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "ndcg", k: int = 10,
+                 ui_url: str | None = None) -> Path:
     """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
     ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path. Missing pieces
-    (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md."""
+    (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md. `ui_url` is
+    where the MLflow UI of a local store is served, for the links (default: a port placeholder)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_study(tracking_uri, study)
@@ -267,7 +285,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
             md += [f"Source: {shift.attrs['source']}.", ""]
         md += [_markdown(tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
-    md += _ui_section(tracking_uri, study, results, metric, k)
+    md += _ui_section(tracking_uri, study, results, metric, k, ui_url)
     path = out_dir / "summary.md"
     path.write_text("\n".join(md) + "\n")
     return path
@@ -280,9 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--ui-url", help="where you serve the MLflow UI of a local store (e.g. http://127.0.0.1:5001), "
+                                    "for the links in summary.md; default: a PORT placeholder")
     args = p.parse_args(argv)
     try:
-        path = write_report(args.tracking_uri, args.study, args.out, args.metric, args.k)
+        path = write_report(args.tracking_uri, args.study, args.out, args.metric, args.k, args.ui_url)
     except (StudyNotFoundError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

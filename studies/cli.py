@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     # Keeping one checkpoint per trial makes Tune snapshot its state at every checkpoint, which is what a
     # resume wants; Tune warns about that frequency, so its warning is silenced rather than the snapshots.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The console is the study's own (studies/progress.py): no Tune boxes per stage, and no TensorBoard
+    # files or hint (MLflow has every metric; Tune's JSON and CSV logs are kept, see Resources.run_config).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     from studies.driver import run_cli  # Ray, MLflow, torch: imported once there is a study to run
 
     return run_cli(args)

@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import ray
 import yaml
@@ -149,8 +151,13 @@ def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: s
 
 def init_ray(address: str | None) -> None:
     """A private local Ray instance ("local": never silently attach to a cluster found on this machine),
-    or the cluster at `address`."""
+    or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
+    wrote its state, Optuna's per new searcher and (for a local instance, which only this driver uses)
+    the token-authentication notice are left out."""
+    logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", include_dashboard=False)
         return
     try:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 
 from ray import tune
 from ray.tune import ResultGrid
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from idea.splits import Split
 
@@ -67,7 +68,8 @@ class Resources:
     def run_config(self, ray_dir: Path, name: str, total: int, logger: tune.Callback) -> tune.RunConfig:
         """Tune's own console table is replaced by one line per trial event (`studies.progress`)."""
         return tune.RunConfig(
-            name=name, storage_path=str(ray_dir), callbacks=[logger, ProgressPrinter(name, total, self.concurrency)],
+            name=name, storage_path=str(ray_dir),
+            callbacks=[logger, ProgressPrinter(name, total, self.concurrency), JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=self.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs

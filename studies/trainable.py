@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -79,9 +80,11 @@ def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
 
 
 def _use_assigned_cpus() -> None:
-    """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores."""
+    """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores. (Also
+    quiets Ray's line per saved checkpoint: a trial saves one every epoch and the console shows the epoch.)"""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
 def _start(trainer: Trainer) -> dict[str, str]:

@@ -6,7 +6,8 @@
   ASHA-stopped, one FAILED with absurd values that the
   loader must skip by default); final runs ``idea-seed1``, ``idea-seed2``,
   ``erm-seed1``, ``erm-seed2`` with ``best_valid_*``, ``best_valid_warm_*`` and
-  ``test_<w>[_warm]_*`` metrics for windows w1..w3, per-epoch ``valid_*`` whose latest value is NOT
+  ``test_<w>[_warm]_*`` metrics for windows w1..w3 (and the same as ``shift_[warm_]*`` series, step 0 =
+  validation, step i = wi), per-epoch ``valid_*`` whose latest value is NOT
   the best one, ``train_loss`` and ``best_epoch``.
   Its parent carries ``describe.json`` of the synthetic dataset's default split, as a study logs it.
 - ``OTHER`` (``other-study``): a parent without ``describe.json``, and one final run with absurd
@@ -169,6 +170,10 @@ def make_fake_store(path: str | Path) -> str:
                             for n, m, k in _names(f"best_valid_{infix}")]
                 for w in WINDOWS:
                     metrics += [(n, final_value(arm, seed, w, subset, m, k), 0) for n, m, k in _names(f"test_{w}_{infix}")]
+                # the same as stepped series: step 0 = validation, step i = window wi
+                for step, part in enumerate(("valid", *WINDOWS)):
+                    metrics += [(n, final_value(arm, seed, part, subset, m, k), step)
+                                for n, m, k in _names(f"shift_{infix}")]
             run(exp, f"{arm}-seed{seed}", tags, cfg, metrics)
 
     # ---- a second study in the same store, with absurd values and a data_sha256 that matches nothing

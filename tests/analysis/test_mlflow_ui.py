@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from analysis.load import final_run_ids
-from analysis.mlflow_ui import compare_url, metric_url, ui_base_url, ui_command
+from analysis.mlflow_ui import compare_url, metric_url, runs_url, ui_base_url, ui_command
 from tests.analysis import fake_store as F
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -31,10 +31,14 @@ def get_json(url: str, body: dict | None = None) -> dict:
 def test_ui_links_have_the_3x_route_format():
     """Hash routes with JSON lists, as MLflow's own compare button builds them."""
     assert compare_url("http://h:1/", "7", ["a", "b"]) == 'http://h:1/#/compare-runs?runs=["a","b"]&experiments=["7"]'
-    assert metric_url("http://h:1", "7", ["a"], "test_w1_ndcg_at_10") == (
-        'http://h:1/#/metric?runs=["a"]&metric="test_w1_ndcg_at_10"&experiments=["7"]'
-        '&plot_metric_keys=["test_w1_ndcg_at_10"]')
-    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri 'sqlite:////x/mlflow.db' --host 127.0.0.1 --port 5000"
+    assert metric_url("http://h:1", "7", ["a"], "shift_ndcg_at_10") == (
+        'http://h:1/#/metric?runs=["a"]&metric="shift_ndcg_at_10"&experiments=["7"]'
+        '&plot_metric_keys=["shift_ndcg_at_10"]&x_axis=step&show_point=true')
+    assert runs_url("http://h:1/", "7") == "http://h:1/#/experiments/7/runs"
+    # a local store has no port of its own: a placeholder, or where the reader says the UI is
+    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri 'sqlite:////x/mlflow.db' --host 127.0.0.1 --port PORT"
+    assert ui_base_url("sqlite:////x/mlflow.db") == "http://127.0.0.1:PORT"
+    assert ui_base_url("sqlite:////x/mlflow.db", "http://127.0.0.1:5123/") == "http://127.0.0.1:5123"
     assert ui_command("http://srv:5000") is None and ui_base_url("http://srv:5000/") == "http://srv:5000"
 
 
@@ -95,8 +99,8 @@ def assert_real_screenshot(path: Path) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install -y chromium`; .ci/run does)")
 @pytest.mark.timeout(300)
 def test_compare_page_renders_idea_and_erm_side_by_side(mlflow_server, store, tmp_path):
-    """The compare page of the final runs shows the four run names, their params and metrics; the metric
-    page shows a per-window test metric across them (the compare page's metric link)."""
+    """The compare page of the final runs shows the four run names, their params and metrics; the runs link
+    opens the experiment's runs table, not MLflow 3's GenAI overview."""
     exp_id, runs = final_run_ids(store, F.STUDY)
     ids = [i for _, i in runs]
     text, shot = render(compare_url(mlflow_server, exp_id, ids), tmp_path, "compare")
@@ -107,10 +111,24 @@ def test_compare_page_renders_idea_and_erm_side_by_side(mlflow_server, store, tm
     assert "K 4 4 3 3" in text  # the params row: IDEA's selected K=4 next to ERM's default K=3
     assert_real_screenshot(shot)
 
-    text, shot = render(metric_url(mlflow_server, exp_id, ids, "test_w1_ndcg_at_10"), tmp_path, "metric")
-    assert "test_w1_ndcg_at_10" in text
+
+    text, shot = render(runs_url(mlflow_server, exp_id), tmp_path, "runs")
+    assert "Training runs" in text and "synthetic-smoke" in text and "Traces 0" not in text  # not the GenAI overview
+    assert_real_screenshot(shot)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install -y chromium`; .ci/run does)")
+@pytest.mark.timeout(300)
+def test_metric_against_window_chart_draws_a_line_per_final_run(mlflow_server, store, tmp_path):
+    """The `shift_ndcg_at_10` page (the report's link; in the UI: Compare, the metric, X-axis Step) plots the
+    metric against the window (step 0 = validation, step i = wi) with one line per final run. Its screenshot
+    is docs/mlflow_shift_chart.png."""
+    exp_id, runs = final_run_ids(store, F.STUDY)
+    text, shot = render(metric_url(mlflow_server, exp_id, [i for _, i in runs], "shift_ndcg_at_10"), tmp_path, "shift")
+    assert "X-axis: Step" in text and " Step " in text.split("Download data", 1)[1]  # the step axis, titled
     for name in FINAL:
-        assert name in text
-    # idea-seed1 on w1: 0.1 * 0.95 + 0.002 = 0.097; erm-seed2: 0.1 * 0.9 - 0.001 = 0.089
-    assert "0.097" in text and "0.089" in text
+        assert f"{name} (shift_ndcg_at_10)" in text  # a line (legend entry) per run
+    # idea-seed1: 0.1 + 0.002 at validation (step 0), 0.1 * 0.85 + 0.002 on w3 (step 3); erm-seed2 0.099 -> 0.069
+    assert "idea-seed1 0.087 (step=3) 0.087 (step=3) 0.102 (step=0)" in text
+    assert "erm-seed2 0.069 (step=3) 0.069 (step=3) 0.099 (step=0)" in text
     assert_real_screenshot(shot)

@@ -52,4 +52,4 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     assert len(pngs) == len(expected)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "+21.4%" in text  # the headline (IDEA vs ERM on w3) is shown
-    assert "#/compare-runs?runs=[" in text
+    assert "#/compare-runs?runs=[" in text and "#/experiments/1/runs" in text and "shift_ndcg_at_10" in text

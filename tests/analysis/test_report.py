@@ -60,6 +60,15 @@ def test_summary_has_per_window_table_for_both_arms(report):
     assert "erm 30.0%" in md and "idea 15.0%" in md and "+21.4%" in md
     assert "## Notes" not in md  # nothing missing in this study
     assert "#/compare-runs?runs=[" in md
+    ui = md[md.index("## MLflow UI"):]
+    assert ":5000" not in ui and "--port PORT" in ui and "http://127.0.0.1:PORT/#/experiments/1/runs" in ui
+    assert '&metric="shift_ndcg_at_10"' in ui and "x_axis=step" in ui
+
+
+def test_ui_links_use_the_given_ui_url(store, tmp_path):
+    md = write_report(store, F.STUDY, tmp_path / "r", ui_url="http://127.0.0.1:5123").read_text()
+    ui = md[md.index("## MLflow UI"):]
+    assert "PORT" not in ui and "--port 5123" in ui and "<http://127.0.0.1:5123/#/experiments/1/runs>" in ui
 
 
 def test_numbers_share_one_precision_per_column(report):

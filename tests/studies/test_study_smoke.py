@@ -216,6 +216,10 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
     assert f"mlflow ui --backend-store-uri sqlite:///{study_dir / 'mlflow.db'}" in out
     err = proc.stderr
     assert "Trial status" not in out + err  # Tune's metric table is replaced by compact lines
+    for noise in ("Configuration for experiment", "TensorBoard", "Token authentication", "Checkpoint successfully",
+                  "Wrote the latest version", "A new study created"):  # Ray's, Tune's and Optuna's lines
+        assert noise not in out + err, noise
+    assert list((study_dir / "ray" / "erm-search").glob("*/result.json"))  # Tune's own JSON logs are kept
     assert "== arm 2/4: idea (fine-tunes the trained ERM models)" in err
     assert "== arm 4/4: dros (fine-tunes the trained ERM models)" in err
     assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running, "

@@ -2,6 +2,8 @@
 and read the MLflow store it leaves."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -49,6 +51,25 @@ def run_study(*args: str, timeout: float = 300, **env: str) -> subprocess.Comple
                           text=True, timeout=timeout)
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process (the same code path as `run_study`, without a new interpreter's
+    imports): for commands that stop before Ray starts, such as refused flags, names, files or resumes."""
+    from studies.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = os.getcwd()
+    os.chdir(PROJECT_ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # argparse refusing a flag
+                code = stop.code
+    finally:
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(["run_study.py", *args], code, out.getvalue(), err.getvalue())
+
+
 def start_study(*args: str, log: Path, **env: str) -> subprocess.Popen:
     """Start the CLI in the background, output to `log`."""
     with open(log, "w") as f:
@@ -57,12 +78,12 @@ def start_study(*args: str, log: Path, **env: str) -> subprocess.Popen:
 
 
 class Store:
-    """Read access to a study's MLflow store (the default SQLite file in the study folder)."""
+    """Read access to a study's MLflow store (the default SQLite file in the study folder, or `db`)."""
 
-    def __init__(self, study_dir: Path, study: str):
+    def __init__(self, study_dir: Path, study: str, db: Path | None = None):
         from mlflow import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=f"sqlite:///{study_dir / 'mlflow.db'}")
+        self.client = MlflowClient(tracking_uri=f"sqlite:///{db or study_dir / 'mlflow.db'}")
         experiment = self.client.get_experiment_by_name(study)
         assert experiment is not None, f"no MLflow experiment {study!r} in {study_dir}"
         self.experiment_id = experiment.experiment_id

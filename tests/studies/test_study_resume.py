@@ -14,7 +14,7 @@ import yaml
 
 from studies.config import load_study
 
-from tests.studies.study_cli import TINY_ARMS, Store, run_study, start_study, tiny_study
+from tests.studies.study_cli import TINY_ARMS, Store, run_cli, run_study, start_study, tiny_study
 
 STUDY = "synthetic-smoke"  # the smoke study's folder, for the tests that need no study to run
 RESUMED = "resumed"  # the tiny study's folder
@@ -102,7 +102,7 @@ def test_interrupt_then_resume(tmp_path):
 
 
 def test_resume_refuses_changed_settings(tmp_path):
-    missing = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+    missing = run_cli("synthetic", "--smoke", "--out", str(tmp_path), "--resume")
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
     study_dir = tmp_path / STUDY
     study_dir.mkdir()
@@ -110,7 +110,7 @@ def test_resume_refuses_changed_settings(tmp_path):
     (study_dir / "study.yaml").write_text(yaml.safe_dump(saved.to_dict()))
     (study_dir / "run.json").write_text(json.dumps({"tracking_uri": f"sqlite:///{study_dir / 'mlflow.db'}",
                                                     "device": "cpu"}))
-    changed = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+    changed = run_cli("synthetic", "--smoke", "--out", str(tmp_path), "--resume")
     assert changed.returncode == 2 and "different study settings (['epochs'])" in changed.stderr
 
 
@@ -156,6 +156,6 @@ def test_damaged_study_files_are_named_not_tracebacks(tmp_path, case):
         (study_dir / name).unlink()
     else:
         (study_dir / name).write_text(text)
-    proc = run_study("synthetic", "--smoke", "--out", str(tmp_path), "--resume", timeout=120)
+    proc = run_cli("synthetic", "--smoke", "--out", str(tmp_path), "--resume")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert str(study_dir / name) in proc.stderr

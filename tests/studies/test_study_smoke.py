@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from idea.trainer import state_digest
-from tests.studies.study_cli import Store, run_study
+from tests.studies.study_cli import Store, run_cli, run_study
 
 STUDY = "synthetic-smoke"
 FAULTS = [{"method": "erm", "lr": 0.001, "dropout": 0.3, "seed": 0},  # the ERM arm's first point: a crash
@@ -248,5 +248,5 @@ def test_smoke_output_is_labelled_as_such(smoke):
 
 def test_rerun_without_resume_refuses_to_overwrite(smoke):
     _, study_dir, _ = smoke
-    proc = run_study("synthetic", "--smoke", "--out", str(study_dir.parent), timeout=120)
+    proc = run_cli("synthetic", "--smoke", "--out", str(study_dir.parent))
     assert proc.returncode == 2 and "--resume" in proc.stderr

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 
-from tests.studies.study_cli import Store, run_study, tiny_study
+from tests.studies.study_cli import Store, run_cli, run_study, tiny_study
 
 STUDY = "state"
 # The ERM arm's first trial (its `first` point) crashes in the first run, never retried (--max-failures 0):
@@ -59,7 +59,7 @@ def test_a_truncated_tune_state_file_is_named_not_silently_restarted(base, tmp_p
     state.write_bytes(state.read_bytes()[: len(state.read_bytes()) // 2])
     store = Store(study_dir, STUDY)
     before = statuses(store)
-    proc = run_study(*args(study_file, out, "--resume"), timeout=140)
+    proc = run_cli(*args(study_file, out, "--resume"))  # refused before Ray starts
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and str(state) in error[0], proc.stderr[-4000:]

@@ -6,12 +6,16 @@ validation NDCG@10 with patience 10. Prints per run: epochs, best epoch, mean
 training seconds per epoch, and test NDCG@10 / HR@10 of the best state.
 
     python benchmarks/bench_accuracy.py --data-dir ../shared/data [--backbones gru4rec sasrec] [--seeds 0 1] [--device cuda]
+
+With --checkpoint-dir each run rewrites <dir>/<backbone>-seed<seed>.pt every epoch and a rerun continues
+it from there (a long CPU run can be stopped and resumed).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +35,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--device", default="auto")
     p.add_argument("--max-epochs", type=int, default=300)
+    p.add_argument("--checkpoint-dir", type=Path, help="resumable per-run checkpoints (see above)")
     args = p.parse_args()
     _, split = load_split(args.dataset, args.data_dir, SplitConfig("loo", 50))
     print(f"{args.dataset} loo: {len(split.train):,} training events", file=sys.stderr)
@@ -40,8 +45,13 @@ def main() -> None:
             cfg = TrainConfig(backbone=backbone, method=args.method, seed=seed, device=args.device,
                               epochs=args.max_epochs, patience=10, lr=1e-3, batch_size=2048, loss="ce")
             trainer = Trainer(cfg, split)
+            checkpoint = args.checkpoint_dir / f"{backbone}-seed{seed}.pt" if args.checkpoint_dir else None
+            if checkpoint is not None and checkpoint.is_file():
+                trainer.load(checkpoint)
+                print(f"  {backbone} seed {seed}: resumed after epoch {trainer.epoch}", file=sys.stderr)
             trainer.fit(lambda r: print(f"  {backbone} seed {seed} epoch {r.epoch} valid ndcg@10 "
-                                        f"{r.valid['ndcg_at_10']:.4f} train {r.train_seconds:.2f}s", file=sys.stderr))
+                                        f"{r.valid['ndcg_at_10']:.4f} train {r.train_seconds:.2f}s", file=sys.stderr,
+                                        flush=True), checkpoint=checkpoint)
             test = summary(trainer.evaluate(["test"]), "test")
             train_s = np.mean([r.train_seconds for r in trainer.records])
             epoch_s = np.mean([r.seconds for r in trainer.records])

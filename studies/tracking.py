@@ -195,7 +195,10 @@ def shift_series(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
 
 
 def _last_error_line(trial) -> str:
-    text = trial.get_error() or ""
+    """The last line of the trial's error: from the file Tune has just written on the driver (the copy in
+    the study folder, which `get_error` reads, may not be synced yet), else from that copy."""
+    local = Path(trial.error_file) if trial.error_file else None
+    text = local.read_text() if local is not None and local.is_file() else (trial.get_error() or "")
     lines = [line for line in str(text).splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"
 

@@ -153,8 +153,10 @@ def init_ray(address: str | None) -> None:
     """A private local Ray instance ("local": never silently attach to a cluster found on this machine),
     or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
     wrote its state, Optuna's per new searcher and (for a local instance, which only this driver uses)
-    the token-authentication notice are left out."""
+    the token-authentication notice are left out, and so is Tune's note on which state file a resumed stage
+    restores (the stage's own resume line says what it restored)."""
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

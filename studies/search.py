@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickletools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -107,10 +108,11 @@ def _state_error(path: Path, file: Path, problem: str) -> TuneStateError:
         f"start the study again under another --study-name; nothing was changed")
 
 
-def check_state(path: Path, logged: Iterable[str] = ()) -> set[str] | None:
+def check_state(path: Path, logged: Iterable[str] = ()) -> dict[str, str] | None:
     """Before Tune restores the experiment at `path`: every state file it will read is whole, and the
-    trials it holds include `logged` (trial ids whose runs the tracking store ended). Returns those trial
-    ids; None when Tune never saved a snapshot and nothing was logged (the stage can start afresh)."""
+    trials it holds include `logged` (trial ids whose runs the tracking store ended). Returns the status
+    of each trial it holds, by trial id; None when Tune never saved a snapshot and nothing was logged
+    (the stage can start afresh)."""
     logged = set(logged)
     for pattern, kind in STATE_FILES:
         files = sorted(path.glob(pattern))
@@ -124,14 +126,15 @@ def check_state(path: Path, logged: Iterable[str] = ()) -> set[str] | None:
                                  "back from a backup, or start the study again under another --study-name")
         return None
     try:
-        trial_ids = {json.loads(trial)["trial_id"] for trial, _ in json.loads(states[-1].read_text())["trial_data"]}
+        saved = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
+        statuses = {trial["trial_id"]: trial["status"] for trial in saved}
     except (KeyError, TypeError, ValueError) as err:
         raise _state_error(path, states[-1], f"not a Tune experiment state ({type(err).__name__}: {err})") from None
-    missing = logged - trial_ids
+    missing = logged - set(statuses)
     if missing:
         raise _state_error(path, states[-1], f"missing trials the tracking store has ended runs for "
-                                             f"({', '.join(sorted(missing))}; it holds {len(trial_ids)})")
-    return trial_ids
+                                             f"({', '.join(sorted(missing))}; it holds {len(statuses)})")
+    return statuses
 
 
 class RestoreCheck(tune.Callback):
@@ -162,13 +165,16 @@ def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], t
     and runs with the callbacks and failure settings of `run_config`: Tune would otherwise use the ones it
     pickled with the experiment, bound to the study run (and tracking store) of the first driver."""
     if resume and tune.Tuner.can_restore(str(path)):
-        trial_ids = check_state(path, logged())
-        if trial_ids is None:
+        statuses = check_state(path, logged())
+        if statuses is None:
             tuner = build(run_config)
         else:
+            ended = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
+            print(f"[{path.name}] resuming from Tune's saved state: {ended} of its {len(statuses)} trial(s) ended",
+                  file=sys.stderr, flush=True)
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
             restored = tuner._local_tuner.get_run_config()  # noqa: SLF001 (Tuner.restore takes no callbacks)
-            restored.callbacks = [*run_config.callbacks, RestoreCheck(path, trial_ids)]
+            restored.callbacks = [*run_config.callbacks, RestoreCheck(path, set(statuses))]
             restored.failure_config = run_config.failure_config
     else:
         tuner = build(run_config)

@@ -74,6 +74,11 @@ def test_interrupt_then_resume(tmp_path):
         "arm": "idea", "method": "idea", "stage": "search", "seed": "0", "trial_id": "orphan_00099"}).info.run_id
     resumed = run_study(*args, "--resume", timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    erm_trials = TRIALS_PER_ARM["erm"]
+    assert f"[erm-search] resuming from Tune's saved state: {erm_trials} of its {erm_trials} trial(s) ended" \
+        in resumed.stderr
+    assert "[idea-search] resuming from Tune's saved state: " in resumed.stderr
+    assert "Restoring the run from the latest experiment state file" not in resumed.stderr  # Tune's own note
 
     gone = store.client.get_run(orphan)
     assert gone.info.status == "KILLED" and gone.data.tags["orphan"] == "true"

@@ -93,7 +93,7 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
         ax = axes[1]
         pairs = list(dict.fromkeys(zip(gains["arm"], gains["control"])))
         arms = arm_order(a for a, _ in pairs)
-        for j, (arm, control) in enumerate(sorted(pairs, key=lambda p: (arms.index(p[0]), p[1]))):
+        for arm, control in sorted(pairs, key=lambda p: (arms.index(p[0]), p[1])):
             d = gains.loc[(gains["arm"] == arm) & (gains["control"] == control)].sort_values(x)
             base = d["control_mean"].to_numpy(dtype=float)
             y = 100 * d["rel_gain"].to_numpy(dtype=float)
@@ -102,6 +102,7 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
             style = _style(arm, arms.index(arm))
             ax.errorbar(d[x].to_numpy(dtype=float), y, yerr=[low, high], capsize=4, linewidth=1.8,
                         linestyle="-" if control == "erm" else "--", label=f"{arm} vs {control}", **style)
+        # the window names once, at the points of the last pair drawn (`d`; every pair has the same windows)
         _annotate_windows(ax, d.assign(rel_gain=100 * d["rel_gain"]), x, "rel_gain")
         ax.axhline(0, color="grey", linewidth=1)
         ax.set_xlabel(SHIFT_LABELS.get(x, x))

@@ -79,9 +79,9 @@ def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
     return guarded
 
 
-def _use_assigned_cpus() -> None:
-    """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores. (Also
-    quiets Ray's line per saved checkpoint: a trial saves one every epoch and the console shows the epoch.)"""
+def _prepare_worker() -> None:
+    """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores; and no
+    Ray line per saved checkpoint (a trial saves one every epoch, and the console already shows the epoch)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -96,7 +96,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
     """Fixed settings + sampled params -> a trained Trainer; resumes from Tune's checkpoint when there is one."""
     train_config = TrainConfig.from_dict({**fixed, **config})
     _check_fault(train_config)
-    _use_assigned_cpus()
+    _prepare_worker()
     trainer = Trainer(train_config, split)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -111,7 +111,6 @@ def test_compare_page_renders_idea_and_erm_side_by_side(mlflow_server, store, tm
     assert "K 4 4 3 3" in text  # the params row: IDEA's selected K=4 next to ERM's default K=3
     assert_real_screenshot(shot)
 
-
     text, shot = render(runs_url(mlflow_server, exp_id), tmp_path, "runs")
     assert "Training runs" in text and "synthetic-smoke" in text and "Traces 0" not in text  # not the GenAI overview
     assert_real_screenshot(shot)

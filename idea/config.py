@@ -4,8 +4,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+from idea.precision import PRECISIONS
+
 BACKBONE_NAMES = ("gru4rec", "sasrec", "mamba4rec")
-RUNTIME_FIELDS = ("device", "eval_batch_size")  # where and how fast, never what is learned
+# Where and how fast: a checkpoint resumes under other values (precision changes rounding, not the model).
+RUNTIME_FIELDS = ("device", "eval_batch_size", "precision")
 METHODS = ("erm", "idea", "dros")
 PENALTIES = ("vrex", "irmv1")
 LOSSES = ("ce", "bce")
@@ -59,6 +62,7 @@ class TrainConfig:
     seed: int = 0  # >= 0
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
     eval_batch_size: int | None = None  # None: 256 on CPU (fits the cache), 1024 on GPU; else 1..1_000_000
+    precision: str = "auto"  # training steps: auto | fp32 | tf32 | bf16 (idea/precision.py); evaluation is float32
     mask_seen: bool = False  # exclude history items from the ranking
     # warm start: path of a trainer checkpoint (same backbone and split) whose best state initialises
     # the backbone; optimisers start fresh (IDEA's Step 1 is a trained base recommender)
@@ -74,6 +78,7 @@ class TrainConfig:
         need(self.loss in LOSSES, "loss", str(LOSSES))
         need(self.pairing in PAIRINGS, "pairing", str(PAIRINGS))
         need(self.penalty in PENALTIES, "penalty", str(PENALTIES))
+        need(self.precision in PRECISIONS, "precision", str(PRECISIONS))
         need(0 <= self.dros_alpha <= 100, "dros_alpha", "[0, 100]")
         need(0 < self.dros_beta <= 1000, "dros_beta", "(0, 1000]")
         for name, lo, hi in (("K", 2, 16), ("N", 2, 32), ("T", 1, 1000), ("epochs", 1, 10_000),

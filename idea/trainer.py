@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from idea.config import RUNTIME_FIELDS, SELECT_METRIC, TrainConfig
 from idea.environments import SubsequenceExtractors, make_environments, vrex
 from idea.metrics import metrics_frame, rank_events, summary
+from idea.precision import exact_float32, forward_precision, resolve_precision, set_tensor_cores
 from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
 from idea.models import build_backbone
 from idea.splits import Events, Split
@@ -144,6 +145,7 @@ class Trainer:
         self.split = split
         seed_everything(config.seed)
         self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)  # fp32 | tf32 | bf16
         self.n_items = split.n_items
         self.n_fake = n_fake_items(split.n_items, config.noise_ratio)
         chunk_rows = 1 << 20 if self.device.type == "cuda" else 256  # GPUs: one launch beats length buckets
@@ -224,7 +226,8 @@ class Trainer:
         return history, lengths, self.train_target[idx]
 
     def erm_step(self, history, lengths, target) -> dict[str, torch.Tensor]:
-        loss = self.per_example_loss(self.model(history, lengths), target).mean()
+        with forward_precision(self.precision, self.device):
+            loss = self.per_example_loss(self.model(history, lengths), target).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -233,6 +236,8 @@ class Trainer:
     def train_step(self, phase: str, history, lengths, target) -> dict[str, torch.Tensor]:
         """One optimisation step of `phase` (erm | pretrain | idea) on one batch; IDEA steps count
         `self.step`, and every T-th of them also moves the extractors (unless explore is off)."""
+        if self.device.type == "cuda":
+            set_tensor_cores(self.precision)  # per step: process-wide switches, which evaluation turns off
         if phase != "idea":
             return self.erm_step(history, lengths, target)
         self.step += 1
@@ -273,7 +278,8 @@ class Trainer:
         through the backbone is taken instead, as it always is for IRMv1 (whose penalty is not a
         function of the risks alone).
         """
-        risks, scale_grads, env_x = self.idea_forward(history, lengths, target)
+        with forward_precision(self.precision, self.device):
+            risks, scale_grads, env_x = self.idea_forward(history, lengths, target)  # risks in float32
         mean, var = vrex(risks)
         penalty = var if scale_grads is None else irmv1(scale_grads)
         rec_loss = mean + self.config.beta * penalty
@@ -404,8 +410,9 @@ class Trainer:
         def score(history, lengths):
             return model(history, lengths) @ table.T  # [b, n_items + 1]
 
-        ranks = rank_events(score, events.history, events.lengths, events.target, device=self.device,
-                            batch_size=self.eval_batch_size, mask_seen=self.config.mask_seen)
+        with exact_float32(self.device):
+            ranks = rank_events(score, events.history, events.lengths, events.target, device=self.device,
+                                batch_size=self.eval_batch_size, mask_seen=self.config.mask_seen)
         return metrics_frame(ranks, events.warm, part)
 
     def evaluate(self, parts: list[str] | None = None) -> pd.DataFrame:

@@ -53,6 +53,9 @@ class GRU4Rec(Backbone):
         start = (T - lengths).unsqueeze(1)  # [B, 1]
         idx = (start + torch.arange(T, device=x.device)) % T  # [B, T]
         x = x.gather(1, idx.unsqueeze(-1).expand(B, T, d))  # [B, T, d] right-padded
+        # cuDNN wants the GRU's weights in one buffer; a deep copy (the trainer's best model) splits them,
+        # and cuDNN would then copy them on every call. A no-op when they already are (and on CPU).
+        self.gru.flatten_parameters()
         out, _ = self.gru(x)  # [B, T, hidden]
         last = out.gather(1, (lengths - 1).view(B, 1, 1).expand(B, 1, self.hidden))  # [B, 1, hidden]
         return self.dense(last.squeeze(1))  # [B, d]

@@ -16,7 +16,9 @@ no scan at all (h_T = sum_s exp(A * sum(dt_{s+1..T})) dt_s B_s u_s, one vectoris
 layer whose every position is needed uses a log-depth parallel (Hillis-Steele) scan over windows.
 The exponents are sums of positive step sizes times A < 0, never positive: nothing overflows.
 Both run in row pieces under activation checkpointing, so the [rows, T, d_inner, d_state]
-tensors exist for one piece at a time, in the forward pass and again in the backward pass.
+tensors exist for one piece at a time, in the forward pass and again in the backward pass. On a GPU
+the read-out is compiled instead (`torch.compile`): the exponentials are summed over the state as they
+are made, forward and backward, so that tensor never exists at all.
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ def _decay(exponent: Tensor) -> Tensor:
     return torch.exp(exponent.clamp(min=EXP_FLOOR))
 
 
+def steps_after(dt: Tensor) -> Tensor:
+    """`[b, T, D]`: sum of dt over the steps after s, s+1..T (0 at the last step)."""
+    return torch.cat([dt[:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(dt[:, :1])], 1)
+
+
+def readout(after: Tensor, A: Tensor, read: Tensor, dtu: Tensor) -> Tensor:
+    """The last layer's output before the skip, `[b, D]`: sum_s dtu_s * sum_n exp(A * after_s) read_s.
+    Shapes: after, dtu `[b, T, D]` (steps after s, and dt_s u_s), A `[D, N]`, read `[b, T, N]` (C_T . B_s)."""
+    decay = _decay(after.unsqueeze(-1) * A)  # [b, T, D, N]: never materialised once compiled
+    return ((decay * read.unsqueeze(2)).sum(-1) * dtu).sum(1)  # [b, D]
+
+
+_compiled_readout = None
+
+
+def fused_readout(after: Tensor, A: Tensor, read: Tensor, dtu: Tensor) -> Tensor:
+    """`readout` compiled once per process (dynamic shapes: batches differ in rows and width), in float32."""
+    global _compiled_readout
+    if _compiled_readout is None:
+        _compiled_readout = torch.compile(readout, dynamic=True)
+    return _compiled_readout(after.float(), A.float(), read.float(), dtu.float())
+
+
 class SelectiveScan:
     """y = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, h_{-1} = 0 (the skip D u is added by
     the caller). Shapes: u, dt `[b, T, D]`, A `[D, N]`, Bm, Cm `[b, T, N]`."""
@@ -78,8 +103,7 @@ class SelectiveScan:
 
     def last(self, u: Tensor, dt: Tensor, Bm: Tensor, Cm: Tensor) -> Tensor:
         """y at the last position, `[b, D]`: C_T . h_T with h_T = sum_s exp(A * sum(dt_{s+1..T})) dt_s B_s u_s."""
-        after = torch.cat([dt[:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(dt[:, :1])], 1)  # [b, T, D]
-        decay = _decay(after.unsqueeze(-1) * self.A)  # [b, T, D, N]
+        decay = _decay(steps_after(dt).unsqueeze(-1) * self.A)  # [b, T, D, N]
         read = (Bm * Cm[:, -1:]).unsqueeze(-1)  # [b, T, N, 1]: C_T . (B_s e_n), contracted first
         return ((decay @ read).squeeze(-1) * dt * u).sum(1)  # [b, D]
 
@@ -127,6 +151,9 @@ class MambaMixer(nn.Module):
                                   A.float(), Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(), self.D.float(),
                                   delta_bias=self.dt_proj.bias.float(), delta_softplus=True).transpose(1, 2)  # [b, T, D]
             y = y[:, -1] if last_only else y
+        elif last_only and u.is_cuda:
+            dt = F.softplus(self.dt_proj(dt_low))  # [b, T, D]
+            y = fused_readout(steps_after(dt), A, Bm * Cm[:, -1:], dt * u) + self.D * u[:, -1]  # [b, D]
         else:
             dt = F.softplus(self.dt_proj(dt_low))  # [b, T, D]
             y = _pieces(SelectiveScan(A, last_only), u, dt, Bm, Cm)  # [b, D] or [b, T, D]

@@ -62,6 +62,23 @@ def test_scan_gradients_equal_recurrence_gradients(last_only, monkeypatch):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dt_scale", [0.05, 2.0, 30.0])
+def test_compiled_readout_equals_recurrence_with_gradients(dt_scale):
+    """The GPU read-out (`fused_readout`, torch.compile'd; here compiled for the CPU) against the recurrence:
+    value and every input's gradient, A's included. It computes in float32, so float32 tolerances."""
+    u, dt, A, Bm, Cm = inputs = scan_inputs(T=11, dt_scale=dt_scale)
+    weight = torch.randn(3, 5, dtype=torch.float64)
+    ref = naive_scan(u, dt, A, Bm, Cm)[:, -1]
+    got = mamba.fused_readout(mamba.steps_after(dt), A, Bm * Cm[:, -1:], dt * u)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+    expected = torch.autograd.grad((ref * weight).sum(), inputs)
+    grads = torch.autograd.grad((got.double() * weight).sum(), inputs)
+    for e, g in zip(expected, grads):
+        assert e.abs().max() > 1e-3  # every input matters, so a dropped term cannot pass
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
 def naive_mixer(m, x):
     """mamba_ssm's reference forward on one unpadded sequence x [1, T, d], step by step."""
     T = x.shape[1]

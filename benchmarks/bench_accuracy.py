@@ -27,13 +27,15 @@ from idea.trainer import Trainer
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--dataset", default="beauty")
     p.add_argument("--data-dir")
     p.add_argument("--backbones", nargs="+", default=["gru4rec", "sasrec"])
     p.add_argument("--method", default="erm")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="training steps: auto | fp32 | tf32 | bf16 (idea/precision.py)")
     p.add_argument("--max-epochs", type=int, default=300)
     p.add_argument("--checkpoint-dir", type=Path, help="resumable per-run checkpoints (see above)")
     args = p.parse_args()
@@ -43,7 +45,8 @@ def main() -> None:
     for backbone in args.backbones:
         for seed in args.seeds:
             cfg = TrainConfig(backbone=backbone, method=args.method, seed=seed, device=args.device,
-                              epochs=args.max_epochs, patience=10, lr=1e-3, batch_size=2048, loss="ce")
+                              epochs=args.max_epochs, patience=10, lr=1e-3, batch_size=2048, loss="ce",
+                              precision=args.precision)
             trainer = Trainer(cfg, split)
             checkpoint = args.checkpoint_dir / f"{backbone}-seed{seed}.pt" if args.checkpoint_dir else None
             if checkpoint is not None and checkpoint.is_file():
@@ -55,15 +58,15 @@ def main() -> None:
             test = summary(trainer.evaluate(["test"]), "test")
             train_s = np.mean([r.train_seconds for r in trainer.records])
             epoch_s = np.mean([r.seconds for r in trainer.records])
-            row = {"backbone": backbone, "method": args.method, "seed": seed, "epochs": trainer.epoch,
+            row = {"backbone": backbone, "method": args.method, "precision": trainer.precision, "seed": seed, "epochs": trainer.epoch,
                    "best_epoch": trainer.best_epoch, "train_s_per_epoch": round(float(train_s), 3),
                    "epoch_s_with_valid": round(float(epoch_s), 3), "test_ndcg_at_10": round(test["ndcg_at_10"], 4),
                    "test_hr_at_10": round(test["hr_at_10"], 4), "device": str(trainer.device)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"{'backbone':<8} {'seed':>4} {'epochs':>6} {'best':>4} {'train s/ep':>10} {'NDCG@10':>8} {'HR@10':>7}")
+    print(f"{'backbone':<9} {'prec':>4} {'seed':>4} {'epochs':>6} {'best':>4} {'train s/ep':>10} {'NDCG@10':>8} {'HR@10':>7}")
     for r in rows:
-        print(f"{r['backbone']:<8} {r['seed']:>4} {r['epochs']:>6} {r['best_epoch']:>4} {r['train_s_per_epoch']:>10.2f} "
+        print(f"{r['backbone']:<9} {r['precision']:>4} {r['seed']:>4} {r['epochs']:>6} {r['best_epoch']:>4} {r['train_s_per_epoch']:>10.2f} "
               f"{r['test_ndcg_at_10']:>8.4f} {r['test_hr_at_10']:>7.4f}")
 
 

@@ -13,13 +13,17 @@ METHODS = ("erm", "idea", "dros")
 PENALTIES = ("vrex", "irmv1")
 LOSSES = ("ce", "bce")
 PAIRINGS = ("same_user", "any")
+PAIR_DRAWS = ("distinct", "with_replacement")
+ITEM_INITS = ("backbone", "normal")
+SOFTMAX_ROWS = ("items", "all")
 SELECT_METRIC = "ndcg_at_10"  # early stopping, best state and study selection, on validation
 # The fields only one method reads; every other field is read by every method. A study rejects a
 # method's field in another method's arm, and MLflow runs log only the fields their method reads.
 METHOD_FIELDS = {
     "erm": (),
     "idea": ("K", "N", "tau", "beta", "T", "penalty", "lambda_low", "lambda_high", "alpha", "pairing", "mixup",
-             "explore", "pretrain_epochs", "extractor_lr", "extractor_hidden"),
+             "explore", "pretrain_epochs", "extractor_lr", "extractor_hidden", "extractor_input_grad", "pair_draw",
+             "lambda_fold", "unbiased_var", "extractor_keep_logit"),
     "dros": ("dros_alpha", "dros_beta"),
 }
 
@@ -48,6 +52,12 @@ class TrainConfig:
     pretrain_epochs: int = 2  # ERM epochs before the IDEA phase, 0..epochs-1
     extractor_lr: float = 1e-3  # (0, 1]
     extractor_hidden: int = 64  # 1..4096
+    # Options that reach the official code's behaviour ("official" below; docs/fidelity.md). Defaults are ours.
+    extractor_input_grad: bool = False  # True: the extractors' input carries gradient into the item table (official)
+    pair_draw: str = "distinct"  # distinct pairs across environments | with_replacement: each its own (official)
+    lambda_fold: bool = True  # False (needs alpha, same_user): Beta's λ as drawn, either view dominates (official)
+    unbiased_var: bool = False  # True: the penalty is torch.var's unbiased variance, N/(N-1) x ours (official)
+    extractor_keep_logit: float | None = 2.0  # extractors' initial output bias, [-20, 20]; None: nn.Linear's (official)
     # DROS (Yang et al., SIGIR'23): base loss + dros_alpha * mean(L_DRO); the reference code's defaults
     dros_alpha: float = 0.0  # [0, 100]; 0 = plain ERM
     dros_beta: float = 1.0  # temperature beta' of L_DRO, (0, 1000]
@@ -59,6 +69,9 @@ class TrainConfig:
     dropout: float | None = None  # None = the backbone's default; [0, 1)
     weight_decay: float = 0.0  # [0, 1]
     noise_ratio: float = 0.0  # share of training positions replaced by fake items, [0, 1)
+    fake_items: int | None = None  # fake rows, 0..1_000_000 (official: 1000); None: max(100, n_items // 10) with noise
+    softmax_over: str = "items"  # CE over the real items 1..n | all: every row, padding and fake ones too (official)
+    item_init: str = "backbone"  # the backbone's item-table init | normal: N(0, 1), nn.Embedding's (official)
     seed: int = 0  # >= 0
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
     eval_batch_size: int | None = None  # None: 256 on CPU (fits the cache), 1024 on GPU; else 1..1_000_000
@@ -79,6 +92,24 @@ class TrainConfig:
         need(self.pairing in PAIRINGS, "pairing", str(PAIRINGS))
         need(self.penalty in PENALTIES, "penalty", str(PENALTIES))
         need(self.precision in PRECISIONS, "precision", str(PRECISIONS))
+        need(self.pair_draw in PAIR_DRAWS, "pair_draw", str(PAIR_DRAWS))
+        need(self.item_init in ITEM_INITS, "item_init", str(ITEM_INITS))
+        need(self.softmax_over in SOFTMAX_ROWS, "softmax_over", str(SOFTMAX_ROWS))
+        need(self.softmax_over == "items" or self.loss == "ce", "softmax_over",
+             "'items' with loss 'bce' (one sampled negative among the real items); 'all' needs loss 'ce'")
+        for name in ("extractor_input_grad", "lambda_fold", "unbiased_var"):
+            need(isinstance(getattr(self, name), bool), name, "True or False")
+        need(self.lambda_fold or (self.alpha is not None and self.pairing == "same_user"), "lambda_fold",
+             "True unless alpha is set and pairing is 'same_user' (Uniform λ >= 0.5 and pairing 'any' label "
+             "each row with its dominant view)")
+        need(self.extractor_keep_logit is None or (not isinstance(self.extractor_keep_logit, bool)
+                                                   and -20 <= self.extractor_keep_logit <= 20),
+             "extractor_keep_logit", "None or a number in [-20, 20]")
+        need(self.fake_items is None or (isinstance(self.fake_items, int) and not isinstance(self.fake_items, bool)
+                                         and 0 <= self.fake_items <= 1_000_000), "fake_items",
+             "None or an integer in 0..1000000")
+        need(self.fake_items != 0 or self.noise_ratio == 0, "fake_items",
+             f"at least 1 with noise_ratio = {self.noise_ratio} (noise needs fake ids), or None")
         need(0 <= self.dros_alpha <= 100, "dros_alpha", "[0, 100]")
         need(0 < self.dros_beta <= 1000, "dros_beta", "(0, 1000]")
         for name, lo, hi in (("K", 2, 16), ("N", 2, 32), ("T", 1, 1000), ("epochs", 1, 10_000),

@@ -25,7 +25,7 @@ _U_EPS = 1e-6  # keeps log u and log(1 - u) finite
 class SubsequenceExtractors(nn.Module):
     """K MLPs `L -> hidden -> L` (stacked weights, one batched op) giving relaxed Bernoulli keep-masks."""
 
-    def __init__(self, K: int, max_len: int, hidden: int = 64, init_keep_logit: float = 2.0):
+    def __init__(self, K: int, max_len: int, hidden: int = 64, init_keep_logit: float | None = 2.0):
         super().__init__()
         if K < 1:
             raise ValueError(f"K must be >= 1, got {K}")
@@ -40,8 +40,11 @@ class SubsequenceExtractors(nn.Module):
         self.w2 = nn.Parameter(torch.empty(K, H, L).uniform_(-b2_bound, b2_bound))  # [K, H, L]
         # Output bias +2: sigmoid(2) ≈ 0.88, so at the start views keep most of the
         # sequence (close to what the pretrained backbone saw) and exploration grows
-        # as the extractors learn to maximise the risk variance.
-        self.b2 = nn.Parameter(torch.full((K, L), float(init_keep_logit)))  # [K, L]
+        # as the extractors learn to maximise the risk variance. None: nn.Linear's
+        # default, as the official code, so views start keeping about half the sequence.
+        b2 = torch.full((K, L), float(init_keep_logit)) if init_keep_logit is not None \
+            else torch.empty(K, L).uniform_(-b2_bound, b2_bound)
+        self.b2 = nn.Parameter(b2)  # [K, L]
 
     def logits(self, x: Tensor) -> Tensor:
         """Keep-logits ω `[K, B, L_batch]` from the position summaries `s = x.mean(-1)`.
@@ -76,33 +79,41 @@ class SubsequenceExtractors(nn.Module):
         return torch.where(real, p, torch.zeros_like(p))  # [K, B, L]
 
 
-def sample_lambda(n: int, *, alpha: float | None, low: float, high: float, device) -> Tensor:
+def sample_lambda(n: int, *, alpha: float | None, low: float, high: float, device, fold: bool = True) -> Tensor:
     """Mixing weights `[n]` in [0.5, 1] (weight of the dominant view).
 
     Beta(α, α) folded to max(λ, 1 - λ) when `alpha` is given, else Uniform(low, high)
-    (the caller guarantees 0.5 <= low <= high <= 1).
+    (the caller guarantees 0.5 <= low <= high <= 1). `fold=False` keeps Beta's λ in (0, 1) as
+    drawn (the official code): the first view of a pair dominates only about half the rows.
     """
     if alpha is not None:
         conc = torch.tensor(float(alpha), device=device)
         lam = torch.distributions.Beta(conc, conc).sample((n,))  # [n]
-        return torch.maximum(lam, 1.0 - lam)  # [n]
+        return torch.maximum(lam, 1.0 - lam) if fold else lam  # [n]
     return low + (high - low) * torch.rand(n, device=device)  # [n]
 
 
-def environment_pairs(N: int, K: int, pairing: str, device) -> tuple[Tensor, Tensor]:
+def environment_pairs(N: int, K: int, pairing: str, device, draw: str = "distinct") -> tuple[Tensor, Tensor]:
     """Extractor pair `(a [N], b [N])` of each environment: distinct ordered pairs while N allows.
 
     The candidates are the ordered pairs of distinct extractors for "same_user" (both views are of
     the same sequence, so a == b would not mix anything) and all K² ordered pairs for "any" (view b
-    is of another sequence). A random permutation of them is cycled, so N <= #pairs gives N distinct
-    pairs and a larger N uses every pair floor(N / #pairs) or ceil(N / #pairs) times.
+    is of another sequence). draw="distinct": a random permutation of them is cycled, so N <= #pairs
+    gives N distinct pairs and a larger N uses every pair floor(N / #pairs) or ceil(N / #pairs) times.
+    draw="with_replacement": each environment draws its pair uniformly on its own, as the official
+    code does, so two environments may share a pair (and then the same distribution).
     """
     a, b = torch.meshgrid(torch.arange(K, device=device), torch.arange(K, device=device), indexing="ij")
     a, b = a.flatten(), b.flatten()  # [K*K]
     if pairing == "same_user":
         distinct = a != b
         a, b = a[distinct], b[distinct]  # [K*(K-1)]
-    order = torch.cat([torch.randperm(len(a), device=device) for _ in range(-(-N // len(a)))])[:N]  # [N]
+    if draw == "with_replacement":
+        order = torch.randint(len(a), (N,), device=device)  # [N]
+    elif draw == "distinct":
+        order = torch.cat([torch.randperm(len(a), device=device) for _ in range(-(-N // len(a)))])[:N]  # [N]
+    else:
+        raise ValueError(f"unknown pair draw {draw!r}; choose one of ['distinct', 'with_replacement']")
     return a[order], b[order]
 
 
@@ -117,14 +128,17 @@ def make_environments(
     alpha: float | None,
     lambda_low: float,
     lambda_high: float,
+    pair_draw: str = "distinct",
+    lambda_fold: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Environment batch `(env_x [N*B, L, d], env_lengths [N*B], env_targets [N*B])`.
 
-    mixup=True: environment n is defined by its own extractor pair (a_n, b_n) (`environment_pairs`),
-    the same for every row, so the N environments are N different distributions of subsequences and
-    the variance of their risks measures how much the model depends on which subsequence it sees.
-    Row b of environment n is λ·V_{a_n}(b) + (1-λ)·V_{b_n}(b'), λ ~ `sample_lambda` per row
-    (λ >= 0.5: the dominant view supplies the label).
+    mixup=True: environment n is defined by its own extractor pair (a_n, b_n) (`environment_pairs`,
+    drawn by `pair_draw`), the same for every row, so the N environments are different distributions
+    of subsequences and the variance of their risks measures how much the model depends on which
+    subsequence it sees. Row b of environment n is λ·V_{a_n}(b) + (1-λ)·V_{b_n}(b'), λ ~ `sample_lambda`
+    per row (λ >= 0.5: the dominant view supplies the label; `lambda_fold=False`, same_user only:
+    λ in (0, 1) as drawn from Beta).
       - "same_user": b' = b, two different extractors' views of the same sequence (needs K >= 2).
       - "any": b' is a uniformly random row per row (may be b itself); length = max(len_b, len_b').
     mixup=False: the K views themselves are the environments (N is ignored; K*B rows).
@@ -141,8 +155,10 @@ def make_environments(
     if pairing == "same_user" and K < 2:
         raise ValueError(f"pairing='same_user' needs K >= 2 extractors, got K={K}")
 
-    ext_a, ext_b = environment_pairs(N, K, pairing, dev)  # [N], [N]
-    lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev)
+    if not lambda_fold and pairing != "same_user":
+        raise ValueError("lambda_fold=False needs pairing='same_user': with 'any' the dominant view supplies the label")
+    ext_a, ext_b = environment_pairs(N, K, pairing, dev, pair_draw)  # [N], [N]
+    lam = sample_lambda(N * B, alpha=alpha, low=lambda_low, high=lambda_high, device=dev, fold=lambda_fold)
     lam = lam.view(N, B, 1).to(views.dtype)  # [N, B, 1]
     one_a = F.one_hot(ext_a, K).to(views.dtype).unsqueeze(1)  # [N, 1, K]
     rows = torch.arange(B, device=dev).expand(N, B)  # [N, B] row b of every environment
@@ -160,13 +176,17 @@ def make_environments(
     return env_x.reshape(N * B, L, d), env_lengths.reshape(N * B), targets[rows].reshape(N * B)
 
 
-def vrex(risks: Tensor) -> tuple[Tensor, Tensor]:
+def vrex(risks: Tensor, unbiased: bool = False) -> tuple[Tensor, Tensor]:
     """V-REx statistics `(mean(R), var(R))` of the environment risks `[N]`.
 
-    Population variance, mean((R - mean R)^2) (unbiased=False): it is the V-REx
-    definition, and stays finite (0) for a single environment. The public IDEA
-    re-implementation uses torch.var (unbiased), so its β equals our β·(N-1)/N.
+    Population variance, mean((R - mean R)^2) by default: it is the V-REx definition, and stays
+    finite (0) for a single environment. `unbiased=True` divides by N - 1 instead, as the official
+    code's torch.var does, so its β equals our default's β·(N-1)/N.
     """
     mean = risks.mean()  # []
     var = ((risks - mean) ** 2).mean()  # []
-    return mean, var
+    if not unbiased:
+        return mean, var
+    if len(risks) < 2:
+        raise ValueError("the unbiased variance needs at least 2 environments")
+    return mean, var * (len(risks) / (len(risks) - 1))

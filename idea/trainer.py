@@ -80,6 +80,8 @@ def check_start(state: dict, config: TrainConfig, split: Split, path: str) -> No
         if saved.get("backbone") != config.backbone else []
     if saved.get("noise_ratio", 0.0) != config.noise_ratio:
         wrong.append(f"noise_ratio {saved.get('noise_ratio')} (this run: {config.noise_ratio})")
+    if saved.get("fake_items") != config.fake_items:
+        wrong.append(f"fake_items {saved.get('fake_items')} (this run: {config.fake_items})")
     mine = split_identity(split)
     wrong += [f"{k} {state['split'].get(k)!r} (this run: {v!r})" for k, v in mine.items() if state["split"].get(k) != v]
     if wrong:
@@ -101,8 +103,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def n_fake_items(n_items: int, noise_ratio: float) -> int:
-    """Size of the pool of never-seen fake item ids used for noise injection (0 without noise)."""
+def n_fake_items(n_items: int, noise_ratio: float, fake_items: int | None = None) -> int:
+    """Size of the pool of never-seen fake item ids used for noise injection: `fake_items` when set (the
+    official code keeps 1,000 rows even without noise), else max(100, n_items // 10), 0 without noise."""
+    if fake_items is not None:
+        return fake_items
     return max(100, n_items // 10) if noise_ratio > 0 else 0
 
 
@@ -147,10 +152,13 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)  # fp32 | tf32 | bf16
         self.n_items = split.n_items
-        self.n_fake = n_fake_items(split.n_items, config.noise_ratio)
+        self.n_fake = n_fake_items(split.n_items, config.noise_ratio, config.fake_items)
         chunk_rows = 1 << 20 if self.device.type == "cuda" else 256  # GPUs: one launch beats length buckets
         self.model = build_backbone(config.backbone, split.n_items + self.n_fake, split.max_len, config.dropout,
                                     chunk_rows).to(self.device)
+        if config.item_init == "normal":  # nn.Embedding's N(0, 1), which the official code's table keeps
+            torch.nn.init.normal_(self.model.item_emb.weight)
+            self.model._zero_padding_row()
         self.eval_batch_size = config.eval_batch_size or (1024 if self.device.type == "cuda" else 256)
         self.init_digest = None  # sha256 of the warm start's weights, when there is one
         if config.init_from is not None:  # before the optimiser: Adam starts fresh on the loaded weights
@@ -161,7 +169,8 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.extractors = None
         if config.method == "idea":
-            self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden).to(self.device)
+            self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden,
+                                                    config.extractor_keep_logit).to(self.device)
             self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
         tr = split.train
         if config.method == "dros":
@@ -189,20 +198,24 @@ class Trainer:
 
     def item_table(self, model: torch.nn.Module | None = None) -> torch.Tensor:
         """[n_items + 1, d] embeddings of the real items of `model` (default: the trained one);
-        fake noise ids are never ranked."""
+        evaluation never ranks fake noise ids (training does only with softmax_over "all")."""
         return (model or self.model).item_emb.weight[: self.n_items + 1]
 
     def per_example_loss(self, user: torch.Tensor, target: torch.Tensor,
                          scale_grad: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Loss [M] per row: full-softmax CE over items 1..n, or BCE with one sampled negative, plus
-        DROS's dros_alpha * L_DRO for method dros. With `scale_grad`, also each row's derivative [M]
-        with respect to a scale w = 1 on its logits (IRMv1's dummy classifier)."""
+        """Loss [M] per row: full-softmax CE over items 1..n (softmax_over "all": over every row of the
+        table, padding and fake rows too, as the official code), or BCE with one sampled negative, plus
+        DROS's dros_alpha * L_DRO (over items 1..n) for method dros. With `scale_grad`, also each row's
+        derivative [M] with respect to a scale w = 1 on its logits (IRMv1's dummy classifier)."""
         c = self.config
         table = self.item_table()
-        logits = user @ table[1:].T if c.loss == "ce" or c.method == "dros" else None  # [M, n]
+        first = 0 if c.softmax_over == "all" else 1  # item id scored by logit column 0
+        # "all": the padding row is scored (logit 0) but kept out of training, so it stays the zero vector
+        scored = torch.cat([table[:1].detach(), self.model.item_emb.weight[1:]]) if first == 0 else table[1:]  # [R, d]
+        logits = user @ scored.T if c.loss == "ce" or c.method == "dros" else None  # [M, R]
         if c.loss == "ce":
-            loss = F.cross_entropy(logits, target - 1, reduction="none")  # [M]
-            grad = ce_scale_gradient(logits, target) if scale_grad else None
+            loss = F.cross_entropy(logits, target - first, reduction="none")  # [M]
+            grad = ce_scale_gradient(logits, target + 1 - first) if scale_grad else None  # 1-based column
         else:
             negative = torch.randint(1, self.n_items + 1, target.shape, device=target.device)  # [M]
             pos = (user * table[target]).sum(-1)  # [M]
@@ -210,7 +223,8 @@ class Trainer:
             loss = bce_loss(pos, neg)  # [M]
             grad = bce_scale_gradient(pos, neg) if scale_grad else None
         if c.method == "dros" and c.dros_alpha > 0:
-            loss = loss + c.dros_alpha * dros_loss(logits, target, self.propensity, c.dros_beta)
+            items = logits[:, 1 - first: self.n_items + 1 - first]  # [M, n]
+            loss = loss + c.dros_alpha * dros_loss(items, target, self.propensity, c.dros_beta)
         return (loss, grad) if scale_grad else loss
 
     def batch(self, idx: torch.Tensor, width: int | None = None, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -248,11 +262,13 @@ class Trainer:
         IRMv1 scale gradients [E] (None under V-REx) and the environment batch env_x [E*B, L, d]."""
         c = self.config
         x = self.model.embed(history)  # [B, L, d]
-        masks = self.extractors(x.detach(), lengths, c.tau)  # [K, B, L]; extractors read, never train, x
+        # Detached by default: the extractors read x but the recommender's loss never trains the item table
+        # through the masks; extractor_input_grad lets it (official). Extractor steps move extractors only.
+        masks = self.extractors(x if c.extractor_input_grad else x.detach(), lengths, c.tau)  # [K, B, L]
         views = masks.unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
         env_x, env_len, env_tgt = make_environments(
-            views, lengths, target, N=c.N, pairing=c.pairing, mixup=c.mixup,
-            alpha=c.alpha, lambda_low=c.lambda_low, lambda_high=c.lambda_high,
+            views, lengths, target, N=c.N, pairing=c.pairing, mixup=c.mixup, alpha=c.alpha,
+            lambda_low=c.lambda_low, lambda_high=c.lambda_high, pair_draw=c.pair_draw, lambda_fold=c.lambda_fold,
         )  # [E*B, L, d], [E*B], [E*B]
         user = self.model.encode(env_x, env_len)  # [E*B, d]
         if c.penalty == "irmv1":
@@ -271,8 +287,10 @@ class Trainer:
         belongs to environment n alone, so the recommender's gradient at env_x is, per environment block,
         a_n · dR_n/d env_x with a = d(mean + β var)/dR; rescaling block n by c_n / a_n, c = d(-var)/dR,
         gives the extractors' gradient at env_x, and only the cheap path env_x -> masks -> extractors
-        is walked again. a and c are autograd's own derivatives (c sums to zero exactly as autograd's
-        does, so no gradient of mean(R) leaks in), and the backward pass is seeded with that very a,
+        is walked again (with extractor_input_grad the masks also lead on to the item table, but that
+        walk asks for the extractors' parameters only, and the table's gradient through the masks is
+        part of the recommender's pass). a and c are autograd's own derivatives (c sums to zero exactly
+        as autograd's does, so no gradient of mean(R) leaks in), and the backward pass is seeded with that very a,
         so the rescaling is exact up to float rounding. When some |a_n| < 0.1/N (large β), where
         the products a_n · (small probabilities) lose precision, a separate backward pass of -var
         through the backbone is taken instead, as it always is for IRMv1 (whose penalty is not a
@@ -280,7 +298,7 @@ class Trainer:
         """
         with forward_precision(self.precision, self.device):
             risks, scale_grads, env_x = self.idea_forward(history, lengths, target)  # risks in float32
-        mean, var = vrex(risks)
+        mean, var = vrex(risks, self.config.unbiased_var)
         penalty = var if scale_grads is None else irmv1(scale_grads)
         rec_loss = mean + self.config.beta * penalty
         rec_params = [p for p in self.model.parameters() if p.requires_grad]
@@ -443,8 +461,8 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        changed = sorted(k for k, v in self.config.to_dict().items()
-                         if k not in RUNTIME_FIELDS and state["config"].get(k) != v)
+        saved = {**TrainConfig().to_dict(), **state["config"]}  # fields added since the save have their defaults
+        changed = sorted(k for k, v in self.config.to_dict().items() if k not in RUNTIME_FIELDS and saved[k] != v)
         if changed:
             raise CheckpointError(f"checkpoint was written with a different config (fields {changed}); refusing to resume")
         if state["split"] != split_identity(self.split):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 class Backbone(nn.Module, abc.ABC):
     """Item table + encoder: `forward(history, lengths) -> user vector`; scores are `user @ item_emb.weight.T`
-    (the trainer keeps the real items' rows only, so fake noise ids are never ranked)."""
+    (the trainer ranks the real items' rows only; fake noise ids enter a training softmax only when asked)."""
 
     def __init__(self, n_items: int, max_len: int, d: int, chunk_rows: int = 256):
         super().__init__()

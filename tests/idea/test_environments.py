@@ -1,5 +1,7 @@
 """Tests for IDEA's extractors, λ sampling, environment mixup and V-REx."""
 
+import math
+
 import pytest
 import torch
 
@@ -65,6 +67,17 @@ def test_masks_are_noisy_but_reproducible():
     assert not torch.equal(m1, m2)
     torch.manual_seed(1)
     torch.testing.assert_close(ext(x, lengths, tau=0.5), m1, rtol=0, atol=0)
+
+
+def test_default_linear_bias_starts_at_about_half_kept():
+    """init_keep_logit=None (the official code's nn.Linear init): output biases in ±1/sqrt(hidden), so the
+    relaxed-Bernoulli masks keep about half of the positions at the start instead of most of them."""
+    torch.manual_seed(0)
+    ext = SubsequenceExtractors(K, L, hidden=16, init_keep_logit=None)
+    assert ext.b2.abs().max() <= 0.25 and ext.b2.std() > 0.05
+    x, lengths, real = batch()
+    masks = ext(x.repeat(50, 1, 1), lengths.repeat(50), tau=1.0)
+    assert 0.4 < masks[:, real.repeat(50, 1)].mean() < 0.6
 
 
 def test_extractors_differ_from_each_other():
@@ -150,6 +163,16 @@ def test_sample_lambda_beta_is_folded():
     torch.testing.assert_close(lam, torch.maximum(raw, 1 - raw))
     assert lam.min() >= 0.5 and lam.max() <= 1.0
     assert (raw < 0.5).any()  # so the folding was actually exercised
+
+
+def test_sample_lambda_beta_unfolded_is_the_raw_draw():
+    """fold=False (the official code): λ is Beta's draw itself, below 0.5 for about half the rows."""
+    torch.manual_seed(0)
+    raw = torch.distributions.Beta(torch.tensor(0.1), torch.tensor(0.1)).sample((10_000,))
+    torch.manual_seed(0)
+    lam = sample_lambda(10_000, alpha=0.1, low=0.9, high=1.0, device="cpu", fold=False)
+    assert torch.equal(lam, raw)
+    assert 0.45 < (lam < 0.5).float().mean() < 0.55
 
 
 def test_sample_lambda_beta_shape_follows_alpha():
@@ -295,6 +318,59 @@ def test_environment_pairs_are_distinct_then_balanced(pairing, n_pairs):
         assert (a != b).all()
 
 
+@pytest.mark.parametrize("pairing, n_pairs", [("same_user", K * (K - 1)), ("any", K * K)])
+def test_environment_pairs_with_replacement_are_independent_uniform_draws(pairing, n_pairs):
+    """draw="with_replacement" (the official code's one random.sample per environment): every candidate
+    pair equally likely per environment, and N = #pairs environments repeat a pair as often as
+    independent draws do (1 - #pairs!/#pairs^#pairs of the time), never under "distinct"."""
+    torch.manual_seed(0)
+    a, b = environment_pairs(60_000, K, pairing, "cpu", draw="with_replacement")
+    counts = torch.unique(a * K + b, return_counts=True)[1]
+    assert len(counts) == n_pairs and (counts - 60_000 / n_pairs).abs().max() < 0.05 * 60_000 / n_pairs
+    if pairing == "same_user":
+        assert (a != b).all()
+
+    def share_repeating(draw):
+        """Share of 400 draws of #pairs environments in which two environments share a pair."""
+        hits = 0
+        for _ in range(400):
+            a, b = environment_pairs(n_pairs, K, pairing, "cpu", draw)
+            hits += len(set(zip(a.tolist(), b.tolist()))) < n_pairs
+        return hits / 400
+
+    assert share_repeating("distinct") == 0
+    assert abs(share_repeating("with_replacement") - (1 - math.factorial(n_pairs) / n_pairs ** n_pairs)) < 0.05
+    with pytest.raises(ValueError, match="pair draw"):
+        environment_pairs(4, K, pairing, "cpu", draw="sometimes")
+
+
+def test_make_environments_passes_the_pair_draw_on():
+    """Over many batches, N = 6 = #pairs environments share a pair only when drawn with replacement."""
+    views, lengths, targets = coded_views(K, B, L), torch.tensor([6, 3, 1, 4]), torch.arange(B)
+    shared = {}
+    for draw in ("distinct", "with_replacement"):
+        torch.manual_seed(0)
+        shared[draw] = 0
+        for _ in range(20):
+            ext_a, _, ext_b, _, _ = decode(run("same_user", views, lengths, targets, N=6, pair_draw=draw)[0], K, B)
+            shared[draw] += len(set(zip(ext_a.tolist(), ext_b.tolist()))) < 6
+    assert shared["distinct"] == 0 and shared["with_replacement"] >= 15
+
+
+def test_unfolded_lambda_lets_either_view_of_the_pair_dominate():
+    """lambda_fold=False: within one environment (one pair), some rows are dominated by the pair's first
+    view and others by its second, as in the official code; folded, the first view dominates every row."""
+    views, lengths, targets = coded_views(K, B * 8, L), torch.tensor([6, 3, 1, 4] * 8), torch.arange(B * 8)
+    for fold in (True, False):
+        torch.manual_seed(0)
+        env_x = run("same_user", views, lengths, targets, N=3, alpha=0.1, lambda_fold=fold)[0]
+        dominant = decode(env_x, K, B * 8)[0].view(3, B * 8)  # [N, rows] extractor of the heavier view
+        mixed_within = (dominant != dominant[:, :1]).any(1)  # [N]
+        assert mixed_within.all() if not fold else not mixed_within.any()
+    with pytest.raises(ValueError, match="lambda_fold=False needs pairing='same_user'"):
+        run("any", views, lengths, targets, alpha=0.1, lambda_fold=False)
+
+
 def test_lambda_is_drawn_per_environment_and_row():
     torch.manual_seed(0)
     views, lengths, targets = coded_views(K, B, L), torch.tensor([6, 3, 1, 4]), torch.arange(B)
@@ -339,6 +415,17 @@ def test_vrex_matches_hand_computation():
     assert var.item() == pytest.approx(14 / 9)  # ((-4/3)^2 + (-1/3)^2 + (5/3)^2) / 3, population variance
     var.backward()
     torch.testing.assert_close(risks.grad, 2 * (risks.detach() - 7 / 3) / 3)
+
+
+def test_vrex_unbiased_is_torch_var():
+    risks = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64, requires_grad=True)
+    mean, var = vrex(risks, unbiased=True)
+    torch.testing.assert_close(var, torch.var(risks), rtol=1e-15, atol=0)  # the official code's torch.var
+    assert var.item() == pytest.approx(14 / 6)
+    var.backward()
+    torch.testing.assert_close(risks.grad, 2 * (risks.detach() - 7 / 3) / 2)
+    with pytest.raises(ValueError, match="at least 2"):
+        vrex(torch.tensor([0.7]), unbiased=True)
 
 
 def test_vrex_single_environment_has_zero_variance():

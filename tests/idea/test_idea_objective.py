@@ -10,6 +10,7 @@ import torch
 
 from idea.config import TrainConfig
 from idea.data.synthetic import SyntheticConfig, generate
+from idea.environments import make_environments, vrex
 from idea.splits import SplitConfig, make_split
 from idea.trainer import Trainer
 
@@ -59,33 +60,67 @@ def risks_of(tr, seed):
 # ----- the recommender's gradient ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("unbiased", [False, True], ids=["population-var", "unbiased-var"])
 @pytest.mark.parametrize("pairing", ["same_user", "any"])
-def test_recommender_gradient_is_the_hand_derived_vrex_gradient(split, pairing):
-    """d(mean + β var)/dθ = Σ_n (1/N + 2β(R_n - R̄)/N) dR_n/dθ, with dR_n/dθ from autograd per environment."""
+def test_recommender_gradient_is_the_hand_derived_vrex_gradient(split, pairing, unbiased):
+    """d(mean + β var)/dθ = Σ_n (1/N + 2β(R_n - R̄)/D) dR_n/dθ, with dR_n/dθ from autograd per environment
+    and D = N (population variance) or N - 1 (unbiased_var, torch.var's as in the official code)."""
     beta, N = 3.0, 4
-    tr = idea64(split, N=N, beta=beta, pairing=pairing)
+    tr = idea64(split, N=N, beta=beta, pairing=pairing, unbiased_var=unbiased)
     got, _, _ = gradients(tr, seed=1)
     risks = risks_of(tr, seed=1)
     R = risks.detach()
-    a = 1.0 / N + 2.0 * beta * (R - R.mean()) / N  # [N]
+    a = 1.0 / N + 2.0 * beta * (R - R.mean()) / (N - 1 if unbiased else N)  # [N]
     per_env = [torch.autograd.grad(risks[n], rec_params(tr), retain_graph=True, allow_unused=True) for n in range(N)]
     want = [None if per_env[0][i] is None else sum(a[n] * per_env[n][i] for n in range(N))
             for i in range(len(per_env[0]))]
     assert rel_diff(got, want) < RTOL
-    # β matters: the β = 0 gradient is far outside that tolerance.
+    # β matters: the β = 0 gradient is far outside that tolerance, and so is the other variance's.
     plain, _, _ = gradients(tr, seed=1, beta=0.0)
     assert rel_diff(plain, want) > 1e4 * RTOL
+    other, _, _ = gradients(tr, seed=1, beta=beta, unbiased_var=not unbiased)
+    assert rel_diff(other, want) > 1e3 * RTOL
+
+
+def test_extractor_input_grad_adds_the_path_through_the_masks_to_the_item_table(split):
+    """With extractor_input_grad the recommender's gradient is the detached one plus the masks' input
+    gradient scattered back onto the table rows it was looked up from (the chain rule by hand: here the
+    masks read their own leaf copy of x); detached, that term is absent and the gradient is far off."""
+    beta, N = 3.0, 4
+    tr = idea64(split, N=N, beta=beta, extractor_input_grad=True)
+    got, _, _ = gradients(tr, seed=6)
+    torch.manual_seed(6)  # the same draws, in the same order, as idea_forward's
+    history, lengths, target = batch(tr)
+    x = tr.model.embed(history)  # [B, L, d]
+    x_in = x.detach().requires_grad_()  # [B, L, d] what the extractors read
+    views = tr.extractors(x_in, lengths, tr.config.tau).unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
+    env_x, env_len, env_tgt = make_environments(views, lengths, target, N=N, pairing="same_user", mixup=True,
+                                                alpha=None, lambda_low=0.9, lambda_high=1.0)
+    risks = tr.per_example_loss(tr.model.encode(env_x, env_len), env_tgt).view(N, -1).mean(1)  # [N]
+    mean, var = vrex(risks)
+    *want, through_masks = torch.autograd.grad(mean + beta * var, rec_params(tr) + [x_in], allow_unused=True)
+    table = tr.model.item_emb.weight
+    extra = torch.zeros_like(table).index_add_(0, history.flatten(), through_masks.flatten(0, 1))  # [n+1, d]
+    extra[0] = 0.0  # the padding row never gets a gradient
+    at = next(i for i, p in enumerate(rec_params(tr)) if p is table)
+    want[at] = want[at] + extra
+    assert rel_diff(got, want) < RTOL
+    detached, _, _ = gradients(tr, seed=6, extractor_input_grad=False)
+    assert rel_diff(detached, want) > 1e3 * RTOL  # 1.2e-5 here
+    assert rel_diff([detached[at]], [want[at] - extra]) < RTOL  # ... and differs only by that term
 
 
 # ----- the extractors' gradient ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("input_grad", [False, True], ids=["detached-input", "input-grad"])
 @pytest.mark.parametrize("recommend", [True, False], ids=["shared-backward", "exploration-only"])
 @pytest.mark.parametrize("pairing", ["same_user", "any"])
-def test_extractor_gradient_ascends_the_risk_variance(split, pairing, recommend):
+def test_extractor_gradient_ascends_the_risk_variance(split, pairing, recommend, input_grad):
     """The extractors' gradient (descended by their optimiser) is exactly -d var(R)/dφ, sign included,
-    both from the recommender's shared backward pass and from exploration alone."""
-    tr = idea64(split, N=4, beta=3.0, pairing=pairing)
+    both from the recommender's shared backward pass and from exploration alone, whether or not the
+    extractors' input carries gradient into the item table."""
+    tr = idea64(split, N=4, beta=3.0, pairing=pairing, extractor_input_grad=input_grad)
     _, got, _ = gradients(tr, seed=2, recommend=recommend, explore=True)
     risks = risks_of(tr, seed=2)
     var = ((risks - risks.mean()) ** 2).mean()
@@ -128,12 +163,17 @@ def test_exploration_steps_raise_the_risk_variance_on_a_fixed_batch(split):
     assert variances[-1] > 2 * variances[0], variances
 
 
-def test_recommend_only_leaves_extractors_and_explore_only_leaves_the_recommender(split):
-    tr = idea64(split)
+@pytest.mark.parametrize("input_grad", [False, True], ids=["detached-input", "input-grad"])
+def test_recommend_only_leaves_extractors_and_explore_only_leaves_the_recommender(split, input_grad):
+    tr = idea64(split, extractor_input_grad=input_grad)
     rec, ext, _ = gradients(tr, seed=5, recommend=True, explore=False)
     assert ext is None and any(g is not None and g.abs().sum() > 0 for g in rec)
     rec, ext, _ = gradients(tr, seed=5, recommend=False, explore=True)
     assert rec is None and all(g.abs().sum() > 0 for g in ext)
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    torch.manual_seed(5)
+    tr.idea_step(*batch(tr), recommend=False, explore=True)  # an extractor step moves the extractors only
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
 
 
 # ----- best state ---------------------------------------------------------------------------------

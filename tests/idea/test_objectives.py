@@ -159,3 +159,46 @@ def test_irmv1_trains(split):
                              device="cpu"), split)
     records = tr.fit()
     assert records[-1].extra["irm_penalty"] > 0 and np.isfinite(records[-1].train_loss)
+
+
+# ----- which rows the softmax runs over ---------------------------------------------------------
+
+
+def test_softmax_over_all_rows_scores_padding_and_fake_rows(split):
+    """softmax_over "all" (the official code's CE): logsumexp over every row of the table (padding row 0,
+    the real items, the fake rows) minus the target's score; its gradient at row j is mean((p_j - [j = t]) u),
+    so the fake rows are trained as negatives, and the padding row is scored but never trained. With the
+    default "items" the fake rows get no gradient at all."""
+    tr = trainer64(split, softmax_over="all", fake_items=40)
+    table = tr.model.item_emb.weight
+    assert len(table) == split.n_items + 1 + 40
+    history, lengths, target = tr.batch(torch.arange(64))
+    user = tr.model(history, lengths).detach()  # [M, d]
+    logits = user @ table.detach().T  # [M, n + 41]
+    score_t = logits.gather(1, target[:, None]).squeeze(1)  # [M]
+    loss, scale = tr.per_example_loss(user, target, scale_grad=True)
+    torch.testing.assert_close(loss, torch.logsumexp(logits, 1) - score_t, rtol=1e-12, atol=0)
+    p = logits.softmax(1)  # [M, n + 41]
+    torch.testing.assert_close(scale, (p * logits).sum(1) - score_t, rtol=1e-12, atol=1e-12)  # IRMv1's dR/dw
+    grad = torch.autograd.grad(loss.mean(), table)[0]
+    want = (p - torch.nn.functional.one_hot(target, len(table))).T @ user / len(target)  # [n + 41, d]
+    want[0] = 0.0
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-15)
+    fake = slice(split.n_items + 1, None)
+    assert (grad[fake].norm(dim=1) > 1e-6).all()
+    items = trainer64(split, fake_items=40)
+    items.model.load_state_dict(tr.model.state_dict())
+    plain = items.per_example_loss(user, target)
+    assert (loss - plain).min() > 1e-3  # the extra rows raise every row's loss
+    assert not torch.autograd.grad(plain.mean(), items.model.item_emb.weight)[0][fake].any()
+
+
+def test_softmax_over_all_keeps_dros_on_the_real_items(split):
+    """DROS's L_DRO reads the real items' logits whichever rows the CE softmax runs over."""
+    tr = trainer64(split, method="dros", dros_alpha=0.3, softmax_over="all", fake_items=40)
+    history, lengths, target = tr.batch(torch.arange(64))
+    user = tr.model(history, lengths)
+    logits = user @ tr.model.item_emb.weight.T  # [M, n + 41]
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    l_dro = dros_loss(logits[:, 1: split.n_items + 1], target, tr.propensity.double(), 1.0)
+    torch.testing.assert_close(tr.per_example_loss(user, target), ce + 0.3 * l_dro)

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from idea.baselines import most_popular
+import idea.trainer as trainer_module
 from idea.config import TrainConfig
 from idea.data.synthetic import SyntheticConfig, generate
+from idea.environments import make_environments
 from idea.metrics import summary
 from idea.splits import SplitConfig, make_split
 from idea.trainer import NonFiniteLossError, Trainer, inject_noise
@@ -160,6 +162,49 @@ def test_noise_replaces_the_requested_share_with_fake_items():
     assert torch.equal(noisy[~fake], history[~fake])
 
 
+def test_fake_rows_and_item_init(split):
+    """fake_items sets the fake rows whatever the noise (the official code keeps 1,000 without noise) and
+    item_init "normal" draws the table from N(0, 1) (nn.Embedding's init, which the official table keeps)."""
+    n = split.n_items
+    assert len(Trainer(small(), split).model.item_emb.weight) == n + 1
+    assert len(Trainer(small(noise_ratio=0.1), split).model.item_emb.weight) == n + 1 + 100  # max(100, n // 10)
+    tr = Trainer(small(fake_items=30, item_init="normal"), split)
+    table = tr.model.item_emb.weight.detach()
+    assert len(table) == n + 1 + 30 and tr.n_fake == 30
+    assert not table[0].any() and 0.95 < table[1:].std() < 1.05
+    assert Trainer(small(), split).model.item_emb.weight[1:].std() < 0.2  # the backbone's xavier init
+    noisy = Trainer(small(noise_ratio=0.5, fake_items=30), split).batch(torch.arange(256))[0]
+    assert noisy.max() == n + 30 and (noisy > n).sum() > 0
+
+
+def test_idea_options_reach_the_environments_and_extractors(split, monkeypatch):
+    """The config's pair draw and λ folding reach make_environments, and extractor_keep_logit the extractors."""
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return make_environments(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "make_environments", spy)
+    tr = Trainer(small(method="idea", pair_draw="with_replacement", alpha=0.1, lambda_fold=False), split)
+    tr.idea_forward(*first_batch(tr))
+    assert seen["pair_draw"] == "with_replacement" and seen["lambda_fold"] is False
+    assert (tr.extractors.b2 == 2.0).all()
+    official = Trainer(small(method="idea", extractor_keep_logit=None, extractor_hidden=128), split).extractors
+    assert official.b2.abs().max() <= 128 ** -0.5 and official.b2.std() > 0.01
+    assert (Trainer(small(method="idea", extractor_keep_logit=-1.0), split).extractors.b2 == -1.0).all()
+
+
+def test_resume_reads_checkpoints_written_before_a_field_existed(split, tmp_path):
+    """A checkpoint saved before a TrainConfig field was added resumes when this run keeps its default."""
+    tr = Trainer(small(method="idea"), split)
+    state = tr.state_dict()
+    del state["config"]["pair_draw"], state["config"]["softmax_over"]
+    Trainer(small(method="idea"), split).load_state_dict(state)
+    with pytest.raises(ValueError, match="different config.*pair_draw"):
+        Trainer(small(method="idea", pair_draw="with_replacement"), split).load_state_dict(state)
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="TrainConfig.tau"):
         TrainConfig(tau=0)
@@ -171,6 +216,29 @@ def test_config_errors_name_the_field():
         TrainConfig(method="idea", epochs=2, pretrain_epochs=2)
     with pytest.raises(ValueError, match="unknown TrainConfig field.*'betta'"):
         TrainConfig.from_dict({"betta": 1.0})
+
+
+@pytest.mark.parametrize("values, field", [
+    ({"pair_draw": "random"}, "pair_draw"),
+    ({"softmax_over": "fakes"}, "softmax_over"),
+    ({"softmax_over": "all", "loss": "bce"}, "softmax_over"),
+    ({"item_init": "xavier"}, "item_init"),
+    ({"extractor_input_grad": 1}, "extractor_input_grad"),
+    ({"unbiased_var": "yes"}, "unbiased_var"),
+    ({"lambda_fold": False}, "lambda_fold"),  # no alpha: Uniform λ >= 0.5 has nothing to fold
+    ({"lambda_fold": False, "alpha": 0.1, "pairing": "any"}, "lambda_fold"),
+    ({"extractor_keep_logit": 50.0}, "extractor_keep_logit"),
+    ({"extractor_keep_logit": True}, "extractor_keep_logit"),
+    ({"fake_items": -1}, "fake_items"),
+    ({"fake_items": 0, "noise_ratio": 0.1}, "fake_items"),
+])
+def test_official_option_errors_name_the_field(values, field):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} "):
+        TrainConfig(**values)
+    official = TrainConfig(method="idea", extractor_input_grad=True, pair_draw="with_replacement", alpha=0.1,
+                           lambda_fold=False, unbiased_var=True, extractor_keep_logit=None, fake_items=1000,
+                           softmax_over="all", item_init="normal")
+    assert official.used()["pair_draw"] == "with_replacement" and "pair_draw" not in TrainConfig().used()
 
 
 def test_cli_prints_json(tmp_path):

@@ -54,6 +54,12 @@ def test_warm_start_refuses_another_backbone(split, erm_ckpt):
         Trainer(cfg(backbone="sasrec", init_from=str(erm_ckpt[0])), split)
 
 
+def test_warm_start_refuses_other_fake_rows(split, erm_ckpt):
+    """fake_items sizes the table, so a start with other fake rows is refused by name, not by a shape error."""
+    with pytest.raises(CheckpointError, match=r"fake_items None \(this run: 1000\)"):
+        Trainer(cfg(fake_items=1000, init_from=str(erm_ckpt[0])), split)
+
+
 @pytest.mark.parametrize("change", ["max_len", "items"])
 def test_warm_start_refuses_another_split(data, erm_ckpt, change):
     if change == "max_len":

@@ -21,6 +21,7 @@ from studies.trainable import search_trial
 from tests.studies.study_cli import run_cli, run_study
 
 SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "synthetic")
+OFFICIAL = ("beauty-loo-official", "sports-loo-official")  # the IDEA authors' protocol and configuration
 
 VALID = """
 dataset: synthetic
@@ -80,6 +81,27 @@ def test_shipped_studies_cover_the_issue_space(name):
     smoke = load_study(name, smoke=True)
     assert all(a.num_samples <= 3 for a in smoke.arms.values()) and smoke.epochs <= 3
     assert smoke.max_users is not None and max(smoke.epochs_of(a) for a in smoke.arms) <= 3
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_studies_start_idea_at_the_authors_configuration(name):
+    """Leave-one-out, max length 50, GRU4Rec, the four arms; IDEA's first trial is the released code's
+    configuration (docs/fidelity.md), and every arm shares its item table (1,000 fake rows, softmax over all
+    rows), so the fine-tuning arms load the ERM arm's models."""
+    study = load_study(name)
+    assert (study.protocol, study.max_len, study.backbone, study.idea_init) == ("loo", 50, "gru4rec", "erm")
+    assert study.arm_order() == ["erm", "idea", "erm_ft", "dros"] and study.seeds == 3
+    idea = study.train_config("idea", study.arms["idea"].first)
+    assert (idea.K, idea.N, idea.tau, idea.beta, idea.alpha, idea.extractor_hidden, idea.batch_size, idea.dropout) \
+        == (3, 4, 0.1, 1.0, 0.1, 128, 1024, 0.3)
+    assert idea.extractor_input_grad and idea.pair_draw == "with_replacement" and not idea.lambda_fold
+    assert idea.unbiased_var and idea.extractor_keep_logit is None and idea.pairing == "same_user" and idea.mixup
+    for arm in study.arms:
+        config = study.train_config(arm, study.arms[arm].first)
+        assert (config.fake_items, config.softmax_over, config.batch_size) == (1000, "all", 1024), arm
+    smoke = load_study(name, smoke=True)
+    assert all(a.num_samples <= 3 for a in smoke.arms.values()) and smoke.max_users is not None
+    assert max(smoke.epochs_of(a) for a in smoke.arms) <= 3 and smoke.protocol == "loo"
 
 
 def test_default_beauty_study_fits_the_cpu_budget():
@@ -240,7 +262,7 @@ def test_bad_study_files_name_file_and_key(tmp_path, case):
 def test_unknown_study_name_lists_shipped_ones():
     with pytest.raises(StudyConfigError, match="shipped studies: .*beauty"):
         load_study("no-such-study")
-    assert set(shipped_studies()) == set(SHIPPED) and (CONFIG_DIR / "_base.yaml").is_file()
+    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL) and (CONFIG_DIR / "_base.yaml").is_file()
 
 
 def test_cli_overrides_are_validated_like_the_file(tmp_path):

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from analysis import plots
 from analysis import summaries as S
 from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_spaces, load_study, parent_tags
 from analysis.mlflow_ui import PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
+from idea.argparsing import StrictArgumentParser
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
 
@@ -292,7 +292,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    p = StrictArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///<abs path>/mlflow.db")
     p.add_argument("--study", required=True, help="study name (= MLflow experiment name)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")

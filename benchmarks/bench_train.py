@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from idea.argparsing import StrictArgumentParser
 from idea.config import BACKBONE_NAMES, TrainConfig
 from idea.data import DataNotFoundError, load_split
 from idea.splits import Events, Split, SplitConfig
@@ -67,7 +68,7 @@ def seconds_per_step(trainer: Trainer, steps: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--steps", type=int, default=10)

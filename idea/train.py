@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from idea.argparsing import StrictArgumentParser
 from idea.config import BACKBONE_NAMES, LOSSES, METHODS, PAIRINGS, PENALTIES, TrainConfig
 from idea.data import DATASETS, DataFormatError, DataNotFoundError, load_split
 from idea.metrics import summary
@@ -22,7 +23,7 @@ FLAGS = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m idea.train", description=__doc__)
+    p = StrictArgumentParser(prog="python -m idea.train", description=__doc__)
     p.add_argument("--dataset", default="synthetic", help=f"one of {sorted(DATASETS)} (default synthetic)")
     p.add_argument("--data-dir", help="data folder (default: $IDEA_DATA_DIR, else ./data)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="temporal")

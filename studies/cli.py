@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from idea.argparsing import StrictArgumentParser
 from studies.catalog import shipped_studies
 
 DESCRIPTION = ("Train the ERM backbone, fine-tune it with IDEA and with the plain loss (erm_ft) under Ray Tune + "
@@ -29,7 +30,7 @@ def _number(kind: type, low: float, strict: bool):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
+    p = StrictArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
     p.add_argument("study", help=f"a shipped study (studies/configs/<name>.yaml: {', '.join(shipped_studies())}) "
                                  "or the path of a study YAML file")
     p.add_argument("--num-samples", type=int, help="search trials per arm (default: the study file's)")

@@ -36,8 +36,9 @@ TABLES = {
                     "least-squares change of the mean per window step."),
     "worst_window": ("Worst window", "Per seed the minimum over test windows, then averaged per arm."),
     "idea_vs_erm": ("IDEA vs ERM",
-                    "rel_gain = (IDEA - ERM) / ERM per part; paired t-test over seeds present in both arms, Welch t-test "
-                    "over all seeds."),
+                    "Unpaired: means over each arm's seeds, rel_gain = (IDEA - ERM) / ERM per part, and the Welch t-test "
+                    "over all seeds (for when the arms' seeds differ). The paired test is section 6's idea vs erm rows; "
+                    "idea_vs_erm.csv has both."),
     "paired": ("Paired by seed",
                "Every arm against ERM, and IDEA against erm_ft (first) when both ran. Seed s of every fine-tuning "
                "arm starts from ERM final seed s: mean_diff = arm - control over the shared seeds with a t-based 95% "
@@ -57,6 +58,9 @@ TABLES = {
                           "validation metric, per arm."),
 }
 
+
+# Section 5's columns in summary.md: its paired-test columns would repeat section 6's idea vs erm rows.
+UNPAIRED_COLUMNS = ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm", "p_welch"]
 
 SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few trials, epochs and seeds). "
               "Its numbers are not results.")
@@ -283,7 +287,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):
             md += [f"Source: {shift.attrs['source']}.", ""]
-        md += [_markdown(tables[name]), ""]
+        md += [_markdown(tables[name][UNPAIRED_COLUMNS] if name == "idea_vs_erm" else tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
     md += _ui_section(tracking_uri, study, results, metric, k, ui_url)
     path = out_dir / "summary.md"

@@ -71,6 +71,19 @@ def test_ui_links_use_the_given_ui_url(store, tmp_path):
     assert "PORT" not in ui and "--port 5123" in ui and "<http://127.0.0.1:5123/#/experiments/1/runs>" in ui
 
 
+def test_idea_vs_erm_section_does_not_repeat_the_paired_section(report):
+    """Section 5 (IDEA vs ERM) shows the unpaired comparison; the paired test is only in section 6."""
+    out, _ = report
+    md = (out / "summary.md").read_text()
+    header = lambda title: [c.strip() for c in next(ln for ln in section(md, title).splitlines()
+                                                    if ln.startswith("|")).strip("|").split("|")]
+    unpaired, paired = header("IDEA vs ERM"), header("Paired by seed")
+    assert unpaired == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm", "p_welch"]
+    assert {"n_pairs", "mean_diff", "t_paired", "p_paired"} <= set(paired)
+    assert len(table_rows(section(md, "IDEA vs ERM"))) == 4  # valid, w1..w3
+    assert "p_paired" in pd.read_csv(out / "idea_vs_erm.csv").columns  # the CSV keeps both tests
+
+
 def test_numbers_share_one_precision_per_column(report):
     """Each number column has one count of decimals (4 significant digits of its largest value), shares are
     percentages, p-values have 3 decimals; the headline's means share theirs."""

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ import pandas as pd
 from analysis import plots
 from analysis import summaries as S
 from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_spaces, load_study, parent_tags
-from analysis.mlflow_ui import PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
+from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
 from idea.argparsing import StrictArgumentParser
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
@@ -215,15 +216,18 @@ def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"runs": g["run_id"].nunique(), "seeds": g["seed"].nunique()}).reset_index()
 
 
-def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: str, k: int,
+def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, out_dir: Path, metric: str, k: int,
                 ui_url: str | None) -> list[str]:
     base = ui_base_url(tracking_uri, ui_url)
     cmd = ui_command(tracking_uri)
     placeholder = PORT in base  # a local store, served wherever the reader chooses
     lines = ["## MLflow UI", ""]
     if placeholder:
-        lines += [f"Serve the store on any free port: `{cmd}`. In the links below put that port for `{PORT}` (or "
-                  f"rebuild this report with `python -m analysis.report ... --ui-url http://127.0.0.1:<port>`).", ""]
+        rebuild = shlex.join(["python", "-m", "analysis.report", "--tracking-uri", tracking_uri, "--study", study,
+                              "--out", str(out_dir), "--metric", metric, "--k", str(k),
+                              "--ui-url", f"http://127.0.0.1:{UI_PORT}"])
+        lines += [f"Serve the store on any free port: `{cmd}`. In the links below put that port for `{PORT}` (or, "
+                  f"for port {UI_PORT}, rebuild this report with `{rebuild}`).", ""]
     elif cmd:
         port = urlsplit(base).port or PORT
         lines += [f"The links below expect the UI at {base}: `{ui_command(tracking_uri, port)}`.", ""]
@@ -289,7 +293,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
             md += [f"Source: {shift.attrs['source']}.", ""]
         md += [_markdown(tables[name][UNPAIRED_COLUMNS] if name == "idea_vs_erm" else tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
-    md += _ui_section(tracking_uri, study, results, metric, k, ui_url)
+    md += _ui_section(tracking_uri, study, results, out_dir, metric, k, ui_url)
     path = out_dir / "summary.md"
     path.write_text("\n".join(md) + "\n")
     return path

@@ -20,6 +20,7 @@ import pandas as pd
 import ray
 import yaml
 
+from analysis.mlflow_ui import UI_PORT, ui_command
 from analysis.report import write_report
 from idea.data import DataFormatError, DataNotFoundError
 from idea.data.describe import describe
@@ -216,9 +217,13 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
 
 
 def ui_hint(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
-        return f"mlflow ui --backend-store-uri {tracking_uri}"
-    return f"open {tracking_uri} (MLflow tracking server)"
+    """The `mlflow ui` command for a local store (quoted, on port 5001: 5000 is often taken), or the server."""
+    return ui_command(tracking_uri, UI_PORT) or f"open {tracking_uri} (MLflow tracking server)"
+
+
+def resume_command(argv: list[str], resume: bool) -> str:
+    """The command line that continues an interrupted study: this one, with --resume, shell-quoted."""
+    return shlex.join([sys.executable, *argv] + ([] if resume else ["--resume"]))
 
 
 def log_inputs(study_dir: Path, study_run: StudyRun, data: Interactions, split: Split) -> None:
@@ -277,9 +282,8 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
         write_results(study_dir, study_run, *outcome[1:])
     except KeyboardInterrupt:
         closed = study_run.close_open_runs("KILLED")
-        resume_cmd = shlex.join([sys.executable, *sys.argv] + ([] if resume else ["--resume"]))
         print(f"\ninterrupted: the study run and {closed} open trial run(s) marked KILLED; Tune saved its state. "
-              f"Resume with:\n  {resume_cmd}", file=sys.stderr)
+              f"Resume with:\n  {resume_command(sys.argv, resume)}", file=sys.stderr)
         return None
     except TuneStateError:  # nothing ran: the study stays resumable once the state is put back
         study_run.close_open_runs("KILLED")

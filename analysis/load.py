@@ -8,7 +8,7 @@
 - `load_history`: per-epoch metric history (learning curves) of a study's runs.
 - `load_shift`: shift diagnostics per part (cold-item share, JS divergence of target popularity
   against training), from the parent run's ``describe.json`` artifact. `analysis` reads MLflow
-  only: it imports neither `idea` nor torch.
+  only: it imports neither torch nor `idea`, bar its standard-library argument parser.
 
 Everything goes through an ``MlflowClient`` bound to the given tracking URI (any URI MLflow
 accepts: ``sqlite:///...``, ``http://host:port``, ``file:...``) rather than `mlflow.search_runs`,

@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Sequence
 
-__all__ = ["PORT", "is_server", "ui_base_url", "ui_command", "runs_url", "compare_url", "metric_url"]
+__all__ = ["PORT", "UI_PORT", "is_server", "ui_base_url", "ui_command", "runs_url", "compare_url", "metric_url"]
 
 PORT = "PORT"  # placeholder for the port a local `mlflow ui` is served on (any free port)
+UI_PORT = 5001  # the port of the `mlflow ui` command a study prints: MLflow's default, 5000, is often taken
 
 
 def _j(value) -> str:
@@ -35,10 +37,11 @@ def ui_base_url(tracking_uri: str, ui_url: str | None = None) -> str:
 
 
 def ui_command(tracking_uri: str, port: int | str = PORT) -> str | None:
-    """Shell command that serves the UI on a local store; None when the URI is already a server."""
+    """Shell command that serves the UI on a local store, the URI shell-quoted (a path may hold spaces);
+    None when the URI is already a server."""
     if is_server(tracking_uri):
         return None
-    return f"mlflow ui --backend-store-uri '{tracking_uri}' --host 127.0.0.1 --port {port}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port {port}"
 
 
 def runs_url(base_url: str, experiment_id: str) -> str:

@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
+import shlex
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +20,8 @@ import pandas as pd
 from analysis import plots
 from analysis import summaries as S
 from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_spaces, load_study, parent_tags
-from analysis.mlflow_ui import PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
+from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
+from idea.argparsing import StrictArgumentParser
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
 
@@ -36,8 +37,9 @@ TABLES = {
                     "least-squares change of the mean per window step."),
     "worst_window": ("Worst window", "Per seed the minimum over test windows, then averaged per arm."),
     "idea_vs_erm": ("IDEA vs ERM",
-                    "rel_gain = (IDEA - ERM) / ERM per part; paired t-test over seeds present in both arms, Welch t-test "
-                    "over all seeds."),
+                    "Unpaired: means over each arm's seeds, rel_gain = (IDEA - ERM) / ERM per part, and the Welch t-test "
+                    "over all seeds (for when the arms' seeds differ). The paired test is section 6's idea vs erm rows; "
+                    "idea_vs_erm.csv has both."),
     "paired": ("Paired by seed",
                "Every arm against ERM, and IDEA against erm_ft (first) when both ran. Seed s of every fine-tuning "
                "arm starts from ERM final seed s: mean_diff = arm - control over the shared seeds with a t-based 95% "
@@ -57,6 +59,9 @@ TABLES = {
                           "validation metric, per arm."),
 }
 
+
+# Section 5's columns in summary.md: its paired-test columns would repeat section 6's idea vs erm rows.
+UNPAIRED_COLUMNS = ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm", "p_welch"]
 
 SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few trials, epochs and seeds). "
               "Its numbers are not results.")
@@ -211,15 +216,18 @@ def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"runs": g["run_id"].nunique(), "seeds": g["seed"].nunique()}).reset_index()
 
 
-def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, metric: str, k: int,
+def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, out_dir: Path, metric: str, k: int,
                 ui_url: str | None) -> list[str]:
     base = ui_base_url(tracking_uri, ui_url)
     cmd = ui_command(tracking_uri)
     placeholder = PORT in base  # a local store, served wherever the reader chooses
     lines = ["## MLflow UI", ""]
     if placeholder:
-        lines += [f"Serve the store on any free port: `{cmd}`. In the links below put that port for `{PORT}` (or "
-                  f"rebuild this report with `python -m analysis.report ... --ui-url http://127.0.0.1:<port>`).", ""]
+        rebuild = shlex.join(["python", "-m", "analysis.report", "--tracking-uri", tracking_uri, "--study", study,
+                              "--out", str(out_dir), "--metric", metric, "--k", str(k),
+                              "--ui-url", f"http://127.0.0.1:{UI_PORT}"])
+        lines += [f"Serve the store on any free port: `{cmd}`. In the links below put that port for `{PORT}` (or, "
+                  f"for port {UI_PORT}, rebuild this report with `{rebuild}`).", ""]
     elif cmd:
         port = urlsplit(base).port or PORT
         lines += [f"The links below expect the UI at {base}: `{ui_command(tracking_uri, port)}`.", ""]
@@ -283,16 +291,16 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):
             md += [f"Source: {shift.attrs['source']}.", ""]
-        md += [_markdown(tables[name]), ""]
+        md += [_markdown(tables[name][UNPAIRED_COLUMNS] if name == "idea_vs_erm" else tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
-    md += _ui_section(tracking_uri, study, results, metric, k, ui_url)
+    md += _ui_section(tracking_uri, study, results, out_dir, metric, k, ui_url)
     path = out_dir / "summary.md"
     path.write_text("\n".join(md) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    p = StrictArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///<abs path>/mlflow.db")
     p.add_argument("--study", required=True, help="study name (= MLflow experiment name)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from idea.argparsing import StrictArgumentParser
 from idea.config import TrainConfig
 from idea.data import load_split
 from idea.metrics import summary
@@ -27,8 +28,7 @@ from idea.trainer import Trainer
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="beauty")
     p.add_argument("--data-dir")
     p.add_argument("--backbones", nargs="+", default=["gru4rec", "sasrec"])

@@ -33,6 +33,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
+from idea.argparsing import StrictArgumentParser
 from idea.config import BACKBONE_NAMES, TrainConfig
 from idea.data import DataNotFoundError, load_split
 from idea.precision import PRECISIONS
@@ -160,8 +161,7 @@ def device_rates(device: torch.device) -> dict[str, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir")
     p.add_argument("--steps", type=int, default=10)

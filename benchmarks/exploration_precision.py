@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from idea.argparsing import StrictArgumentParser
 from idea.config import TrainConfig
 from idea.data import load_split
 from idea.environments import vrex
@@ -35,7 +36,7 @@ def minus_var_grad(trainer: Trainer, batch, seed: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir")
     p.add_argument("--model", type=Path, default=Path("outputs/bench/beauty-erm.pt"))
     p.add_argument("--betas", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from idea.argparsing import StrictArgumentParser
 from idea.config import TrainConfig
 from idea.data import load_split
 from idea.environments import vrex
@@ -79,7 +80,7 @@ def epoch_scales(trainer: Trainer) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = StrictArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir")
     p.add_argument("--model", type=Path, default=Path("outputs/bench/beauty-erm.pt"))
     p.add_argument("--erm-epochs", type=int, default=40)

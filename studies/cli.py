@@ -1,10 +1,13 @@
 """The flags of `python studies/run_study.py` (also the `idea-study` console script). Parsing needs
-only the standard library, so --help answers at once; the study itself is studies/driver.py."""
+only the standard library, so --help answers at once; studies/preflight.py then refuses what it can
+without Ray, torch or MLflow, and the study itself is studies/driver.py."""
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
+from idea.argparsing import StrictArgumentParser
 from studies.catalog import shipped_studies
 
 DESCRIPTION = ("Train the ERM backbone, fine-tune it with IDEA and with the plain loss (erm_ft) under Ray Tune + "
@@ -29,7 +32,7 @@ def _number(kind: type, low: float, strict: bool):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
+    p = StrictArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
     p.add_argument("study", help=f"a shipped study (studies/configs/<name>.yaml: {', '.join(shipped_studies())}) "
                                  "or the path of a study YAML file")
     p.add_argument("--num-samples", type=int, help="search trials per arm (default: the study file's)")
@@ -55,6 +58,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from idea.data import DataFormatError, DataNotFoundError  # numpy and pandas: after --help
+    from studies.preflight import check_study
+
+    try:  # refusals that need no Ray, torch or MLflow come in well under a second
+        checked = check_study(args)
+    except (ValueError, DataNotFoundError, DataFormatError) as err:  # StudyConfigError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Keeping one checkpoint per trial makes Tune snapshot its state at every checkpoint, which is what a
@@ -64,6 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     # files or hint (MLflow has every metric; Tune's JSON and CSV logs are kept, see Resources.run_config).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    from studies.driver import run_cli  # Ray, MLflow, torch: imported once there is a study to run
+    from studies.driver import run_cli  # Ray, MLflow, torch: imported once the study passed those checks
 
-    return run_cli(args)
+    return run_cli(args, checked)

@@ -1,16 +1,12 @@
-"""The study driver behind `python studies/run_study.py` (see studies/cli.py for the flags): check
-everything that can be checked, start Ray, run the arms (studies/search.py, studies/final.py),
-track them in MLflow and write the report. See studies/README.md."""
+"""The study driver behind `python studies/run_study.py` (see studies/cli.py for the flags): once
+studies/preflight.py has checked what it can without Ray, torch or MLflow, check the rest, start Ray,
+run the arms (studies/search.py, studies/final.py), track them in MLflow and write the report. See
+studies/README.md."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import fcntl
 import json
 import logging
-import os
-import re
-import socket
 import shlex
 import sys
 from pathlib import Path
@@ -18,135 +14,23 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import ray
-import yaml
 
+from analysis.mlflow_ui import UI_PORT, ui_command
 from analysis.report import write_report
-from idea.data import DataFormatError, DataNotFoundError
 from idea.data.describe import describe
 from idea.data.interactions import Interactions
 from idea.splits import Split
-from studies.catalog import resolve_path
-from studies.config import StudyConfig, StudyConfigError, from_dict, load_study
-from studies.data import study_split, without_tests
+from studies.config import StudyConfig
+from studies.data import without_tests
 from studies.final import final_results, run_final
+from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
+                               write_run_file)
 from studies.search import Resources, Selection, TuneStateError, check_state, run_search, select_best
-from studies.tracking import (StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study,
-                              sqlite_uri, trials_frame)
+from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 INTERRUPTED_EXIT = 130
-
-
-# ----- the study folder -------------------------------------------------------------------------------
-
-RUN_FILE = "run.json"  # how the study runs: tracking URI and trial device, which a resume must keep
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-LOCK_FILE = ".driver.lock"  # flock'ed by the running driver; its text names the holder
-SUMMARY_FILE = "summary.txt"  # the console summary of a finished study, reprinted by a later --resume
-
-
-def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: str | None) -> str:
-    """Check the study folder before anything starts; returns the tracking URI. A resumed study must be
-    the same study: its resolved settings and tracking store cannot change underneath finished trials."""
-    saved = study_dir / "study.yaml"
-    if not resume:
-        if study_dir.exists() and any(p.name != LOCK_FILE for p in study_dir.iterdir()):
-            raise StudyConfigError(f"{study_dir} already holds a study: continue it with --resume, "
-                                   "or choose another --out or --study-name")
-        return tracking_uri or sqlite_uri(study_dir / "mlflow.db")
-    if not saved.is_file():
-        raise StudyConfigError(f"nothing to resume: {saved} does not exist")
-    try:
-        before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
-    except (yaml.YAMLError, ValueError, TypeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StudyConfigError(f"{saved} is damaged ({first}): the study's resolved settings cannot be read, so it "
-                               "cannot be resumed safely; start it again under another --study-name") from None
-    changed = sorted(k for k, v in study.to_dict().items() if before.get(k) != v)
-    if changed:
-        raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
-                               "repeat the first run's flags")
-    recorded = store_uri(study_dir, read_run_file(study_dir))
-    if tracking_uri and tracking_uri != recorded:
-        raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
-    return recorded
-
-
-def read_run_file(study_dir: Path) -> dict:
-    """run.json (tracking URI and device of a study's first run), or an error naming the file."""
-    path = study_dir / RUN_FILE
-    try:
-        run = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyConfigError(f"{path} is missing: the study folder is incomplete (its first run stopped before "
-                               "Ray started?); start the study again without --resume under another name") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StudyConfigError(f"{path} is damaged ({err}); it should hold the study's tracking_uri and device") from None
-    if not isinstance(run, dict) or not {"tracking_uri", "device"} <= set(run):
-        raise StudyConfigError(f"{path} lacks tracking_uri or device; it should hold both")
-    return run
-
-
-def store_uri(study_dir: Path, run: dict) -> str:
-    """The study's tracking URI. The default store is the study folder's own mlflow.db wherever the folder
-    now is, so a moved or copied study folder resumes into its own store, not the original's."""
-    return sqlite_uri(study_dir / "mlflow.db") if run.get("default_store") else run["tracking_uri"]
-
-
-def write_run_file(study_dir: Path, **fields) -> None:
-    """run.json updated with `fields`, written whole (a temporary file renamed over it)."""
-    path = study_dir / RUN_FILE
-    run = {**(read_run_file(study_dir) if path.is_file() else {}), **fields}
-    tmp = path.with_name(f".{RUN_FILE}.tmp")
-    tmp.write_text(json.dumps(run) + "\n")
-    os.replace(tmp, path)
-
-
-def lock_study(study_dir: Path):
-    """An exclusive lock on the study folder for the driver's lifetime (the open file is returned and
-    must be kept): a second driver on the same study stops, naming the holder, and touches nothing."""
-    study_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(study_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise StudyConfigError(f"{study_dir} is in use by another driver ({holder}); wait for it to end, or "
-                               "choose another --out or --study-name") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}\n")
-    handle.flush()
-    return handle
-
-
-def check_name(name: str) -> str:
-    """Study names become folder names and MLflow filter values: letters, digits, '.', '_', '-' only."""
-    if not SAFE_NAME.fullmatch(name):
-        raise StudyConfigError(f"study name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
-                               "starting with a letter or digit (--study-name, or the study file's name)")
-    return name
-
-
-def check_device(study_dir: Path, device: str) -> None:
-    """Tune restores each trial with its original config, device included, so a switch would
-    apply to new trials only and mix devices (and their timings) within one study."""
-    recorded = read_run_file(study_dir)["device"]
-    if device != recorded:
-        raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "
-                         f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")
-
-
-def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: str) -> None:
-    """The study folder with the resolved settings, tracking URI and device, which --resume checks against."""
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
-    write_run_file(study_dir, tracking_uri=tracking_uri, device=device,
-                   default_store=tracking_uri == sqlite_uri(study_dir / "mlflow.db"))
 
 
 def init_ray(address: str | None) -> None:
@@ -216,9 +100,13 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
 
 
 def ui_hint(tracking_uri: str) -> str:
-    if tracking_uri.startswith(("sqlite:", "file:")) or "://" not in tracking_uri:
-        return f"mlflow ui --backend-store-uri {tracking_uri}"
-    return f"open {tracking_uri} (MLflow tracking server)"
+    """The `mlflow ui` command for a local store (quoted, on port 5001: 5000 is often taken), or the server."""
+    return ui_command(tracking_uri, UI_PORT) or f"open {tracking_uri} (MLflow tracking server)"
+
+
+def resume_command(argv: list[str], resume: bool) -> str:
+    """The command line that continues an interrupted study: this one, with --resume, shell-quoted."""
+    return shlex.join([sys.executable, *argv] + ([] if resume else ["--resume"]))
 
 
 def log_inputs(study_dir: Path, study_run: StudyRun, data: Interactions, split: Split) -> None:
@@ -277,9 +165,8 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
         write_results(study_dir, study_run, *outcome[1:])
     except KeyboardInterrupt:
         closed = study_run.close_open_runs("KILLED")
-        resume_cmd = shlex.join([sys.executable, *sys.argv] + ([] if resume else ["--resume"]))
         print(f"\ninterrupted: the study run and {closed} open trial run(s) marked KILLED; Tune saved its state. "
-              f"Resume with:\n  {resume_cmd}", file=sys.stderr)
+              f"Resume with:\n  {resume_command(sys.argv, resume)}", file=sys.stderr)
         return None
     except TuneStateError:  # nothing ran: the study stays resumable once the state is put back
         study_run.close_open_runs("KILLED")
@@ -291,23 +178,20 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
     return outcome
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """The whole study for parsed arguments; returns the exit code (0, 2 bad input, 130 interrupted)."""
-    try:  # everything that can be checked before Ray starts
-        study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
-        stem = resolve_path(args.study).stem
-        name = check_name(args.study_name or (f"{stem}-smoke" if args.smoke else stem))
-        study_dir = (Path(args.out) / name).resolve()
-        tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
+def run_cli(args: argparse.Namespace, checked: Checked) -> int:
+    """The whole study for parsed arguments that passed `studies.preflight.check_study`; returns the exit
+    code (0, 2 bad input, 130 interrupted)."""
+    study, name, study_dir, tracking_uri = checked.study, checked.name, checked.study_dir, checked.tracking_uri
+    data, split = checked.data, checked.split
+    try:  # what needs MLflow or Tune's state, before Ray starts
         if args.resume and is_finished(tracking_uri, name) and (study_dir / SUMMARY_FILE).is_file():
             print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
             print_finished(study_dir, name, tracking_uri)
             return 0
-        if args.resume:  # Tune's state files, before Ray starts (run_search/run_final check them against the store)
+        if args.resume:  # Tune's state files (run_search/run_final check them against the store)
             for experiment in sorted((study_dir / "ray").glob("*/tuner.pkl")):
                 check_state(experiment.parent)
-        data, split = study_split(study, args.data_dir)
-    except (ValueError, DataNotFoundError, DataFormatError) as err:  # StudyConfigError is a ValueError
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"study {name}: {split.dataset} ({split.protocol}), {len(split.train):,} training events, "

@@ -80,10 +80,6 @@ def git_sha(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def sqlite_uri(path: Path) -> str:
-    return f"sqlite:///{path.resolve()}"
-
-
 @dataclass(frozen=True)
 class StudyRun:
     """Where a study's runs live: plain strings, so Tune can pickle callbacks holding it."""

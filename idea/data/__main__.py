@@ -1,10 +1,10 @@
 """`python -m idea.data describe|download`: dataset statistics and downloads."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from idea.argparsing import StrictArgumentParser
 from idea.data.describe import describe, format_description
 from idea.data.download import DownloadError, download
 from idea.data.interactions import DataFormatError, DataNotFoundError
@@ -13,7 +13,7 @@ from idea.splits import PROTOCOLS, SplitConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m idea.data", description=__doc__)
+    parser = StrictArgumentParser(prog="python -m idea.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("describe", help="dataset and split statistics")
     d.add_argument("dataset", help=f"one of {sorted(DATASETS)}")

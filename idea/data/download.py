@@ -31,7 +31,7 @@ _CONTENT_RANGE_RE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 
 
 class DownloadError(OSError):
-    """A download failed for a network/HTTP reason (the message names the URL; re-running resumes)."""
+    """A download failed for a network/HTTP reason (the message names the URL and what a re-run does)."""
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,16 @@ def _discard(part: Path, why: str) -> None:
     part.unlink(missing_ok=True)
 
 
+def _rerun_hint(part: Path) -> str:
+    """What a re-run does: resume from the bytes kept in ``part``, or start again when none were kept
+    (a refused connection creates no ``part``)."""
+    size = part.stat().st_size if part.exists() else 0
+    return f"re-run to resume (the {size} bytes received are kept in {part})" if size else \
+        "re-run to try again (nothing was received)"
+
+
 def _fetch(url: str, part: Path, *, progress: bool, timeout: float) -> None:
     """Download ``url`` into ``part``, resuming from its current size when possible."""
-    resume_hint = f"re-run to resume (partial data is kept in {part})"
     for _attempt in range(2):  # a second attempt only after discarding an unusable partial
         offset = part.stat().st_size if part.exists() else 0
         headers = {"User-Agent": "idea-study-downloader"}
@@ -83,7 +90,7 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float) -> None:
             raise DownloadError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
         except (urllib.error.URLError, HTTPException, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise DownloadError(f"downloading {url} failed: {reason}; {resume_hint}") from err
+            raise DownloadError(f"downloading {url} failed: {reason}; {_rerun_hint(part)}") from err
 
         with response:
             status = response.status
@@ -113,12 +120,12 @@ def _fetch(url: str, part: Path, *, progress: bool, timeout: float) -> None:
                         bar.update(len(chunk))
                 except (HTTPException, OSError) as err:
                     raise DownloadError(
-                        f"downloading {url} was interrupted after {offset + received} bytes: {err}; {resume_hint}"
+                        f"downloading {url} was interrupted after {offset + received} bytes: {err}; {_rerun_hint(part)}"
                     ) from err
             if length is not None and received < length:
                 raise DownloadError(
                     f"downloading {url} was interrupted: got {offset + received} of {expected_total} bytes; "
-                    f"{resume_hint}"
+                    f"{_rerun_hint(part)}"
                 )
             return
     raise DownloadError(f"downloading {url} failed: could not resume or restart {part}")

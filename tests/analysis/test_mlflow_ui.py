@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import urllib.request
@@ -36,10 +37,17 @@ def test_ui_links_have_the_3x_route_format():
         '&plot_metric_keys=["shift_ndcg_at_10"]&x_axis=step&show_point=true')
     assert runs_url("http://h:1/", "7") == "http://h:1/#/experiments/7/runs"
     # a local store has no port of its own: a placeholder, or where the reader says the UI is
-    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri 'sqlite:////x/mlflow.db' --host 127.0.0.1 --port PORT"
+    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db --host 127.0.0.1 --port PORT"
     assert ui_base_url("sqlite:////x/mlflow.db") == "http://127.0.0.1:PORT"
     assert ui_base_url("sqlite:////x/mlflow.db", "http://127.0.0.1:5123/") == "http://127.0.0.1:5123"
     assert ui_command("http://srv:5000") is None and ui_base_url("http://srv:5000/") == "http://srv:5000"
+
+
+@pytest.mark.parametrize("uri", ["sqlite:////my data/out/mlflow.db", "sqlite:////it's/mlflow.db"])
+def test_ui_command_is_shell_quoted(uri):
+    """A path with a space (or a quote) reaches mlflow as one argument when the printed command is pasted."""
+    assert shlex.split(ui_command(uri, 5001)) == ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                                                  "--port", "5001"]
 
 
 def test_rest_api_lists_the_studys_runs_and_metrics(mlflow_server):

@@ -3,6 +3,8 @@ store draws every report figure."""
 from __future__ import annotations
 
 import base64
+import logging
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,6 +29,26 @@ def test_notebook_is_parameterised_and_stored_without_outputs():
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
 
 
+def test_parameters_cell_parses_cleanly_under_papermill(caplog):
+    """papermill reads every parameter of the cell without a warning: an `=` inside a comment makes it
+    skip the line ("Unable to parse line 3", then "Passed unknown parameter: study")."""
+    import papermill
+
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        params = papermill.inspect_notebook(str(NOTEBOOK))
+    assert {"tracking_uri", "study", "metric", "k"} <= set(params)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_documented_papermill_commands_write_under_the_ignored_outputs_folder():
+    """The README's and the notebook's commands leave the executed copy in outputs/, not the repository root."""
+    texts = [(ROOT / "README.md").read_text(), NOTEBOOK.read_text()]
+    targets = [m for text in texts for m in re.findall(r"papermill analysis/shift_robustness\.ipynb (\S+)", text)]
+    assert len(targets) >= 2 and all(t.startswith("outputs/") for t in targets), targets
+    ignored = subprocess.run(["git", "check-ignore", "-q", targets[0]], cwd=ROOT)
+    assert ignored.returncode == 0, f"{targets[0]} is not ignored by git"
+
+
 @pytest.mark.timeout(300)
 def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     """`papermill analysis/shift_robustness.ipynb OUT -p tracking_uri URI -p study NAME` (the README's and
@@ -39,6 +61,7 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     proc = subprocess.run(["papermill", "analysis/shift_robustness.ipynb", str(out), "-p", "tracking_uri", store,
                            "-p", "study", F.STUDY], cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Unable to parse" not in proc.stderr and "unknown parameter" not in proc.stderr, proc.stderr[-3000:]
     nb = nbformat.read(out, as_version=4)
 
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

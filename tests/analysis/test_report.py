@@ -2,6 +2,8 @@
 and notes instead of crashes when pieces of a study are missing."""
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +71,31 @@ def test_ui_links_use_the_given_ui_url(store, tmp_path):
     md = write_report(store, F.STUDY, tmp_path / "r", ui_url="http://127.0.0.1:5123").read_text()
     ui = md[md.index("## MLflow UI"):]
     assert "PORT" not in ui and "--port 5123" in ui and "<http://127.0.0.1:5123/#/experiments/1/runs>" in ui
+
+
+def test_printed_commands_survive_a_path_with_a_space(store, tmp_path):
+    """The serve and rebuild commands in summary.md are shell-quoted: pasted, each path stays one argument."""
+    out = tmp_path / "my report"
+    md = write_report(store, F.STUDY, out, metric="hr", k=5).read_text()
+    commands = [shlex.split(c) for c in re.findall(r"`((?:mlflow ui|python -m analysis\.report) [^`]+)`", md)]
+    serve = next(c for c in commands if c[:2] == ["mlflow", "ui"])
+    rebuild = next(c for c in commands if c[:3] == ["python", "-m", "analysis.report"])
+    assert serve[serve.index("--backend-store-uri") + 1] == store
+    assert rebuild[rebuild.index("--out") + 1] == str(out) and rebuild[rebuild.index("--tracking-uri") + 1] == store
+    assert rebuild[-2:] == ["--ui-url", "http://127.0.0.1:5001"] and "--metric" in rebuild and "hr" in rebuild
+
+
+def test_idea_vs_erm_section_does_not_repeat_the_paired_section(report):
+    """Section 5 (IDEA vs ERM) shows the unpaired comparison; the paired test is only in section 6."""
+    out, _ = report
+    md = (out / "summary.md").read_text()
+    header = lambda title: [c.strip() for c in next(ln for ln in section(md, title).splitlines()
+                                                    if ln.startswith("|")).strip("|").split("|")]
+    unpaired, paired = header("IDEA vs ERM"), header("Paired by seed")
+    assert unpaired == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm", "p_welch"]
+    assert {"n_pairs", "mean_diff", "t_paired", "p_paired"} <= set(paired)
+    assert len(table_rows(section(md, "IDEA vs ERM"))) == 4  # valid, w1..w3
+    assert "p_paired" in pd.read_csv(out / "idea_vs_erm.csv").columns  # the CSV keeps both tests
 
 
 def test_numbers_share_one_precision_per_column(report):

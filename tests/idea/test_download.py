@@ -167,8 +167,8 @@ def test_interrupted_download_keeps_part_and_rerun_resumes(tmp_path, server, con
     with pytest.raises(dl.DownloadError) as info:
         dl.download("beauty", tmp_path, base_url=server.url, progress=False, expected_counts=COUNTS)
     msg = str(info.value)
-    assert server.url + FILE in msg and "resume" in msg
     part = dest_of(tmp_path).with_name(FILE + ".part")
+    assert server.url + FILE in msg and f"re-run to resume (the 1000 bytes received are kept in {part})" in msg
     assert part.read_bytes() == content[:1000]
     assert not dest_of(tmp_path).exists()
 
@@ -215,15 +215,18 @@ def test_http_error_names_url(tmp_path, server):
     assert server.url + "missing/" + FILE in str(info.value)
 
 
-def test_unreachable_host_names_url_and_resume(tmp_path):
-    """A refused connection raises DownloadError naming the URL and saying a re-run resumes."""
+def test_unreachable_host_names_url_and_names_no_partial_file(tmp_path):
+    """A refused connection raises DownloadError naming the URL; nothing was received, so the message names
+    no partial file (none exists) and says a re-run tries again."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again before the request: nothing listens here
     url = f"http://127.0.0.1:{port}/"
     with pytest.raises(dl.DownloadError) as info:
         dl.download("beauty", tmp_path, base_url=url, progress=False, timeout=5)
-    assert url + FILE in str(info.value) and "resume" in str(info.value)
+    msg = str(info.value)
+    assert url + FILE in msg and "re-run to try again (nothing was received)" in msg
+    assert ".part" not in msg and not list(tmp_path.rglob("*.part"))
 
 
 def test_unknown_name_lists_choices(tmp_path):

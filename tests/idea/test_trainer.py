@@ -248,12 +248,27 @@ def test_cli_prints_json(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1, out.stdout  # stdout is only the JSON line: `| jq` or json.loads works as is
+    result = json.loads(lines[0])
     assert result["epochs_run"] == 2 and result["config"]["method"] == "idea"
     assert set(result["test"]) == {"w1", "w2", "w3"}
     assert 0 <= result["test"]["w3"]["warm"]["ndcg_at_10"] <= 1
     assert "ndcg_at_10" in result["valid"]
-    assert "epoch   2 [idea]" in out.stderr
+    assert "epoch   2 [idea]" in out.stderr and "torch threads 1 (--threads)" in out.stderr
+    header = next(line for line in out.stderr.splitlines() if line.split()[:2] == ["part", "subset"])
+    assert header.split()[2:] == ["hr@10", "ndcg@10", "mrr@10", "events"]  # the table names metric and cut-off
+
+
+@pytest.mark.parametrize("flags, threads", [([], 1), (["--threads", "3"], 3)])
+def test_cli_uses_one_torch_thread_unless_told(monkeypatch, flags, threads):
+    """torch's default (a thread per core) was 5x slower on a shared 2-core machine."""
+    from idea import train
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert train.main([*flags, "--dataset", "nosuch"]) == 2  # stops at the dataset, after the threads are set
+    assert calls == [threads]
 
 
 def test_cli_rejects_bad_values():

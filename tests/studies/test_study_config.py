@@ -378,3 +378,60 @@ def test_word_gets_no_exponent_hint(tmp_path):
 def test_cli_overrides_name_their_flag(tmp_path, flag, kwargs):
     with pytest.raises(ValueError, match=f"{flag} must be a positive integer"):
         load_study(write(tmp_path, VALID)).with_overrides(**kwargs)
+
+
+REFUSALS = """
+import contextlib, io, json, sys
+from studies.cli import main
+codes, errs = {}, {}
+for case, argv in json.loads(sys.argv[1]).items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        codes[case] = main(argv)
+    errs[case] = err.getvalue()
+heavy = sorted(m for m in ("ray", "torch", "mlflow", "optuna") if m in sys.modules)
+print(json.dumps({"codes": codes, "errs": errs, "heavy": heavy}))
+"""
+
+
+def test_refusals_come_before_ray_torch_and_mlflow(tmp_path):
+    """Unknown study, invalid study file, missing data, a folder holding a study and a folder in use are
+    refused without importing Ray, torch, MLflow or Optuna (so in well under a second), and a folder in
+    use is refused as such, not with advice to --resume."""
+    import fcntl
+    import json
+    import subprocess
+    import sys
+
+    from tests.studies.study_cli import PROJECT_ROOT, study_env, tiny_study
+
+    beauty = tmp_path / "beauty-tiny.yaml"
+    beauty.write_text(tiny_study(tmp_path / "tiny.yaml").read_text().replace("dataset: synthetic", "dataset: beauty"))
+    out = tmp_path / "out"
+    (out / "tiny").mkdir(parents=True)
+    (out / "tiny" / "study.yaml").write_text("dataset: synthetic\n")  # a folder already holding a study
+    (out / "busy").mkdir()
+    (out / "busy" / "study.yaml").write_text("dataset: synthetic\n")
+    busy = tiny_study(tmp_path / "busy.yaml")
+    cases = {
+        "unknown study": ["nosuchstudy"],
+        "invalid file": [str(write(tmp_path, VALID.replace("low: 2, high: 5", "low: 5, high: 2")))],
+        "missing data": [str(beauty), "--data-dir", str(tmp_path / "nodata"), "--out", str(out)],
+        "holds a study": [str(tmp_path / "tiny.yaml"), "--out", str(out)],
+        "in use": [str(busy), "--out", str(out)],
+    }
+    with open(out / "busy" / ".driver.lock", "w") as lock:  # another driver holds the folder
+        lock.write("pid 1 on elsewhere\n")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run([sys.executable, "-c", REFUSALS, json.dumps(cases)], cwd=PROJECT_ROOT, env=study_env(),
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["codes"] == {case: 2 for case in cases}, got["errs"]
+    assert got["heavy"] == [], got["heavy"]
+    errs = got["errs"]
+    assert "no study file" in errs["unknown study"] and "low > high" in errs["invalid file"]
+    assert "dataset 'beauty' not found" in errs["missing data"]
+    assert "already holds a study: continue it with --resume" in errs["holds a study"]
+    assert "in use by another driver (pid 1 on elsewhere)" in errs["in use"] and "--resume" not in errs["in use"]

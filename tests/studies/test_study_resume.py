@@ -164,3 +164,20 @@ def test_damaged_study_files_are_named_not_tracebacks(tmp_path, case):
     proc = run_cli("synthetic", "--smoke", "--out", str(tmp_path), "--resume")
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert str(study_dir / name) in proc.stderr
+
+
+def test_printed_resume_and_ui_commands_are_shell_quoted():
+    """Pasted back, the resume line and the `mlflow ui` line keep a path with a space as one argument; the
+    UI is served on 127.0.0.1:5001 (5000 is often taken)."""
+    import shlex
+    import sys
+
+    from studies.driver import resume_command, ui_hint
+
+    argv = ["studies/run_study.py", "/my studies/beauty.yaml", "--out", "my out"]
+    assert shlex.split(resume_command(argv, resume=False)) == [sys.executable, *argv, "--resume"]
+    assert shlex.split(resume_command([*argv, "--resume"], resume=True)) == [sys.executable, *argv, "--resume"]
+    uri = "sqlite:////my out/beauty/mlflow.db"
+    assert shlex.split(ui_hint(uri)) == ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                                         "--port", "5001"]
+    assert ui_hint("http://srv:5000") == "open http://srv:5000 (MLflow tracking server)"

@@ -1,0 +1,179 @@
+"""The checks a study passes before Ray, torch and MLflow are imported, so that a mistake is refused in
+well under a second: the study file and flags, the study name, the study folder (in use by another
+driver, already holding a study, or not matching the study a --resume continues) and the data. Also the
+study folder's own files (study.yaml, run.json, the driver's lock), which the driver writes. Imports the
+standard library, yaml and the project's data and config modules (numpy, pandas), nothing heavier."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from idea.data.interactions import Interactions
+from idea.splits import Split
+from studies.catalog import resolve_path
+from studies.config import StudyConfig, StudyConfigError, from_dict, load_study
+from studies.data import study_split
+
+RUN_FILE = "run.json"  # how the study runs: tracking URI and trial device, which a resume must keep
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+LOCK_FILE = ".driver.lock"  # flock'ed by the running driver; its text names the holder
+SUMMARY_FILE = "summary.txt"  # the console summary of a finished study, reprinted by a later --resume
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks found, for the driver: the study, its name, folder and tracking URI, and its data."""
+
+    study: StudyConfig
+    name: str
+    study_dir: Path
+    tracking_uri: str
+    data: Interactions
+    split: Split
+
+
+def check_study(args: argparse.Namespace) -> Checked:
+    """Every check of `python studies/run_study.py` that needs no Ray, torch or MLflow, in the order a user
+    meets them; raises StudyConfigError (a ValueError), DataNotFoundError or DataFormatError, each naming
+    the problem and the fix. A folder in use is refused before any advice about what the folder holds."""
+    study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
+    stem = resolve_path(args.study).stem
+    name = check_name(args.study_name or (f"{stem}-smoke" if args.smoke else stem))
+    study_dir = (Path(args.out) / name).resolve()
+    check_not_in_use(study_dir)
+    tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
+    data, split = study_split(study, args.data_dir)
+    return Checked(study, name, study_dir, tracking_uri, data, split)
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: str | None) -> str:
+    """Check the study folder before anything starts; returns the tracking URI. A resumed study must be
+    the same study: its resolved settings and tracking store cannot change underneath finished trials."""
+    saved = study_dir / "study.yaml"
+    if not resume:
+        if study_dir.exists() and any(p.name != LOCK_FILE for p in study_dir.iterdir()):
+            raise StudyConfigError(f"{study_dir} already holds a study: continue it with --resume, "
+                                   "or choose another --out or --study-name")
+        return tracking_uri or sqlite_uri(study_dir / "mlflow.db")
+    if not saved.is_file():
+        raise StudyConfigError(f"nothing to resume: {saved} does not exist")
+    try:
+        before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
+    except (yaml.YAMLError, ValueError, TypeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StudyConfigError(f"{saved} is damaged ({first}): the study's resolved settings cannot be read, so it "
+                               "cannot be resumed safely; start it again under another --study-name") from None
+    changed = sorted(k for k, v in study.to_dict().items() if before.get(k) != v)
+    if changed:
+        raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
+                               "repeat the first run's flags")
+    recorded = store_uri(study_dir, read_run_file(study_dir))
+    if tracking_uri and tracking_uri != recorded:
+        raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
+    return recorded
+
+
+def read_run_file(study_dir: Path) -> dict:
+    """run.json (tracking URI and device of a study's first run), or an error naming the file."""
+    path = study_dir / RUN_FILE
+    try:
+        run = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyConfigError(f"{path} is missing: the study folder is incomplete (its first run stopped before "
+                               "Ray started?); start the study again without --resume under another name") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise StudyConfigError(f"{path} is damaged ({err}); it should hold the study's tracking_uri and device") from None
+    if not isinstance(run, dict) or not {"tracking_uri", "device"} <= set(run):
+        raise StudyConfigError(f"{path} lacks tracking_uri or device; it should hold both")
+    return run
+
+
+def store_uri(study_dir: Path, run: dict) -> str:
+    """The study's tracking URI. The default store is the study folder's own mlflow.db wherever the folder
+    now is, so a moved or copied study folder resumes into its own store, not the original's."""
+    return sqlite_uri(study_dir / "mlflow.db") if run.get("default_store") else run["tracking_uri"]
+
+
+def write_run_file(study_dir: Path, **fields) -> None:
+    """run.json updated with `fields`, written whole (a temporary file renamed over it)."""
+    path = study_dir / RUN_FILE
+    run = {**(read_run_file(study_dir) if path.is_file() else {}), **fields}
+    tmp = path.with_name(f".{RUN_FILE}.tmp")
+    tmp.write_text(json.dumps(run) + "\n")
+    os.replace(tmp, path)
+
+
+def check_not_in_use(study_dir: Path) -> None:
+    """Refuse a study folder whose lock another driver holds (the lock itself is taken by `lock_study`,
+    once the study is about to run)."""
+    path = study_dir / LOCK_FILE
+    if not path.is_file():
+        return
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+        except BlockingIOError:
+            raise _in_use(study_dir, handle.read()) from None
+
+
+def _in_use(study_dir: Path, holder: str) -> StudyConfigError:
+    return StudyConfigError(f"{study_dir} is in use by another driver ({holder.strip() or 'unknown'}); wait for it "
+                            "to end, or choose another --out or --study-name")
+
+
+def lock_study(study_dir: Path):
+    """An exclusive lock on the study folder for the driver's lifetime (the open file is returned and
+    must be kept): a second driver on the same study stops, naming the holder, and touches nothing."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(study_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read()
+        handle.close()
+        raise _in_use(study_dir, holder) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}\n")
+    handle.flush()
+    return handle
+
+
+def check_name(name: str) -> str:
+    """Study names become folder names and MLflow filter values: letters, digits, '.', '_', '-' only."""
+    if not SAFE_NAME.fullmatch(name):
+        raise StudyConfigError(f"study name {name!r} is not allowed: use letters, digits, '.', '_' and '-', "
+                               "starting with a letter or digit (--study-name, or the study file's name)")
+    return name
+
+
+def check_device(study_dir: Path, device: str) -> None:
+    """Tune restores each trial with its original config, device included, so a switch would
+    apply to new trials only and mix devices (and their timings) within one study."""
+    recorded = read_run_file(study_dir)["device"]
+    if device != recorded:
+        raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "
+                         f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")
+
+
+def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: str) -> None:
+    """The study folder with the resolved settings, tracking URI and device, which --resume checks against."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
+    write_run_file(study_dir, tracking_uri=tracking_uri, device=device,
+                   default_store=tracking_uri == sqlite_uri(study_dir / "mlflow.db"))

@@ -4,8 +4,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
-from idea.precision import PRECISIONS
-
 BACKBONE_NAMES = ("gru4rec", "sasrec", "mamba4rec")
 # Where and how fast: a checkpoint resumes under other values (precision changes rounding, not the model).
 RUNTIME_FIELDS = ("device", "eval_batch_size", "precision")
@@ -13,6 +11,7 @@ METHODS = ("erm", "idea", "dros")
 PENALTIES = ("vrex", "irmv1")
 LOSSES = ("ce", "bce")
 PAIRINGS = ("same_user", "any")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # of training steps: idea/precision.py
 PAIR_DRAWS = ("distinct", "with_replacement")
 ITEM_INITS = ("backbone", "normal")
 SOFTMAX_ROWS = ("items", "all")

@@ -15,7 +15,9 @@ from typing import Iterator
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+from idea.config import PRECISIONS
+
+__all__ = ["PRECISIONS", "exact_float32", "forward_precision", "resolve_precision", "set_tensor_cores"]
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

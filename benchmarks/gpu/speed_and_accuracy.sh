@@ -5,13 +5,13 @@
 # Also stashes the first half of the wheels under /tmp for the study call that follows it.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-DATA=/tmp/data ACC_EPOCHS=${ACC_EPOCHS:-15} MAMBA_EPOCHS=${MAMBA_EPOCHS:-5} ACC_TIMEOUT=${ACC_TIMEOUT:-150}
+DATA=/tmp/data ACC_EPOCHS=${ACC_EPOCHS:-10} MAMBA_EPOCHS=${MAMBA_EPOCHS:-4} ACC_TIMEOUT=${ACC_TIMEOUT:-130}
 DEVICE=${DEVICE:-cuda} PRECISIONS=${PRECISIONS:-fp32 tf32 bf16} ACC_PRECISIONS=${ACC_PRECISIONS:-fp32 bf16}
 BACKBONES=${BACKBONES:-gru4rec sasrec mamba4rec} STEPS=${STEPS:-10}  # overridable for a dry run on a CPU
 mkdir -p /tmp/stash /tmp/logs && cp .whl1/* /tmp/stash/ && rm -rf $DATA && cp -r .gpu/data $DATA
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"; } > $OUT/device.txt 2>&1
-timeout 170 python3 benchmarks/bench_train.py --device $DEVICE --data-dir $DATA --batches 2048 --precisions $PRECISIONS \
+timeout 160 python3 benchmarks/bench_train.py --device $DEVICE --data-dir $DATA --batches 2048 --precisions $PRECISIONS \
   --backbones $BACKBONES --no-noise --steps $STEPS --json-out $OUT/bench.jsonl --profile-out $OUT/profile.txt > $OUT/bench.txt 2>&1
 echo "bench exit $?" >> $OUT/bench.txt
 cp $OUT/bench.jsonl /tmp/bench.jsonl 2>/dev/null  # study.sh picks the GRU4Rec study's precision from it

@@ -5,8 +5,8 @@
 # then the GPU study tests with the time left. Results under $OUT.
 set -u
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
-START=$(date +%s) LIMIT=${LIMIT:-540} STUDY_TIMEOUT=${STUDY_TIMEOUT:-390} NAME=${NAME:-beauty-gpu}
-STUDY_ARGS=${STUDY_ARGS:-beauty-gpu --gpus-per-trial 0.25 --concurrency 4}
+START=$(date +%s) LIMIT=${LIMIT:-420} STUDY_TIMEOUT=${STUDY_TIMEOUT:-330} NAME=${NAME:-beauty-gpu}
+STUDY_ARGS=${STUDY_ARGS:-beauty-gpu --gpus-per-trial 0.25 --concurrency 4 --time-budget-s 45}
 if [ -z "${SKIP_INSTALL:-}" ]; then  # a dry run on a CPU sets SKIP_INSTALL=1 and uses the local packages
   cat /tmp/stash/ray.part-aa .whl2/ray.part-ab > /tmp/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \

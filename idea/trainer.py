@@ -47,13 +47,14 @@ def split_identity(split: Split) -> dict:
             "bounds": {part: list(split.bounds[part]) for part in ("train", "valid")}}
 
 
-def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
-    """A trainer checkpoint, read with `weights_only=True` (tensors and plain containers, no code)."""
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A trainer checkpoint, read with `weights_only=True` (tensors and plain containers, no code), onto the
+    CPU: its RNG states must stay there, and loading a state dict copies weights onto the model's device."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated file, or a pickle holding objects other than tensors
         raise CheckpointError(f"{path} is not a readable trainer checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); was it written by this version's "
@@ -162,7 +163,7 @@ class Trainer:
         self.eval_batch_size = config.eval_batch_size or (1024 if self.device.type == "cuda" else 256)
         self.init_digest = None  # sha256 of the warm start's weights, when there is one
         if config.init_from is not None:  # before the optimiser: Adam starts fresh on the loaded weights
-            start = read_checkpoint(config.init_from, self.device)
+            start = read_checkpoint(config.init_from)
             check_start(start, config, split, config.init_from)
             self.model.load_state_dict(start["best_state"])
             self.init_digest = state_digest(self.model.state_dict())
@@ -475,7 +476,10 @@ class Trainer:
             self.extractors.load_state_dict(state["extractors"])
             self.ext_opt.load_state_dict(state["ext_opt"])
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
-        self.best_state, self.bad_epochs = state["best_state"], state["bad_epochs"]
+        self.best_state = state["best_state"]  # read onto the CPU (read_checkpoint); kept where the model is
+        for name, tensor in self.best_state.items():
+            self.best_state[name] = tensor.to(self.device)
+        self.bad_epochs = state["bad_epochs"]
         self.fit_seconds = state["fit_seconds"]
         self.records = [EpochRecord(**r) for r in state["records"]]
         rng = state["rng"]
@@ -494,7 +498,7 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(read_checkpoint(path, self.device))
+        self.load_state_dict(read_checkpoint(path))
 
 
 def _numpy_rng_state() -> dict:

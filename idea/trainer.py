@@ -151,7 +151,7 @@ class Trainer:
         self.split = split
         seed_everything(config.seed)
         self.device = resolve_device(config.device)
-        self.precision = resolve_precision(config.precision, self.device)  # fp32 | tf32 | bf16
+        self.precision = resolve_precision(config.precision, self.device, config.backbone)  # fp32 | tf32 | bf16
         self.n_items = split.n_items
         self.n_fake = n_fake_items(split.n_items, config.noise_ratio, config.fake_items)
         chunk_rows = 1 << 20 if self.device.type == "cuda" else 256  # GPUs: one launch beats length buckets

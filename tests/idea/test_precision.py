@@ -15,9 +15,12 @@ def split():
     return make_split(generate(SyntheticConfig(n_users=120, n_items=60, seed=0)), SplitConfig("temporal", 12))
 
 
-def test_auto_is_bf16_on_a_gpu_and_fp32_on_a_cpu():
-    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+def test_auto_is_bf16_on_a_gpu_but_for_mamba4rec_and_fp32_on_a_cpu():
+    assert resolve_precision("auto", torch.device("cuda"), "gru4rec") == "bf16"
+    assert resolve_precision("auto", torch.device("cuda"), "sasrec") == "bf16"
+    assert resolve_precision("auto", torch.device("cuda"), "mamba4rec") == "fp32"
+    assert resolve_precision("auto", torch.device("cpu"), "gru4rec") == "fp32"
+    assert resolve_precision("bf16", torch.device("cuda"), "mamba4rec") == "bf16"  # asked for, it is used
     assert resolve_precision("tf32", torch.device("cuda:0")) == "tf32"
 
 

@@ -5,7 +5,7 @@ full ranking, CE loss, max length 50, batch 2048, lr 1e-3, early stopping on
 validation NDCG@10 with patience 10. Prints per run: epochs, best epoch, mean
 training seconds per epoch, and test NDCG@10 / HR@10 of the best state.
 
-    python benchmarks/bench_accuracy.py --data-dir ../shared/data [--backbones gru4rec sasrec] [--seeds 0 1] [--device cuda]
+    python benchmarks/bench_accuracy.py --data-dir path/to/data [--backbones gru4rec sasrec] [--seeds 0 1] [--device cuda]
 
 With --checkpoint-dir each run rewrites <dir>/<backbone>-seed<seed>.pt every epoch and a rerun continues
 it from there (a long CPU run can be stopped and resumed).

@@ -6,7 +6,7 @@ dropout 0 so that both precisions see the same draws), for each β: the extracto
 or a separate pass where some |a_n| < 0.1/N) and as plain float32 autograd takes it, each as the
 relative error ||g - g64|| / ||g64|| against float64 autograd on the same draws.
 
-    python benchmarks/exploration_precision.py --data-dir ../shared/data --model outputs/bench/beauty-erm.pt
+    python benchmarks/exploration_precision.py --data-dir path/to/data --model outputs/bench/beauty-erm.pt
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from an ERM-trained backbone (trained here and saved to --model, or loaded from 
    gradient norms ||∇θ mean(R)|| and ||∇θ var(R)|| on that step's environments, and the β at which
    the penalty's gradient matches the mean's (β* = ||∇ mean|| / ||∇ var||).
 
-    python benchmarks/penalty_scale.py --data-dir ../shared/data --model outputs/bench/beauty-erm.pt [--epoch]
+    python benchmarks/penalty_scale.py --data-dir path/to/data --model outputs/bench/beauty-erm.pt [--epoch]
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from studies.data import without_tests
 from studies.final import final_results, run_final
 from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
                                write_run_file)
-from studies.search import Resources, Selection, TuneStateError, check_state, run_search, select_best
+from studies.search import (Resources, Selection, TuneStateError, check_state, optuna_storage, run_search,
+                            select_best)
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
@@ -38,16 +39,21 @@ def init_ray(address: str | None) -> None:
     or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
     wrote its state, Optuna's per new searcher and (for a local instance, which only this driver uses)
     the token-authentication notice are left out, and so is Tune's note on which state file a resumed stage
-    restores (the stage's own resume line says what it restored)."""
+    restores (the stage's own resume line says what it restored). Trial workers' own output is not
+    forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a failed trial's
+    traceback is in its error.txt, and the rest stays in Ray's session logs; without this, normal
+    shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line."""
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+    # On Ctrl-C Tune advises `Tuner.restore(...)`; the study prints its own `--resume` line instead.
+    logging.getLogger("ray.tune.tune").addFilter(lambda r: not r.getMessage().startswith("Experiment has been interrupted"))
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address="local", include_dashboard=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         return
     try:
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=False)
     except ConnectionError as err:
         raise ConnectionError(
             f"{err}\nIf the cluster uses token authentication (Ray >= 2.52; `ray start` turns it on when a token "
@@ -249,4 +255,6 @@ def print_finished(study_dir: Path, name: str, tracking_uri: str) -> None:
     print("\n" + (study_dir / SUMMARY_FILE).read_text(), end="")
     print(f"\nMLflow: experiment {name!r}; open the UI with\n  {ui_hint(tracking_uri)}")
     print(f"report: {study_dir / 'report' / 'summary.md'}")
+    print(f"Optuna searches (one study per arm; pip install optuna-dashboard):\n  "
+          f"{shlex.join(['optuna-dashboard', optuna_storage(study_dir)])}")
 

@@ -24,11 +24,13 @@ def _params(config: dict) -> str:
 
 
 class ProgressPrinter(tune.Callback):
-    """Driver-side callback printing to stderr; `total` is the stage's number of trials."""
+    """Driver-side callback printing to stderr; `total` is the stage's number of trials, `max_epochs` each
+    trial's epoch budget (a trial the scheduler stops before it was cut by ASHA)."""
 
-    def __init__(self, stage: str, total: int, concurrency: int):
-        self.stage, self.total, self.concurrency = stage, total, concurrency
+    def __init__(self, stage: str, total: int, concurrency: int, max_epochs: int):
+        self.stage, self.total, self.concurrency, self.max_epochs = stage, total, concurrency, max_epochs
         self.start = time.monotonic()
+        self.cut: dict[str, int] = {}  # trial id -> the epoch after which ASHA stopped it
 
     def setup(self, **info) -> None:
         self.start = time.monotonic()
@@ -48,6 +50,9 @@ class ProgressPrinter(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if PERMANENT_ERROR in result:
             return  # said when the trial completes
+        # Tune marks a result `done` when the scheduler stops the trial on it; at max epochs that is no cut.
+        if result.get("done") and result.get("epoch", self.max_epochs) < self.max_epochs:
+            self.cut[trial.trial_id] = result["epoch"]
         if "evaluated" in result:
             self._say(f"trial {trial.trial_id} evaluated on the test windows", trials)
             return
@@ -60,6 +65,10 @@ class ProgressPrinter(tune.Callback):
         error = (trial.last_result or {}).get(PERMANENT_ERROR)
         if error is not None:
             self._say(f"trial {trial.trial_id} FAILED, not retried (it would fail the same way): {error}", trials, trial)
+            return
+        if trial.trial_id in self.cut:
+            self._say(f"trial {trial.trial_id} stopped by ASHA after epoch {self.cut[trial.trial_id]} of "
+                      f"{self.max_epochs}", trials, trial)
             return
         self._say(f"trial {trial.trial_id} finished", trials, trial)
 

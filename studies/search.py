@@ -70,7 +70,8 @@ class Resources:
         """Tune's own console table is replaced by one line per trial event (`studies.progress`)."""
         return tune.RunConfig(
             name=name, storage_path=str(ray_dir),
-            callbacks=[logger, ProgressPrinter(name, total, self.concurrency), JsonLoggerCallback(), CSVLoggerCallback()],
+            callbacks=[logger, ProgressPrinter(name, total, self.concurrency, logger.max_epochs), JsonLoggerCallback(),
+                       CSVLoggerCallback()],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=self.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
@@ -210,6 +211,14 @@ def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: Result
         client.set_terminated(run.info.run_id, "FINISHED")
 
 
+OPTUNA_FILE = "optuna.db"  # every arm's search as an Optuna study (named after the arm), for optuna-dashboard
+
+
+def optuna_storage(study_dir: Path) -> str:
+    """The study folder's Optuna storage URL (SQLite)."""
+    return f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}"
+
+
 def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources, ray_dir: Path,
                study_run: StudyRun, resume: bool, start: Any = None) -> ResultGrid:
     """Search one arm on train + validation only (`split` must come without test windows); a warm arm's
@@ -226,7 +235,8 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
             trainable,
             tune_config=tune.TuneConfig(
                 metric=study.metric, mode=MODE, num_samples=study.arms[arm].num_samples,
-                search_alg=make_searcher(study, study.arms[arm], resources.concurrency),
+                search_alg=make_searcher(study, study.arms[arm], resources.concurrency,
+                                         optuna_storage(ray_dir.parent)),
                 scheduler=make_scheduler(study, arm), time_budget_s=resources.time_budget_s,
                 reuse_actors=True,  # a new trial reuses a finished trial's worker: no process start, no re-import
             ),

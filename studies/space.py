@@ -27,13 +27,20 @@ def optuna_space(arm: ArmSpace) -> dict[str, BaseDistribution]:
     return {name: distribution(spec) for name, spec in arm.space.items()}
 
 
-def make_searcher(study: StudyConfig, arm: ArmSpace, concurrency: int) -> ConcurrencyLimiter:
+def make_searcher(study: StudyConfig, arm: ArmSpace, concurrency: int, storage: str | None = None) -> ConcurrencyLimiter:
     """Seeded TPE whose first trial is the arm's `first` point (the paper-like defaults), at most
-    `concurrency` trials in flight so TPE keeps learning from finished ones."""
+    `concurrency` trials in flight so TPE keeps learning from finished ones. With `storage` (an Optuna
+    RDB URL) the search is also recorded there as the Optuna study named after the arm, for
+    optuna-dashboard; a stage built afresh starts that study afresh, as an in-memory one would."""
+    rdb = None
+    if storage is not None:
+        rdb = optuna.storages.RDBStorage(storage)
+        if arm.name in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
+            optuna.delete_study(study_name=arm.name, storage=rdb)
     searcher = OptunaSearch(
         space=optuna_space(arm), metric=study.metric, mode=MODE,
         points_to_evaluate=[dict(arm.first)] if arm.first else None,
-        sampler=optuna.samplers.TPESampler(seed=study.seed),
+        sampler=optuna.samplers.TPESampler(seed=study.seed), study_name=arm.name, storage=rdb,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=concurrency)
 

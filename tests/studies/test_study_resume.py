@@ -55,6 +55,7 @@ def test_interrupt_then_resume(tmp_path):
             proc.kill()
     log = (tmp_path / "first.log").read_text()
     assert "--resume" in log
+    assert "Tuner.restore" not in log  # Tune's own advice is left out: the study prints its --resume line
 
     store = Store(study_dir, RESUMED)
     before = store.runs()

@@ -224,7 +224,8 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
     assert "== arm 4/4: dros (fine-tunes the trained ERM models)" in err
     assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running, "
                      r"\d+m\d\ds elapsed", err), err[-3000:]
-    assert re.search(r"\[idea-search\] trial \w+ finished \| 3/3 done, 0 running", err), err[-3000:]
+    assert re.search(r"\[idea-search\] trial \w+ (finished|stopped by ASHA after epoch \d of 2) \| 3/3 done, 0 running",
+                     err), err[-3000:]
 
 
 def test_final_runs_log_metric_against_window_series(smoke):
@@ -250,3 +251,33 @@ def test_rerun_without_resume_refuses_to_overwrite(smoke):
     _, study_dir, _ = smoke
     proc = run_cli("synthetic", "--smoke", "--out", str(study_dir.parent))
     assert proc.returncode == 2 and "--resume" in proc.stderr
+
+
+def test_each_arms_search_is_an_optuna_study_for_optuna_dashboard(smoke):
+    """optuna.db in the study folder holds one Optuna study per arm: every search trial, the first one at the
+    arm's first point, each with its per-epoch validation values; the CLI prints the dashboard command."""
+    import optuna
+
+    from studies.config import load_study
+
+    proc, study_dir, _ = smoke
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    assert f"optuna-dashboard {storage}" in proc.stdout
+    study = load_study("synthetic", smoke=True)
+    for arm in ARMS:
+        trials = optuna.load_study(study_name=arm, storage=storage).trials
+        assert len(trials) == SMOKE_TRIALS[arm], (arm, len(trials))
+        assert trials[0].params == dict(study.arms[arm].first)
+        assert any(t.intermediate_values for t in trials)
+
+
+def test_console_holds_the_harness_lines_only(smoke):
+    """No worker output on the console (Ray's SIGTERM tracebacks at shutdown, Tune's per-restore checkpoint
+    line), and a trial ASHA cut says so: one such line per run tagged asha_stopped, and no other."""
+    proc, _, store = smoke
+    console = proc.stdout + proc.stderr
+    for leak in ("Exception ignored in", "sigterm_handler", "Restored on", "(search_trial pid=", "(final_trial pid="):
+        assert leak not in console, leak
+    cut = {r.data.tags["trial_id"] for r in store.nested("search") if r.data.tags.get("asha_stopped") == "true"}
+    said = set(re.findall(r"trial (\w+) stopped by ASHA after epoch \d+ of \d+", console))
+    assert said == cut

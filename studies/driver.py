@@ -8,7 +8,9 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -30,7 +32,22 @@ from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sh
 from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-INTERRUPTED_EXIT = 130
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+TERMINATED = threading.Event()  # SIGTERM reached the driver
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (how SLURM and Kubernetes stop a job) takes Ctrl-C's path: Tune stops gracefully and saves
+    its state, open runs end KILLED, the resume line is printed. Installed after ray.init, whose own
+    handlers would exit mid-stage (runs FAILED) or abort with a native stack dump."""
+    def handler(signum, frame):
+        TERMINATED.set()
+        on_sigint = signal.getsignal(signal.SIGINT)  # Tune's while a stage runs, else Python's KeyboardInterrupt
+        if not callable(on_sigint):
+            raise KeyboardInterrupt
+        on_sigint(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def init_ray(address: str | None) -> None:
@@ -158,15 +175,19 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
 
 def track(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
           resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame] | None:
-    """`run` with the store kept consistent: on Ctrl-C open runs end KILLED (None is returned), on an
-    error FAILED; on success the artifacts are logged and the parent run ends FINISHED."""
+    """`run` with the store kept consistent: on Ctrl-C or SIGTERM open runs end KILLED, tagged
+    `interrupted` with the signal (None is returned), on an error FAILED; on success the artifacts are
+    logged and the parent run ends FINISHED."""
     try:
         outcome = run(study, name, split, resources, study_dir, study_run, resume)
         write_results(study_dir, study_run, *outcome[1:])
     except KeyboardInterrupt:
-        closed = study_run.close_open_runs("KILLED")
-        print(f"\ninterrupted: the study run and {closed} open trial run(s) marked KILLED; Tune saved its state. "
-              f"Resume with:\n  {resume_command(sys.argv, resume)}", file=sys.stderr)
+        by = interrupted_by()
+        study_run.client().set_tag(study_run.parent_run_id, "interrupted", by)
+        closed = study_run.close_open_runs("KILLED", tags={"interrupted": by})
+        print(f"\n{'terminated (SIGTERM)' if by == 'SIGTERM' else 'interrupted'}: the study run and {closed} open "
+              f"trial run(s) marked KILLED; Tune saved its state. Resume with:\n  {resume_command(sys.argv, resume)}",
+              file=sys.stderr)
         return None
     except TuneStateError:  # nothing ran: the study stays resumable once the state is put back
         study_run.close_open_runs("KILLED")
@@ -178,9 +199,13 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
     return outcome
 
 
+def interrupted_by() -> str:
+    return "SIGTERM" if TERMINATED.is_set() else "SIGINT"
+
+
 def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     """The whole study for parsed arguments that passed `studies.preflight.check_study`; returns the exit
-    code (0, 2 bad input, 130 interrupted)."""
+    code (0, 2 bad input, 130 interrupted by Ctrl-C, 143 by SIGTERM)."""
     study, name, study_dir, tracking_uri = checked.study, checked.name, checked.study_dir, checked.tracking_uri
     data, split = checked.data, checked.split
     try:  # what needs MLflow or Tune's state, before Ray starts
@@ -200,6 +225,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     try:
         try:  # a cluster, flag or tracking-store problem
             init_ray(args.address)
+            stop_on_sigterm()
             resources = pick_resources(args)  # before anything is written: a request that can never run
             lock = lock_study(study_dir)  # noqa: F841 (kept open, so held, until this function returns)
             print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
@@ -232,7 +258,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     finally:
         ray.shutdown()
     if outcome is None:
-        return INTERRUPTED_EXIT
+        return INTERRUPTED_EXIT[interrupted_by()]
 
     selections, trials, results = outcome
     smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""

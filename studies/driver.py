@@ -28,10 +28,12 @@ from studies.final import final_results, run_final
 from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
                                write_run_file)
 from studies.search import Resources, Selection, TuneStateError, check_state, run_search, select_best
+from studies.trainable import failed
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+NO_RESULT_EXIT = 3  # the study ran to its end, but some arm has no result (time budget, every trial failed)
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
 TERMINATED = threading.Event()  # SIGTERM reached the driver
 
@@ -55,9 +57,11 @@ def init_ray(address: str | None) -> None:
     or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
     wrote its state, Optuna's per new searcher and (for a local instance, which only this driver uses)
     the token-authentication notice are left out, and so is Tune's note on which state file a resumed stage
-    restores (the stage's own resume line says what it restored)."""
+    restores (the stage's own resume line says what it restored), and its note on trials the time budget
+    stopped before a first result (the study records them as budget-stopped)."""
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -103,13 +107,16 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
     rows = []
     for arm, sel in selections.items():
         arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
+        unfinished = int(((arm_trials["status"] == "KILLED") & arm_trials["budget_stopped"]).sum()) if len(arm_trials) else 0
         row = {"arm": arm, "trials": f"{int((arm_trials['status'] == 'FINISHED').sum())} ok / "
-                                      f"{int((arm_trials['status'] == 'FAILED').sum())} failed" if len(arm_trials) else "0",
+                                      f"{int((arm_trials['status'] == 'FAILED').sum())} failed"
+                                      + (f" / {unfinished} stopped by the budget before an epoch" if unfinished else "")
+                                      if len(arm_trials) else "0",
                f"best valid {metric.upper()}@{k}": f"{sel.value:.4f}" if sel else "-",
-               "configuration": fmt_params(sel.params) if sel else "no successful trial"}
+               "configuration": fmt_params(sel.params) if sel else "no completed trial"}
         tests = results[(results["arm"] == arm) & (results["part"] != "valid") & (results["subset"] == "all")
-                        & (results["metric"] == metric) & (results["k"] == k)]
-        for part, values in tests.groupby("part", sort=False)["value"]:
+                        & (results["metric"] == metric) & (results["k"] == k)] if len(results) else []
+        for part, values in tests.groupby("part", sort=False)["value"] if len(tests) else ():
             std = f"{values.std():.4f}" if len(values) > 1 else "-"
             row[f"{part} (n={len(values)})"] = f"{values.mean():.4f} ± {std}"
         rows.append(row)
@@ -144,25 +151,38 @@ def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, re
 
 # ----- the study ------------------------------------------------------------------------------------
 
+def no_result(arm: str, grid, budget: float | None) -> str:
+    """Why an arm's search selected nothing: every trial failed, or none completed an epoch in the budget."""
+    crashed = sum(failed(r) for r in grid)
+    if crashed == len(grid):
+        return f"every {arm} trial failed ({crashed})"
+    stopped = f"stopped by --time-budget-s {budget:g}" if budget else "ended"
+    return f"no {arm} trial completed an epoch ({len(grid) - crashed} {stopped} before their first, {crashed} failed)"
+
+
 def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
-        resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame]:
+        resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """Per arm (ERM first when the others fine-tune its models): search, select on validation, retrain
-    the selection with the final seeds and test it; returns selections, trials and results."""
+    the selection with the final seeds and test it; returns selections, trials, results and, per arm
+    without a result, why."""
     ray_dir = study_dir / "ray"
     search_split = without_tests(split)
-    selections, frames, starts = {}, [], None
+    selections, frames, starts, missing = {}, [], None, {}
     order = study.arm_order()
     for i, arm in enumerate(order, start=1):
         warm = study.warm(arm)
         print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if warm else ""),
               file=sys.stderr, flush=True)
         if warm and starts is None:
-            raise RuntimeError(f"{arm} fine-tunes the erm arm's models, but every erm trial failed")
+            selections[arm], missing[arm] = None, "not run: it fine-tunes the erm arm's models, and erm has none"
+            print(f"warning: {arm} {missing[arm]}", file=sys.stderr)
+            continue
         grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
                           starts.search if warm else None)
         selections[arm] = selection = select_best(arm, grid, study.metric)
         if selection is None:
-            print(f"warning: every {arm} trial failed; no final runs for this arm", file=sys.stderr)
+            missing[arm] = no_result(arm, grid, resources.time_budget_s)
+            print(f"warning: {missing[arm]}; no final runs for this arm", file=sys.stderr)
             continue
         grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
                          starts.seeds if warm else None)
@@ -170,17 +190,20 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
         if arm == "erm" and any(study.warm(a) for a in order):
             starts = save_starts(study_dir, selection, grid, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return selections, trials_frame(study_run), results
+    return selections, trials_frame(study_run), results, missing
 
 
 def track(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
-          resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame] | None:
+          resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]] | None:
     """`run` with the store kept consistent: on Ctrl-C or SIGTERM open runs end KILLED, tagged
     `interrupted` with the signal (None is returned), on an error FAILED; on success the artifacts are
-    logged and the parent run ends FINISHED."""
+    logged and the parent run ends FINISHED (tagged `arms_without_result` when some arm has none: a
+    --resume would change nothing)."""
     try:
         outcome = run(study, name, split, resources, study_dir, study_run, resume)
-        write_results(study_dir, study_run, *outcome[1:])
+        write_results(study_dir, study_run, *outcome[1:3])
+        if outcome[3]:
+            study_run.client().set_tag(study_run.parent_run_id, "arms_without_result", ",".join(outcome[3]))
     except KeyboardInterrupt:
         by = interrupted_by()
         study_run.client().set_tag(study_run.parent_run_id, "interrupted", by)
@@ -260,7 +283,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     if outcome is None:
         return INTERRUPTED_EXIT[interrupted_by()]
 
-    selections, trials, results = outcome
+    selections, trials, results, missing = outcome
     smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""
     text = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
             f"retrained with seeds {study.final_seeds()}):{smoke}\n{summary_table(selections, trials, results)}\n")
@@ -268,6 +291,13 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     report = write_report(tracking_uri, name, study_dir / "report")
     study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), "report")
     print_finished(study_dir, name, tracking_uri)
+    if missing:
+        print(f"\nstudy {name} ended without a result for arm(s) {', '.join(missing)}:\n"
+              + "".join(f"  {arm}: {why}\n" for arm, why in missing.items())
+              + "The report covers what exists. For results, start the study again under another --study-name"
+              + (f" with a larger --time-budget-s than {args.time_budget_s:g}" if args.time_budget_s else "")
+              + ".", file=sys.stderr)
+        return NO_RESULT_EXIT
     return 0
 
 

@@ -269,6 +269,8 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
                                    parent_run_id=recorded, require_parent=ran)
             if recorded is None:
                 write_run_file(study_dir, parent_run_id=study_run.parent_run_id)
+            # how to continue, for a report of an unfinished study (analysis reads MLflow only)
+            study_run.client().set_tag(study_run.parent_run_id, "resume_command", resume_command(sys.argv, args.resume))
             log_inputs(study_dir, study_run, data, split)
         except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -26,4 +26,5 @@ def test_a_one_second_budget_records_stopped_trials_and_reports_arms_without_res
     (parent,) = store.runs("tags.stage = 'study'")
     assert parent.info.status == "FINISHED" and parent.data.tags["arms_without_result"] == "erm,idea"
     summary = (tmp_path / STUDY / "report" / "summary.md").read_text()
-    assert "no completed trial" in summary.splitlines()[0] or "erm" in summary
+    assert "UNFINISHED" in summary.splitlines()[0]
+    assert "- arm erm: no result" in summary and "- arm idea: no result" in summary and "resume with" not in summary

@@ -11,11 +11,13 @@ from __future__ import annotations
 import datetime as dt
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from analysis import plots
 from analysis import summaries as S
@@ -23,7 +25,7 @@ from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_sp
 from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
 from idea.argparsing import StrictArgumentParser
 
-__all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "write_report", "main"]
+__all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "missing_parts", "write_report", "main"]
 
 # name -> (section title, one-line explanation); the order of summary.md
 TABLES = {
@@ -253,6 +255,60 @@ def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, out_dir: P
     return lines
 
 
+def missing_parts(tracking_uri: str, study: str) -> list[str]:
+    """What keeps the study from being complete, from MLflow alone (empty when complete): its parent run
+    not FINISHED, final seeds missing per arm of its study.yaml (an artifact of the parent run), runs
+    still RUNNING, arms without a result; and how to continue. A report must not read as final when
+    the driver was stopped, or ran out of budget, before the end."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(study)  # load_study has refused a missing one
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=5000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    parents = [r for r in runs if r.data.tags.get("stage") == "study"]
+    if not parents:
+        return ["the study's parent run (stage=study) is missing from the store"]
+    parent = parents[0]
+    ours = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    out = []
+    if parent.info.status != "FINISHED":
+        by = parent.data.tags.get("interrupted")
+        out.append(f"the study run is {parent.info.status}" + (f" (stopped by {by})" if by else
+                                                               " (the driver stopped, or is still running)"))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            spec = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "study.yaml", tmp)).read_text())
+            arms, seed, seeds = list(spec["arms"]), int(spec["seed"]), int(spec["seeds"])
+        except Exception as err:  # noqa: BLE001 (any unreadable artifact: say so, list what the runs show)
+            out.append(f"the parent run's study.yaml could not be read ({type(err).__name__}), so the arms and "
+                       "final seeds it expects are unknown")
+            arms, seed, seeds = [], 0, 0
+    no_result = [a for a in parent.data.tags.get("arms_without_result", "").split(",") if a]
+    for arm in arms:
+        done = {int(r.data.tags.get("seed", -1)) for r in ours if r.data.tags.get("arm") == arm
+                and r.data.tags.get("stage") == "final" and r.info.status == "FINISHED"}
+        lacking = [s for s in range(seed + 1, seed + 1 + seeds) if s not in done]
+        if arm in no_result:
+            out.append(f"arm {arm}: no result (no search trial completed, or it needed one of an arm that has "
+                       "none); a --resume changes nothing: start the study again, e.g. with a larger --time-budget-s")
+        elif lacking:
+            out.append(f"arm {arm}: final seed(s) {', '.join(map(str, lacking))} of {seeds} missing")
+    running = sorted(r.info.run_name for r in ours if r.info.status == "RUNNING")
+    if running:
+        out.append(f"{len(running)} run(s) still RUNNING (a driver running, or killed without closing them): "
+                   f"{', '.join(running[:10])}{' ...' if len(running) > 10 else ''}")
+    if out and parent.info.status != "FINISHED":
+        command = parent.data.tags.get("resume_command")
+        out.append(f"resume with `{command}`" if command else "resume with the study's command and --resume")
+    return out
+
+
 def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "ndcg", k: int = 10,
                  ui_url: str | None = None) -> Path:
     """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
@@ -274,9 +330,14 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
 
     label = plots.metric_label(metric, k)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = [f"# Shift robustness of study `{study}`", "",
+    missing = missing_parts(tracking_uri, study)
+    state = f" (UNFINISHED: {len(missing)} item(s) under \"What is missing\")" if missing else ""
+    md = [f"# Shift robustness of study `{study}`{state}", "",
           f"Tracking URI `{tracking_uri}` · metric {label} · generated {now}. "
           "Every table is also a CSV next to this file; `results.csv` is the tidy frame they come from.", ""]
+    if missing:
+        md += ["## What is missing", "", "The study is not complete; the tables below cover what exists.", "",
+               *[f"- {m}" for m in missing], ""]
     if parent_tags(tracking_uri, study).get("smoke") == "true":
         md += [f"> **{SMOKE_NOTE}**", ""]
     if (line := headline(tables, metric, k)):
@@ -315,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {path}")
+    if missing_parts(args.tracking_uri, args.study):
+        print(f"note: study {args.study} is unfinished; summary.md lists what is missing", file=sys.stderr)
     return 0
 
 

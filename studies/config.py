@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
+import reprlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +33,7 @@ INIT_MODES = ("erm", "scratch")  # idea_init: warm start from the ERM arm's mode
 # TrainConfig fields the study sets itself (top-level keys, the arm's method, the seed, the warm start, the device).
 MANAGED = ("backbone", "method", "epochs", "patience", "seed", "device", "init_from")
 ARM_TRAIN_EXTRA = ("epochs", "patience")  # an arm may set its own (fine-tuning needs fewer epochs)
-ARM_NAME = re.compile(r"[a-z][a-z0-9_]*")  # part of Tune folder and MLflow run names
+ARM_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # part of Tune folder and MLflow run names
 TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig)}
 
 
@@ -40,18 +41,92 @@ class StudyConfigError(ValueError):
     """A study file or override is invalid; the message names the file and the key."""
 
 
+# A study file is untrusted input: what a refusal echoes of it is bounded, and so is what YAML builds from it.
+EXCERPT = 80  # characters of a value a message shows
+MAX_DEPTH = 40  # nesting levels of a study file (the shipped ones use 5)
+MAX_ALIAS_VALUES = 10_000  # values that YAML aliases may add, counted as if each alias were written out
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother, _EXCERPT.maxlist, _EXCERPT.maxdict = 3, EXCERPT, EXCERPT, 6, 4
+_LONG_RUN = re.compile(r"\S{%d,}" % (2 * EXCERPT + 1))  # an excerpt, quoted or listed, stays whole
+
+
+def excerpt(value: Any) -> str:
+    """repr(value), at most about EXCERPT characters, built without expanding the whole value."""
+    return _short(_EXCERPT.repr(value))
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= EXCERPT else text[:EXCERPT] + "..."
+
+
+def clip(message: str) -> str:
+    """A refusal with every long run cut to an excerpt: the last guard for messages from TrainConfig and
+    SplitConfig, which echo values whole."""
+    return _LONG_RUN.sub(lambda m: f"{m.group()[:EXCERPT]}... ({len(m.group()):,} characters)", message)
+
+
+class StudyFileRefused(yaml.YAMLError):
+    """The YAML itself is refused before it is built: nested too deep, or aliases expanding without bound."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses, while composing and before anything is built, nesting deeper than
+    MAX_DEPTH and aliases adding more than MAX_ALIAS_VALUES values (an alias bomb: a few lines whose
+    aliases expand to billions of values, which any echo, copy or walk of the value would expand)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._path: list[str] = []  # the mapping keys and list positions down to the node being composed
+        self._sizes: dict[int, int] = {}  # id(node) -> values under it, aliases written out
+        self._aliased = 0
+
+    def _where(self) -> str:
+        keys = ".".join(p for p in self._path if p and not p.startswith("["))
+        return _short(keys) if keys else "the top level"
+
+    def _size(self, node: yaml.Node) -> int:
+        if id(node) not in self._sizes:
+            self._sizes[id(node)] = 0  # an alias of a node inside itself: counted when it closes
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
+        return self._sizes[id(node)]
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            self._aliased += self._size(target) if target is not None and target.end_mark else MAX_ALIAS_VALUES + 1
+            if self._aliased > MAX_ALIAS_VALUES:
+                raise StudyFileRefused(
+                    f"{self._where()}: YAML aliases (*{_short(event.anchor)}, line {event.start_mark.line + 1}) "
+                    f"expand to more than {MAX_ALIAS_VALUES:,} values, or refer to the list or mapping holding them: "
+                    "an alias bomb. Write the values out, or use fewer aliases")
+            return super().compose_node(parent, index)
+        label = None if parent is None else f"[{index}]" if isinstance(index, int) else \
+            "[key]" if index is None else str(index.value) if isinstance(index, yaml.ScalarNode) else "[complex key]"
+        self._path.append(label or "")
+        try:
+            if len(self._path) > MAX_DEPTH:
+                raise StudyFileRefused(f"{self._where()}: nested deeper than {MAX_DEPTH} levels "
+                                       f"(line {self.peek_event().start_mark.line + 1}); a study file needs a few")
+            return super().compose_node(parent, index)
+        finally:
+            self._path.pop()
+
+
 def _number(value: Any, key: str, integer: bool = False) -> float | int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         kind = "an integer" if integer else "a number"
         numeric = isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip())
         hint = " (YAML reads 1e-4 as a string; write 1.0e-4)" if numeric else ""
-        raise ValueError(f"{key} must be {kind}, got {value!r}{hint}")
+        raise ValueError(f"{key} must be {kind}, got {excerpt(value)}{hint}")
     return value
 
 
 def _positive(value: Any, key: str) -> int:
     if _number(value, key, integer=True) < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        raise ValueError(f"{key} must be a positive integer, got {excerpt(value)}")
     return value
 
 
@@ -105,7 +180,10 @@ class Choice:
 
     def __post_init__(self) -> None:
         if not isinstance(self.values, tuple) or len(self.values) == 0:
-            raise ValueError(f"values must be a non-empty list, got {self.values!r}")
+            raise ValueError(f"values must be a non-empty list, got {excerpt(self.values)}")
+        for i, value in enumerate(self.values):
+            if not isinstance(value, (bool, int, float, str)):
+                raise ValueError(f"values[{i}] must be a number, string or boolean, got {excerpt(value)}")
         if len(set(self.values)) != len(self.values):
             raise ValueError(f"values must be distinct, got {list(self.values)}")
 
@@ -130,7 +208,7 @@ def spec_dict(spec: ParamSpec) -> dict[str, Any]:
 
 def _check_range(low, high, log: bool) -> None:
     if not isinstance(log, bool):
-        raise ValueError(f"log must be true or false, got {log!r}")
+        raise ValueError(f"log must be true or false, got {excerpt(log)}")
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"low and high must be finite, got {low}, {high}")
     if low > high:
@@ -148,6 +226,12 @@ def _method_of_field(name: str) -> str | None:
     return next((m for m, names in METHOD_FIELDS.items() if name in names), None)
 
 
+def _check_arm_name(name: Any) -> None:
+    if not isinstance(name, str) or ARM_NAME.fullmatch(name) is None:
+        raise ValueError(f"arms: arm name {excerpt(name)} must match [a-z][a-z0-9_]*, at most 40 characters "
+                         "(it names folders and runs)")
+
+
 @dataclass(frozen=True)
 class ArmSpace:
     """One arm: its method, search space, trial count and the first point evaluated (the paper-like defaults)."""
@@ -161,11 +245,12 @@ class ArmSpace:
     asha: "AshaConfig | None" = None  # None: the study's
 
     def __post_init__(self) -> None:
+        _check_arm_name(self.name)
         where = f"arms.{self.name}"
-        if not isinstance(self.name, str) or ARM_NAME.fullmatch(self.name) is None:
-            raise ValueError(f"arms: arm name {self.name!r} must match [a-z][a-z0-9_]* (it names folders and runs)")
+        if not isinstance(self.method, str):
+            raise ValueError(f"{where}.method must be a string, one of {list(METHODS)}, got {excerpt(self.method)}")
         if self.method not in METHODS:
-            raise ValueError(f"{where}.method: unknown method {self.method!r}; methods are {list(METHODS)}")
+            raise ValueError(f"{where}.method: unknown method {excerpt(self.method)}; methods are {list(METHODS)}")
         _positive(self.num_samples, f"{where}.num_samples")
         if not self.space:
             raise ValueError(f"{where}.space is empty: an arm needs at least one searched parameter")
@@ -197,7 +282,7 @@ class ArmSpace:
             if not isinstance(self.space[name], Choice):
                 _number(value, f"{where}.first.{name}", integer=isinstance(self.space[name], IntRange))
             if not self.space[name].contains(value):
-                raise ValueError(f"{where}.first.{name} = {value!r} lies outside its space {self.space[name]}")
+                raise ValueError(f"{where}.first.{name} = {excerpt(value)} lies outside its space {self.space[name]}")
 
     def _check_used(self, where: str, name: str) -> None:
         owner = _method_of_field(name)
@@ -216,7 +301,7 @@ class AshaConfig:
     def __post_init__(self) -> None:
         _positive(self.grace_period, "asha.grace_period")
         if _number(self.reduction_factor, "asha.reduction_factor", integer=True) < 2:
-            raise ValueError(f"asha.reduction_factor must be an integer >= 2, got {self.reduction_factor!r}")
+            raise ValueError(f"asha.reduction_factor must be an integer >= 2, got {excerpt(self.reduction_factor)}")
 
 
 @dataclass(frozen=True)
@@ -240,21 +325,24 @@ class StudyConfig:
     idea_init: str = "erm"  # erm: the other arms fine-tune the ERM arm's models | scratch: every arm from scratch
 
     def __post_init__(self) -> None:
+        for key in ("dataset", "protocol", "backbone", "metric", "idea_init"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"{key} must be a string, got {excerpt(getattr(self, key))}")
         if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}")
+            raise ValueError(f"dataset: unknown dataset {excerpt(self.dataset)}; choose one of {sorted(DATASETS)}")
         if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+            raise ValueError(f"protocol must be one of {list(PROTOCOLS)}, got {excerpt(self.protocol)}")
         if self.backbone not in BACKBONE_NAMES:
-            raise ValueError(f"backbone must be one of {list(BACKBONE_NAMES)}, got {self.backbone!r}")
+            raise ValueError(f"backbone must be one of {list(BACKBONE_NAMES)}, got {excerpt(self.backbone)}")
         if self.metric != SELECT_METRIC:
-            raise ValueError(f"metric must be {SELECT_METRIC!r}, got {self.metric!r}: the trainer early-stops and keeps "
+            raise ValueError(f"metric must be {SELECT_METRIC!r}, got {excerpt(self.metric)}: the trainer early-stops and keeps "
                              "its best state on it, so selecting on another metric would mix two criteria")
         for key in ("max_len", "epochs", "patience", "seeds"):
             _positive(getattr(self, key), key)
         if self.max_users is not None:
             _positive(self.max_users, "max_users")
         if _number(self.seed, "seed", integer=True) < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+            raise ValueError(f"seed must be an integer >= 0, got {excerpt(self.seed)}")
         try:
             SplitConfig(self.protocol, self.max_len, self.cuts)
         except ValueError as err:
@@ -267,7 +355,7 @@ class StudyConfig:
         if not self.arms:
             raise ValueError("arms: at least one arm is needed (e.g. erm with method erm)")
         if self.idea_init not in INIT_MODES:
-            raise ValueError(f"idea_init must be one of {list(INIT_MODES)}, got {self.idea_init!r}")
+            raise ValueError(f"idea_init must be one of {list(INIT_MODES)}, got {excerpt(self.idea_init)}")
         if self.idea_init == "erm" and ("erm" not in self.arms or self.arms["erm"].method != "erm"):
             raise ValueError("idea_init: erm warm-starts the other arms from the models of the arm named erm (method "
                              "erm), but there is none: add one, or set idea_init: scratch")
@@ -278,7 +366,7 @@ class StudyConfig:
                 raise ValueError(f"train.{key}: only method {owner} reads it, and no arm has that method")
         for name, arm in self.arms.items():
             if name != arm.name:
-                raise ValueError(f"arms.{name}: holds the space of arm {arm.name!r}")
+                raise ValueError(f"arms.{name}: holds the space of arm {excerpt(arm.name)}")
             for key in (*arm.space, *arm.train):
                 if key in self.train:
                     raise ValueError(f"arms.{name}: {key} is also fixed under the study's train; keep one")
@@ -308,7 +396,7 @@ class StudyConfig:
         attempt(f"arms.{arm.name}.first", dict(arm.first))
         for name, spec in arm.space.items():
             for value in spec.ends():
-                attempt(f"arms.{arm.name}.space.{name} = {value!r}", {**arm.first, name: value})
+                attempt(f"arms.{arm.name}.space.{name} = {excerpt(value)}", {**arm.first, name: value})
 
     def warm(self, arm: str) -> bool:
         """Does `arm` fine-tune the ERM arm's trained models (rather than train from scratch)?"""
@@ -348,7 +436,7 @@ class StudyConfig:
         validated like the file."""
         for flag, v in (("--num-samples", num_samples), ("--max-epochs", epochs), ("--seeds", seeds)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{flag} must be a positive integer, got {v!r}")
+                raise ValueError(f"{flag} must be a positive integer, got {excerpt(v)}")
 
         def capped(asha: AshaConfig | None, limit: int) -> AshaConfig | None:
             return replace(asha, grace_period=limit) if asha is not None and asha.grace_period > limit else asha
@@ -386,32 +474,32 @@ ARM_KEYS = {"method", "num_samples", "first", "space", "train", "asha"}
 
 def _mapping(value: Any, key: str) -> dict:
     if not isinstance(value, dict):
-        raise ValueError(f"{key} must be a mapping, got {value!r}")
+        raise ValueError(f"{key} must be a mapping, got {excerpt(value)}")
     return value
 
 
 def _no_unknown(values: dict, known: set, key: str) -> None:
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=str)  # YAML keys may be numbers too
     if unknown:
         where = f"{key}: " if key else ""
-        raise ValueError(f"{where}unknown key(s) {unknown}; allowed: {sorted(known)}")
+        raise ValueError(f"{where}unknown key(s) {[_short(str(k)) for k in unknown[:5]]}; allowed: {sorted(known)}")
 
 
 def _param_spec(raw: Any, key: str) -> ParamSpec:
     raw = dict(_mapping(raw, key))
     kind = raw.pop("type", None)
     if kind not in SPEC_TYPES:
-        raise ValueError(f"{key}.type must be one of {list(SPEC_TYPES)}, got {kind!r}")
+        raise ValueError(f"{key}.type must be one of {list(SPEC_TYPES)}, got {excerpt(kind)}")
     cls = SPEC_TYPES[kind]
     _no_unknown(raw, {f.name for f in fields(cls)}, key)
+    missing = sorted({f.name for f in fields(cls) if f.name != "log"} - set(raw))
+    if missing:
+        raise ValueError(f"{key}: missing key(s) {missing}")
     if cls is Choice:
         values = raw.get("values")
         raw["values"] = tuple(values) if isinstance(values, list) else values
     try:
         return cls(**raw)
-    except TypeError:
-        missing = sorted({f.name for f in fields(cls) if f.name != "log"} - set(raw))
-        raise ValueError(f"{key}: missing key(s) {missing}") from None
     except ValueError as err:
         raise ValueError(f"{key}: {err}") from None
 
@@ -446,13 +534,32 @@ def from_dict(raw: Any) -> StudyConfig:
     _no_unknown(raw, STUDY_KEYS, "")
     if "dataset" not in raw or "arms" not in raw:
         raise ValueError("a study needs `dataset` and `arms`")
-    arms = {name: _arm(name, arm) for name, arm in _mapping(raw.pop("arms"), "arms").items()}
+    arms = _mapping(raw.pop("arms"), "arms")
+    for name in arms:
+        _check_arm_name(name)  # before it is part of any key a message names
+    arms = {name: _arm(name, arm) for name, arm in arms.items()}
     if "asha" in raw:
         raw["asha"] = _asha(raw["asha"], "asha")
-    if isinstance(raw.get("cuts"), list):  # YAML reads unquoted 2013-07-24 as a date
-        raw["cuts"] = tuple(c.isoformat() if isinstance(c, datetime.date) else c for c in raw["cuts"])
+    if raw.get("cuts") is not None:
+        raw["cuts"] = _cuts(raw["cuts"])
     raw["train"] = _mapping(raw.get("train") or {}, "train")
     return StudyConfig(arms=arms, **raw)
+
+
+def _cuts(raw: Any) -> tuple:
+    """Temporal cuts as SplitConfig takes them: 'YYYY-MM-DD' strings (YAML reads an unquoted date as a date)
+    or Unix seconds."""
+    if not isinstance(raw, list):
+        raise ValueError(f"cuts must be a list of 'YYYY-MM-DD' dates or Unix seconds, or null, got {excerpt(raw)}")
+    cuts = []
+    for i, cut in enumerate(raw):
+        if isinstance(cut, datetime.date):
+            cut = cut.isoformat()
+        if isinstance(cut, bool) or not isinstance(cut, (int, float, str)) or \
+                (isinstance(cut, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", cut) is None):
+            raise ValueError(f"cuts[{i}] must be a 'YYYY-MM-DD' date or Unix seconds, got {excerpt(cut)}")
+        cuts.append(cut)
+    return tuple(cuts)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -469,7 +576,9 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         where = f" (extended by {seen[-1]})" if seen else ""
         raise StudyConfigError(f"no study file {path}{where}; shipped studies: {shipped_studies()}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=BoundedLoader)  # noqa: S506 (a SafeLoader)
+    except StudyFileRefused as err:
+        raise StudyConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise StudyConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
@@ -478,10 +587,10 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if base is None:
         return raw
     if not isinstance(base, str) or not base:
-        raise StudyConfigError(f"{path}: extends must name a study file next to it (e.g. _base), got {base!r}")
+        raise StudyConfigError(f"{path}: extends must name a study file next to it (e.g. _base), got {excerpt(base)}")
     parent = (path.parent / base).with_suffix(".yaml") if not base.endswith((".yaml", ".yml")) else path.parent / base
     if parent.resolve() in seen or parent.resolve() == path.resolve():
-        raise StudyConfigError(f"{path}: extends {base!r} makes a cycle")
+        raise StudyConfigError(f"{path}: extends {excerpt(base)} makes a cycle")
     return _merge(_read(parent, (*seen, path.resolve())), raw)
 
 
@@ -495,13 +604,13 @@ def load_study(name_or_path: str | Path, smoke: bool = False) -> StudyConfig:
     try:
         full = from_dict(raw)
     except ValueError as err:
-        raise StudyConfigError(f"{path}: {err}") from None
+        raise StudyConfigError(f"{path}: {clip(str(err))}") from None
     try:
         if not isinstance(overrides, dict):
-            raise ValueError(f"must be a mapping, got {overrides!r}")
+            raise ValueError(f"must be a mapping, got {excerpt(overrides)}")
         if "dataset" in overrides:
             raise ValueError("dataset cannot change in smoke mode")
         small = from_dict(_merge(raw, overrides))
     except ValueError as err:
-        raise StudyConfigError(f"{path}: smoke: {err}") from None
+        raise StudyConfigError(f"{path}: smoke: {clip(str(err))}") from None
     return small if smoke else full

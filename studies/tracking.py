@@ -322,6 +322,18 @@ class MlflowTrialLogger(tune.Callback):
         self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         self._running.discard(trial.trial_id)
 
+    def on_experiment_end(self, trials, **info) -> None:
+        """The time budget stops trials without a per-trial callback, some before they even started: their
+        runs end here, tagged budget_stopped, FINISHED with their best-so-far metrics or KILLED when no
+        epoch completed. After Ctrl-C or SIGTERM the driver ends them instead (KILLED, `interrupted`)."""
+        if INTERRUPTED.is_set():
+            return
+        for trial in trials:
+            if trial.trial_id in self._running or trial.trial_id not in self._runs:
+                completed = (trial.last_result or {}).get("epoch", 0) > 0
+                self._end(trial, RunStatus.to_string(RunStatus.FINISHED if completed else RunStatus.KILLED),
+                          {"budget_stopped": "true"})
+
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._client.set_tag(self._open(trial), "failures", str(trial.num_failures))
 

@@ -52,7 +52,22 @@ def check_study(args: argparse.Namespace) -> Checked:
     check_not_in_use(study_dir)
     tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
     data, split = study_split(study, args.data_dir)
+    if args.resume:
+        check_data(study_dir, split)
     return Checked(study, name, study_dir, tracking_uri, data, split)
+
+
+def check_data(study_dir: Path, split: Split) -> None:
+    """A resumed study must run on the data it started on (the digest of its source files and sample, which
+    run.json records): trials on changed data would mix two datasets in one study, or fail on a warm start
+    of another item count and seal an arm as failed. Folders from before the digest was recorded pass."""
+    recorded = read_run_file(study_dir).get("data_sha256")
+    if recorded is not None and recorded != split.data_sha256:
+        raise StudyConfigError(
+            f"the data changed since the study started: {split.dataset!r} now has digest {split.data_sha256[:16]}…, "
+            f"the study ran on {recorded[:16]}… ({study_dir / RUN_FILE}). Put back the data it ran on (the same "
+            "--data-dir files) and repeat --resume, or start a new study under another --study-name; nothing was "
+            "changed")
 
 
 def sqlite_uri(path: Path) -> str:
@@ -171,9 +186,10 @@ def check_device(study_dir: Path, device: str) -> None:
                          f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")
 
 
-def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: str) -> None:
-    """The study folder with the resolved settings, tracking URI and device, which --resume checks against."""
+def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: str, data_sha256: str) -> None:
+    """The study folder with the resolved settings, tracking URI, device and data digest, which --resume
+    checks against."""
     study_dir.mkdir(parents=True, exist_ok=True)
     (study_dir / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
-    write_run_file(study_dir, tracking_uri=tracking_uri, device=device,
+    write_run_file(study_dir, tracking_uri=tracking_uri, device=device, data_sha256=data_sha256,
                    default_store=tracking_uri == sqlite_uri(study_dir / "mlflow.db"))

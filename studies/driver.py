@@ -25,8 +25,8 @@ from studies.data import without_tests
 from studies.final import final_results, run_final
 from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
                                write_run_file)
-from studies.search import (Resources, Selection, TuneStateError, check_state, optuna_storage, run_search,
-                            select_best)
+from studies.search import (Resources, Selection, TuneStateError, check_checkpoints, check_state, optuna_storage,
+                            run_search, select_best)
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
@@ -197,6 +197,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
         if args.resume:  # Tune's state files (run_search/run_final check them against the store)
             for experiment in sorted((study_dir / "ray").glob("*/tuner.pkl")):
                 check_state(experiment.parent)
+                check_checkpoints(experiment.parent)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,11 +15,12 @@ from ray.tune import ResultGrid
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from idea.splits import Split
+from idea.trainer import CheckpointError, read_checkpoint
 
 from studies.config import StudyConfig, spec_dict
 from studies.progress import ProgressPrinter
 from studies.space import MODE, make_scheduler, make_searcher
-from studies.trainable import failed, search_trial
+from studies.trainable import CHECKPOINT_FILE, failed, search_trial
 from studies.tracking import INTERRUPTED, MlflowTrialLogger, StudyRun, summary_metrics
 
 
@@ -136,6 +137,20 @@ def check_state(path: Path, logged: Iterable[str] = ()) -> dict[str, str] | None
         raise _state_error(path, states[-1], f"missing trials the tracking store has ended runs for "
                                              f"({', '.join(sorted(missing))}; it holds {len(statuses)})")
     return statuses
+
+
+def check_checkpoints(path: Path) -> None:
+    """Before a resume relies on them: every trial checkpoint of the experiment at `path` is a readable
+    trainer checkpoint. Tune restores a trial from its checkpoint, and the warm start copies the selected
+    trial's; a damaged one would fail that trial on resume (or move the selection to the second best)."""
+    for file in sorted(path.glob(f"*/checkpoint_*/{CHECKPOINT_FILE}")):
+        try:
+            read_checkpoint(file)
+        except CheckpointError as err:
+            raise TuneStateError(
+                f"a trial checkpoint is damaged ({err}). Put {file} back from a backup (or a copy of the study "
+                "folder) and repeat --resume, or start the study again under another --study-name; nothing was "
+                "changed") from None
 
 
 class RestoreCheck(tune.Callback):

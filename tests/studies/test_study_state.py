@@ -69,6 +69,23 @@ def test_a_truncated_tune_state_file_is_named_not_silently_restarted(base, tmp_p
 
 
 @pytest.mark.timeout(150)
+def test_a_damaged_trial_checkpoint_is_named_before_ray_starts(base, tmp_path):
+    """A finished trial's checkpoint truncated (say, a full disk at its last save): the resume stops at once
+    naming the file, rather than failing that trial on restore and selecting the second best."""
+    study_file, out, study_dir = copy_study(base, tmp_path)
+    checkpoint = sorted((study_dir / "ray" / "erm-search").glob("*/checkpoint_*/trainer.pt"))[-1]
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    store = Store(study_dir, STUDY)
+    before = statuses(store)
+    proc = run_cli(*args(study_file, out, "--resume"))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and str(checkpoint) in error[0] and "trial checkpoint is damaged" in error[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert statuses(store) == before
+
+
+@pytest.mark.timeout(150)
 def test_a_state_file_missing_trials_of_the_store_is_refused(base, tmp_path):
     """A whole but stale experiment state (say, an older backup put back) lacks trials the store ended."""
     study_file, out, study_dir = copy_study(base, tmp_path)

@@ -8,7 +8,9 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -27,11 +29,28 @@ from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, 
                                write_run_file)
 from studies.search import (Resources, Selection, TuneStateError, check_checkpoints, check_state, optuna_storage,
                             run_search, select_best)
+from studies.trainable import failed
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-INTERRUPTED_EXIT = 130
+NO_RESULT_EXIT = 3  # the study ran to its end, but some arm has no result (time budget, every trial failed)
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+TERMINATED = threading.Event()  # SIGTERM reached the driver
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (how SLURM and Kubernetes stop a job) takes Ctrl-C's path: Tune stops gracefully and saves
+    its state, open runs end KILLED, the resume line is printed. Installed after ray.init, whose own
+    handlers would exit mid-stage (runs FAILED) or abort with a native stack dump."""
+    def handler(signum, frame):
+        TERMINATED.set()
+        on_sigint = signal.getsignal(signal.SIGINT)  # Tune's while a stage runs, else Python's KeyboardInterrupt
+        if not callable(on_sigint):
+            raise KeyboardInterrupt
+        on_sigint(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def init_ray(address: str | None) -> None:
@@ -39,14 +58,16 @@ def init_ray(address: str | None) -> None:
     or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
     wrote its state, Optuna's per new searcher and (for a local instance, which only this driver uses)
     the token-authentication notice are left out, and so is Tune's note on which state file a resumed stage
-    restores (the stage's own resume line says what it restored). Trial workers' own output is not
-    forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a failed trial's
+    restores (the stage's own resume line says what it restored), and its note on trials the time budget
+    stopped before a first result (the study records them as budget-stopped). Trial workers' own output is
+    not forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a failed trial's
     traceback is in its error.txt, and the rest stays in Ray's session logs; without this, normal
     shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line."""
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
     # On Ctrl-C Tune advises `Tuner.restore(...)`; the study prints its own `--resume` line instead.
     logging.getLogger("ray.tune.tune").addFilter(lambda r: not r.getMessage().startswith("Experiment has been interrupted"))
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -92,13 +113,16 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
     rows = []
     for arm, sel in selections.items():
         arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
+        unfinished = int(((arm_trials["status"] == "KILLED") & arm_trials["budget_stopped"]).sum()) if len(arm_trials) else 0
         row = {"arm": arm, "trials": f"{int((arm_trials['status'] == 'FINISHED').sum())} ok / "
-                                      f"{int((arm_trials['status'] == 'FAILED').sum())} failed" if len(arm_trials) else "0",
+                                      f"{int((arm_trials['status'] == 'FAILED').sum())} failed"
+                                      + (f" / {unfinished} stopped by the budget before an epoch" if unfinished else "")
+                                      if len(arm_trials) else "0",
                f"best valid {metric.upper()}@{k}": f"{sel.value:.4f}" if sel else "-",
-               "configuration": fmt_params(sel.params) if sel else "no successful trial"}
+               "configuration": fmt_params(sel.params) if sel else "no completed trial"}
         tests = results[(results["arm"] == arm) & (results["part"] != "valid") & (results["subset"] == "all")
-                        & (results["metric"] == metric) & (results["k"] == k)]
-        for part, values in tests.groupby("part", sort=False)["value"]:
+                        & (results["metric"] == metric) & (results["k"] == k)] if len(results) else []
+        for part, values in tests.groupby("part", sort=False)["value"] if len(tests) else ():
             std = f"{values.std():.4f}" if len(values) > 1 else "-"
             row[f"{part} (n={len(values)})"] = f"{values.mean():.4f} ± {std}"
         rows.append(row)
@@ -133,25 +157,38 @@ def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, re
 
 # ----- the study ------------------------------------------------------------------------------------
 
+def no_result(arm: str, grid, budget: float | None) -> str:
+    """Why an arm's search selected nothing: every trial failed, or none completed an epoch in the budget."""
+    crashed = sum(failed(r) for r in grid)
+    if crashed == len(grid):
+        return f"every {arm} trial failed ({crashed})"
+    stopped = f"stopped by --time-budget-s {budget:g}" if budget else "ended"
+    return f"no {arm} trial completed an epoch ({len(grid) - crashed} {stopped} before their first, {crashed} failed)"
+
+
 def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
-        resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame]:
+        resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """Per arm (ERM first when the others fine-tune its models): search, select on validation, retrain
-    the selection with the final seeds and test it; returns selections, trials and results."""
+    the selection with the final seeds and test it; returns selections, trials, results and, per arm
+    without a result, why."""
     ray_dir = study_dir / "ray"
     search_split = without_tests(split)
-    selections, frames, starts = {}, [], None
+    selections, frames, starts, missing = {}, [], None, {}
     order = study.arm_order()
     for i, arm in enumerate(order, start=1):
         warm = study.warm(arm)
         print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if warm else ""),
               file=sys.stderr, flush=True)
         if warm and starts is None:
-            raise RuntimeError(f"{arm} fine-tunes the erm arm's models, but every erm trial failed")
+            selections[arm], missing[arm] = None, "not run: it fine-tunes the erm arm's models, and erm has none"
+            print(f"warning: {arm} {missing[arm]}", file=sys.stderr)
+            continue
         grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
                           starts.search if warm else None)
         selections[arm] = selection = select_best(arm, grid, study.metric)
         if selection is None:
-            print(f"warning: every {arm} trial failed; no final runs for this arm", file=sys.stderr)
+            missing[arm] = no_result(arm, grid, resources.time_budget_s)
+            print(f"warning: {missing[arm]}; no final runs for this arm", file=sys.stderr)
             continue
         grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
                          starts.seeds if warm else None)
@@ -159,20 +196,27 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
         if arm == "erm" and any(study.warm(a) for a in order):
             starts = save_starts(study_dir, selection, grid, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return selections, trials_frame(study_run), results
+    return selections, trials_frame(study_run), results, missing
 
 
 def track(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
-          resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame] | None:
-    """`run` with the store kept consistent: on Ctrl-C open runs end KILLED (None is returned), on an
-    error FAILED; on success the artifacts are logged and the parent run ends FINISHED."""
+          resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]] | None:
+    """`run` with the store kept consistent: on Ctrl-C or SIGTERM open runs end KILLED, tagged
+    `interrupted` with the signal (None is returned), on an error FAILED; on success the artifacts are
+    logged and the parent run ends FINISHED (tagged `arms_without_result` when some arm has none: a
+    --resume would change nothing)."""
     try:
         outcome = run(study, name, split, resources, study_dir, study_run, resume)
-        write_results(study_dir, study_run, *outcome[1:])
+        write_results(study_dir, study_run, *outcome[1:3])
+        if outcome[3]:
+            study_run.client().set_tag(study_run.parent_run_id, "arms_without_result", ",".join(outcome[3]))
     except KeyboardInterrupt:
-        closed = study_run.close_open_runs("KILLED")
-        print(f"\ninterrupted: the study run and {closed} open trial run(s) marked KILLED; Tune saved its state. "
-              f"Resume with:\n  {resume_command(sys.argv, resume)}", file=sys.stderr)
+        by = interrupted_by()
+        study_run.client().set_tag(study_run.parent_run_id, "interrupted", by)
+        closed = study_run.close_open_runs("KILLED", tags={"interrupted": by})
+        print(f"\n{'terminated (SIGTERM)' if by == 'SIGTERM' else 'interrupted'}: the study run and {closed} open "
+              f"trial run(s) marked KILLED; Tune saved its state. Resume with:\n  {resume_command(sys.argv, resume)}",
+              file=sys.stderr)
         return None
     except TuneStateError:  # nothing ran: the study stays resumable once the state is put back
         study_run.close_open_runs("KILLED")
@@ -184,9 +228,13 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
     return outcome
 
 
+def interrupted_by() -> str:
+    return "SIGTERM" if TERMINATED.is_set() else "SIGINT"
+
+
 def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     """The whole study for parsed arguments that passed `studies.preflight.check_study`; returns the exit
-    code (0, 2 bad input, 130 interrupted)."""
+    code (0, 2 bad input, 130 interrupted by Ctrl-C, 143 by SIGTERM)."""
     study, name, study_dir, tracking_uri = checked.study, checked.name, checked.study_dir, checked.tracking_uri
     data, split = checked.data, checked.split
     try:  # what needs MLflow or Tune's state, before Ray starts
@@ -207,6 +255,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     try:
         try:  # a cluster, flag or tracking-store problem
             init_ray(args.address)
+            stop_on_sigterm()
             resources = pick_resources(args)  # before anything is written: a request that can never run
             lock = lock_study(study_dir)  # noqa: F841 (kept open, so held, until this function returns)
             print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
@@ -227,6 +276,8 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
                                    parent_run_id=recorded, require_parent=ran)
             if recorded is None:
                 write_run_file(study_dir, parent_run_id=study_run.parent_run_id)
+            # how to continue, for a report of an unfinished study (analysis reads MLflow only)
+            study_run.client().set_tag(study_run.parent_run_id, "resume_command", resume_command(sys.argv, args.resume))
             log_inputs(study_dir, study_run, data, split)
         except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -239,9 +290,9 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     finally:
         ray.shutdown()
     if outcome is None:
-        return INTERRUPTED_EXIT
+        return INTERRUPTED_EXIT[interrupted_by()]
 
-    selections, trials, results = outcome
+    selections, trials, results, missing = outcome
     smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""
     text = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
             f"retrained with seeds {study.final_seeds()}):{smoke}\n{summary_table(selections, trials, results)}\n")
@@ -249,6 +300,13 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     report = write_report(tracking_uri, name, study_dir / "report")
     study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), "report")
     print_finished(study_dir, name, tracking_uri)
+    if missing:
+        print(f"\nstudy {name} ended without a result for arm(s) {', '.join(missing)}:\n"
+              + "".join(f"  {arm}: {why}\n" for arm, why in missing.items())
+              + "The report covers what exists. For results, start the study again under another --study-name"
+              + (f" with a larger --time-budget-s than {args.time_budget_s:g}" if args.time_budget_s else "")
+              + ".", file=sys.stderr)
+        return NO_RESULT_EXIT
     return 0
 
 

@@ -17,7 +17,9 @@ import ray
 
 from analysis.mlflow_ui import UI_PORT, ui_command
 from analysis.report import write_report
+from analysis.summaries import per_window
 from idea.data.describe import describe
+from idea.contract import VALID
 from idea.data.interactions import Interactions
 from idea.splits import Split
 from studies.config import StudyConfig
@@ -82,7 +84,8 @@ def fmt_params(params: dict) -> str:
 def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame, results: pd.DataFrame,
                   metric: str = "ndcg", k: int = 10) -> str:
     """Per arm: trials run, best validation NDCG@10 and its configuration, and test NDCG@10 per window
-    (all targets) as mean ± std over the final seeds."""
+    (all targets) as mean ± std over the final seeds (`analysis.summaries.per_window`, as in the report)."""
+    windows = per_window(results, metric, k, "all") if len(results) else pd.DataFrame(columns=["arm", "part"])
     rows = []
     for arm, sel in selections.items():
         arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
@@ -90,11 +93,9 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
                                       f"{int((arm_trials['status'] == 'FAILED').sum())} failed" if len(arm_trials) else "0",
                f"best valid {metric.upper()}@{k}": f"{sel.value:.4f}" if sel else "-",
                "configuration": fmt_params(sel.params) if sel else "no successful trial"}
-        tests = results[(results["arm"] == arm) & (results["part"] != "valid") & (results["subset"] == "all")
-                        & (results["metric"] == metric) & (results["k"] == k)]
-        for part, values in tests.groupby("part", sort=False)["value"]:
-            std = f"{values.std():.4f}" if len(values) > 1 else "-"
-            row[f"{part} (n={len(values)})"] = f"{values.mean():.4f} ± {std}"
+        for w in windows[(windows["arm"] == arm) & (windows["part"] != VALID)].itertuples():
+            std = f"{w.std:.4f}" if w.n_seeds > 1 else "-"
+            row[f"{w.part} (n={w.n_seeds})"] = f"{w.mean:.4f} ± {std}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("-").to_string(index=False)
 
@@ -129,28 +130,28 @@ def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, re
 
 def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
         resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame]:
-    """Per arm (ERM first when the others fine-tune its models): search, select on validation, retrain
+    """Per arm (the base arm first when the others fine-tune its models): search, select on validation, retrain
     the selection with the final seeds and test it; returns selections, trials and results."""
     ray_dir = study_dir / "ray"
     search_split = without_tests(split)
     selections, frames, starts = {}, [], None
     order = study.arm_order()
     for i, arm in enumerate(order, start=1):
-        warm = study.warm(arm)
-        print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if warm else ""),
-              file=sys.stderr, flush=True)
-        if warm and starts is None:
-            raise RuntimeError(f"{arm} fine-tunes the erm arm's models, but every erm trial failed")
+        finetunes = study.finetunes(arm)
+        print(f"\n== arm {i}/{len(order)}: {arm}" + (f" (fine-tunes the trained {study.base()} models)" if finetunes
+                                                     else ""), file=sys.stderr, flush=True)
+        if finetunes and starts is None:
+            raise RuntimeError(f"{arm} fine-tunes the {study.base()} arm's models, but every {study.base()} trial failed")
         grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
-                          starts.search if warm else None)
+                          starts.search if finetunes else None)
         selections[arm] = selection = select_best(arm, grid, study.metric)
         if selection is None:
             print(f"warning: every {arm} trial failed; no final runs for this arm", file=sys.stderr)
             continue
         grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
-                         starts.seeds if warm else None)
+                         starts.seeds if finetunes else None)
         frames.append(final_results(name, arm, study.arms[arm].method, grid, study_run))
-        if arm == "erm" and any(study.warm(a) for a in order):
+        if arm == study.base() and any(study.finetunes(a) for a in order):
             starts = save_starts(study_dir, selection, grid, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return selections, trials_frame(study_run), results

@@ -138,8 +138,8 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
     order = study.arm_order()
     for i, arm in enumerate(order, start=1):
         finetunes = study.finetunes(arm)
-        print(f"\n== arm {i}/{len(order)}: {arm}" + (f" (fine-tunes the trained {study.base()} models)" if finetunes
-                                                     else ""), file=sys.stderr, flush=True)
+        print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if finetunes else ""),
+              file=sys.stderr, flush=True)
         if finetunes and starts is None:
             raise RuntimeError(f"{arm} fine-tunes the {study.base()} arm's models, but every {study.base()} trial failed")
         grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,

@@ -6,9 +6,12 @@
   (study, arm, stage, trial, seed) and its params typed back from MLflow's strings. Per-epoch
   ``valid_*`` metrics are left out: their latest value is the last epoch's, not the selected one.
 - `load_history`: per-epoch metric history (learning curves) of a study's runs.
+- `load_arms`: the study's arms as the driver tagged them (display order, base arm, controls).
 - `load_shift`: shift diagnostics per part (cold-item share, JS divergence of target popularity
   against training), from the parent run's ``describe.json`` artifact. `analysis` reads MLflow
-  only: it imports neither torch nor `idea`, bar its standard-library argument parser.
+  only: it imports neither torch nor `idea`, bar its standard-library argument parser and contract.
+
+Tag names, stages and the metric-key grammar come from `idea.contract`, the module `studies` writes by.
 
 Everything goes through an ``MlflowClient`` bound to the given tracking URI (any URI MLflow
 accepts: ``sqlite:///...``, ``http://host:port``, ``file:...``) rather than `mlflow.search_runs`,
@@ -19,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,7 +29,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.summaries import arm_order, part_key
+from analysis.summaries import part_key
+from idea.contract import Arms, Stage, Tag, metric_name, parse_metric_key as parse_key, valid_key
 
 __all__ = [
     "META_COLUMNS",
@@ -40,6 +43,7 @@ __all__ = [
     "load_study",
     "load_spaces",
     "load_history",
+    "load_arms",
     "load_shift",
     "final_run_ids",
 ]
@@ -48,10 +52,6 @@ META_COLUMNS = ["study", "arm", "stage", "trial", "seed", "run_id", "run_name", 
 TIDY_COLUMNS = ["part", "subset", "metric", "k", "value"]
 HISTORY_COLUMNS = ["study", "arm", "stage", "trial", "seed", "run_id", "run_name", "key", "step", "value"]
 SHIFT_FRAME_COLUMNS = ["study", "part", "events", "users", "cold_share", "popularity_js_vs_train", "start", "end"]
-STAGES = ("search", "final")
-
-_BEST_VALID = re.compile(r"^best_valid_(?:(warm)_)?([a-z0-9]+)_at_(\d+)$")
-_TEST = re.compile(r"^test_([A-Za-z0-9]+)_(?:(warm)_)?([a-z0-9]+)_at_(\d+)$")
 _INT = r"[+-]?\d+"
 
 
@@ -71,15 +71,10 @@ def parse_metric_key(key: str) -> tuple[str, str, str, int] | None:
     ``test_w2_warm_hr_at_5`` -> ``("w2", "warm", "hr", 5)``; ``valid_ndcg_at_10`` (per epoch),
     ``train_loss``, ``best_epoch`` -> None.
     """
-    m = _BEST_VALID.match(key)
-    if m:
-        warm, metric, k = m.groups()
-        return "valid", "warm" if warm else "all", metric, int(k)
-    m = _TEST.match(key)
-    if m:
-        part, warm, metric, k = m.groups()
-        return part, "warm" if warm else "all", metric, int(k)
-    return None
+    parsed = parse_key(key)
+    if parsed is None or parsed.kind not in ("best_valid", "test"):
+        return None
+    return parsed.part, parsed.subset, parsed.metric, parsed.k
 
 
 def _type_column(raw: pd.Series) -> pd.Series:
@@ -118,13 +113,24 @@ def _spaces(runs) -> dict[str, dict[str, dict]]:
     spaces: dict[str, dict[str, dict]] = {}
     for run in runs:
         try:
-            space = json.loads(run.data.tags.get("searched", "{}"))
+            space = json.loads(run.data.tags.get(Tag.SEARCHED, "{}"))
         except json.JSONDecodeError:
             continue
-        arm = run.data.tags.get("arm")
+        arm = run.data.tags.get(Tag.ARM)
         if arm and space and isinstance(space, dict):
             spaces.setdefault(arm, space)
-    return {arm: spaces[arm] for arm in arm_order(spaces)}
+    return {arm: spaces[arm] for arm in _arms(runs).order if arm in spaces}
+
+
+def _arms(runs) -> Arms:
+    """The arms of `runs` from their role tags (`Arms.from_tags`: one run per arm, one with the tags where
+    any has them, so a study resumed across the change reads by its new runs)."""
+    tags: dict[str, dict] = {}
+    for run in runs:
+        arm = run.data.tags.get(Tag.ARM)
+        if arm and (arm not in tags or Tag.ARM_RANK not in tags[arm]):
+            tags[arm] = run.data.tags
+    return Arms.from_tags(tags)
 
 
 # ----------------------------------------------------------------------------
@@ -172,14 +178,19 @@ def _search(client, experiment_id: str, filter_string: str = "") -> list:
             return runs
 
 
+def _parents(client, experiment_id: str) -> list:
+    """The study's parent run(s): tagged stage=study."""
+    return _search(client, experiment_id, f"tags.`{Tag.STAGE}` = '{Stage.STUDY}'")
+
+
 def _meta(run, study: str) -> dict:
     tags, params = run.data.tags, run.data.params
-    seed = tags.get("seed", params.get("seed"))
+    seed = tags.get(Tag.SEED, params.get("seed"))
     return {
-        "study": tags.get("study", study),
-        "arm": tags.get("arm", tags.get("method")),
-        "stage": tags.get("stage"),
-        "trial": tags.get("trial_id", np.nan),
+        "study": tags.get(Tag.STUDY, study),
+        "arm": tags.get(Tag.ARM, tags.get(Tag.METHOD)),
+        "stage": tags.get(Tag.STAGE),
+        "trial": tags.get(Tag.TRIAL_ID, np.nan),
         "seed": seed if seed is not None else np.nan,
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
@@ -190,7 +201,7 @@ def _meta(run, study: str) -> dict:
 def _nested_runs(client, experiment_id: str, stages: Sequence[str], statuses: Sequence[str] | None) -> list:
     """The experiment's runs tagged with one of ``stages`` whose status is in ``statuses`` (None: any)."""
     runs = _search(client, experiment_id)
-    return [r for r in runs if r.data.tags.get("stage") in stages and (statuses is None or r.info.status in statuses)]
+    return [r for r in runs if r.data.tags.get(Tag.STAGE) in stages and (statuses is None or r.info.status in statuses)]
 
 
 def _runs_frame(runs, study: str) -> pd.DataFrame:
@@ -209,7 +220,7 @@ def _runs_frame(runs, study: str) -> pd.DataFrame:
 
 def _sorted(df: pd.DataFrame, extra: Sequence[str]) -> pd.DataFrame:
     keys = df.assign(
-        _stage=df["stage"].map({s: i for i, s in enumerate(STAGES)}),
+        _stage=df["stage"].map({s: i for i, s in enumerate(Stage.NESTED)}),
         _trial=df["trial"].astype(str),
         _part=df["part"].map(part_key) if "part" in df.columns else 0,
     )
@@ -233,7 +244,7 @@ def load_study(tracking_uri: str, study: str, statuses: Sequence[str] | None = (
     StudyNotFoundError, listing the experiments present, when the study is not in the store.
     """
     client = _client(tracking_uri)
-    runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, STAGES, statuses)
+    runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, Stage.NESTED, statuses)
     metric_rows = [
         (r.info.run_id, *parsed, float(v))
         for r in runs
@@ -252,14 +263,21 @@ def load_spaces(tracking_uri: str, study: str) -> dict[str, dict[str, dict]]:
     (``{"type": "float", "low": 1e-4, "high": 1e-2, "log": true}``, ``{"type": "choice", "values": [...]}``),
     from the ``searched`` tag of the arm's search runs. Arms without the tag are left out."""
     client = _client(tracking_uri)
-    return _spaces(_nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, ("search",), None))
+    return _spaces(_nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, (Stage.SEARCH,), None))
+
+
+def load_arms(tracking_uri: str, study: str) -> Arms:
+    """The study's arms (`idea.contract.Arms`): display order, base arm and each arm's control, from the
+    tags its runs carry, so the report pairs and orders arms without knowing their names."""
+    client = _client(tracking_uri)
+    return _arms(_nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, Stage.NESTED, None))
 
 
 def load_history(
     tracking_uri: str,
     study: str,
-    keys: Sequence[str] = ("valid_ndcg_at_10", "train_loss"),
-    stages: Sequence[str] = ("final",),
+    keys: Sequence[str] = (valid_key(metric_name("ndcg", 10)), "train_loss"),
+    stages: Sequence[str] = (Stage.FINAL,),
 ) -> pd.DataFrame:
     """Per-epoch history (step = epoch) of the given metric keys for the study's runs of ``stages``,
     for learning curves. Columns: study, arm, stage, trial, seed, run_id, run_name, key, step, value."""
@@ -281,17 +299,18 @@ def load_history(
 def parent_tags(tracking_uri: str, study: str) -> dict[str, str]:
     """Tags of the study's parent run (stage=study): smoke, git_sha, data_sha256, ...; empty without one."""
     client = _client(tracking_uri)
-    parents = _search(client, _experiment(client, tracking_uri, study).experiment_id, "tags.stage = 'study'")
+    parents = _parents(client, _experiment(client, tracking_uri, study).experiment_id)
     return dict(parents[0].data.tags) if parents else {}
 
 
 def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, str]]]:
-    """(experiment id, [(run name, run id), ...]) of the study's FINISHED final runs, IDEA arm first."""
+    """(experiment id, [(run name, run id), ...]) of the study's FINISHED final runs, arms in display order."""
     client = _client(tracking_uri)
     exp = _experiment(client, tracking_uri, study)
-    runs = _nested_runs(client, exp.experiment_id, ("final",), ("FINISHED",))
-    rank = {arm: i for i, arm in enumerate(arm_order(r.data.tags.get("arm", "") for r in runs))}
-    runs.sort(key=lambda r: (rank[r.data.tags.get("arm", "")], int(r.data.tags.get("seed", 0)), r.info.run_name))
+    runs = _nested_runs(client, exp.experiment_id, (Stage.FINAL,), ("FINISHED",))
+    rank = {arm: i for i, arm in enumerate(_arms(runs).order)}
+    runs.sort(key=lambda r: (rank.get(r.data.tags.get(Tag.ARM), len(rank)), int(r.data.tags.get(Tag.SEED, 0)),
+                             r.info.run_name))
     return exp.experiment_id, [(r.info.run_name, r.info.run_id) for r in runs]
 
 
@@ -342,7 +361,7 @@ def load_shift(tracking_uri: str, study: str) -> pd.DataFrame:
     """
     client = _client(tracking_uri)
     exp = _experiment(client, tracking_uri, study)
-    parents = _search(client, exp.experiment_id, "tags.stage = 'study'")
+    parents = _parents(client, exp.experiment_id)
     if not parents:
         return _empty_shift("the study has no parent run (tag stage=study)")
     try:

@@ -2,7 +2,9 @@
 
 Each function takes a table from `analysis.summaries` and returns a matplotlib ``Figure`` built
 without pyplot: no global figure state and no GUI backend, so the report saves it (Agg) and a
-notebook displays it inline.
+notebook displays it inline. ``arms`` (`analysis.load.load_arms`) orders the lines and picks their
+styles: the base arm blue squares, the other arms `ARM_STYLES` in display order; without it, arms
+come in the table's order with no base arm.
 """
 from __future__ import annotations
 
@@ -10,13 +12,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.summaries import arm_order, part_key
+from analysis.summaries import part_key
+from idea.contract import Arms
 
-__all__ = ["ARM_STYLE", "metric_label", "metric_vs_window", "gain_vs_shift", "sensitivity_panel", "sensitivity_figures"]
+__all__ = ["ARM_STYLES", "BASE_STYLE", "metric_label", "metric_vs_window", "gain_vs_shift", "sensitivity_panel",
+           "sensitivity_figures"]
 
-ARM_STYLE = {"idea": {"color": "#d62728", "marker": "o"}, "erm": {"color": "#1f77b4", "marker": "s"},
-             "erm_ft": {"color": "#2ca02c", "marker": "D"}, "dros": {"color": "#9467bd", "marker": "v"}}
-_OTHER_COLORS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+BASE_STYLE = {"color": "#1f77b4", "marker": "s"}
+ARM_STYLES = ({"color": "#d62728", "marker": "o"}, {"color": "#2ca02c", "marker": "D"},
+              {"color": "#9467bd", "marker": "v"},
+              *({"color": c, "marker": "^"} for c in ("#ff7f0e", "#8c564b", "#e377c2", "#17becf")))
 SHIFT_LABELS = {
     "popularity_js_vs_train": "JS divergence of target-item popularity vs training (bits)",
     "cold_share": "share of targets whose item is unseen in training",
@@ -28,19 +33,30 @@ def metric_label(metric: str, k: int) -> str:
     return f"{metric.upper()}@{k}"
 
 
-def _style(arm: str, i: int) -> dict:
-    return ARM_STYLE.get(arm, {"color": _OTHER_COLORS[i % len(_OTHER_COLORS)], "marker": "^"})
+def _style(arm: str, arms: Arms) -> dict:
+    """The base arm's style, else the next of ARM_STYLES by the arm's place among the other arms."""
+    if arm == arms.base:
+        return BASE_STYLE
+    others = [a for a in arms.order if a != arms.base]
+    return ARM_STYLES[others.index(arm) % len(ARM_STYLES)]
 
 
-def _arms(df: pd.DataFrame) -> list[str]:
-    return arm_order(pd.unique(df["arm"]))
+def _arms(arms: Arms | None, present) -> Arms:
+    """`arms` narrowed to the arms `present` in a table, those it does not know appended in table order."""
+    present = list(pd.unique(pd.Series(list(present), dtype=object)))
+    known = arms.order if arms is not None else ()
+    order = tuple(a for a in known if a in present) + tuple(a for a in present if a not in known)
+    base = arms.base if arms is not None and arms.base in order else None
+    return Arms(order, base)
 
 
-def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> Figure:
+def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
+                     arms: Arms | None = None) -> Figure:
     """Metric per part (valid, w1..wm) for each arm: seed mean with ± std error bars (``per_window`` output)."""
     parts = sorted(pd.unique(per_window["part"]), key=part_key)
     x_of = {p: i for i, p in enumerate(parts)}
-    arms = _arms(per_window)
+    shown = _arms(arms, per_window["arm"])
+    arms = shown.order
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     width = 0.08 * (len(arms) - 1)
@@ -51,7 +67,7 @@ def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10
         yerr = np.nan_to_num(d["std"].to_numpy(dtype=float))  # one seed: no bar
         n = int(d["n_seeds"].max())
         ax.errorbar(x, d["mean"].to_numpy(dtype=float), yerr=yerr, capsize=4, linewidth=1.8,
-                    label=f"{arm} ({n} seed{'s' if n != 1 else ''})", **_style(arm, i))
+                    label=f"{arm} ({n} seed{'s' if n != 1 else ''})", **_style(arm, shown))
     if "valid" in x_of and len(parts) > 1:
         ax.axvline(x_of["valid"] + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.text(x_of["valid"] + 0.52, 0.02, "test starts (t0)", transform=ax.get_xaxis_transform(), color="grey",
@@ -71,18 +87,20 @@ def _annotate_windows(ax, d: pd.DataFrame, x: str, y: str) -> None:
 
 
 def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str = "popularity_js_vs_train",
-                  metric: str = "ndcg", k: int = 10) -> Figure:
+                  metric: str = "ndcg", k: int = 10, arms: Arms | None = None) -> Figure:
     """Left: each arm's relative drop from validation per test window against the window's shift size
     (`summaries.shift_vs_gain` of ``degradation``). Right, when ``gains`` (`shift_vs_gain` of ``paired``)
     has rows: each arm's relative gain over its control per window against the same shift size, one line
-    per (arm, control) pair, with the paired 95% interval over seeds (ci / control mean) as error bars."""
+    per (arm, control) pair (solid against the base arm, dashed against another control), with the paired
+    95% interval over seeds (ci / control mean) as error bars."""
     with_gain = gains is not None and not gains.empty
     fig = Figure(figsize=(12 if with_gain else 6.5, 4.5), layout="constrained")
     axes = fig.subplots(1, 2 if with_gain else 1, squeeze=False)[0]
     ax = axes[0]
-    for i, arm in enumerate(_arms(drops)):
+    shown = _arms(arms, [*drops["arm"], *(gains["arm"] if with_gain else [])])
+    for arm in (a for a in shown.order if a in set(drops["arm"])):
         d = drops.loc[drops["arm"] == arm].sort_values(x)
-        ax.plot(d[x], 100 * d["rel_drop"], label=arm, linewidth=1.8, **_style(arm, i))
+        ax.plot(d[x], 100 * d["rel_drop"], label=arm, linewidth=1.8, **_style(arm, shown))
         _annotate_windows(ax, d.assign(rel_drop=100 * d["rel_drop"]), x, "rel_drop")
     ax.set_xlabel(SHIFT_LABELS.get(x, x))
     ax.set_ylabel(f"drop of {metric_label(metric, k)} from validation (%)")
@@ -92,16 +110,15 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
     if with_gain:
         ax = axes[1]
         pairs = list(dict.fromkeys(zip(gains["arm"], gains["control"])))
-        arms = arm_order(a for a, _ in pairs)
-        for arm, control in sorted(pairs, key=lambda p: (arms.index(p[0]), p[1])):
+        for arm, control in sorted(pairs, key=lambda p: (shown.order.index(p[0]), p[1])):
             d = gains.loc[(gains["arm"] == arm) & (gains["control"] == control)].sort_values(x)
             base = d["control_mean"].to_numpy(dtype=float)
             y = 100 * d["rel_gain"].to_numpy(dtype=float)
             low = np.nan_to_num(100 * (d["mean_diff"] - d["ci_low"]).to_numpy(dtype=float) / base)  # one seed: no bar
             high = np.nan_to_num(100 * (d["ci_high"] - d["mean_diff"]).to_numpy(dtype=float) / base)
-            style = _style(arm, arms.index(arm))
             ax.errorbar(d[x].to_numpy(dtype=float), y, yerr=[low, high], capsize=4, linewidth=1.8,
-                        linestyle="-" if control == "erm" else "--", label=f"{arm} vs {control}", **style)
+                        linestyle="-" if control == shown.base else "--", label=f"{arm} vs {control}",
+                        **_style(arm, shown))
         # the window names once, at the points of the last pair drawn (`d`; every pair has the same windows)
         _annotate_windows(ax, d.assign(rel_gain=100 * d["rel_gain"]), x, "rel_gain")
         ax.axhline(0, color="grey", linewidth=1)
@@ -128,7 +145,8 @@ def _position(v, log: bool) -> tuple[float, float, float]:
     return mid, left, right
 
 
-def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg", k: int = 10) -> Figure:
+def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg", k: int = 10,
+                      arms: Arms | None = None) -> Figure:
     """Mean validation metric of the search trials per value (or quantile bin, drawn at its midpoint with
     its extent as a horizontal bar) of one hyperparameter, one line per arm, trial counts annotated
     (`summaries.sensitivity` output). Numbers go on a numeric axis, logarithmic where the parameter was
@@ -139,7 +157,8 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
     categories = {v: i for i, v in enumerate(sorted(set(map(str, s["value_or_bin"]))))}
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for i, arm in enumerate(_arms(s)):
+    shown = _arms(arms, s["arm"])
+    for i, arm in enumerate(shown.order):
         d = s.loc[s["arm"] == arm]
         if numeric:
             pos = np.array([_position(v, log) for v in d["value_or_bin"]]).reshape(-1, 3)  # [levels, 3]
@@ -148,7 +167,7 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
             pos = np.stack([x, x, x], axis=1)
         order = np.argsort(pos[:, 0], kind="stable")
         pos, mean, count = pos[order], d["mean"].to_numpy(dtype=float)[order], d["count"].to_numpy()[order]
-        style = _style(arm, i)
+        style = _style(arm, shown)
         ax.errorbar(pos[:, 0], mean, xerr=[pos[:, 0] - pos[:, 1], pos[:, 2] - pos[:, 0]], capsize=3, linewidth=1.8,
                     label=arm, **style)
         for x, y, n in zip(pos[:, 0], mean, count):
@@ -169,6 +188,7 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
     return fig
 
 
-def sensitivity_figures(sensitivity: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, Figure]:
+def sensitivity_figures(sensitivity: pd.DataFrame, metric: str = "ndcg", k: int = 10,
+                        arms: Arms | None = None) -> dict[str, Figure]:
     """One `sensitivity_panel` per hyperparameter present in the table, keyed by parameter name."""
-    return {p: sensitivity_panel(sensitivity, p, metric, k) for p in pd.unique(sensitivity["param"])}
+    return {p: sensitivity_panel(sensitivity, p, metric, k, arms) for p in pd.unique(sensitivity["param"])}

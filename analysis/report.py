@@ -21,9 +21,11 @@ import yaml
 
 from analysis import plots
 from analysis import summaries as S
-from analysis.load import StudyNotFoundError, final_run_ids, load_shift, load_spaces, load_study, parent_tags
+from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_shift, load_spaces, load_study,
+                           parent_tags)
 from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
 from idea.argparsing import StrictArgumentParser
+from idea.contract import TRUE, VALID, Arms, Stage, Tag
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "missing_parts", "write_report", "main"]
 
@@ -38,14 +40,12 @@ TABLES = {
                     "rel_drop = (valid - window) / valid per seed, averaged (positive = worse than validation); slope = "
                     "least-squares change of the mean per window step."),
     "worst_window": ("Worst window", "Per seed the minimum over test windows, then averaged per arm."),
-    "idea_vs_erm": ("IDEA vs ERM",
-                    "Unpaired: means over each arm's seeds, rel_gain = (IDEA - ERM) / ERM per part, and the Welch t-test "
-                    "over all seeds (for when the arms' seeds differ). The paired test is section 6's idea vs erm rows; "
-                    "idea_vs_erm.csv has both."),
     "paired": ("Paired by seed",
-               "Every arm against ERM, and IDEA against erm_ft (first) when both ran. Seed s of every fine-tuning "
-               "arm starts from ERM final seed s: mean_diff = arm - control over the shared seeds with a t-based 95% "
-               "interval and the paired t-test. idea vs erm_ft isolates IDEA's effect from a restart of training."),
+               "Each arm against its own control where that is not the base arm (first), then every arm against the "
+               "base arm, as the study file sets them. Seed s of every fine-tuning arm starts from the base arm's "
+               "final seed s: mean_diff = arm - control over the shared seeds with a t-based 95% interval and the "
+               "paired t-test. IDEA against the same fine-tuning without the penalty isolates IDEA's effect from a "
+               "restart of training."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
@@ -62,24 +62,20 @@ TABLES = {
 }
 
 
-# Section 5's columns in summary.md: its paired-test columns would repeat section 6's idea vs erm rows.
-UNPAIRED_COLUMNS = ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm", "p_welch"]
-
 SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few trials, epochs and seeds). "
               "Its numbers are not results.")
 
 
 def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, dict], metric: str = "ndcg",
-                 k: int = 10) -> dict[str, pd.DataFrame]:
-    """Every summary table of the report (keys of TABLES), from `load_study`, `load_shift` and
-    `load_spaces` output."""
+                 k: int = 10, arms: Arms | None = None) -> dict[str, pd.DataFrame]:
+    """Every summary table of the report (keys of TABLES), from `load_study`, `load_shift`, `load_spaces`
+    and `load_arms` output (without `arms`, `summaries.paired`'s pairs)."""
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),
         "degradation": S.degradation(results, metric, k, "all"),
         "worst_window": S.worst_window(results, metric, k, "all"),
-        "idea_vs_erm": S.idea_vs_erm(results, metric, k, "all"),
-        "paired": S.paired(results, metric, k, "all"),
+        "paired": S.paired(results, metric, k, "all", arms.pairs() if arms is not None else None),
         "warm_gap": S.warm_gap(results, metric, k),
         "shift": shift,
     }
@@ -93,23 +89,27 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
     return t
 
 
-def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> dict:
+def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
+                  arms: Arms | None = None) -> dict:
     """The report's figures, keyed by PNG file stem: metric_vs_window_all/_warm, gain_vs_js,
-    sensitivity_<param>. A figure whose table is empty is left out (`notes` says why)."""
+    sensitivity_<param>; `arms` (`load_arms`) orders and styles the arms. A figure whose table is empty is
+    left out (`notes` says why)."""
     figs = {}
     for subset in ("all", "warm"):
         if not tables[f"per_window_{subset}"].empty:
-            figs[f"metric_vs_window_{subset}"] = plots.metric_vs_window(tables[f"per_window_{subset}"], metric, k, subset)
+            figs[f"metric_vs_window_{subset}"] = plots.metric_vs_window(tables[f"per_window_{subset}"], metric, k,
+                                                                        subset, arms)
     if not tables["drop_vs_shift"].empty:
-        figs["gain_vs_js"] = plots.gain_vs_shift(tables["drop_vs_shift"], tables["gain_vs_shift"], metric=metric, k=k)
-    for param, fig in plots.sensitivity_figures(tables["sensitivity"], metric, k).items():
+        figs["gain_vs_js"] = plots.gain_vs_shift(tables["drop_vs_shift"], tables["gain_vs_shift"], metric=metric, k=k,
+                                                 arms=arms)
+    for param, fig in plots.sensitivity_figures(tables["sensitivity"], metric, k, arms).items():
         figs[f"sensitivity_{param}"] = fig
     return figs
 
 
 def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> str | None:
     """One sentence answering the study's question on its last test window, None without final windows."""
-    deg, gain = tables["degradation"], tables["idea_vs_erm"]
+    deg = tables["degradation"]
     if deg.empty:
         return None
     last = deg.loc[deg["window"] == deg["window"].max()]
@@ -118,47 +118,45 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10)
     out = f"On the last window ({last['part'].iloc[0]}) {label} falls from validation by {drops}"
     part = last["part"].iloc[0]
     pair = tables["paired"]
-    pair = pair.loc[(pair["arm"] == "idea") & (pair["control"] == "erm_ft") & (pair["part"] == part)]
-    g = gain.loc[gain["part"] == part]
-    if not pair.empty:
+    pair = pair.loc[(pair["part"] == part) & pair["rel_gain"].notna()]
+    if not pair.empty:  # the first pair: an arm against its own control, else against the base arm
         r = pair.iloc[0]
         n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
-        ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}], paired p = {r['p_paired']:.3f}" \
-            if pd.notna(r["p_paired"]) else ""
-        out += (f"; there IDEA scores {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f} for the same fine-tuning "
-                f"without the penalty (erm_ft; {r['n_pairs']} seeds paired by ERM start): difference "
-                f"{r['mean_diff']:+.{n}f} ({100 * r['rel_gain']:+.1f}%{ci})")
-    elif not g.empty and pd.notna(g["rel_gain"].iloc[0]):
-        r = g.iloc[0]
-        n = decimals([r["idea_mean"], r["erm_mean"]])
         p = f", paired p = {r['p_paired']:.3f}" if pd.notna(r["p_paired"]) else ""
-        out += (f"; there IDEA scores {r['idea_mean']:.{n}f} vs ERM {r['erm_mean']:.{n}f} "
-                f"({100 * r['rel_gain']:+.1f}%{p})")
+        ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}]" if pd.notna(r["ci_low"]) else ""
+        out += (f"; there {r['arm']} scores {r['arm_mean']:.{n}f} vs {r['control']} {r['control_mean']:.{n}f} "
+                f"({100 * r['rel_gain']:+.1f}%{p}; difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} "
+                "seeds paired by seed)")
     return out + "."
 
 
-def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame) -> list[str]:
-    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...)."""
+def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame,
+          arms: Arms | None = None) -> list[str]:
+    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...);
+    `arms` as for `build_tables`."""
     out = []
     if results.empty:
         return ["No finished search or final runs in this study yet: there is nothing to summarise."]
-    final = results.loc[results["stage"] == "final"]
+    final = results.loc[results["stage"] == Stage.FINAL]
     if final.empty:
         out.append("No final runs yet (the study has not reached its test-window evaluation): per-window tables, "
-                   "degradation, IDEA vs ERM and their plots are skipped.")
+                   "degradation, the paired comparisons and their plots are skipped.")
     else:
         seeds = final.groupby("arm")["seed"].nunique()
         single = sorted(seeds.index[seeds < 2])
         if single:
             out.append(f"Only one seed for {', '.join(single)}: no std, confidence interval, error bars or p-values.")
-        missing = [a for a in ("idea", "erm") if a not in seeds.index]
+        pairs = arms.pairs() if arms is not None else Arms.legacy(results["arm"]).pairs()
+        missing = [a for a in dict.fromkeys(a for pair in pairs for a in pair) if a not in seeds.index]
         if missing:
-            out.append(f"No final runs for arm(s) {', '.join(missing)}: the IDEA vs ERM comparison is skipped.")
+            out.append(f"No final runs for arm(s) {', '.join(missing)}: their paired comparisons are skipped.")
+        elif tables["paired"].empty:
+            out.append("No arm has a control (or base arm) in this study: the paired comparisons are skipped.")
         if tables["per_window_warm"].empty:
             out.append("No warm-target metrics (test_<window>_warm_*): warm tables and plot are skipped.")
         if not S.windows(final):
             out.append("No test windows w1..wm (leave-one-out study?): degradation and shift plots are skipped.")
-    if results.loc[results["stage"] == "search"].empty:
+    if results.loc[results["stage"] == Stage.SEARCH].empty:
         out.append("No search trials: sensitivity and importances are skipped.")
     elif tables["sensitivity"].empty:
         out.append("No searched hyperparameter varies across the search trials (or no search run records its space "
@@ -249,7 +247,7 @@ def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, out_dir: P
     if runs:
         ids = [i for _, i in runs]
         lines += [link("compare page", compare_url(base, exp_id, ids))]
-        if any(p != "valid" for p in results.loc[results["stage"] == "final", "part"]):
+        if any(p != VALID for p in results.loc[results["stage"] == Stage.FINAL, "part"]):
             key = f"shift_{metric}_at_{k}"
             lines += [link(f"`{key}` against the window, per final run", metric_url(base, exp_id, ids, key))]
     return lines
@@ -271,14 +269,14 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
         token = page.token
         if not token:
             break
-    parents = [r for r in runs if r.data.tags.get("stage") == "study"]
+    parents = [r for r in runs if r.data.tags.get(Tag.STAGE) == Stage.STUDY]
     if not parents:
         return ["the study's parent run (stage=study) is missing from the store"]
     parent = parents[0]
     ours = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     out = []
     if parent.info.status != "FINISHED":
-        by = parent.data.tags.get("interrupted")
+        by = parent.data.tags.get(Tag.INTERRUPTED)
         out.append(f"the study run is {parent.info.status}" + (f" (stopped by {by})" if by else
                                                                " (the driver stopped, or is still running)"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -289,10 +287,10 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
             out.append(f"the parent run's study.yaml could not be read ({type(err).__name__}), so the arms and "
                        "final seeds it expects are unknown")
             arms, seed, seeds = [], 0, 0
-    no_result = [a for a in parent.data.tags.get("arms_without_result", "").split(",") if a]
+    no_result = [a for a in parent.data.tags.get(Tag.ARMS_WITHOUT_RESULT, "").split(",") if a]
     for arm in arms:
-        done = {int(r.data.tags.get("seed", -1)) for r in ours if r.data.tags.get("arm") == arm
-                and r.data.tags.get("stage") == "final" and r.info.status == "FINISHED"}
+        done = {int(r.data.tags.get(Tag.SEED, -1)) for r in ours if r.data.tags.get(Tag.ARM) == arm
+                and r.data.tags.get(Tag.STAGE) == Stage.FINAL and r.info.status == "FINISHED"}
         lacking = [s for s in range(seed + 1, seed + 1 + seeds) if s not in done]
         if arm in no_result:
             out.append(f"arm {arm}: no result (no search trial completed, or it needed one of an arm that has "
@@ -304,7 +302,7 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
         out.append(f"{len(running)} run(s) still RUNNING (a driver running, or killed without closing them): "
                    f"{', '.join(running[:10])}{' ...' if len(running) > 10 else ''}")
     if out and parent.info.status != "FINISHED":
-        command = parent.data.tags.get("resume_command")
+        command = parent.data.tags.get(Tag.RESUME_COMMAND)
         out.append(f"resume with `{command}`" if command else "resume with the study's command and --resume")
     return out
 
@@ -319,8 +317,9 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_study(tracking_uri, study)
     shift = load_shift(tracking_uri, study)
-    tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k)
-    figures = build_figures(tables, metric, k)
+    arms = load_arms(tracking_uri, study)
+    tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k, arms)
+    figures = build_figures(tables, metric, k, arms)
 
     results.to_csv(out_dir / "results.csv", index=False)
     for name, df in tables.items():
@@ -338,12 +337,12 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     if missing:
         md += ["## What is missing", "", "The study is not complete; the tables below cover what exists.", "",
                *[f"- {m}" for m in missing], ""]
-    if parent_tags(tracking_uri, study).get("smoke") == "true":
+    if parent_tags(tracking_uri, study).get(Tag.SMOKE) == TRUE:
         md += [f"> **{SMOKE_NOTE}**", ""]
     if (line := headline(tables, metric, k)):
         md += [f"**{line}**", ""]
     md += ["Runs:", "", _markdown(_runs_table(results)), ""]
-    if (ns := notes(results, tables, shift)):
+    if (ns := notes(results, tables, shift, arms)):
         md += ["## Notes", "", *[f"- {n}" for n in ns], ""]
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
@@ -352,7 +351,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):
             md += [f"Source: {shift.attrs['source']}.", ""]
-        md += [_markdown(tables[name][UNPAIRED_COLUMNS] if name == "idea_vs_erm" else tables[name]), ""]
+        md += [_markdown(tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
     md += _ui_section(tracking_uri, study, results, out_dir, metric, k, ui_url)
     path = out_dir / "summary.md"

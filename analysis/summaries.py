@@ -27,17 +27,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from idea.contract import Arms
+
 __all__ = [
     "REQUIRED_COLUMNS",
-    "arm_order",
     "part_key",
-    "pairs_of",
     "window_index",
     "windows",
     "per_window",
     "degradation",
     "worst_window",
-    "idea_vs_erm",
     "paired",
     "warm_gap",
     "sensitivity",
@@ -250,84 +249,13 @@ def worst_window(
 
 
 # ----------------------------------------------------------------------------
-# 4. IDEA vs ERM
+# 4. arms against their controls
 # ----------------------------------------------------------------------------
-
-IDEA_VS_ERM_COLUMNS = [
-    "study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm",
-    "n_pairs", "mean_diff", "t_paired", "p_paired", "p_welch",
-]
-
-
-def idea_vs_erm(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
-    """IDEA against the ERM control per part (valid and each test window), with significance tests.
-
-    Columns: idea_mean / erm_mean (over each arm's seeds), rel_gain = (idea_mean - erm_mean) / erm_mean
-    (NaN when erm_mean is 0), n_idea / n_erm seeds; the paired test (``scipy.stats.ttest_rel``) uses only
-    seeds present in both arms: n_pairs, mean_diff (mean of idea - erm over those seeds), t_paired,
-    p_paired (NaN with fewer than 2 pairs); p_welch is the unpaired Welch t-test
-    (``ttest_ind(equal_var=False)``) over all seeds of each arm, for when the arms' seeds differ
-    (NaN unless both arms have at least 2 seeds). Two-sided throughout.
-    """
-    s = _seed_means(df, metric, k, subset)
-    s = s.loc[s["arm"].isin(["idea", "erm"])] if not s.empty else s
-    if s.empty:
-        return _empty(IDEA_VS_ERM_COLUMNS)
-    rows = []
-    for (study, part), g in s.groupby(["study", "part"], sort=False):
-        idea = g.loc[g["arm"] == "idea"].set_index("seed")["value"]
-        erm = g.loc[g["arm"] == "erm"].set_index("seed")["value"]
-        paired = pd.concat([idea.rename("idea"), erm.rename("erm")], axis=1, join="inner")
-        im, em = idea.mean(), erm.mean()
-        t_p = p_p = p_w = np.nan
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            # identical values across seeds (zero variance) are legitimate here; scipy warns on them
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if len(paired) >= 2:
-                res = stats.ttest_rel(paired["idea"], paired["erm"])
-                t_p, p_p = float(res.statistic), float(res.pvalue)
-            if len(idea) >= 2 and len(erm) >= 2:
-                p_w = float(stats.ttest_ind(idea, erm, equal_var=False).pvalue)
-            rel = (im - em) / em if em != 0 and not np.isnan(em) else np.nan
-        rows.append(
-            {
-                "study": study,
-                "part": part,
-                "idea_mean": im,
-                "erm_mean": em,
-                "rel_gain": rel,
-                "n_idea": int(idea.count()),
-                "n_erm": int(erm.count()),
-                "n_pairs": len(paired),
-                "mean_diff": float((paired["idea"] - paired["erm"]).mean()) if len(paired) else np.nan,
-                "t_paired": t_p,
-                "p_paired": p_p,
-                "p_welch": p_w,
-            }
-        )
-    return _sort_parts(pd.DataFrame(rows), ["study"])[IDEA_VS_ERM_COLUMNS]
-
 
 PAIRED_COLUMNS = [
     "study", "arm", "control", "part", "arm_mean", "control_mean", "rel_gain", "n_pairs", "mean_diff",
     "ci_low", "ci_high", "t_paired", "p_paired",
 ]
-ARM_RANK = {"idea": 0, "erm_ft": 1, "dros": 2, "erm": 3}  # display order; other arms after, by name
-
-
-def arm_order(arms: Iterable[str]) -> list[str]:
-    """Arms in display order: idea, erm_ft, dros, erm, then any other arm (ablations) by name."""
-    return sorted(set(arms), key=lambda a: (ARM_RANK.get(a, len(ARM_RANK)), a))
-
-
-def pairs_of(arms: Iterable[str]) -> list[tuple[str, str]]:
-    """(arm, control) pairs of a study: IDEA vs the same fine-tuning without the penalty first (the
-    warm-started study's headline), then every other arm against ERM."""
-    arms = arm_order(arms)
-    head = [("idea", "erm_ft")] if {"idea", "erm_ft"} <= set(arms) else []
-    return head + ([(a, "erm") for a in arms if a != "erm"] if "erm" in arms else [])
-
-
 def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
            pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Arm against control per part, paired by seed: in a warm-started study seed s of every arm starts
@@ -335,11 +263,12 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
 
     Over the seeds present in both (n_pairs): arm_mean / control_mean, rel_gain = mean_diff / control_mean,
     mean_diff of arm - control with its t-based 95% interval [ci_low, ci_high], and the two-sided paired
-    t-test (NaN with fewer than 2 pairs). Pairs whose arms are absent are left out; `pairs` defaults
-    to `pairs_of` the arms in `df`.
+    t-test (NaN with fewer than 2 pairs). Pairs whose arms are absent are left out. `pairs` is the study's
+    own (`analysis.load.load_arms(...).pairs()`); without it, the arms in `df` are paired by the rule of
+    stores that predate arm roles (`Arms.legacy`), so a hand-built frame still gets today's pairs.
     """
     s = _seed_means(df, metric, k, subset)
-    pairs = pairs_of(s["arm"]) if pairs is None and not s.empty else list(pairs or [])
+    pairs = Arms.legacy(s["arm"]).pairs() if pairs is None and not s.empty else list(pairs or [])
     rows = []
     for (study, part), g in (s.groupby(["study", "part"], sort=False) if not s.empty else []):
         by_arm = {a: v.set_index("seed")["value"] for a, v in g.groupby("arm")}
@@ -534,7 +463,7 @@ SHIFT_COLUMNS = ("part", "cold_share", "popularity_js_vs_train")
 def shift_vs_gain(gains: pd.DataFrame, shift: pd.DataFrame) -> pd.DataFrame:
     """Attach each window's shift size (cold_share, popularity_js_vs_train) to its gain/drop row.
 
-    ``gains`` is typically ``idea_vs_erm`` output (any frame with a ``part`` column works, e.g.
+    ``gains`` is typically ``paired`` output (any frame with a ``part`` column works, e.g.
     ``degradation``). Inner merge on ``part`` (and ``study`` when both frames have it), test
     windows only, sorted by window; adds a ``window`` index column for plotting.
     """

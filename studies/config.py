@@ -4,9 +4,11 @@ A study file holds the fixed settings of every trial (dataset, protocol,
 backbone, epochs, patience, metric, other TrainConfig fields) and, per arm,
 the search space and the arm's own fixed fields. Arms are data: any number, each
 with a name, a method (erm | idea | dros), fixed fields and a space, e.g. `erm_ft`
-(method erm), `dros`, or ablations such as an `idea` arm with `mixup: false`. With
-`idea_init: erm` (the default) the arm named `erm` runs first and every other arm
-fine-tunes its trained models. Everything is checked before Ray starts: unknown keys,
+(method erm), `dros`, or ablations such as an `idea` arm with `mixup: false`. The base
+arm (`base_arm`, default `erm`) is the one every other arm is compared with; with
+`idea_init: erm` (the default) it runs first and every other arm fine-tunes its trained
+models. Each arm's `control` is the arm it is compared with first (default: the base arm,
+and for `idea` the arm `erm_ft` when there is one). Everything is checked before Ray starts: unknown keys,
 a field the arm's method does not read,
 empty or inverted ranges, non-positive counts, and every range end and the
 first point against TrainConfig's own limits; a message names the file and key.
@@ -14,22 +16,24 @@ first point against TrainConfig's own limits; a message names the file and key.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import re
 import reprlib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 from idea.config import BACKBONE_NAMES, METHOD_FIELDS, METHODS, SELECT_METRIC, TrainConfig
+from idea.contract import Arms
 from idea.data import DATASETS
 from idea.splits import PROTOCOLS, SplitConfig
 
 from studies.catalog import resolve_path, shipped_studies
 
-INIT_MODES = ("erm", "scratch")  # idea_init: warm start from the ERM arm's models, or train from scratch
+INIT_MODES = ("erm", "scratch")  # idea_init: fine-tune the base arm's (ERM) models, or train from scratch
 # TrainConfig fields the study sets itself (top-level keys, the arm's method, the seed, the warm start, the device).
 MANAGED = ("backbone", "method", "epochs", "patience", "seed", "device", "init_from")
 ARM_TRAIN_EXTRA = ("epochs", "patience")  # an arm may set its own (fine-tuning needs fewer epochs)
@@ -133,43 +137,36 @@ def _positive(value: Any, key: str) -> int:
 # ----- search-space entries ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class IntRange:
-    """Integers low..high inclusive (log: sampled on a log scale)."""
+class Range:
+    """Numbers in [low, high]: integers (`type` int) or reals (float); log: sampled on a log scale (for
+    scale parameters like tau, beta, lr). The field order is the study file's entry (`spec_dict`)."""
 
-    low: int
-    high: int
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        _number(self.low, "low", integer=True)
-        _number(self.high, "high", integer=True)
-        _check_range(self.low, self.high, self.log)
-
-    def contains(self, value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def ends(self) -> tuple:
-        return (self.low, self.high)
-
-
-@dataclass(frozen=True)
-class FloatRange:
-    """Reals in [low, high] (log: log-uniform, for scale parameters like tau, beta, lr)."""
-
+    type: str  # int | float
     low: float
     high: float
     log: bool = False
 
     def __post_init__(self) -> None:
-        _number(self.low, "low")
-        _number(self.high, "high")
+        if self.type not in ("int", "float"):
+            raise ValueError(f"a range's type must be int or float, got {self.type!r}")
+        _number(self.low, "low", integer=self.integer)
+        _number(self.high, "high", integer=self.integer)
         _check_range(self.low, self.high, self.log)
 
+    @property
+    def integer(self) -> bool:
+        return self.type == "int"
+
     def contains(self, value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        kinds = int if self.integer else (int, float)
+        return isinstance(value, kinds) and not isinstance(value, bool) and self.low <= value <= self.high
 
     def ends(self) -> tuple:
-        return (float(self.low), float(self.high))
+        return (self.low, self.high) if self.integer else (float(self.low), float(self.high))
+
+
+IntRange = functools.partial(Range, "int")
+FloatRange = functools.partial(Range, "float")
 
 
 @dataclass(frozen=True)
@@ -194,16 +191,28 @@ class Choice:
         return self.values
 
 
-ParamSpec = IntRange | FloatRange | Choice
+ParamSpec = Range | Choice
 SPEC_TYPES = {"int": IntRange, "float": FloatRange, "choice": Choice}
 
 
 def spec_dict(spec: ParamSpec) -> dict[str, Any]:
     """A search-space entry as the study file writes it (also the `searched` tag of search runs)."""
-    if isinstance(spec, Choice):
-        return {"type": "choice", "values": list(spec.values)}
-    return {"type": "int" if isinstance(spec, IntRange) else "float", "low": spec.low, "high": spec.high,
-            "log": spec.log}
+    return {"type": "choice", "values": list(spec.values)} if isinstance(spec, Choice) else _plain(spec)
+
+
+def _plain(value: Any) -> Any:
+    """A config value in the study file's terms: a dataclass as the mapping of its fields (an arm without
+    its name, which is its key), a search-space entry by `spec_dict`, tuples as lists."""
+    if isinstance(value, Choice):
+        return spec_dict(value)
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)
+                if not (isinstance(value, ArmSpace) and f.name == "name")}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _check_range(low, high, log: bool) -> None:
@@ -243,6 +252,7 @@ class ArmSpace:
     first: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)  # this arm's fixed fields, over the study's `train`
     asha: "AshaConfig | None" = None  # None: the study's
+    control: str | None = None  # the arm this one is compared with first; None: `StudyConfig.control_of`'s default
 
     def __post_init__(self) -> None:
         _check_arm_name(self.name)
@@ -260,9 +270,9 @@ class ArmSpace:
                                  f"searchable: {sorted(set(TRAIN_FIELDS) - set(MANAGED))}")
             self._check_used(f"{where}.space.{name}", name)
             kind = TRAIN_FIELDS[name]
-            if isinstance(spec, IntRange) and not kind.startswith("int"):
+            if isinstance(spec, Range) and spec.integer and not kind.startswith("int"):
                 raise ValueError(f"{where}.space.{name}: TrainConfig.{name} is {kind}, not an integer; use type: float")
-            if isinstance(spec, FloatRange) and "float" not in kind:
+            if isinstance(spec, Range) and not spec.integer and "float" not in kind:
                 raise ValueError(f"{where}.space.{name}: TrainConfig.{name} is {kind}, not a number range")
         if "alpha" in self.space and "lambda_low" in self.space:
             raise ValueError(f"{where}.space: search either lambda_low (Uniform) or alpha (Beta), not both: "
@@ -280,7 +290,7 @@ class ArmSpace:
             if name not in self.space:
                 raise ValueError(f"{where}.first.{name}: not a searched parameter of this arm")
             if not isinstance(self.space[name], Choice):
-                _number(value, f"{where}.first.{name}", integer=isinstance(self.space[name], IntRange))
+                _number(value, f"{where}.first.{name}", integer=self.space[name].integer)
             if not self.space[name].contains(value):
                 raise ValueError(f"{where}.first.{name} = {excerpt(value)} lies outside its space {self.space[name]}")
 
@@ -322,7 +332,8 @@ class StudyConfig:
     max_users: int | None = None  # keep this many users (smoke runs on real data); None = all
     train: Mapping[str, Any] = field(default_factory=dict)  # other fixed TrainConfig fields, for every arm whose method reads them
     asha: AshaConfig = AshaConfig()
-    idea_init: str = "erm"  # erm: the other arms fine-tune the ERM arm's models | scratch: every arm from scratch
+    idea_init: str = "erm"  # erm: the other arms fine-tune the base arm's models | scratch: every arm from scratch
+    base_arm: str | None = None  # the arm the others start from and are compared with; None: erm, if there is one
 
     def __post_init__(self) -> None:
         for key in ("dataset", "protocol", "backbone", "metric", "idea_init"):
@@ -356,9 +367,12 @@ class StudyConfig:
             raise ValueError("arms: at least one arm is needed (e.g. erm with method erm)")
         if self.idea_init not in INIT_MODES:
             raise ValueError(f"idea_init must be one of {list(INIT_MODES)}, got {excerpt(self.idea_init)}")
-        if self.idea_init == "erm" and ("erm" not in self.arms or self.arms["erm"].method != "erm"):
-            raise ValueError("idea_init: erm warm-starts the other arms from the models of the arm named erm (method "
-                             "erm), but there is none: add one, or set idea_init: scratch")
+        if self.base_arm is not None and self.base_arm not in self.arms:
+            raise ValueError(f"base_arm: {excerpt(self.base_arm)} is not an arm; arms: {list(self.arms)}")
+        base = self.base()
+        if self.idea_init == "erm" and (base is None or self.arms[base].method != "erm"):
+            raise ValueError(f"idea_init: erm warm-starts the other arms from the models of the arm named "
+                             f"{self.base_arm or 'erm'} (method erm), but there is none: add one, or set idea_init: scratch")
         methods = {arm.method for arm in self.arms.values()}
         for key in self.train:
             owner = _method_of_field(key)
@@ -367,10 +381,12 @@ class StudyConfig:
         for name, arm in self.arms.items():
             if name != arm.name:
                 raise ValueError(f"arms.{name}: holds the space of arm {excerpt(arm.name)}")
+            if arm.control is not None and (arm.control not in self.arms or arm.control == name):
+                raise ValueError(f"arms.{name}.control: {excerpt(arm.control)} must name another arm; arms: {list(self.arms)}")
             for key in (*arm.space, *arm.train):
                 if key in self.train:
                     raise ValueError(f"arms.{name}: {key} is also fixed under the study's train; keep one")
-            if self.warm(name) and "pretrain_epochs" in {**self.train, **arm.train, **arm.space}:
+            if self.finetunes(name) and "pretrain_epochs" in {**self.train, **arm.train, **arm.space}:
                 raise ValueError(f"arms.{name}: pretrain_epochs does not apply with idea_init: erm (the arm starts "
                                  "from the trained ERM model); remove it, or set idea_init: scratch")
             self._check_trainable(arm)
@@ -398,13 +414,33 @@ class StudyConfig:
             for value in spec.ends():
                 attempt(f"arms.{arm.name}.space.{name} = {excerpt(value)}", {**arm.first, name: value})
 
-    def warm(self, arm: str) -> bool:
-        """Does `arm` fine-tune the ERM arm's trained models (rather than train from scratch)?"""
-        return self.idea_init == "erm" and arm != "erm"
+    def base(self) -> str | None:
+        """The base arm: `base_arm`, else the arm named erm (today's studies), else none."""
+        return self.base_arm if self.base_arm is not None else ("erm" if "erm" in self.arms else None)
+
+    def finetunes(self, arm: str) -> bool:
+        """Does `arm` fine-tune the base arm's trained models (rather than train from scratch)?"""
+        return self.idea_init == "erm" and arm != self.base()
+
+    def control_of(self, arm: str) -> str | None:
+        """The arm `arm` is compared with first: its `control`, else erm_ft for idea (the same fine-tuning
+        without the penalty, when the study has it), else the base arm; None for the base arm itself."""
+        if self.arms[arm].control is not None:
+            return self.arms[arm].control
+        if arm == "idea" and "erm_ft" in self.arms:
+            return "erm_ft"
+        return self.base() if arm != self.base() else None
+
+    def roles(self) -> Arms:
+        """The arms as analysis shows and compares them: the study file's order with the base arm last."""
+        base = self.base()
+        order = tuple(a for a in self.arms if a != base) + ((base,) if base is not None else ())
+        controls = {a: c for a in self.arms if (c := self.control_of(a)) is not None}
+        return Arms(order, base, controls)
 
     def arm_order(self) -> list[str]:
-        """The ERM arm first when the others start from its models."""
-        return sorted(self.arms, key=lambda a: self.warm(a))
+        """The order the arms run in: the base arm first when the others start from its models."""
+        return sorted(self.arms, key=lambda a: self.finetunes(a))
 
     def epochs_of(self, arm: str) -> int:
         return self.arms[arm].train.get("epochs", self.epochs)
@@ -414,12 +450,12 @@ class StudyConfig:
 
     def fixed(self, arm: str) -> dict[str, Any]:
         """TrainConfig fields common to all trials of `arm` (searched ones come from the sampler; the
-        warm start's init_from comes from the ERM arm's results)."""
+        warm start's init_from comes from the base arm's results)."""
         method = self.arms[arm].method
         shared = {k: v for k, v in self.train.items() if _method_of_field(k) in (None, method)}
         out = {"backbone": self.backbone, "method": method, "epochs": self.epochs, "patience": self.patience,
                "seed": self.seed, **shared, **self.arms[arm].train}
-        if self.warm(arm) and out["method"] == "idea":
+        if self.finetunes(arm) and out["method"] == "idea":
             out["pretrain_epochs"] = 0
         return out
 
@@ -453,23 +489,17 @@ class StudyConfig:
         return replace(self, arms=arms, asha=asha, epochs=study_epochs, seeds=self.seeds if seeds is None else seeds)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML-ready form; `from_dict(to_dict())` round-trips (the saved, resolved study.yaml)."""
-        return {
-            "dataset": self.dataset, "protocol": self.protocol, "max_len": self.max_len,
-            "cuts": list(self.cuts) if self.cuts is not None else None, "backbone": self.backbone,
-            "metric": self.metric, "epochs": self.epochs, "patience": self.patience, "seed": self.seed,
-            "seeds": self.seeds, "max_users": self.max_users, "train": dict(self.train),
-            "asha": asdict(self.asha), "idea_init": self.idea_init,
-            "arms": {name: {"method": arm.method, "num_samples": arm.num_samples, "first": dict(arm.first),
-                            "space": {k: spec_dict(v) for k, v in arm.space.items()}, "train": dict(arm.train),
-                            **({"asha": asdict(arm.asha)} if arm.asha else {})} for name, arm in self.arms.items()},
-        }
+        """Plain YAML-ready form, the fields as they are (`_plain`), arms last; `from_dict(to_dict())`
+        round-trips (the saved, resolved study.yaml)."""
+        out = _plain(self)
+        out["arms"] = out.pop("arms")
+        return out
 
 
 # ----- parsing ---------------------------------------------------------------------------------------
 
 STUDY_KEYS = {f.name for f in fields(StudyConfig)}
-ARM_KEYS = {"method", "num_samples", "first", "space", "train", "asha"}
+ARM_KEYS = {"method", "num_samples", "first", "space", "train", "asha", "control"}
 
 
 def _mapping(value: Any, key: str) -> dict:
@@ -491,8 +521,9 @@ def _param_spec(raw: Any, key: str) -> ParamSpec:
     if kind not in SPEC_TYPES:
         raise ValueError(f"{key}.type must be one of {list(SPEC_TYPES)}, got {excerpt(kind)}")
     cls = SPEC_TYPES[kind]
-    _no_unknown(raw, {f.name for f in fields(cls)}, key)
-    missing = sorted({f.name for f in fields(cls) if f.name != "log"} - set(raw))
+    spec_fields = {f.name for f in fields(Choice if cls is Choice else Range)} - {"type"}
+    _no_unknown(raw, spec_fields, key)
+    missing = sorted(spec_fields - {"log"} - set(raw))
     if missing:
         raise ValueError(f"{key}: missing key(s) {missing}")
     if cls is Choice:
@@ -514,9 +545,9 @@ def _arm(name: str, raw: Any) -> ArmSpace:
     if method is None:
         raise ValueError(f"{key}: needs a method, one of {list(METHODS)} (only an arm named after a method may omit it)")
     space = {p: _param_spec(s, f"{key}.space.{p}") for p, s in _mapping(raw["space"], f"{key}.space").items()}
-    asha = _asha(raw["asha"], f"{key}.asha") if "asha" in raw else None
+    asha = _asha(raw["asha"], f"{key}.asha") if raw.get("asha") is not None else None
     return ArmSpace(name, method, raw["num_samples"], space, dict(_mapping(raw.get("first") or {}, f"{key}.first")),
-                    dict(_mapping(raw.get("train") or {}, f"{key}.train")), asha)
+                    dict(_mapping(raw.get("train") or {}, f"{key}.train")), asha, raw.get("control"))
 
 
 def _asha(raw: Any, key: str) -> AshaConfig:

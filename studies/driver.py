@@ -19,7 +19,9 @@ import ray
 
 from analysis.mlflow_ui import UI_PORT, ui_command
 from analysis.report import write_report
+from analysis.summaries import per_window
 from idea.data.describe import describe
+from idea.contract import VALID, Tag
 from idea.data.interactions import Interactions
 from idea.splits import Split
 from studies.config import StudyConfig
@@ -109,7 +111,8 @@ def fmt_params(params: dict) -> str:
 def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame, results: pd.DataFrame,
                   metric: str = "ndcg", k: int = 10) -> str:
     """Per arm: trials run, best validation NDCG@10 and its configuration, and test NDCG@10 per window
-    (all targets) as mean ± std over the final seeds."""
+    (all targets) as mean ± std over the final seeds (`analysis.summaries.per_window`, as in the report)."""
+    windows = per_window(results, metric, k, "all") if len(results) else pd.DataFrame(columns=["arm", "part"])
     rows = []
     for arm, sel in selections.items():
         arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
@@ -120,11 +123,9 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
                                       if len(arm_trials) else "0",
                f"best valid {metric.upper()}@{k}": f"{sel.value:.4f}" if sel else "-",
                "configuration": fmt_params(sel.params) if sel else "no completed trial"}
-        tests = results[(results["arm"] == arm) & (results["part"] != "valid") & (results["subset"] == "all")
-                        & (results["metric"] == metric) & (results["k"] == k)] if len(results) else []
-        for part, values in tests.groupby("part", sort=False)["value"] if len(tests) else ():
-            std = f"{values.std():.4f}" if len(values) > 1 else "-"
-            row[f"{part} (n={len(values)})"] = f"{values.mean():.4f} ± {std}"
+        for w in windows[(windows["arm"] == arm) & (windows["part"] != VALID)].itertuples():
+            std = f"{w.std:.4f}" if w.n_seeds > 1 else "-"
+            row[f"{w.part} (n={w.n_seeds})"] = f"{w.mean:.4f} ± {std}"
         rows.append(row)
     return pd.DataFrame(rows).fillna("-").to_string(index=False)
 
@@ -168,32 +169,33 @@ def no_result(arm: str, grid, budget: float | None) -> str:
 
 def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
         resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]]:
-    """Per arm (ERM first when the others fine-tune its models): search, select on validation, retrain
-    the selection with the final seeds and test it; returns selections, trials, results and, per arm
-    without a result, why."""
+    """Per arm (the base arm first when the others fine-tune its models): search, select on validation,
+    retrain the selection with the final seeds and test it; returns selections, trials, results and, per
+    arm without a result, why."""
     ray_dir = study_dir / "ray"
     search_split = without_tests(split)
     selections, frames, starts, missing = {}, [], None, {}
     order = study.arm_order()
     for i, arm in enumerate(order, start=1):
-        warm = study.warm(arm)
-        print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if warm else ""),
+        finetunes = study.finetunes(arm)
+        print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if finetunes else ""),
               file=sys.stderr, flush=True)
-        if warm and starts is None:
-            selections[arm], missing[arm] = None, "not run: it fine-tunes the erm arm's models, and erm has none"
+        if finetunes and starts is None:
+            selections[arm] = None
+            missing[arm] = f"not run: it fine-tunes the {study.base()} arm's models, and {study.base()} has none"
             print(f"warning: {arm} {missing[arm]}", file=sys.stderr)
             continue
         grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
-                          starts.search if warm else None)
+                          starts.search if finetunes else None)
         selections[arm] = selection = select_best(arm, grid, study.metric)
         if selection is None:
             missing[arm] = no_result(arm, grid, resources.time_budget_s)
             print(f"warning: {missing[arm]}; no final runs for this arm", file=sys.stderr)
             continue
         grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
-                         starts.seeds if warm else None)
+                         starts.seeds if finetunes else None)
         frames.append(final_results(name, arm, study.arms[arm].method, grid, study_run))
-        if arm == "erm" and any(study.warm(a) for a in order):
+        if arm == study.base() and any(study.finetunes(a) for a in order):
             starts = save_starts(study_dir, selection, grid, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return selections, trials_frame(study_run), results, missing
@@ -209,11 +211,11 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
         outcome = run(study, name, split, resources, study_dir, study_run, resume)
         write_results(study_dir, study_run, *outcome[1:3])
         if outcome[3]:
-            study_run.client().set_tag(study_run.parent_run_id, "arms_without_result", ",".join(outcome[3]))
+            study_run.client().set_tag(study_run.parent_run_id, Tag.ARMS_WITHOUT_RESULT, ",".join(outcome[3]))
     except KeyboardInterrupt:
         by = interrupted_by()
-        study_run.client().set_tag(study_run.parent_run_id, "interrupted", by)
-        closed = study_run.close_open_runs("KILLED", tags={"interrupted": by})
+        study_run.client().set_tag(study_run.parent_run_id, Tag.INTERRUPTED, by)
+        closed = study_run.close_open_runs("KILLED", tags={Tag.INTERRUPTED: by})
         print(f"\n{'terminated (SIGTERM)' if by == 'SIGTERM' else 'interrupted'}: the study run and {closed} open "
               f"trial run(s) marked KILLED; Tune saved its state. Resume with:\n  {resume_command(sys.argv, resume)}",
               file=sys.stderr)
@@ -277,7 +279,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
             if recorded is None:
                 write_run_file(study_dir, parent_run_id=study_run.parent_run_id)
             # how to continue, for a report of an unfinished study (analysis reads MLflow only)
-            study_run.client().set_tag(study_run.parent_run_id, "resume_command", resume_command(sys.argv, args.resume))
+            study_run.client().set_tag(study_run.parent_run_id, Tag.RESUME_COMMAND, resume_command(sys.argv, args.resume))
             log_inputs(study_dir, study_run, data, split)
         except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -11,6 +11,7 @@ import pandas as pd
 from ray import tune
 from ray.tune import ResultGrid
 
+from idea.contract import Result, Stage, Tag
 from idea.splits import Split
 
 from studies.config import StudyConfig
@@ -25,14 +26,16 @@ RESULT_COLUMNS = ["study", "arm", "method", "stage", "seed", "trial_id", "run_id
 def run_final(study: StudyConfig, selection: Selection, split: Split, resources: Resources, ray_dir: Path,
               study_run: StudyRun, resume: bool, starts: Mapping[int, Any] | None = None) -> ResultGrid:
     """Seeds `study.final_seeds()` of the selected configuration on the full split (with test windows);
-    a warm arm's seed s starts from `starts[s]` (ERM final seed s), and seeds without one are skipped."""
+    a fine-tuning arm's seed s starts from `starts[s]` (the base arm's final seed s), and seeds without one
+    are skipped."""
     arm = selection.arm
     fixed = {**study.fixed(arm), "device": resources.device}
     seeds = study.final_seeds()
     if starts is not None:
         missing = [s for s in seeds if s not in starts]
         if missing:
-            print(f"warning: erm final seed(s) {missing} failed, so {arm} has no start for them; skipping", file=sys.stderr)
+            print(f"warning: {study.base()} final seed(s) {missing} failed, so {arm} has no start for them; skipping",
+                  file=sys.stderr)
         seeds = [s for s in seeds if s in starts]
     trainable = resources.wrap(final_trial, split=split, fixed=fixed,
                                starts={s: starts[s].path for s in seeds} if starts is not None else None)
@@ -48,14 +51,14 @@ def run_final(study: StudyConfig, selection: Selection, split: Split, resources:
         )
 
     run_config = resources.run_config(ray_dir, name, len(seeds), MlflowTrialLogger(
-        study_run, arm, "final", fixed, study.epochs_of(arm), init))
-    return fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, "final"))
+        study_run, arm, Stage.FINAL, fixed, study.epochs_of(arm), init, tags=study.roles().tags(arm)))
+    return fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, Stage.FINAL))
 
 
 def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, study_run: StudyRun) -> pd.DataFrame:
     """Tidy per-window results of an arm's final runs (one row per seed, part, subset, metric, k),
     read from each run's last checkpoint; failed seeds are absent."""
-    run_ids = {r.data.tags.get("trial_id"): r.info.run_id for r in study_run.nested_runs(arm, "final")}
+    run_ids = {r.data.tags.get(Tag.TRIAL_ID): r.info.run_id for r in study_run.nested_runs(arm, Stage.FINAL)}
     frames = []
     for result in grid:
         if failed(result) or result.checkpoint is None:
@@ -65,8 +68,8 @@ def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, stud
             if not path.is_file():  # a checkpoint from before the evaluation: the run did not finish
                 continue
             frame = pd.read_csv(path)
-        trial_id = result.metrics["trial_id"]
-        frames.append(frame.assign(study=study_name, arm=arm, method=method, stage="final", seed=result.config["seed"],
+        trial_id = result.metrics[Result.TRIAL_ID]
+        frames.append(frame.assign(study=study_name, arm=arm, method=method, stage=Stage.FINAL, seed=result.config["seed"],
                                    trial_id=trial_id, run_id=run_ids.get(trial_id)))
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)

@@ -7,7 +7,7 @@ import time
 
 from ray import tune
 
-from studies.trainable import PERMANENT_ERROR
+from idea.contract import Result, best_key
 
 SHOWN_PARAMS = 6  # searched parameters shown per line
 
@@ -48,21 +48,21 @@ class ProgressPrinter(tune.Callback):
         print(f"[{self.stage}] {text} | {self._status(trials, ending)}", file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if PERMANENT_ERROR in result:
+        if Result.PERMANENT_ERROR in result:
             return  # said when the trial completes
         # Tune marks a result `done` when the scheduler stops the trial on it; at max epochs that is no cut.
-        if result.get("done") and result.get("epoch", self.max_epochs) < self.max_epochs:
-            self.cut[trial.trial_id] = result["epoch"]
-        if "evaluated" in result:
+        if result.get("done") and result.get(Result.EPOCH, self.max_epochs) < self.max_epochs:
+            self.cut[trial.trial_id] = result[Result.EPOCH]
+        if Result.EVALUATED in result:
             self._say(f"trial {trial.trial_id} evaluated on the test windows", trials)
             return
-        best = result.get("best_ndcg_at_10")
-        best_text = f" (best {best:.4f} at epoch {result.get('best_epoch')})" if best is not None else ""
-        self._say(f"trial {trial.trial_id} epoch {result['epoch']} [{result.get('phase', '')}] valid ndcg@10 "
+        best = result.get(best_key("ndcg_at_10"))
+        best_text = f" (best {best:.4f} at epoch {result.get(Result.BEST_EPOCH)})" if best is not None else ""
+        self._say(f"trial {trial.trial_id} epoch {result[Result.EPOCH]} [{result.get('phase', '')}] valid ndcg@10 "
                   f"{result.get('ndcg_at_10', float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        error = (trial.last_result or {}).get(PERMANENT_ERROR)
+        error = (trial.last_result or {}).get(Result.PERMANENT_ERROR)
         if error is not None:
             self._say(f"trial {trial.trial_id} FAILED, not retried (it would fail the same way): {error}", trials, trial)
             return

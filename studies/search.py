@@ -14,6 +14,7 @@ from ray import tune
 from ray.tune import ResultGrid
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+from idea.contract import TRUE, Result, Stage, Tag, best_key
 from idea.splits import Split
 from idea.trainer import CheckpointError, read_checkpoint
 
@@ -203,8 +204,8 @@ def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], t
 def ended_trials(study_run: StudyRun, arm: str, stage: str) -> set[str]:
     """Trial ids of the arm's stage runs that ended FINISHED or FAILED (orphans excluded): each such trial
     was in Tune's state, so a restore must bring it back."""
-    return {r.data.tags.get("trial_id") for r in study_run.nested_runs(arm, stage)
-            if r.info.status in ("FINISHED", "FAILED") and r.data.tags.get("orphan") != "true"}
+    return {r.data.tags.get(Tag.TRIAL_ID) for r in study_run.nested_runs(arm, stage)
+            if r.info.status in ("FINISHED", "FAILED") and r.data.tags.get(Tag.ORPHAN) != TRUE}
 
 
 def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: ResultGrid) -> None:
@@ -213,16 +214,16 @@ def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: Result
     hold (the driver died right after creating it, and Tune never kept the trial) is an orphan: it ends
     KILLED, tagged orphan, and counts as no trial."""
     client = study_run.client()
-    last = {r.metrics.get("trial_id"): r.metrics for r in grid if r.metrics}
+    last = {r.metrics.get(Result.TRIAL_ID): r.metrics for r in grid if r.metrics}
     for run in study_run.nested_runs(arm, stage, status="RUNNING"):
-        if run.data.tags.get("trial_id") not in last:
-            client.set_tag(run.info.run_id, "orphan", "true")
+        if run.data.tags.get(Tag.TRIAL_ID) not in last:
+            client.set_tag(run.info.run_id, Tag.ORPHAN, TRUE)
             client.set_terminated(run.info.run_id, "KILLED")
             continue
-        metrics = summary_metrics(last.get(run.data.tags.get("trial_id"), {}))
+        metrics = summary_metrics(last.get(run.data.tags.get(Tag.TRIAL_ID), {}))
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, float(value))
-        client.set_tag(run.info.run_id, "budget_stopped", "true")
+        client.set_tag(run.info.run_id, Tag.BUDGET_STOPPED, TRUE)
         client.set_terminated(run.info.run_id, "FINISHED")
 
 
@@ -260,9 +261,10 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
 
     searched = json.dumps({k: spec_dict(v) for k, v in study.arms[arm].space.items()})  # read by analysis
     run_config = resources.run_config(ray_dir, name, study.arms[arm].num_samples, MlflowTrialLogger(
-        study_run, arm, "search", fixed, study.epochs_of(arm), init, tags={"searched": searched}))
-    grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, "search"))
-    close_budget_stopped(study_run, arm, "search", grid)
+        study_run, arm, Stage.SEARCH, fixed, study.epochs_of(arm), init,
+        tags={Tag.SEARCHED: searched, **study.roles().tags(arm)}))
+    grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, Stage.SEARCH))
+    close_budget_stopped(study_run, arm, Stage.SEARCH, grid)
     return grid
 
 
@@ -279,10 +281,10 @@ class Selection:
 
 def select_best(arm: str, grid: ResultGrid, metric: str) -> Selection | None:
     """Highest best-so-far validation metric among trials that did not fail; None if all failed."""
-    key = f"best_{metric}"
+    key = best_key(metric)
     done = [r for r in grid if not failed(r) and math.isfinite(r.metrics.get(key, math.nan))]
     if not done:
         return None
     best = max(done, key=lambda r: r.metrics[key])
-    return Selection(arm, best.metrics["trial_id"], dict(best.config), float(best.metrics[key]),
+    return Selection(arm, best.metrics[Result.TRIAL_ID], dict(best.config), float(best.metrics[key]),
                      best.checkpoint.path if best.checkpoint is not None else None)

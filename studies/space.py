@@ -7,16 +7,16 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from studies.config import ArmSpace, Choice, FloatRange, IntRange, ParamSpec, StudyConfig
+from studies.config import ArmSpace, Choice, ParamSpec, Range, StudyConfig
 
 MODE = "max"  # the selection metric (validation NDCG@10) is maximised
 
 
 def distribution(spec: ParamSpec) -> BaseDistribution:
     """Optuna distribution of one parameter; ranges are inclusive on both ends, as in the study file."""
-    if isinstance(spec, IntRange):
+    if isinstance(spec, Range) and spec.integer:
         return IntDistribution(spec.low, spec.high, log=spec.log)
-    if isinstance(spec, FloatRange):
+    if isinstance(spec, Range):
         return FloatDistribution(float(spec.low), float(spec.high), log=spec.log)
     if isinstance(spec, Choice):
         return CategoricalDistribution(list(spec.values))

@@ -24,12 +24,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
 from idea.config import TrainConfig
+from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key, best_state_key,
+                           metric_name, parse_metric_key, shift_key, valid_key)
 from idea.metrics import KS, METRICS
 
-from studies.trainable import PERMANENT_ERROR
-
-METRIC_NAMES = tuple(f"{m}_at_{k}" for m in METRICS for k in KS)
-EPOCH_KEYS = ("train_loss", "epoch_seconds", "risk_mean", "risk_var")  # logged per epoch besides valid_*
+METRIC_NAMES = tuple(metric_name(m, k) for m in METRICS for k in KS)
 # Set when Ctrl-C reaches a running Tuner (Tune itself then stops gracefully and saves its state).
 INTERRUPTED = threading.Event()
 
@@ -103,7 +102,7 @@ class StudyRun:
                 return
 
     def nested_runs(self, arm: str | None = None, stage: str | None = None, status: str | None = None) -> list:
-        return list(self.runs(where(tag_study=self.tags["study"], tag_parent=self.parent_run_id, tag_arm=arm or None,
+        return list(self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=arm or None,
                                     tag_stage=stage or None, status=status or None)))
 
     def close_open_runs(self, status: str, tags: Mapping[str, str] | None = None, parent: bool = True) -> int:
@@ -128,7 +127,7 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(study)
     parents = [] if experiment is None else client.search_runs(
-        [experiment.experiment_id], where(tag_study=study, tag_stage="study"))
+        [experiment.experiment_id], where(tag_study=study, tag_stage=Stage.STUDY))
     if resume and (parent_run_id or require_parent):
         found = [r.info.run_id for r in parents]
         if (parent_run_id and parent_run_id not in found) or not found:
@@ -151,7 +150,7 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
         run_id = parent_run_id or parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        run_id = client.create_run(experiment_id, run_name=study, tags={**tags, "stage": "study"}).info.run_id
+        run_id = client.create_run(experiment_id, run_name=study, tags={**tags, Tag.STAGE: Stage.STUDY}).info.run_id
     return StudyRun(tracking_uri, experiment_id, run_id, dict(tags))
 
 
@@ -161,17 +160,17 @@ def is_finished(tracking_uri: str, study: str) -> bool:
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         return False
-    parents = client.search_runs([experiment.experiment_id], where(tag_study=study, tag_stage="study"))
+    parents = client.search_runs([experiment.experiment_id], where(tag_study=study, tag_stage=Stage.STUDY))
     return bool(parents) and parents[0].info.status == "FINISHED"
 
 
 def summary_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """End-of-trial metrics from a trial's last result: best_valid_* (search trials report them as
     best_<m>), the final runs' best_valid_warm_* and test_*, and best_epoch."""
-    out = {f"best_valid_{m}": result[f"best_{m}"] for m in METRIC_NAMES if f"best_{m}" in result}
-    out.update({k: v for k, v in result.items() if k.startswith(("best_valid_", "test_"))})
-    if "best_epoch" in result:
-        out["best_epoch"] = result["best_epoch"]
+    out = {best_state_key(VALID, m): result[best_key(m)] for m in METRIC_NAMES if best_key(m) in result}
+    out.update({k: v for k, v in result.items() if (key := parse_metric_key(k)) and key.kind in ("best_valid", "test")})
+    if Result.BEST_EPOCH in result:
+        out[Result.BEST_EPOCH] = result[Result.BEST_EPOCH]
     return out
 
 
@@ -179,14 +178,14 @@ def shift_series(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
     """A final run's metrics per part as stepped series, so MLflow's chart view draws metric against
     window: step 0 = validation, step i = the i-th test window (w1..wm; `test` for leave-one-out);
     keys `shift_<m>_at_<k>` (all targets) and `shift_warm_<m>_at_<k>`."""
-    parts = sorted({key.split("_")[1] for key in result if key.startswith("test_")},
+    parts = sorted({key.part for k in result if (key := parse_metric_key(k)) and key.kind == "test"},
                    key=lambda p: int(p[1:]) if p[1:].isdigit() else 0)
     steps: dict[int, dict[str, float]] = {}
-    for step, prefix in enumerate(["best_valid", *(f"test_{p}" for p in parts)]):
-        for infix in ("", "warm_"):
+    for step, part in enumerate([VALID, *parts]):
+        for subset in SUBSETS:
             for name in METRIC_NAMES:
-                if f"{prefix}_{infix}{name}" in result:
-                    steps.setdefault(step, {})[f"shift_{infix}{name}"] = result[f"{prefix}_{infix}{name}"]
+                if best_state_key(part, name, subset) in result:
+                    steps.setdefault(step, {})[shift_key(name, subset)] = result[best_state_key(part, name, subset)]
     return steps
 
 
@@ -224,9 +223,9 @@ class MlflowTrialLogger(tune.Callback):
     def setup(self, **info) -> None:
         self._client = self.study_run.client()
         for run in self.study_run.nested_runs(self.arm, self.stage):
-            trial_id = run.data.tags.get("trial_id")
+            trial_id = run.data.tags.get(Tag.TRIAL_ID)
             self._runs[trial_id] = run.info.run_id
-            history = self._client.get_metric_history(run.info.run_id, "valid_ndcg_at_10")
+            history = self._client.get_metric_history(run.info.run_id, valid_key(metric_name("ndcg", 10)))
             self._last_step[trial_id] = max((m.step for m in history), default=0)
         self._watch_sigint()
 
@@ -246,7 +245,7 @@ class MlflowTrialLogger(tune.Callback):
 
     # ----- runs ---------------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:
-        if self.stage == "final":
+        if self.stage == Stage.FINAL:
             return f"{self.arm}-seed{trial.config['seed']}"
         return f"{self.arm}-trial-{trial.trial_id}"
 
@@ -262,10 +261,10 @@ class MlflowTrialLogger(tune.Callback):
         config = TrainConfig.from_dict({**self.fixed, **trial.config,
                                         **({"init_from": start.path} if start is not None else {})})
         tags = {**self.study_run.tags, **self.tags, MLFLOW_PARENT_RUN_ID: self.study_run.parent_run_id,
-                "arm": self.arm, "method": config.method, "seed": str(config.seed), "stage": self.stage,
-                "trial_id": trial.trial_id}
+                Tag.ARM: self.arm, Tag.METHOD: config.method, Tag.SEED: str(config.seed), Tag.STAGE: self.stage,
+                Tag.TRIAL_ID: trial.trial_id}
         if start is not None and start.run_id:
-            tags["init_run_id"] = start.run_id  # the ERM run whose best state this run fine-tunes
+            tags[Tag.INIT_RUN_ID] = start.run_id  # the base arm's run whose best state this run fine-tunes
         run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),
                                          tags=tags).info.run_id
         params = [Param(k, str(v)) for k, v in config.used().items()]  # only what its method reads
@@ -285,10 +284,10 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._open(trial)
         result = trial.last_result or {}
         self._log(run_id, summary_metrics(result))
-        if self.stage == "final":
+        if self.stage == Stage.FINAL:
             for step, values in shift_series(result).items():
                 self._log(run_id, values, step=step)
-        tags = {**{k: result[k] for k in ("best_phase", "init_digest") if result.get(k)}, **(tags or {})}
+        tags = {**{k: result[k] for k in (Result.BEST_PHASE, Result.INIT_DIGEST) if result.get(k)}, **(tags or {})}
         for key, value in (tags or {}).items():
             self._client.set_tag(run_id, key, value)
         self._client.set_terminated(run_id, status)
@@ -299,25 +298,25 @@ class MlflowTrialLogger(tune.Callback):
         self._open(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        if "evaluated" in result or PERMANENT_ERROR in result:  # logged once, when the trial completes
+        if Result.EVALUATED in result or Result.PERMANENT_ERROR in result:  # logged once, when the trial completes
             return
-        run_id, epoch = self._open(trial), int(result["epoch"])
+        run_id, epoch = self._open(trial), int(result[Result.EPOCH])
         if epoch > self._last_step.get(trial.trial_id, 0):
-            values = {f"valid_{m}": result[m] for m in METRIC_NAMES if m in result}
-            values.update({k: result[k] for k in EPOCH_KEYS if k in result})
+            values = {valid_key(m): result[m] for m in METRIC_NAMES if m in result}
+            values.update({k: result[k] for k in EPOCH_METRICS if k in result})
             self._log(run_id, values, step=epoch)
             self._last_step[trial.trial_id] = epoch
         # Tune marks a result `done` when the scheduler stops the trial on it; at max epochs that is no cut.
         if result.get("done") and epoch < self.max_epochs:
-            self._client.set_tag(run_id, "asha_stopped", "true")
+            self._client.set_tag(run_id, Tag.ASHA_STOPPED, TRUE)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        error = (trial.last_result or {}).get(PERMANENT_ERROR)
+        error = (trial.last_result or {}).get(Result.PERMANENT_ERROR)
         if error is None:
             self._end(trial, RunStatus.to_string(RunStatus.FINISHED))
             return
         run_id = self._open(trial)  # a trial that stopped on an error a retry would repeat: not retried
-        for key, value in {"failures": "0", "error": error[:500], "retried": "false (would fail the same way)"}.items():
+        for key, value in {Tag.FAILURES: "0", Tag.ERROR: error[:500], Tag.RETRIED: "false (would fail the same way)"}.items():
             self._client.set_tag(run_id, key, value)
         self._client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         self._running.discard(trial.trial_id)
@@ -335,25 +334,25 @@ class MlflowTrialLogger(tune.Callback):
                           {"budget_stopped": "true"})
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._client.set_tag(self._open(trial), "failures", str(trial.num_failures))
+        self._client.set_tag(self._open(trial), Tag.FAILURES, str(trial.num_failures))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._end(trial, RunStatus.to_string(RunStatus.FAILED),
-                  {"failures": str(trial.num_failures), "error": _last_error_line(trial)})
+                  {Tag.FAILURES: str(trial.num_failures), Tag.ERROR: _last_error_line(trial)})
 
 
 def trials_frame(study_run: StudyRun) -> pd.DataFrame:
     """All search trials of the study, one row each: arm, ids, status, stop reason, best metrics, params."""
     rows = []
-    for run in study_run.nested_runs(stage="search"):
+    for run in study_run.nested_runs(stage=Stage.SEARCH):
         tags, data = run.data.tags, run.data
-        if tags.get("orphan") == "true":  # a run without a Tune trial (see search.close_budget_stopped)
+        if tags.get(Tag.ORPHAN) == TRUE:  # a run without a Tune trial (see search.close_budget_stopped)
             continue
         rows.append({
-            "arm": tags.get("arm"), "trial_id": tags.get("trial_id"), "run_id": run.info.run_id,
-            "status": run.info.status, "asha_stopped": tags.get("asha_stopped") == "true",
-            "budget_stopped": tags.get("budget_stopped") == "true", "failures": int(tags.get("failures", 0)),
-            "error": tags.get("error"), **{k: v for k, v in data.metrics.items() if k.startswith("best_")},
+            "arm": tags.get(Tag.ARM), "trial_id": tags.get(Tag.TRIAL_ID), "run_id": run.info.run_id,
+            "status": run.info.status, "asha_stopped": tags.get(Tag.ASHA_STOPPED) == TRUE,
+            "budget_stopped": tags.get(Tag.BUDGET_STOPPED) == TRUE, "failures": int(tags.get(Tag.FAILURES, 0)),
+            "error": tags.get(Tag.ERROR), **{k: v for k, v in data.metrics.items() if k.startswith("best_")},
             **data.params,
         })
     frame = pd.DataFrame(rows)

@@ -21,16 +21,16 @@ import torch
 from ray import tune
 
 from idea.config import TrainConfig
+from idea.contract import SUBSETS, Result, best_key, best_state_key, metric_name
 from idea.metrics import KS, METRICS, summary
 from idea.splits import Split
 from idea.trainer import CheckpointError, NonFiniteLossError, Trainer
 
 CHECKPOINT_FILE = "trainer.pt"
 RESULTS_FILE = "results.csv"  # final trials: the tidy metrics frame of the best state
-# The key of a trial's last result when it stopped on an error that a retry would repeat (a NaN loss
-# from the same seed and config, an unreadable or mismatched checkpoint): such a trial reports it and
-# returns instead of raising, so Tune does not retry it; the MLflow callback ends its run FAILED.
-PERMANENT_ERROR = "permanent_error"
+# Errors a retry would repeat (a NaN loss from the same seed and config, an unreadable or mismatched
+# checkpoint): such a trial reports one under Result.PERMANENT_ERROR and returns instead of raising, so
+# Tune does not retry it; the MLflow callback ends its run FAILED.
 PERMANENT_ERRORS = (NonFiniteLossError, CheckpointError)
 # Test hook: a JSON object (or a list of them) of TrainConfig fields; a trial whose config matches all
 # of one's fields raises at its start, every attempt, so failure handling (retries, FAILED runs) can be
@@ -58,7 +58,7 @@ def _check_fault(config: TrainConfig) -> None:
 
 def failed(result) -> bool:
     """Did a trial of a Tune result grid fail: an error Tune recorded, or one it was not asked to retry?"""
-    return result.error is not None or PERMANENT_ERROR in (result.metrics or {})
+    return result.error is not None or Result.PERMANENT_ERROR in (result.metrics or {})
 
 
 def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
@@ -72,9 +72,9 @@ def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
             run(*args, **kwargs)
         except PERMANENT_ERRORS as err:
             nan = float("nan")
-            names = [f"{m}_at_{k}" for m in METRICS for k in KS]
-            tune.report({"epoch": 0, **{n: nan for n in names}, **{f"best_{n}": nan for n in names},
-                         PERMANENT_ERROR: f"{type(err).__name__}: {err}"})
+            names = [metric_name(m, k) for m in METRICS for k in KS]
+            tune.report({Result.EPOCH: 0, **{n: nan for n in names}, **{best_key(n): nan for n in names},
+                         Result.PERMANENT_ERROR: f"{type(err).__name__}: {err}"})
 
     return guarded
 
@@ -89,7 +89,7 @@ def _prepare_worker() -> None:
 
 def _start(trainer: Trainer) -> dict[str, str]:
     """The warm start's weight digest for a report (tagged on the MLflow run), or nothing."""
-    return {"init_digest": trainer.init_digest} if trainer.init_digest else {}
+    return {Result.INIT_DIGEST: trainer.init_digest} if trainer.init_digest else {}
 
 
 def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Trainer:
@@ -107,7 +107,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
 
         def report(record) -> None:
             best = trainer.records[trainer.best_epoch - 1].valid if trainer.best_epoch else {}  # 0: no finite score yet
-            tune.report({**record.flat(), **_start(trainer), **{f"best_{k}": v for k, v in best.items()}},
+            tune.report({**record.flat(), **_start(trainer), **{best_key(k): v for k, v in best.items()}},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
         trainer.fit(on_epoch=report, checkpoint=path)
@@ -126,10 +126,8 @@ def final_metrics(frame: pd.DataFrame) -> dict[str, float]:
     """Flat MLflow-style names of a best-state frame: best_valid_[warm_]<m>_at_<k>, test_<w>_[warm_]<m>_at_<k>."""
     out = {}
     for part in frame["part"].unique():
-        prefix = "best_valid" if part == "valid" else f"test_{part}"
-        for subset in ("all", "warm"):
-            infix = "" if subset == "all" else "warm_"
-            out.update({f"{prefix}_{infix}{k}": v for k, v in summary(frame, part, subset).items()})
+        for subset in SUBSETS:
+            out.update({best_state_key(part, k, subset): v for k, v in summary(frame, part, subset).items()})
     return out
 
 
@@ -146,6 +144,6 @@ def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any],
     with tempfile.TemporaryDirectory(prefix="idea-final-") as tmp:
         trainer.save(Path(tmp) / CHECKPOINT_FILE)
         frame.to_csv(Path(tmp) / RESULTS_FILE, index=False)
-        tune.report({"epoch": trainer.epoch, "best_epoch": trainer.best_epoch, "best_phase": trainer.best_phase,
-                     "evaluated": 1, **_start(trainer),
+        tune.report({Result.EPOCH: trainer.epoch, Result.BEST_EPOCH: trainer.best_epoch,
+                     Result.BEST_PHASE: trainer.best_phase, Result.EVALUATED: 1, **_start(trainer),
                      **final_metrics(frame)}, checkpoint=tune.Checkpoint.from_directory(tmp))

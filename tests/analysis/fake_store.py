@@ -1,4 +1,5 @@
-"""A small MLflow store written exactly as docs/conventions.md says `studies/` writes one, with known values.
+"""A small MLflow store written exactly as docs/conventions.md says `studies/` writes one, with known values;
+every name comes from `idea.contract`, the module `studies/` writes by.
 
 `make_fake_store(path)` returns a ``sqlite:///`` tracking URI holding three experiments:
 
@@ -8,10 +9,11 @@
   ``erm-seed1``, ``erm-seed2`` with ``best_valid_*``, ``best_valid_warm_*`` and
   ``test_<w>[_warm]_*`` metrics for windows w1..w3 (and the same as ``shift_[warm_]*`` series, step 0 =
   validation, step i = wi), per-epoch ``valid_*`` whose latest value is NOT
-  the best one, ``train_loss`` and ``best_epoch``.
-  Its parent carries ``describe.json`` of the synthetic dataset's default split, as a study logs it.
+  the best one, ``train_loss`` and ``best_epoch``. Every nested run carries its arm's roles (`ROLES`: erm
+  the base arm, idea compared with it).
 - ``OTHER`` (``other-study``): a parent without ``describe.json``, and one final run with absurd
-  values that must never leak into ``STUDY``.
+  values that must never leak into ``STUDY``; it predates the role tags (read by `Arms.legacy`).
+  Its parent carries ``describe.json`` of the synthetic dataset's default split, as a study logs it.
 - ``LOGGED`` (``logged-shift``): a parent that carries hand-written shift diagnostics as ``describe.json``.
 
 Values come from `final_value` / `search_value`, simple formulas so that tests can hand-compute
@@ -23,10 +25,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name,
+                           shift_key, valid_key)
+
 STUDY = "synthetic-smoke"
 OTHER = "other-study"
 LOGGED = "logged-shift"
 ARMS = ("idea", "erm")
+ROLES = Arms(ARMS, base="erm", controls={"idea": "erm"})  # as the driver tags a scratch study's arms
 SEEDS = (1, 2)
 WINDOWS = ("w1", "w2", "w3")
 METRICS = ("hr", "ndcg", "mrr")
@@ -101,8 +107,9 @@ def search_value(ndcg10: float, metric: str, k: int) -> float:
     return round(ndcg10 * BASE[metric] / BASE["ndcg"] * K_FACTOR[k], 6)
 
 
-def _names(prefix: str):
-    return [(f"{prefix}{m}_at_{k}", m, k) for m in METRICS for k in KS]
+def _names(key=lambda name: name):
+    """(MLflow key, metric, k) of every metric@k, the key made by `key` from the metric's name."""
+    return [(key(metric_name(m, k)), m, k) for m in METRICS for k in KS]
 
 
 def make_fake_store(path: str | Path) -> str:
@@ -137,13 +144,13 @@ def make_fake_store(path: str | Path) -> str:
         """valid_* per epoch peaking at epoch 2 (= best) and ending lower, plus train_loss."""
         out = []
         for step, f in ((1, 0.8), (2, 1.0), (3, 0.9)):
-            out += [(n, round(best * f, 6) if m == "ndcg" and k == 10 else 0.0, step) for n, m, k in _names("valid_")]
-            out.append(("train_loss", 10.0 - step, step))
+            out += [(n, round(best * f, 6) if m == "ndcg" and k == 10 else 0.0, step) for n, m, k in _names(valid_key)]
+            out.append((EPOCH_METRICS[0], 10.0 - step, step))
         return out
 
     # ---- the study
     exp = experiment(STUDY)
-    parent = run(exp, STUDY, {**common, "study": STUDY, "stage": "study", "data_sha256": sha})
+    parent = run(exp, STUDY, {**common, Tag.STUDY: STUDY, Tag.STAGE: Stage.STUDY, "data_sha256": sha})
     client.log_text(parent, STUDY_YAML.format(max_users="null"), "study.yaml")
     client.log_text(parent, json.dumps(synthetic_describe()), "describe.json")
     configs = {}
@@ -151,42 +158,42 @@ def make_fake_store(path: str | Path) -> str:
         for trial_id, overrides, best, status, asha in trials:
             cfg = TrainConfig(method=arm, epochs=EPOCHS, pretrain_epochs=1, **overrides).to_dict()
             configs[(arm, trial_id)] = cfg
-            tags = {**common, "study": STUDY, "arm": arm, "method": arm, "seed": 0, "data_sha256": sha,
-                    "stage": "search", "trial_id": trial_id, "mlflow.parentRunId": parent,
-                    "searched": json.dumps(SPACES[arm])}
+            tags = {**common, Tag.STUDY: STUDY, Tag.ARM: arm, Tag.METHOD: arm, Tag.SEED: 0, "data_sha256": sha,
+                    Tag.STAGE: Stage.SEARCH, Tag.TRIAL_ID: trial_id, "mlflow.parentRunId": parent,
+                    Tag.SEARCHED: json.dumps(SPACES[arm]), **ROLES.tags(arm)}
             if asha:
-                tags["asha_stopped"] = "true"
-            metrics = epochs(best) + [(n, search_value(best, m, k), 0) for n, m, k in _names("best_valid_")]
+                tags[Tag.ASHA_STOPPED] = TRUE
+            metrics = epochs(best) + [(n, search_value(best, m, k), 0)
+                                      for n, m, k in _names(lambda name: best_state_key(VALID, name))]
             metrics.append(("best_epoch", 2, 0))
             run(exp, f"{arm}-trial-{trial_id}", tags, cfg, metrics, status)
     for arm in ARMS:
         for seed in SEEDS:
             cfg = {**configs[(arm, BEST_TRIAL[arm])], "seed": seed}
-            tags = {**common, "study": STUDY, "arm": arm, "method": arm, "seed": seed, "data_sha256": sha,
-                    "stage": "final", "mlflow.parentRunId": parent}
-            metrics = epochs(final_value(arm, seed, "valid", "all", "ndcg", 10)) + [("best_epoch", 2, 0)]
-            for subset, infix in (("all", ""), ("warm", "warm_")):
-                metrics += [(n, final_value(arm, seed, "valid", subset, m, k), 0)
-                            for n, m, k in _names(f"best_valid_{infix}")]
-                for w in WINDOWS:
-                    metrics += [(n, final_value(arm, seed, w, subset, m, k), 0) for n, m, k in _names(f"test_{w}_{infix}")]
+            tags = {**common, Tag.STUDY: STUDY, Tag.ARM: arm, Tag.METHOD: arm, Tag.SEED: seed, "data_sha256": sha,
+                    Tag.STAGE: Stage.FINAL, "mlflow.parentRunId": parent, **ROLES.tags(arm)}
+            metrics = epochs(final_value(arm, seed, VALID, "all", "ndcg", 10)) + [("best_epoch", 2, 0)]
+            for subset in SUBSETS:
+                for part in (VALID, *WINDOWS):
+                    metrics += [(n, final_value(arm, seed, part, subset, m, k), 0)
+                                for n, m, k in _names(lambda name: best_state_key(part, name, subset))]
                 # the same as stepped series: step 0 = validation, step i = window wi
-                for step, part in enumerate(("valid", *WINDOWS)):
+                for step, part in enumerate((VALID, *WINDOWS)):
                     metrics += [(n, final_value(arm, seed, part, subset, m, k), step)
-                                for n, m, k in _names(f"shift_{infix}")]
+                                for n, m, k in _names(lambda name: shift_key(name, subset))]
             run(exp, f"{arm}-seed{seed}", tags, cfg, metrics)
 
     # ---- a second study in the same store, with absurd values and a data_sha256 that matches nothing
     exp = experiment(OTHER)
-    parent = run(exp, OTHER, {**common, "study": OTHER, "stage": "study", "data_sha256": "deadbeef"})
+    parent = run(exp, OTHER, {**common, Tag.STUDY: OTHER, Tag.STAGE: Stage.STUDY, "data_sha256": "deadbeef"})
     cfg = TrainConfig(method="idea").to_dict()
-    run(exp, "idea-seed1", {**common, "study": OTHER, "arm": "idea", "method": "idea", "seed": 1, "stage": "final",
-                            "data_sha256": "deadbeef", "mlflow.parentRunId": parent}, cfg,
-        [(n, 0.999, 0) for n, _, _ in _names("test_w1_")])
+    run(exp, "idea-seed1", {**common, Tag.STUDY: OTHER, Tag.ARM: "idea", Tag.METHOD: "idea", Tag.SEED: 1,
+                            Tag.STAGE: Stage.FINAL, "data_sha256": "deadbeef", "mlflow.parentRunId": parent}, cfg,
+        [(n, 0.999, 0) for n, _, _ in _names(lambda name: best_state_key("w1", name))])
 
     # ---- a study whose parent carries describe.json (what `python -m idea.data describe --json` prints)
     exp = experiment(LOGGED)
-    parent = run(exp, LOGGED, {**common, "study": LOGGED, "stage": "study", "data_sha256": "feedface"})
+    parent = run(exp, LOGGED, {**common, Tag.STUDY: LOGGED, Tag.STAGE: Stage.STUDY, "data_sha256": "feedface"})
     parts = [{"name": "train", "events": 100, "users": 10, "cold_share": 0.0, "popularity_js_vs_train": 0.0}]
     parts += [{"name": p, "events": 10, "users": 5, "cold_share": c, "popularity_js_vs_train": js}
               for p, (c, js) in LOGGED_SHIFT.items()]

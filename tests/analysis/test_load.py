@@ -126,7 +126,7 @@ def test_load_study_feeds_the_summaries(results):
     pw = S.per_window(results)
     w3 = pw.loc[pw["part"] == "w3"].set_index("arm")["mean"]
     assert w3["idea"] == pytest.approx(0.085) and w3["erm"] == pytest.approx(0.070)  # 0.1*(1-0.15), 0.1*(1-0.3)
-    gain = S.idea_vs_erm(results).set_index("part")["rel_gain"]
+    gain = S.paired(results, pairs=[("idea", "erm")]).set_index("part")["rel_gain"]
     assert gain["w3"] == pytest.approx(0.015 / 0.07)
     sens = S.sensitivity(results, {"idea": {"K": F.SPACES["idea"]["K"]}})
     k2 = sens.loc[(sens["arm"] == "idea") & (sens["value_or_bin"] == 2)].iloc[0]
@@ -219,10 +219,22 @@ def test_load_shift_without_describe_json_gives_reason(store):
 
 def test_analysis_imports_neither_ray_nor_idea_nor_torch(store, tmp_path):
     """analysis reads MLflow only: importing it and writing a whole report (shift diagnostics included)
-    loads neither Ray nor the idea library (bar its standard-library argument parser) nor torch."""
+    loads neither Ray nor the idea library (bar its standard-library argument parser and naming contract)
+    nor torch."""
     code = ("import sys; import analysis.load, analysis.plots, analysis.report, analysis.mlflow_ui; "
             f"analysis.report.write_report({store!r}, {F.STUDY!r}, {str(tmp_path / 'report')!r}); "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'idea') and m not in ('idea', 'idea.argparsing')]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'idea') and m not in ('idea', 'idea.argparsing', 'idea.contract')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert "## " in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_load_arms_reads_the_roles_the_runs_carry(store):
+    """A study's arms come from its runs' tags (the fake store tags idea's control erm, erm the base arm); a
+    store whose runs predate those tags is read by the legacy rule rather than refused."""
+    from idea.contract import Arms
+
+    assert L.load_arms(store, F.STUDY) == F.ROLES
+    assert L.load_arms(store, F.OTHER) == Arms.legacy(["idea"])
+    ids = [name for name, _ in L.final_run_ids(store, F.STUDY)[1]]
+    assert ids == ["idea-seed1", "idea-seed2", "erm-seed1", "erm-seed2"]  # display order from the tags

@@ -85,17 +85,13 @@ def test_printed_commands_survive_a_path_with_a_space(store, tmp_path):
     assert rebuild[-2:] == ["--ui-url", "http://127.0.0.1:5001"] and "--metric" in rebuild and "hr" in rebuild
 
 
-def test_idea_vs_erm_section_does_not_repeat_the_paired_section(report):
-    """Section 5 (IDEA vs ERM) shows the unpaired comparison; the paired test is only in section 6."""
+def test_the_paired_section_pairs_the_arms_the_store_names(report):
+    """One comparison table, paired by seed, with the pairs the runs' tags give (idea against erm here)."""
     out, _ = report
     md = (out / "summary.md").read_text()
-    header = lambda title: [c.strip() for c in next(ln for ln in section(md, title).splitlines()
-                                                    if ln.startswith("|")).strip("|").split("|")]
-    unpaired, paired = header("IDEA vs ERM"), header("Paired by seed")
-    assert unpaired == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm", "p_welch"]
-    assert {"n_pairs", "mean_diff", "t_paired", "p_paired"} <= set(paired)
-    assert len(table_rows(section(md, "IDEA vs ERM"))) == 4  # valid, w1..w3
-    assert "p_paired" in pd.read_csv(out / "idea_vs_erm.csv").columns  # the CSV keeps both tests
+    assert "IDEA vs ERM" not in md and not (out / "idea_vs_erm.csv").exists()
+    rows = table_rows(section(md, "Paired by seed"))
+    assert {(r[1], r[2]) for r in rows} == {("idea", "erm")} and len(rows) == 4  # valid, w1..w3
 
 
 def test_numbers_share_one_precision_per_column(report):
@@ -109,14 +105,13 @@ def test_numbers_share_one_precision_per_column(report):
     assert [r[3] for r in rows if r[2] == "w3"] == ["0.0700", "0.0850"]  # erm, idea: 0.1 is the column's largest
     paired = table_rows(section(md, "Paired by seed"))
     assert {r[6] for r in paired if r[3] == "w3"} == {"+21.4%"} and all(len(r[12]) == 5 for r in paired)
-    assert "IDEA scores 0.08500 vs ERM 0.07000 (+21.4%, paired p = 0.042)" in md
+    assert "idea scores 0.08500 vs erm 0.07000 (+21.4%, paired p = 0.042; difference +0.01500" in md
 
 
 def test_every_table_is_a_csv(report):
     """A CSV per table; per_window_all.csv carries the exact numbers."""
     out, _ = report
-    for name in ("results", "per_window_all", "per_window_warm", "degradation", "worst_window", "idea_vs_erm",
-                 "warm_gap", "shift", "drop_vs_shift", "gain_vs_shift", "sensitivity", "param_importances"):
+    for name in ("results", "per_window_all", "per_window_warm", "degradation", "worst_window", "paired", "warm_gap", "shift", "drop_vs_shift", "gain_vs_shift", "sensitivity", "param_importances"):
         assert (out / f"{name}.csv").is_file(), name
     pw = pd.read_csv(out / "per_window_all.csv").set_index(["arm", "part"])
     assert pw.loc[("idea", "w2"), "mean"] == pytest.approx(0.09)
@@ -149,7 +144,7 @@ def test_report_notes_instead_of_crashing(store, tmp_path):
     md = write_report(store, F.OTHER, tmp_path / "other").read_text()
     notes = md.split("## Notes\n", 1)[1].split("\n## ", 1)[0]
     assert "Only one seed for idea" in notes
-    assert "No final runs for arm(s) erm" in notes
+    assert "the paired comparisons are skipped" in notes
     assert "No search trials" in notes
     assert "Shift diagnostics unavailable" in notes and "no describe.json" in notes
     assert "No warm-target metrics" in notes
@@ -175,16 +170,18 @@ def test_cli_unknown_study_exits_2_with_the_experiments(store, tmp_path):
 
 
 def test_notes_on_a_hand_built_frame():
-    """notes() flags a single seed, a missing arm, missing warm metrics, no trials, and shift diagnostics
-    whose windows are not the study's."""
+    """notes() flags a single seed, a missing arm (one the study pairs, from `load_arms`), missing warm
+    metrics, no trials, and shift diagnostics whose windows are not the study's."""
     from analysis.report import build_tables, notes
+    from idea.contract import Arms
 
     rows = [dict(study="s", arm="idea", stage="final", trial=float("nan"), seed=1, part=p, subset="all",
                  metric="ndcg", k=10, value=v, run_id="r1") for p, v in (("valid", 0.2), ("w1", 0.1), ("w2", 0.05))]
     results = pd.DataFrame(rows)
     shift = pd.DataFrame({"study": "s", "part": ["valid", "w1"], "cold_share": 0.0, "popularity_js_vs_train": [0.1, 0.2]})
     shift.attrs["source"] = "test"
-    text = "\n".join(notes(results, build_tables(results, shift, {}), shift))
+    arms = Arms(("idea", "erm"), "erm", {"idea": "erm"})
+    text = "\n".join(notes(results, build_tables(results, shift, {}, arms=arms), shift, arms))
     assert "Only one seed for idea" in text
     assert "No final runs for arm(s) erm" in text
     assert "No warm-target metrics" in text

@@ -9,6 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from analysis import summaries as S
+from idea.contract import Arms
 
 NAN = float("nan")
 
@@ -182,7 +183,7 @@ def test_worst_window_per_arm():
     assert erm["min_of_mean_part"] == "w10"
 
 
-# ---------------------------------------------------------------- idea_vs_erm
+# ---------------------------------------------------------------- paired
 
 
 def _gain_rows():
@@ -219,12 +220,13 @@ def test_paired_by_seed_with_interval_for_every_pair_present():
 
 
 def test_every_arm_is_paired_with_erm():
-    """Arms are data: any arm (DROS, ablations) is compared with ERM; IDEA with erm_ft first."""
+    """Without the study's pairs (a hand-built frame, an old store): any arm (DROS, ablations) is compared
+    with ERM, IDEA with erm_ft first, as before arms carried their roles."""
     arms = ("erm", "idea_nomix", "dros", "idea", "erm_ft")
-    assert S.arm_order(arms) == ["idea", "erm_ft", "dros", "erm", "idea_nomix"]
-    assert S.pairs_of(arms) == [("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"), ("dros", "erm"),
-                                ("idea_nomix", "erm")]
-    assert S.pairs_of(("dros", "idea")) == []  # no control present
+    assert Arms.legacy(arms).order == ("idea", "erm_ft", "dros", "erm", "idea_nomix")
+    assert Arms.legacy(arms).pairs() == [("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"), ("dros", "erm"),
+                                         ("idea_nomix", "erm")]
+    assert Arms.legacy(("dros", "idea")).pairs() == []  # no control present
     rows = [row(arm, "w1", s, 0.1 + 0.01 * i + 0.001 * s) for i, arm in enumerate(("erm", "dros", "idea_nomix"))
             for s in (1, 2)]
     out = S.paired(frame(rows))
@@ -232,41 +234,33 @@ def test_every_arm_is_paired_with_erm():
     assert out["mean_diff"].tolist() == pytest.approx([0.01, 0.02])
 
 
-def test_idea_vs_erm_paired_and_welch():
-    out = S.idea_vs_erm(frame(_gain_rows()))
-    assert list(out.columns) == ["study", "part", "idea_mean", "erm_mean", "rel_gain", "n_idea", "n_erm",
-                                 "n_pairs", "mean_diff", "t_paired", "p_paired", "p_welch"]
+def test_paired_follows_the_given_pairs_seed_by_seed():
+    """The study's own pairs (`load_arms(...).pairs()`) decide what is compared, whatever the arms' names."""
+    out = S.paired(frame(_gain_rows()), pairs=[("idea", "erm")])
     assert out["part"].tolist() == ["valid", "w1", "w2", "w3"]
     w1 = out.iloc[1]
-    assert (w1["idea_mean"], w1["erm_mean"]) == pytest.approx((0.4, 0.3))
+    assert (w1["arm_mean"], w1["control_mean"]) == pytest.approx((0.4, 0.3))
     assert w1["rel_gain"] == pytest.approx(1 / 3)  # (0.4-0.3)/0.3
-    assert (w1["n_idea"], w1["n_erm"], w1["n_pairs"]) == (3, 3, 3)
+    assert w1["n_pairs"] == 3
     # diffs 0.1, 0.2, 0.0: mean 0.1, sd 0.1 -> t = 0.1/(0.1/sqrt 3) = sqrt 3;
     # df 2: F(t) = 1/2 + t/(2 sqrt(2+t^2)) = 1/2 + sqrt3/(2 sqrt5) -> p = 1 - sqrt(3/5) = 0.225403330758517
     assert w1["mean_diff"] == pytest.approx(0.1)
     assert w1["t_paired"] == pytest.approx(math.sqrt(3))
     assert w1["p_paired"] == pytest.approx(1 - math.sqrt(3 / 5))
-    # Welch: both vars 0.01, n 3 -> t = 0.1/sqrt(0.02/3) = sqrt(1.5), df = 4;
-    # df 4: F = 1/2 + (3/4) u (1 - u^2/3), u = t/sqrt(t^2+4) = sqrt(3/11) -> p = 1 - (3/2)(10/11) sqrt(3/11)
-    assert w1["p_welch"] == pytest.approx(1 - 1.5 * (10 / 11) * math.sqrt(3 / 11))
     w2 = out.iloc[2]
-    # idea seeds {0,1}, erm seeds {0,2}: one pair (seed 0) -> no paired test
-    assert (w2["idea_mean"], w2["erm_mean"], w2["rel_gain"]) == pytest.approx((0.3, 0.2, 0.5))
-    assert (w2["n_idea"], w2["n_erm"], w2["n_pairs"]) == (2, 2, 1)
-    assert w2["mean_diff"] == pytest.approx(0.1)  # seed 0: 0.2 - 0.1
+    # idea seeds {0,1}, erm seeds {0,2}: one pair (seed 0) -> no paired test, means over that seed only
+    assert (w2["arm_mean"], w2["control_mean"], w2["rel_gain"]) == pytest.approx((0.2, 0.1, 1.0))
+    assert w2["n_pairs"] == 1 and w2["mean_diff"] == pytest.approx(0.1)  # seed 0: 0.2 - 0.1
     assert math.isnan(w2["t_paired"]) and math.isnan(w2["p_paired"])
-    # Welch: vars 0.02 each, n 2 -> t = 0.1/sqrt(0.02) = 1/sqrt2, df 2 -> p = 1 - 1/sqrt5 = 0.5527864
-    assert w2["p_welch"] == pytest.approx(1 - 1 / math.sqrt(5))
-    w3 = out.iloc[3]
-    # no common seeds; Welch with unequal variances: idea var 0.02 (n 2), erm var 0 (n 3)
-    # t = (0.3-0.1)/sqrt(0.02/2) = 2, df = 0.01^2/(0.01^2/1) = 1 (Cauchy) -> p = 1 - (2/pi) atan 2 = 0.2951672
-    # (pooled Student t would give t = 2.683, df 3, p = 0.0748: a different number)
-    assert (w3["n_pairs"], w3["rel_gain"]) == (0, pytest.approx(2.0))
-    assert math.isnan(w3["mean_diff"]) and math.isnan(w3["p_paired"])
-    assert w3["p_welch"] == pytest.approx(1 - 2 / math.pi * math.atan(2))
+    w3 = out.iloc[3]  # no common seeds
+    assert w3["n_pairs"] == 0 and math.isnan(w3["mean_diff"]) and math.isnan(w3["p_paired"])
     v = out.iloc[0]
     assert v["rel_gain"] == pytest.approx(0.5)  # (0.6-0.4)/0.4
-    assert math.isnan(v["p_paired"]) and math.isnan(v["p_welch"])
+    assert math.isnan(v["p_paired"])
+    renamed = frame([{**r, "arm": {"idea": "a", "erm": "b"}[r["arm"]]} for r in _gain_rows()])
+    assert S.paired(renamed, pairs=[("a", "b")])["mean_diff"].tolist() == pytest.approx(out["mean_diff"].tolist(),
+                                                                                       nan_ok=True)
+    assert S.paired(renamed).empty  # names the legacy rule does not know: no pairs unless given
 
 
 # ---------------------------------------------------------------- warm_gap
@@ -387,7 +381,7 @@ def test_param_importances_empty_cases():
 
 
 def test_shift_vs_gain_merges_windows_in_order():
-    gains = S.idea_vs_erm(frame(_gain_rows() + [row("idea", "w10", 0, 0.2), row("erm", "w10", 0, 0.1)]))
+    gains = S.paired(frame(_gain_rows() + [row("idea", "w10", 0, 0.2), row("erm", "w10", 0, 0.1)]))
     shift = pd.DataFrame({"part": ["w10", "valid", "w1", "w2", "w7"], "cold_share": [0.3, 0.0, 0.1, 0.2, 0.9],
                           "popularity_js_vs_train": [0.03, 0.0, 0.01, 0.02, 0.09]})
     out = S.shift_vs_gain(gains, shift)
@@ -396,7 +390,7 @@ def test_shift_vs_gain_merges_windows_in_order():
     assert out["window"].tolist() == [1, 2, 10]
     assert out["cold_share"].tolist() == pytest.approx([0.1, 0.2, 0.3])
     assert out["popularity_js_vs_train"].tolist() == pytest.approx([0.01, 0.02, 0.03])
-    assert out["rel_gain"].tolist() == pytest.approx([1 / 3, 0.5, 1.0])
+    assert out["rel_gain"].tolist() == pytest.approx([1 / 3, 1.0, 1.0])  # w2: seed 0 alone is paired
     with pytest.raises(ValueError, match="cold_share"):
         S.shift_vs_gain(gains, shift.drop(columns="cold_share"))
 

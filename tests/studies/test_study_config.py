@@ -3,6 +3,7 @@ message naming the file and key, before Ray starts."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 
 import numpy as np
@@ -138,7 +139,7 @@ arms:
 def test_warm_started_arms_fine_tune_after_erm(tmp_path):
     study = load_study(write(tmp_path, WARM))
     assert study.idea_init == "erm" and study.arm_order() == ["erm", "idea", "erm_ft"]
-    assert [study.warm(a) for a in ("erm", "idea", "erm_ft")] == [False, True, True]
+    assert [study.finetunes(a) for a in ("erm", "idea", "erm_ft")] == [False, True, True]
     assert study.fixed("idea") == {"backbone": "gru4rec", "method": "idea", "epochs": 3, "patience": 2, "seed": 0,
                                    "batch_size": 64, "pretrain_epochs": 0}
     assert study.fixed("erm_ft")["method"] == "erm" and study.epochs_of("erm_ft") == 3
@@ -205,6 +206,38 @@ def test_arms_are_data(tmp_path):
     assert set(cfg.used()) >= {"K", "N", "penalty", "mixup", "lr"} and "dros_alpha" not in cfg.used()
     erm = study.train_config("erm", {"lr": 1e-3}).used()
     assert not {"K", "N", "T", "beta", "tau", "penalty", "dros_alpha", "pretrain_epochs"} & set(erm) and "lr" in erm
+
+
+def test_base_arm_and_controls_are_data(tmp_path):
+    """Defaults reproduce the shipped studies (base erm; idea against erm_ft, the rest against erm); a file may
+    name another base arm (it starts the others and runs first) and any arm's control."""
+    study = load_study(write(tmp_path, WARM))
+    assert (study.base(), study.control_of("idea"), study.control_of("erm_ft"), study.control_of("erm")) == \
+        ("erm", "erm_ft", "erm", None)
+    assert study.roles().order == ("idea", "erm_ft", "erm") and study.roles().pairs()[0] == ("idea", "erm_ft")
+    renamed = WARM.replace("  erm:\n", "  plain:\n    method: erm\n").replace("epochs: 6", "epochs: 6\nbase_arm: plain")
+    custom = load_study(write(tmp_path, renamed.replace("    train: {epochs: 3}\n", "    train: {epochs: 3}\n    control: idea\n")))
+    assert custom.arm_order() == ["plain", "idea", "erm_ft"] and not custom.finetunes("plain")
+    assert custom.fixed("idea")["pretrain_epochs"] == 0 and custom.control_of("erm_ft") == "idea"
+    assert custom.roles().pairs() == [("idea", "erm_ft"), ("erm_ft", "idea"), ("idea", "plain"), ("erm_ft", "plain")]
+    from studies.config import from_dict
+    assert from_dict(custom.to_dict()) == custom
+    for text, message in ((renamed.replace("base_arm: plain", "base_arm: nobody"), "base_arm: 'nobody' is not an arm"),
+                          (WARM.replace("    train: {epochs: 3}\n", "    train: {epochs: 3}\n    control: erm_ft\n"),
+                           "arms.erm_ft.control: 'erm_ft' must name another arm")):
+        with pytest.raises(StudyConfigError, match=re.escape(message)):
+            load_study(write(tmp_path, text))
+
+
+def test_int_and_float_ranges_are_one_class():
+    from studies.config import Range
+    assert IntRange(2, 5) == Range("int", 2, 5) and FloatRange(0.1, 1.0, log=True) == Range("float", 0.1, 1.0, True)
+    assert IntRange(2, 5).contains(3) and not IntRange(2, 5).contains(3.0) and FloatRange(0.1, 1.0).contains(1)
+    assert IntRange(2, 5).ends() == (2, 5) and FloatRange(1, 2).ends() == (1.0, 2.0)
+    with pytest.raises(ValueError, match="low must be an integer"):
+        IntRange(0.5, 2)
+    with pytest.raises(ValueError, match="type must be int or float"):
+        Range("double", 0.5, 2)
 
 
 def test_extends_merges_a_base_and_refuses_cycles(tmp_path):

@@ -329,9 +329,9 @@ class MlflowTrialLogger(tune.Callback):
             return
         for trial in trials:
             if trial.trial_id in self._running or trial.trial_id not in self._runs:
-                completed = (trial.last_result or {}).get("epoch", 0) > 0
+                completed = (trial.last_result or {}).get(Result.EPOCH, 0) > 0
                 self._end(trial, RunStatus.to_string(RunStatus.FINISHED if completed else RunStatus.KILLED),
-                          {"budget_stopped": "true"})
+                          {Tag.BUDGET_STOPPED: TRUE})
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         self._client.set_tag(self._open(trial), Tag.FAILURES, str(trial.num_failures))

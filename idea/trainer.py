@@ -28,6 +28,7 @@ from idea.metrics import metrics_frame, rank_events, summary
 from idea.precision import exact_float32, forward_precision, resolve_precision, set_tensor_cores
 from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
 from idea.models import build_backbone
+from idea.models.base import real_positions
 from idea.splits import Events, Split
 
 
@@ -116,7 +117,7 @@ def inject_noise(history: torch.Tensor, lengths: torch.Tensor, ratio: float, n_i
     """Replace round(ratio * length) real positions per row (stochastic rounding, so the expected
     share is exactly `ratio`) by random fake ids n_items+1..n_items+n_fake. Vectorised."""
     B, L = history.shape
-    real = torch.arange(L, device=history.device) >= (L - lengths).unsqueeze(1)  # [B, L]
+    real = real_positions(lengths, L)  # [B, L]
     count = torch.floor(ratio * lengths + torch.rand(B, device=history.device)).long()  # [B]
     key = torch.rand(B, L, device=history.device).masked_fill(~real, 2.0)  # padding sorts last
     order = key.argsort(dim=1).argsort(dim=1)  # [B, L] rank of each position within its row

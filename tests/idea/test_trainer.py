@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from idea.baselines import most_popular
 import idea.trainer as trainer_module
 from idea.config import TrainConfig
 from idea.data.synthetic import SyntheticConfig, generate
@@ -15,6 +14,7 @@ from idea.environments import make_environments
 from idea.metrics import summary
 from idea.splits import SplitConfig, make_split
 from idea.trainer import NonFiniteLossError, Trainer, inject_noise
+from tests.idea.helpers import most_popular
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 On Beauty temporal training batches and an ERM-trained GRU4Rec (from penalty_scale.py's --model;
 dropout 0 so that both precisions see the same draws), for each β: the extractors' gradient of
--var(R) as the trainer takes it (`Trainer.idea_gradients`, sharing the recommender's backward pass,
+-var(R) as the trainer takes it (`IDEA.idea_gradients` in idea/methods.py, sharing the recommender's backward pass,
 or a separate pass where some |a_n| < 0.1/N) and as plain float32 autograd takes it, each as the
 relative error ||g - g64|| / ||g64|| against float64 autograd on the same draws.
 
@@ -31,8 +31,8 @@ def rel_error(got, ref) -> float:
 
 def minus_var_grad(trainer: Trainer, batch, seed: int):
     torch.manual_seed(seed)
-    risks = trainer.idea_forward(*batch)[0]
-    return torch.autograd.grad(-vrex(risks)[1], list(trainer.extractors.parameters())), risks.detach()
+    risks = trainer.objective.idea_forward(trainer, *batch)[0]
+    return torch.autograd.grad(-vrex(risks)[1], list(trainer.objective.extractors.parameters())), risks.detach()
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         t32.model.load_state_dict(state)
         t64 = copy.deepcopy(t32)
         t64.model.double()
-        t64.extractors.double()
+        t64.objective.extractors.double()
         t32.model.train()
         t64.model.train()
         ours, plain, fallbacks = [], [], 0
@@ -62,7 +62,7 @@ def main() -> None:
             batch = t32.batch(idx)
             ref, risks = minus_var_grad(t64, batch, seed=i)
             torch.manual_seed(i)
-            _, got, _ = t32.idea_gradients(*batch, recommend=True, explore=True)
+            _, got, _ = t32.objective.idea_gradients(t32, *batch, recommend=True, explore=True)
             a = 1.0 / cfg.N + 2.0 * beta * (risks - risks.mean()) / cfg.N
             fallbacks += int((a.abs() < 0.1 / cfg.N).any())
             ours.append(rel_error(got, ref))

@@ -47,7 +47,7 @@ def risk_moments(trainer: Trainer, batch: int, draws: int, seed: int) -> tuple[f
     with torch.no_grad():
         for _ in range(draws):
             idx = torch.randperm(len(trainer.train_target), generator=g)[:batch]
-            risks = trainer.idea_forward(*trainer.batch(idx))[0]
+            risks = trainer.objective.idea_forward(trainer, *trainer.batch(idx))[0]
             mean, var = vrex(risks)
             variances.append(float(var))
             means.append(float(mean))
@@ -68,13 +68,13 @@ def epoch_scales(trainer: Trainer) -> dict[str, np.ndarray]:
     for idx in trainer.permutation(1).split(trainer.config.batch_size):
         batch = trainer.batch(idx)
         state = torch.get_rng_state()
-        mean, var = vrex(trainer.idea_forward(*batch)[0])
+        mean, var = vrex(trainer.objective.idea_forward(trainer, *batch)[0])
         rows["mean"].append(float(mean.detach()))
         rows["var"].append(float(var.detach()))
         rows["grad_mean"].append(grad_norm(mean, params))
         rows["grad_var"].append(grad_norm(var, params))
         torch.set_rng_state(state)  # the training step sees the draws just measured
-        trainer.step += 1
+        trainer.objective.steps += 1
         trainer.train_step("idea", *batch)
     return {k: np.asarray(v) for k, v in rows.items()}
 
@@ -102,7 +102,8 @@ def main() -> None:
         trainer.model.load_state_dict(state)
         if args.keep_logits:
             with torch.no_grad():
-                trainer.extractors.b2.copy_(torch.tensor(args.keep_logits).unsqueeze(1).expand_as(trainer.extractors.b2))
+                b2 = trainer.objective.extractors.b2  # [K, L] output biases
+                b2.copy_(torch.tensor(args.keep_logits).unsqueeze(1).expand_as(b2))
         start = time.perf_counter()
         var, sem, mean = risk_moments(trainer, batch, args.draws, seed=batch)
         print(f"B={batch:>5}: E[var(R)] = {var:.3e} ± {sem:.1e} (s.e.), E[mean(R)] = {mean:.4f} "

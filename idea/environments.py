@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idea.models.base import real_positions
+
 _U_EPS = 1e-6  # keeps log u and log(1 - u) finite
 
 
@@ -74,8 +76,7 @@ class SubsequenceExtractors(nn.Module):
         # Drawn in float32 whatever the compute dtype, so a float64 check sees the same draws.
         u = torch.rand(omega.shape, device=omega.device).clamp(_U_EPS, 1.0 - _U_EPS).to(omega.dtype)  # [K, B, L]
         p = torch.sigmoid((omega + torch.log(u) - torch.log1p(-u)) / tau)  # [K, B, L]
-        L = x.shape[1]
-        real = torch.arange(L, device=x.device) >= (L - lengths).unsqueeze(1)  # [B, L]
+        real = real_positions(lengths, x.shape[1])  # [B, L]
         return torch.where(real, p, torch.zeros_like(p))  # [K, B, L]
 
 

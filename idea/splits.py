@@ -77,12 +77,6 @@ class Events:
     def __len__(self) -> int:
         return len(self.target)
 
-    def take(self, idx: np.ndarray) -> "Events":
-        return Events(
-            self.history[idx], self.lengths[idx], self.target[idx], self.user[idx], self.row[idx],
-            None if self.time is None else self.time[idx], self.warm[idx],
-        )
-
 
 @dataclass(frozen=True, eq=False)
 class Split:

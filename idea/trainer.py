@@ -1,4 +1,4 @@
-"""The training loop: ERM or IDEA on a split, early stopping on validation NDCG@10,
+"""The training loop: any method of idea/methods.py on a split, early stopping on validation NDCG@10,
 resumable checkpoints, and evaluation of the best state on every part.
 
 The trainer knows nothing of Ray or MLflow: callers observe it through the
@@ -20,14 +20,13 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from idea.config import RUNTIME_FIELDS, SELECT_METRIC, TrainConfig
-from idea.environments import SubsequenceExtractors, make_environments, vrex
+from idea.methods import METHOD_OBJECTS
 from idea.metrics import metrics_frame, rank_events, summary
-from idea.precision import exact_float32, forward_precision, resolve_precision, set_tensor_cores
-from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
+from idea.precision import exact_float32, resolve_precision, set_tensor_cores
 from idea.models import build_backbone
+from idea.models.base import real_positions
 from idea.splits import Events, Split
 
 
@@ -116,7 +115,7 @@ def inject_noise(history: torch.Tensor, lengths: torch.Tensor, ratio: float, n_i
     """Replace round(ratio * length) real positions per row (stochastic rounding, so the expected
     share is exactly `ratio`) by random fake ids n_items+1..n_items+n_fake. Vectorised."""
     B, L = history.shape
-    real = torch.arange(L, device=history.device) >= (L - lengths).unsqueeze(1)  # [B, L]
+    real = real_positions(lengths, L)  # [B, L]
     count = torch.floor(ratio * lengths + torch.rand(B, device=history.device)).long()  # [B]
     key = torch.rand(B, L, device=history.device).masked_fill(~real, 2.0)  # padding sorts last
     order = key.argsort(dim=1).argsort(dim=1)  # [B, L] rank of each position within its row
@@ -128,13 +127,13 @@ def inject_noise(history: torch.Tensor, lengths: torch.Tensor, ratio: float, n_i
 @dataclass
 class EpochRecord:
     epoch: int  # 1-based
-    phase: str  # erm | pretrain | idea
+    phase: str  # the method's (idea/methods.py): erm | dros | pretrain | idea
     train_loss: float
     valid: dict[str, float]  # summary of validation metrics (all targets)
     seconds: float  # training and validation
     train_seconds: float  # training steps only (RecBole's "train time")
     best_epoch: int  # 0 while no epoch could be selected yet (IDEA's pretraining)
-    best_phase: str | None  # phase of best_epoch: erm, or idea (an IDEA run never selects a pretraining epoch)
+    best_phase: str | None  # phase of best_epoch: erm, dros, or idea (an IDEA run never selects a pretraining epoch)
     extra: dict[str, float] = field(default_factory=dict)  # IDEA: mean risk, risk variance
 
     def flat(self) -> dict[str, float | str | None]:
@@ -144,7 +143,8 @@ class EpochRecord:
 
 
 class Trainer:
-    """ERM or IDEA on one split. `fit` runs the epoch loop; `evaluate` scores the best state."""
+    """One method (`objective`, idea/methods.py) on one split. `fit` runs the epoch loop; `evaluate`
+    scores the best state."""
 
     def __init__(self, config: TrainConfig, split: Split):
         self.config = config
@@ -168,14 +168,9 @@ class Trainer:
             self.model.load_state_dict(start["best_state"])
             self.init_digest = state_digest(self.model.state_dict())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.extractors = None
-        if config.method == "idea":
-            self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden,
-                                                    config.extractor_keep_logit).to(self.device)
-            self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
+        # The method's own parts (IDEA's extractors draw their initial weights here, after the backbone's, as always)
+        self.objective = METHOD_OBJECTS[config.method](config, split, self.device)
         tr = split.train
-        if config.method == "dros":
-            self.propensity = dros_propensity(tr.target, split.n_items).to(self.device)  # [n]
         if len(tr) == 0:
             raise ValueError(f"split of {split.dataset!r} has no training events; check the cuts")
         # Copies: the split's arrays may be read-only views of Ray's shared memory.
@@ -183,7 +178,6 @@ class Trainer:
         self.train_lengths = torch.tensor(tr.lengths, device=self.device)  # [E]
         self.train_target = torch.tensor(tr.target, device=self.device)  # [E]
         self.epoch = 0
-        self.step = 0
         self.best_value = -math.inf
         self.best_epoch = 0
         self.best_state = copy.deepcopy(self.model.state_dict())
@@ -193,40 +187,12 @@ class Trainer:
 
     # ----- one step -------------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
-        if self.config.method != "idea":
-            return self.config.method  # erm | dros: one phase, a plain step on the method's loss
-        return "pretrain" if epoch <= self.config.pretrain_epochs else "idea"
+        return self.objective.phase(epoch)
 
     def item_table(self, model: torch.nn.Module | None = None) -> torch.Tensor:
         """[n_items + 1, d] embeddings of the real items of `model` (default: the trained one);
         evaluation never ranks fake noise ids (training does only with softmax_over "all")."""
         return (model or self.model).item_emb.weight[: self.n_items + 1]
-
-    def per_example_loss(self, user: torch.Tensor, target: torch.Tensor,
-                         scale_grad: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Loss [M] per row: full-softmax CE over items 1..n (softmax_over "all": over every row of the
-        table, padding and fake rows too, as the official code), or BCE with one sampled negative, plus
-        DROS's dros_alpha * L_DRO (over items 1..n) for method dros. With `scale_grad`, also each row's
-        derivative [M] with respect to a scale w = 1 on its logits (IRMv1's dummy classifier)."""
-        c = self.config
-        table = self.item_table()
-        first = 0 if c.softmax_over == "all" else 1  # item id scored by logit column 0
-        # "all": the padding row is scored (logit 0) but kept out of training, so it stays the zero vector
-        scored = torch.cat([table[:1].detach(), self.model.item_emb.weight[1:]]) if first == 0 else table[1:]  # [R, d]
-        logits = user @ scored.T if c.loss == "ce" or c.method == "dros" else None  # [M, R]
-        if c.loss == "ce":
-            loss = F.cross_entropy(logits, target - first, reduction="none")  # [M]
-            grad = ce_scale_gradient(logits, target + 1 - first) if scale_grad else None  # 1-based column
-        else:
-            negative = torch.randint(1, self.n_items + 1, target.shape, device=target.device)  # [M]
-            pos = (user * table[target]).sum(-1)  # [M]
-            neg = (user * table[negative]).sum(-1)  # [M]
-            loss = bce_loss(pos, neg)  # [M]
-            grad = bce_scale_gradient(pos, neg) if scale_grad else None
-        if c.method == "dros" and c.dros_alpha > 0:
-            items = logits[:, 1 - first: self.n_items + 1 - first]  # [M, n]
-            loss = loss + c.dros_alpha * dros_loss(items, target, self.propensity, c.dros_beta)
-        return (loss, grad) if scale_grad else loss
 
     def batch(self, idx: torch.Tensor, width: int | None = None, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training rows `idx` ordered by length (a batch is a set; the order lets the backbone
@@ -240,102 +206,11 @@ class Trainer:
             history = inject_noise(history, lengths, self.config.noise_ratio, self.n_items, self.n_fake)
         return history, lengths, self.train_target[idx]
 
-    def erm_step(self, history, lengths, target) -> dict[str, torch.Tensor]:
-        with forward_precision(self.precision, self.device):
-            loss = self.per_example_loss(self.model(history, lengths), target).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.detach()}
-
     def train_step(self, phase: str, history, lengths, target) -> dict[str, torch.Tensor]:
-        """One optimisation step of `phase` (erm | pretrain | idea) on one batch; IDEA steps count
-        `self.step`, and every T-th of them also moves the extractors (unless explore is off)."""
+        """One optimisation step of the method's `phase` on one batch (the method's `step`)."""
         if self.device.type == "cuda":
             set_tensor_cores(self.precision)  # per step: process-wide switches, which evaluation turns off
-        if phase != "idea":
-            return self.erm_step(history, lengths, target)
-        self.step += 1
-        return self.idea_step(history, lengths, target, explore=self.config.explore and self.step % self.config.T == 0)
-
-    def idea_forward(self, history, lengths, target) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Risks [E] of the environments built from one batch (one forward pass for all of them), their
-        IRMv1 scale gradients [E] (None under V-REx) and the environment batch env_x [E*B, L, d]."""
-        c = self.config
-        x = self.model.embed(history)  # [B, L, d]
-        # Detached by default: the extractors read x but the recommender's loss never trains the item table
-        # through the masks; extractor_input_grad lets it (official). Extractor steps move extractors only.
-        masks = self.extractors(x if c.extractor_input_grad else x.detach(), lengths, c.tau)  # [K, B, L]
-        views = masks.unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
-        env_x, env_len, env_tgt = make_environments(
-            views, lengths, target, N=c.N, pairing=c.pairing, mixup=c.mixup, alpha=c.alpha,
-            lambda_low=c.lambda_low, lambda_high=c.lambda_high, pair_draw=c.pair_draw, lambda_fold=c.lambda_fold,
-        )  # [E*B, L, d], [E*B], [E*B]
-        user = self.model.encode(env_x, env_len)  # [E*B, d]
-        if c.penalty == "irmv1":
-            loss, grad = self.per_example_loss(user, env_tgt, scale_grad=True)  # [E*B], [E*B]
-            return loss.view(-1, len(target)).mean(1), grad.view(-1, len(target)).mean(1), env_x  # [E], [E]
-        return self.per_example_loss(user, env_tgt).view(-1, len(target)).mean(1), None, env_x  # [E]
-
-    def idea_gradients(self, history, lengths, target, recommend: bool = True,
-                       explore: bool = False) -> tuple[tuple | None, tuple | None, dict[str, torch.Tensor]]:
-        """(recommender grads of mean(R) + β·penalty, extractor grads of -penalty, step statistics)
-        from one forward pass; a part not asked for is None. Descending both gradients makes the
-        recommender minimise the penalised risk and the extractors maximise the penalty: var(R) for
-        V-REx, mean_e (dR_e/dw)^2 for IRMv1.
-
-        Under V-REx the exploration gradient reuses the recommender's backward pass. Row r of env_x
-        belongs to environment n alone, so the recommender's gradient at env_x is, per environment block,
-        a_n · dR_n/d env_x with a = d(mean + β var)/dR; rescaling block n by c_n / a_n, c = d(-var)/dR,
-        gives the extractors' gradient at env_x, and only the cheap path env_x -> masks -> extractors
-        is walked again (with extractor_input_grad the masks also lead on to the item table, but that
-        walk asks for the extractors' parameters only, and the table's gradient through the masks is
-        part of the recommender's pass). a and c are autograd's own derivatives (c sums to zero exactly
-        as autograd's does, so no gradient of mean(R) leaks in), and the backward pass is seeded with that very a,
-        so the rescaling is exact up to float rounding. When some |a_n| < 0.1/N (large β), where
-        the products a_n · (small probabilities) lose precision, a separate backward pass of -var
-        through the backbone is taken instead, as it always is for IRMv1 (whose penalty is not a
-        function of the risks alone).
-        """
-        with forward_precision(self.precision, self.device):
-            risks, scale_grads, env_x = self.idea_forward(history, lengths, target)  # risks in float32
-        mean, var = vrex(risks, self.config.unbiased_var)
-        penalty = var if scale_grads is None else irmv1(scale_grads)
-        rec_loss = mean + self.config.beta * penalty
-        rec_params = [p for p in self.model.parameters() if p.requires_grad]
-        ext_params = list(self.extractors.parameters())
-        rec_grads = ext_grads = None
-        shortcut = recommend and scale_grads is None
-        if shortcut:
-            a = torch.autograd.grad(rec_loss, risks, retain_graph=True)[0]  # [E] d rec_loss / dR
-            grads = torch.autograd.grad(risks, rec_params + [env_x], grad_outputs=a, retain_graph=explore,
-                                        allow_unused=True)
-            rec_grads, env_grad = grads[:-1], grads[-1]
-        elif recommend:
-            rec_grads = torch.autograd.grad(rec_loss, rec_params, retain_graph=explore, allow_unused=True)
-        if explore:
-            if shortcut and bool((a.abs() >= 0.1 / len(risks)).all()):
-                c = torch.autograd.grad(-var, risks, retain_graph=True)[0]  # [E] d(-var) / dR
-                scale = (c / a).repeat_interleave(len(target)).view(-1, 1, 1)  # [E*B, 1, 1]
-                ext_grads = torch.autograd.grad(env_x, ext_params, grad_outputs=env_grad * scale)
-            else:
-                ext_grads = torch.autograd.grad(-penalty, ext_params)
-        stats = {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
-        if scale_grads is not None:
-            stats["irm_penalty"] = penalty.detach()
-        return rec_grads, ext_grads, stats
-
-    def idea_step(self, history, lengths, target, recommend: bool = True, explore: bool = False) -> dict[str, torch.Tensor]:
-        """Apply `idea_gradients`: both are taken before either update, then each optimiser steps."""
-        rec_grads, ext_grads, stats = self.idea_gradients(history, lengths, target, recommend, explore)
-        for opt, module, grads in ((self.opt, self.model, rec_grads), (self.ext_opt, self.extractors, ext_grads)):
-            if grads is not None:
-                params = [p for p in module.parameters() if p.requires_grad]
-                for p, g in zip(params, grads):
-                    p.grad = g
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        return stats
+        return self.objective.step(self, phase, history, lengths, target)
 
     # ----- epochs ---------------------------------------------------------------------------
     def permutation(self, epoch: int) -> torch.Tensor:
@@ -369,7 +244,8 @@ class Trainer:
             bar.close()
         means = {k: float(v) / len(batches) for k, v in sums.items()}
         if not math.isfinite(means["loss"]):
-            knobs = f"lr (now {self.config.lr})" + (f" or beta (now {self.config.beta})" if phase == "idea" else "")
+            knobs = " or ".join(f"{name} (now {getattr(self.config, name)})"
+                                for name in ("lr", *self.objective.unstable_fields(phase)))
             raise NonFiniteLossError(
                 f"epoch {epoch}: the {phase} loss became {means['loss']}; training stopped. The best state so far "
                 f"(epoch {self.best_epoch}) is kept; lower {knobs}"
@@ -390,7 +266,7 @@ class Trainer:
             self.fit_seconds += time.perf_counter() - start
             self.epoch = epoch
             phase = self.phase(epoch)
-            if phase != "pretrain":  # an IDEA run's best state is an IDEA epoch, never plain ERM pretraining
+            if self.objective.selectable(phase):
                 if valid[SELECT_METRIC] > self.best_value:
                     self.best_value, self.best_epoch, self.bad_epochs = valid[SELECT_METRIC], epoch, 0
                     self.best_state = copy.deepcopy(self.model.state_dict())
@@ -447,7 +323,7 @@ class Trainer:
     # ----- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {
-            "config": self.config.to_dict(), "epoch": self.epoch, "step": self.step,
+            "config": self.config.to_dict(), "epoch": self.epoch,
             "model": self.model.state_dict(), "opt": self.opt.state_dict(),
             "best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state,
             "bad_epochs": self.bad_epochs, "fit_seconds": self.fit_seconds,
@@ -456,9 +332,7 @@ class Trainer:
             "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(), "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
-        if self.extractors is not None:
-            state["extractors"] = self.extractors.state_dict()
-            state["ext_opt"] = self.ext_opt.state_dict()
+        state.update(self.objective.state_dict())  # the method's own keys (IDEA: step, extractors, ext_opt)
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -469,12 +343,10 @@ class Trainer:
         if state["split"] != split_identity(self.split):
             raise CheckpointError("checkpoint was written on a different split (data, items, max length or windows); "
                                   "refusing to resume")
-        self.epoch, self.step = state["epoch"], state["step"]
+        self.epoch = state["epoch"]
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
-        if self.extractors is not None:
-            self.extractors.load_state_dict(state["extractors"])
-            self.ext_opt.load_state_dict(state["ext_opt"])
+        self.objective.load_state_dict(state)
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.best_state = state["best_state"]  # read onto the CPU (read_checkpoint); kept where the model is
         for name, tensor in self.best_state.items():

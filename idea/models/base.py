@@ -15,6 +15,11 @@ import torch
 from torch import Tensor, nn
 
 
+def real_positions(lengths: Tensor, T: int) -> Tensor:
+    """`[B, T]` boolean mask, True at the last `lengths[b]` positions of right-aligned row b."""
+    return torch.arange(T, device=lengths.device) >= (T - lengths).unsqueeze(1)
+
+
 class Backbone(nn.Module, abc.ABC):
     """Item table + encoder: `forward(history, lengths) -> user vector`; scores are `user @ item_emb.weight.T`
     (the trainer ranks the real items' rows only; fake noise ids enter a training softmax only when asked)."""

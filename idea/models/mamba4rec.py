@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .base import Backbone, check_dropout, recbole_init
+from .base import Backbone, check_dropout, real_positions, recbole_init
 from .sasrec import LAYER_NORM_EPS
 
 try:  # the fused CUDA kernel of the Mamba authors, when installed (GPU machines only)
@@ -40,11 +40,6 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 EXP_FLOOR = -80.0  # exp(-80) = 1.8e-35
 SCAN_ELEMENTS = 1 << 24  # elements of one [rows, T, d_inner, d_state] piece (64 MiB in float32)
-
-
-def real_positions(lengths: Tensor, T: int) -> Tensor:
-    """`[B, T]` boolean mask, True at the last `lengths[b]` positions of right-aligned row b."""
-    return torch.arange(T, device=lengths.device) >= (T - lengths).unsqueeze(1)
 
 
 def _pieces(fn, *tensors: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Backbone, check_dropout, recbole_init
+from .base import Backbone, check_dropout, real_positions, recbole_init
 
 LAYER_NORM_EPS = 1e-12  # RecBole's value
 
@@ -24,7 +24,7 @@ def attention_mask(lengths: Tensor, T: int) -> Tensor:
     never reaches real positions.
     """
     cols = torch.arange(T, device=lengths.device)  # [T]
-    real = cols >= (T - lengths).unsqueeze(1)  # [B, T] key is a real item
+    real = real_positions(lengths, T)  # [B, T] key is a real item
     causal = cols.unsqueeze(1) >= cols.unsqueeze(0)  # [T, T] query i sees key j <= i
     self_loop = torch.eye(T, dtype=torch.bool, device=lengths.device)  # [T, T]
     return ((causal & real.unsqueeze(1)) | self_loop).unsqueeze(1)  # [B, 1, T, T]

@@ -27,7 +27,7 @@ def idea64(split, **kw) -> Trainer:
     cfg = {"method": "idea", "epochs": 3, "pretrain_epochs": 1, "batch_size": 128, "device": "cpu", "tau": 1.0, **kw}
     tr = Trainer(TrainConfig(**cfg), split)
     tr.model.double()
-    tr.extractors.double()
+    tr.objective.extractors.double()
     return tr
 
 
@@ -47,14 +47,14 @@ def rel_diff(got, want) -> float:
 
 def gradients(tr, seed, recommend=True, explore=False, **config):
     """`idea_gradients` on the first batch with the draws of `seed` (and config fields replaced)."""
-    tr.config = dataclasses.replace(tr.config, **config)
+    tr.objective.config = dataclasses.replace(tr.objective.config, **config)
     torch.manual_seed(seed)
-    return tr.idea_gradients(*batch(tr), recommend=recommend, explore=explore)
+    return tr.objective.idea_gradients(tr, *batch(tr), recommend=recommend, explore=explore)
 
 
 def risks_of(tr, seed):
     torch.manual_seed(seed)
-    return tr.idea_forward(*batch(tr))[0]
+    return tr.objective.idea_forward(tr, *batch(tr))[0]
 
 
 # ----- the recommender's gradient ---------------------------------------------------------------
@@ -93,10 +93,10 @@ def test_extractor_input_grad_adds_the_path_through_the_masks_to_the_item_table(
     history, lengths, target = batch(tr)
     x = tr.model.embed(history)  # [B, L, d]
     x_in = x.detach().requires_grad_()  # [B, L, d] what the extractors read
-    views = tr.extractors(x_in, lengths, tr.config.tau).unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
+    views = tr.objective.extractors(x_in, lengths, tr.config.tau).unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
     env_x, env_len, env_tgt = make_environments(views, lengths, target, N=N, pairing="same_user", mixup=True,
                                                 alpha=None, lambda_low=0.9, lambda_high=1.0)
-    risks = tr.per_example_loss(tr.model.encode(env_x, env_len), env_tgt).view(N, -1).mean(1)  # [N]
+    risks = tr.objective.per_example_loss(tr, tr.model.encode(env_x, env_len), env_tgt).view(N, -1).mean(1)  # [N]
     mean, var = vrex(risks)
     *want, through_masks = torch.autograd.grad(mean + beta * var, rec_params(tr) + [x_in], allow_unused=True)
     table = tr.model.item_emb.weight
@@ -124,7 +124,7 @@ def test_extractor_gradient_ascends_the_risk_variance(split, pairing, recommend,
     _, got, _ = gradients(tr, seed=2, recommend=recommend, explore=True)
     risks = risks_of(tr, seed=2)
     var = ((risks - risks.mean()) ** 2).mean()
-    ascent = [-g for g in torch.autograd.grad(var, list(tr.extractors.parameters()))]
+    ascent = [-g for g in torch.autograd.grad(var, list(tr.objective.extractors.parameters()))]
     assert rel_diff(got, ascent) < RTOL
     assert rel_diff([-g for g in got], ascent) > 1.9  # the opposite sign is as far off as it gets
 
@@ -135,7 +135,7 @@ def test_shared_backward_stays_exact_when_an_environment_weight_nears_zero(split
     tr = idea64(split, N=4, beta=1.0)
     with torch.no_grad():  # sharp scores and extractors that keep all, half or little: environments far apart
         tr.model.item_emb.weight.mul_(20.0)
-        tr.extractors.b2.copy_(torch.tensor([[6.0], [0.0], [-6.0]]).expand_as(tr.extractors.b2))
+        tr.objective.extractors.b2.copy_(torch.tensor([[6.0], [0.0], [-6.0]]).expand_as(tr.objective.extractors.b2))
     R = risks_of(tr, seed=3).detach()
     centred = R - R.mean()
     beta = float(-1.0 / (2.0 * centred.min()) * (1 - 1e-9))  # a at the lowest-risk environment is ~1e-10
@@ -145,7 +145,7 @@ def test_shared_backward_stays_exact_when_an_environment_weight_nears_zero(split
     _, got, _ = gradients(tr, seed=3, recommend=True, explore=True, beta=beta)
     risks = risks_of(tr, seed=3)
     var = ((risks - risks.mean()) ** 2).mean()
-    ascent = [-g for g in torch.autograd.grad(var, list(tr.extractors.parameters()))]
+    ascent = [-g for g in torch.autograd.grad(var, list(tr.objective.extractors.parameters()))]
     assert rel_diff(got, ascent) < RTOL
 
 
@@ -157,7 +157,7 @@ def test_exploration_steps_raise_the_risk_variance_on_a_fixed_batch(split):
     for _ in range(5):
         variances.append(float(risks_of(tr, seed=4).detach().var(unbiased=False)))
         torch.manual_seed(4)
-        tr.idea_step(*batch(tr), recommend=False, explore=True)
+        tr.objective.idea_step(tr, *batch(tr), recommend=False, explore=True)
     variances.append(float(risks_of(tr, seed=4).detach().var(unbiased=False)))
     assert all(b > a for a, b in zip(variances, variances[1:])), variances
     assert variances[-1] > 2 * variances[0], variances
@@ -172,7 +172,7 @@ def test_recommend_only_leaves_extractors_and_explore_only_leaves_the_recommende
     assert rec is None and all(g.abs().sum() > 0 for g in ext)
     before = [p.detach().clone() for p in tr.model.parameters()]
     torch.manual_seed(5)
-    tr.idea_step(*batch(tr), recommend=False, explore=True)  # an extractor step moves the extractors only
+    tr.objective.idea_step(tr, *batch(tr), recommend=False, explore=True)  # an extractor step moves the extractors only
     assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
 
 
@@ -254,7 +254,7 @@ def test_resume_restores_every_piece_of_state(split, tmp_path):
     torch.manual_seed(12345)  # whatever ran in between must not matter
     resumed = Trainer(cfg, split)
     resumed.load(ckpt)
-    assert resumed.step > 0 and resumed.ext_opt.state_dict()["state"]
+    assert resumed.objective.steps > 0 and resumed.objective.ext_opt.state_dict()["state"]
     assert_same(without_timings(resumed.state_dict()), without_timings(at_interrupt))
     resumed.fit()
     assert_same(without_timings(resumed.state_dict()), end_of_full)

@@ -20,6 +20,7 @@ from idea.splits import (
     to_date,
     to_timestamp,
 )
+from tests.idea.helpers import take
 
 DAY = 86_400
 BASE = 1_577_836_800  # 2020-01-01 00:00 UTC
@@ -251,7 +252,7 @@ def test_leak_validation_event_past_t0(table):
     split = temporal_split(table, CUTS, max_len=3)
     # a self-consistent event (row 8, user b, day 220, history [0, 0, 2]) filed under valid,
     # whose window ends at t0 = day 200
-    moved = split.tests["w1"].take(np.array([1]))
+    moved = take(split.tests["w1"], np.array([1]))
     assert moved.row.tolist() == [8]
     bad = dataclasses.replace(split, valid=moved)
     with pytest.raises(LeakageError, match=f"^valid: an event touches time >= {date_of(200)} \\(its part's end\\)$"):
@@ -260,7 +261,7 @@ def test_leak_validation_event_past_t0(table):
 
 def test_leak_validation_event_past_t0_with_full_history(table):
     split = temporal_split(table, CUTS, max_len=3)
-    moved = split.tests["w1"].take(np.array([0]))  # row 4, day 250, history [2, 3, 4]: no padding
+    moved = take(split.tests["w1"], np.array([0]))  # row 4, day 250, history [2, 3, 4]: no padding
     assert moved.row.tolist() == [4] and moved.lengths.tolist() == [3]
     bad = dataclasses.replace(split, valid=moved)
     with pytest.raises(LeakageError, match=f"^valid: an event touches time >= {date_of(200)} \\(its part's end\\)$"):
@@ -285,14 +286,14 @@ def test_leak_training_event_past_t_val_with_full_history(table):
 
 def test_leak_target_before_its_window(table):
     split = temporal_split(table, CUTS, max_len=3)
-    bad = dataclasses.replace(split, tests={**split.tests, "w2": split.train.take(np.array([0]))})
+    bad = dataclasses.replace(split, tests={**split.tests, "w2": take(split.train, np.array([0]))})
     with pytest.raises(LeakageError, match=f"^w2: a target precedes its window start {date_of(300)}$"):
         check_leakage(bad, table)
 
 
 def test_leak_loo_training_touches_held_out_positions(table):
     split = loo_split(table, max_len=3)
-    padded = split.valid.take(np.array([1]))  # user d's second-to-last (row 12), history [0, 0, 3]
+    padded = take(split.valid, np.array([1]))  # user d's second-to-last (row 12), history [0, 0, 3]
     bad = dataclasses.replace(split, train=padded)
     with pytest.raises(LeakageError, match="^train: an event touches a held-out leave-one-out position$"):
         check_leakage(bad, table)
@@ -300,7 +301,7 @@ def test_leak_loo_training_touches_held_out_positions(table):
 
 def test_leak_loo_validation_sees_the_test_item(table):
     split = loo_split(table, max_len=3)
-    padded = split.tests["test"].take(np.array([1, 2, 3]))  # users b, c, d: histories with padding
+    padded = take(split.tests["test"], np.array([1, 2, 3]))  # users b, c, d: histories with padding
     bad = dataclasses.replace(split, valid=padded)
     with pytest.raises(LeakageError, match="^valid: an event touches a held-out leave-one-out position$"):
         check_leakage(bad, table)
@@ -308,7 +309,7 @@ def test_leak_loo_validation_sees_the_test_item(table):
 
 def test_leak_loo_held_out_target_with_full_history(table):
     split = loo_split(table, max_len=3)
-    full = split.valid.take(np.array([0]))  # user a's second-to-last (row 5), history [3, 4, 5]
+    full = take(split.valid, np.array([0]))  # user a's second-to-last (row 5), history [3, 4, 5]
     assert full.lengths.tolist() == [3]
     bad = dataclasses.replace(split, train=full)
     with pytest.raises(LeakageError, match="^train: an event touches a held-out leave-one-out position$"):

@@ -7,14 +7,14 @@ import sys
 import pytest
 import torch
 
-from idea.baselines import most_popular
-import idea.trainer as trainer_module
+import idea.methods as methods_module
 from idea.config import TrainConfig
 from idea.data.synthetic import SyntheticConfig, generate
 from idea.environments import make_environments
 from idea.metrics import summary
 from idea.splits import SplitConfig, make_split
 from idea.trainer import NonFiniteLossError, Trainer, inject_noise
+from tests.idea.helpers import most_popular
 
 
 @pytest.fixture(scope="module")
@@ -43,33 +43,33 @@ def first_batch(trainer):
 @pytest.mark.parametrize("backbone", ["gru4rec", "sasrec", "mamba4rec"])
 def test_recommender_step_moves_only_the_recommender(split, backbone):
     tr = Trainer(small(method="idea", backbone=backbone), split)
-    rec, ext = snapshot(tr.model), snapshot(tr.extractors)
-    tr.idea_step(*first_batch(tr), recommend=True, explore=False)
+    rec, ext = snapshot(tr.model), snapshot(tr.objective.extractors)
+    tr.objective.idea_step(tr, *first_batch(tr), recommend=True, explore=False)
     assert any(changed(rec, tr.model))
-    assert not any(changed(ext, tr.extractors))
+    assert not any(changed(ext, tr.objective.extractors))
 
 
 @pytest.mark.parametrize("backbone", ["gru4rec", "sasrec", "mamba4rec"])
 def test_exploration_step_moves_only_the_extractors(split, backbone):
     tr = Trainer(small(method="idea", backbone=backbone), split)
-    rec, ext = snapshot(tr.model), snapshot(tr.extractors)
-    tr.idea_step(*first_batch(tr), recommend=False, explore=True)
+    rec, ext = snapshot(tr.model), snapshot(tr.objective.extractors)
+    tr.objective.idea_step(tr, *first_batch(tr), recommend=False, explore=True)
     assert not any(changed(rec, tr.model))
-    assert all(changed(ext, tr.extractors))
+    assert all(changed(ext, tr.objective.extractors))
 
 
 def test_idea_risks_are_one_per_environment(split):
     tr = Trainer(small(method="idea", N=5), split)
-    assert tr.idea_forward(*first_batch(tr))[0].shape == (5,)
+    assert tr.objective.idea_forward(tr, *first_batch(tr))[0].shape == (5,)
     tr = Trainer(small(method="idea", K=4, mixup=False), split)
-    assert tr.idea_forward(*first_batch(tr))[0].shape == (4,)
+    assert tr.objective.idea_forward(tr, *first_batch(tr))[0].shape == (4,)
 
 
 def test_explore_false_never_updates_extractors(split):
     tr = Trainer(small(method="idea", explore=False, pretrain_epochs=0, epochs=1, T=1), split)
-    ext = snapshot(tr.extractors)
+    ext = snapshot(tr.objective.extractors)
     tr.fit()
-    assert not any(changed(ext, tr.extractors))
+    assert not any(changed(ext, tr.objective.extractors))
 
 
 def test_same_seed_same_metrics(split):
@@ -185,14 +185,14 @@ def test_idea_options_reach_the_environments_and_extractors(split, monkeypatch):
         seen.update(kwargs)
         return make_environments(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "make_environments", spy)
+    monkeypatch.setattr(methods_module, "make_environments", spy)
     tr = Trainer(small(method="idea", pair_draw="with_replacement", alpha=0.1, lambda_fold=False), split)
-    tr.idea_forward(*first_batch(tr))
+    tr.objective.idea_forward(tr, *first_batch(tr))
     assert seen["pair_draw"] == "with_replacement" and seen["lambda_fold"] is False
-    assert (tr.extractors.b2 == 2.0).all()
-    official = Trainer(small(method="idea", extractor_keep_logit=None, extractor_hidden=128), split).extractors
+    assert (tr.objective.extractors.b2 == 2.0).all()
+    official = Trainer(small(method="idea", extractor_keep_logit=None, extractor_hidden=128), split).objective.extractors
     assert official.b2.abs().max() <= 128 ** -0.5 and official.b2.std() > 0.01
-    assert (Trainer(small(method="idea", extractor_keep_logit=-1.0), split).extractors.b2 == -1.0).all()
+    assert (Trainer(small(method="idea", extractor_keep_logit=-1.0), split).objective.extractors.b2 == -1.0).all()
 
 
 def test_resume_reads_checkpoints_written_before_a_field_existed(split, tmp_path):

@@ -1,0 +1,242 @@
+"""One object per training method (RecBole's `calculate_loss` idea), so the Trainer runs any of them
+without asking which: ERM, IDEA and DROS share ERM's interface.
+
+- `step(trainer, phase, history, lengths, target)`: one optimisation step on one batch; statistics out.
+- `phase(epoch)`: the name of an epoch's phase, and `selectable(phase)`: may it give the best state.
+- `per_example_loss(trainer, user, target)`: the method's loss per row.
+- `state_dict()` / `load_state_dict(state)`: what the method owns, at the top level of the trainer's
+  checkpoint (IDEA: `extractors`, `ext_opt`, `step`), where checkpoints have always kept it.
+
+A method reads its configuration from the TrainConfig it was built with; the fields only it reads are
+`idea.config.METHOD_FIELDS[name]` (tests/idea/test_methods.py checks both ways). The Trainer owns the
+recommender, its optimiser (`trainer.opt`), the precision, the loop, early stopping, checkpoints and
+evaluation; a method takes them from the trainer at each call.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from idea.config import TrainConfig
+from idea.environments import SubsequenceExtractors, make_environments, vrex
+from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
+from idea.precision import forward_precision
+from idea.splits import Split
+
+if TYPE_CHECKING:  # the trainer imports this module
+    from idea.trainer import Trainer
+
+
+class ERM:
+    """Empirical risk minimisation: mean loss over the batch, one phase. The base of the other methods,
+    whose interface it defines; it owns no state."""
+
+    name = "erm"
+    scores_all_items = False  # whether `extra_loss` reads the logits of every real item
+
+    def __init__(self, config: TrainConfig, split: Split, device: torch.device):
+        self.config = config  # every field a method reads comes from here
+
+    def phase(self, epoch: int) -> str:
+        return self.name
+
+    def selectable(self, phase: str) -> bool:
+        """Whether an epoch of `phase` may become the best state."""
+        return True
+
+    def unstable_fields(self, phase: str) -> tuple[str, ...]:
+        """Config fields besides lr to lower when the loss of `phase` diverges."""
+        return ()
+
+    def per_example_loss(self, trainer: Trainer, user: Tensor, target: Tensor,
+                         scale_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Loss [M] per row: full-softmax CE over items 1..n (softmax_over "all": over every row of the
+        table, padding and fake rows too, as the official code), or BCE with one sampled negative, plus
+        the method's `extra_loss`. With `scale_grad`, also each row's derivative [M] with respect to a
+        scale w = 1 on its logits (IRMv1's dummy classifier)."""
+        c = self.config
+        table = trainer.item_table()
+        first = 0 if c.softmax_over == "all" else 1  # item id scored by logit column 0
+        # "all": the padding row is scored (logit 0) but kept out of training, so it stays the zero vector
+        scored = torch.cat([table[:1].detach(), trainer.model.item_emb.weight[1:]]) if first == 0 else table[1:]  # [R, d]
+        logits = user @ scored.T if c.loss == "ce" or self.scores_all_items else None  # [M, R]
+        if c.loss == "ce":
+            loss = F.cross_entropy(logits, target - first, reduction="none")  # [M]
+            grad = ce_scale_gradient(logits, target + 1 - first) if scale_grad else None  # 1-based column
+        else:
+            negative = torch.randint(1, trainer.n_items + 1, target.shape, device=target.device)  # [M]
+            pos = (user * table[target]).sum(-1)  # [M]
+            neg = (user * table[negative]).sum(-1)  # [M]
+            loss = bce_loss(pos, neg)  # [M]
+            grad = bce_scale_gradient(pos, neg) if scale_grad else None
+        if self.scores_all_items:
+            items = logits[:, 1 - first: trainer.n_items + 1 - first]  # [M, n] items 1..n
+            extra = self.extra_loss(items, target)  # [M] or None
+            loss = loss if extra is None else loss + extra
+        return (loss, grad) if scale_grad else loss
+
+    def extra_loss(self, items: Tensor, target: Tensor) -> Tensor | None:
+        """A term [M] added to the base loss, from the logits `items` [M, n] of the real items 1..n;
+        called only when `scores_all_items`."""
+        return None
+
+    def step(self, trainer: Trainer, phase: str, history: Tensor, lengths: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """One plain step of the recommender on the batch's mean loss."""
+        with forward_precision(trainer.precision, trainer.device):
+            loss = self.per_example_loss(trainer, trainer.model(history, lengths), target).mean()
+        trainer.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        trainer.opt.step()
+        return {"loss": loss.detach()}
+
+    def state_dict(self) -> dict:
+        """Every checkpoint has a `step` (IDEA's step counter), 0 for the methods without one."""
+        return {"step": 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Read this method's part of a trainer checkpoint (ERM has none)."""
+
+
+class DROS(ERM):
+    """DROS (Yang et al., SIGIR'23): ERM's loss plus dros_alpha * L_DRO, weighted by the popularity
+    propensity of the training targets (fixed, so not in checkpoints)."""
+
+    name = "dros"
+    scores_all_items = True
+
+    def __init__(self, config: TrainConfig, split: Split, device: torch.device):
+        super().__init__(config, split, device)
+        self.propensity = dros_propensity(split.train.target, split.n_items).to(device)  # [n]
+
+    def extra_loss(self, items: Tensor, target: Tensor) -> Tensor | None:
+        c = self.config
+        return c.dros_alpha * dros_loss(items, target, self.propensity, c.dros_beta) if c.dros_alpha > 0 else None
+
+
+class IDEA(ERM):
+    """IDEA: `pretrain_epochs` of ERM, then steps on mean(R) + β·penalty over environments mixed from
+    the views of K learned subsequence extractors, which every T-th IDEA step ascend the penalty.
+    Owns the extractors, their optimiser and the IDEA step counter."""
+
+    name = "idea"
+
+    def __init__(self, config: TrainConfig, split: Split, device: torch.device):
+        super().__init__(config, split, device)
+        self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden,
+                                                config.extractor_keep_logit).to(device)
+        self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
+        self.steps = 0  # IDEA steps taken (pretraining steps are not counted)
+
+    def phase(self, epoch: int) -> str:
+        return "pretrain" if epoch <= self.config.pretrain_epochs else "idea"
+
+    def selectable(self, phase: str) -> bool:
+        return phase != "pretrain"  # an IDEA run's best state is an IDEA epoch, never plain ERM pretraining
+
+    def unstable_fields(self, phase: str) -> tuple[str, ...]:
+        return ("beta",) if phase == "idea" else ()
+
+    def step(self, trainer: Trainer, phase: str, history: Tensor, lengths: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """A plain ERM step outside the IDEA phase; in it, IDEA steps count `steps`, and every T-th of them
+        also moves the extractors (unless explore is off)."""
+        if phase != "idea":
+            return super().step(trainer, phase, history, lengths, target)
+        self.steps += 1
+        c = self.config
+        return self.idea_step(trainer, history, lengths, target, explore=c.explore and self.steps % c.T == 0)
+
+    def idea_forward(self, trainer: Trainer, history: Tensor, lengths: Tensor,
+                     target: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Risks [E] of the environments built from one batch (one forward pass for all of them), their
+        IRMv1 scale gradients [E] (None under V-REx) and the environment batch env_x [E*B, L, d]."""
+        c = self.config
+        x = trainer.model.embed(history)  # [B, L, d]
+        # Detached by default: the extractors read x but the recommender's loss never trains the item table
+        # through the masks; extractor_input_grad lets it (official). Extractor steps move extractors only.
+        masks = self.extractors(x if c.extractor_input_grad else x.detach(), lengths, c.tau)  # [K, B, L]
+        views = masks.unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
+        env_x, env_len, env_tgt = make_environments(
+            views, lengths, target, N=c.N, pairing=c.pairing, mixup=c.mixup, alpha=c.alpha,
+            lambda_low=c.lambda_low, lambda_high=c.lambda_high, pair_draw=c.pair_draw, lambda_fold=c.lambda_fold,
+        )  # [E*B, L, d], [E*B], [E*B]
+        user = trainer.model.encode(env_x, env_len)  # [E*B, d]
+        if c.penalty == "irmv1":
+            loss, grad = self.per_example_loss(trainer, user, env_tgt, scale_grad=True)  # [E*B], [E*B]
+            return loss.view(-1, len(target)).mean(1), grad.view(-1, len(target)).mean(1), env_x  # [E], [E]
+        return self.per_example_loss(trainer, user, env_tgt).view(-1, len(target)).mean(1), None, env_x  # [E]
+
+    def idea_gradients(self, trainer: Trainer, history: Tensor, lengths: Tensor, target: Tensor,
+                       recommend: bool = True,
+                       explore: bool = False) -> tuple[tuple | None, tuple | None, dict[str, Tensor]]:
+        """(recommender grads of mean(R) + β·penalty, extractor grads of -penalty, step statistics)
+        from one forward pass; a part not asked for is None. Descending both gradients makes the
+        recommender minimise the penalised risk and the extractors maximise the penalty: var(R) for
+        V-REx, mean_e (dR_e/dw)^2 for IRMv1.
+
+        Under V-REx the exploration gradient reuses the recommender's backward pass. Row r of env_x
+        belongs to environment n alone, so the recommender's gradient at env_x is, per environment block,
+        a_n · dR_n/d env_x with a = d(mean + β var)/dR; rescaling block n by c_n / a_n, c = d(-var)/dR,
+        gives the extractors' gradient at env_x, and only the cheap path env_x -> masks -> extractors
+        is walked again (with extractor_input_grad the masks also lead on to the item table, but that
+        walk asks for the extractors' parameters only, and the table's gradient through the masks is
+        part of the recommender's pass). a and c are autograd's own derivatives (c sums to zero exactly
+        as autograd's does, so no gradient of mean(R) leaks in), and the backward pass is seeded with that very a,
+        so the rescaling is exact up to float rounding. When some |a_n| < 0.1/N (large β), where
+        the products a_n · (small probabilities) lose precision, a separate backward pass of -var
+        through the backbone is taken instead, as it always is for IRMv1 (whose penalty is not a
+        function of the risks alone).
+        """
+        with forward_precision(trainer.precision, trainer.device):
+            risks, scale_grads, env_x = self.idea_forward(trainer, history, lengths, target)  # risks in float32
+        mean, var = vrex(risks, self.config.unbiased_var)
+        penalty = var if scale_grads is None else irmv1(scale_grads)
+        rec_loss = mean + self.config.beta * penalty
+        rec_params = [p for p in trainer.model.parameters() if p.requires_grad]
+        ext_params = list(self.extractors.parameters())
+        rec_grads = ext_grads = None
+        shortcut = recommend and scale_grads is None
+        if shortcut:
+            a = torch.autograd.grad(rec_loss, risks, retain_graph=True)[0]  # [E] d rec_loss / dR
+            grads = torch.autograd.grad(risks, rec_params + [env_x], grad_outputs=a, retain_graph=explore,
+                                        allow_unused=True)
+            rec_grads, env_grad = grads[:-1], grads[-1]
+        elif recommend:
+            rec_grads = torch.autograd.grad(rec_loss, rec_params, retain_graph=explore, allow_unused=True)
+        if explore:
+            if shortcut and bool((a.abs() >= 0.1 / len(risks)).all()):
+                c = torch.autograd.grad(-var, risks, retain_graph=True)[0]  # [E] d(-var) / dR
+                scale = (c / a).repeat_interleave(len(target)).view(-1, 1, 1)  # [E*B, 1, 1]
+                ext_grads = torch.autograd.grad(env_x, ext_params, grad_outputs=env_grad * scale)
+            else:
+                ext_grads = torch.autograd.grad(-penalty, ext_params)
+        stats = {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+        if scale_grads is not None:
+            stats["irm_penalty"] = penalty.detach()
+        return rec_grads, ext_grads, stats
+
+    def idea_step(self, trainer: Trainer, history: Tensor, lengths: Tensor, target: Tensor,
+                  recommend: bool = True, explore: bool = False) -> dict[str, Tensor]:
+        """Apply `idea_gradients`: both are taken before either update, then each optimiser steps."""
+        rec_grads, ext_grads, stats = self.idea_gradients(trainer, history, lengths, target, recommend, explore)
+        for opt, module, grads in ((trainer.opt, trainer.model, rec_grads), (self.ext_opt, self.extractors, ext_grads)):
+            if grads is not None:
+                params = [p for p in module.parameters() if p.requires_grad]
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"step": self.steps, "extractors": self.extractors.state_dict(), "ext_opt": self.ext_opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["step"]
+        self.extractors.load_state_dict(state["extractors"])
+        self.ext_opt.load_state_dict(state["ext_opt"])
+
+
+METHOD_OBJECTS: dict[str, type[ERM]] = {m.name: m for m in (ERM, IDEA, DROS)}

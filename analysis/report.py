@@ -216,8 +216,8 @@ def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"runs": g["run_id"].nunique(), "seeds": g["seed"].nunique()}).reset_index()
 
 
-def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, out_dir: Path, metric: str, k: int,
-                ui_url: str | None) -> list[str]:
+def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, arms: Arms, out_dir: Path, metric: str,
+                k: int, ui_url: str | None) -> list[str]:
     base = ui_base_url(tracking_uri, ui_url)
     cmd = ui_command(tracking_uri)
     placeholder = PORT in base  # a local store, served wherever the reader chooses
@@ -245,12 +245,32 @@ def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, out_dir: P
 
     lines += ["", link("runs table", runs_url(base, exp_id))]
     if runs:
-        ids = [i for _, i in runs]
+        ids, one_seed = link_runs([i for _, i in runs], results, arms)
         lines += [link("compare page", compare_url(base, exp_id, ids))]
         if any(p != VALID for p in results.loc[results["stage"] == Stage.FINAL, "part"]):
             key = f"shift_{metric}_at_{k}"
-            lines += [link(f"`{key}` against the window, per final run", metric_url(base, exp_id, ids, key))]
+            lines += [link(f"`{key}` against the window, per final run", metric_url(base, exp_id, ids, key)),
+                      link(f"`{key}` against the window, one seed per arm (a legend entry for every arm; MLflow "
+                           "picks the colours)", metric_url(base, exp_id, one_seed, key))]
     return lines
+
+
+def link_runs(run_ids: list[str], results: pd.DataFrame, arms: Arms) -> tuple[list[str], list[str]]:
+    """The final runs for the UI links, the base arm's first (MLflow's chart legend lists the runs in the
+    link's order and drops entries that do not fit: the baseline must not be the one left out), then each
+    arm's runs in display order; and one run per arm, of the lowest seed every arm has (else its own lowest)."""
+    final = results.loc[results["stage"] == Stage.FINAL, ["run_id", "arm", "seed"]].drop_duplicates("run_id")
+    where = {r.run_id: (r.arm, int(r.seed)) for r in final.itertuples()}
+    order = [arms.base] * (arms.base is not None) + [a for a in arms.order if a != arms.base]
+    rank = {arm: i for i, arm in enumerate(order)}
+    ids = sorted(run_ids, key=lambda i: (rank.get(where.get(i, ("", 0))[0], len(rank)), where.get(i, ("", 0))[1]))
+    seeds = {arm: {s for a, s in where.values() if a == arm} for arm in order}
+    common = set.intersection(*[v for v in seeds.values() if v]) if any(seeds.values()) else set()
+    one = []
+    for arm in order:
+        pick = min(common) if common else min(seeds[arm], default=None)
+        one += [i for i in ids if where.get(i) == (arm, pick)][:1]
+    return ids, one
 
 
 def missing_parts(tracking_uri: str, study: str) -> list[str]:
@@ -353,7 +373,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
             md += [f"Source: {shift.attrs['source']}.", ""]
         md += [_markdown(tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
-    md += _ui_section(tracking_uri, study, results, out_dir, metric, k, ui_url)
+    md += _ui_section(tracking_uri, study, results, arms, out_dir, metric, k, ui_url)
     path = out_dir / "summary.md"
     path.write_text("\n".join(md) + "\n")
     return path

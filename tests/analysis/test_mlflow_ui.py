@@ -139,3 +139,21 @@ def test_metric_against_window_chart_draws_a_line_per_final_run(mlflow_server, s
     assert "idea-seed1 0.087 (step=3) 0.087 (step=3) 0.102 (step=0)" in text
     assert "erm-seed2 0.069 (step=3) 0.069 (step=3) 0.099 (step=0)" in text
     assert_real_screenshot(shot)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install -y chromium`; .ci/run does)")
+@pytest.mark.timeout(300)
+def test_one_seed_per_arm_chart_labels_every_arm_baseline_first(mlflow_server, store, tmp_path):
+    """The report's one-seed-per-arm link: the chart's legend has an entry for every arm, the base arm's
+    (erm) before the others, so the baseline is never the entry a crowded legend drops."""
+    from analysis.load import load_arms, load_study
+    from analysis.report import link_runs
+
+    exp_id, runs = final_run_ids(store, F.STUDY)
+    ids, one = link_runs([i for _, i in runs], load_study(store, F.STUDY), load_arms(store, F.STUDY))
+    names = {i: n for n, i in runs}
+    assert [names[i] for i in one] == ["erm-seed1", "idea-seed1"]
+    text, shot = render(metric_url(mlflow_server, exp_id, one, "shift_ndcg_at_10"), tmp_path, "one-seed")
+    entries = [text.find(f"{names[i]} (shift_ndcg_at_10)") for i in one]
+    assert all(e >= 0 for e in entries) and entries == sorted(entries), entries  # every arm, baseline first
+    assert_real_screenshot(shot)

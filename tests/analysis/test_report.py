@@ -189,3 +189,19 @@ def test_notes_on_a_hand_built_frame():
     assert "['w1'] differ from the study's ['w1', 'w2']" in text
     both = shift.assign(part=["w1", "w2"])
     assert "differ" not in "\n".join(notes(results, build_tables(results, both, {}), both))
+
+
+def test_ui_links_put_the_base_arm_first_and_one_seed_per_arm():
+    """MLflow's chart legend lists runs in the link's order and drops what does not fit: the baseline first,
+    and a link with one run per arm (the lowest seed all arms have), so every arm gets a legend entry."""
+    from analysis.report import link_runs
+    from idea.contract import Arms
+
+    rows = [("r-idea-1", "idea", 1), ("r-idea-2", "idea", 2), ("r-ft-2", "erm_ft", 2), ("r-ft-3", "erm_ft", 3),
+            ("r-erm-1", "erm", 1), ("r-erm-2", "erm", 2), ("r-erm-3", "erm", 3)]
+    results = pd.DataFrame([{"stage": "final", "run_id": i, "arm": a, "seed": s, "part": p}
+                            for i, a, s in rows for p in ("valid", "w1")])
+    arms = Arms(("idea", "erm_ft", "erm"), "erm", {"idea": "erm_ft"})
+    ids, one = link_runs([i for i, _, _ in rows], results, arms)
+    assert ids == ["r-erm-1", "r-erm-2", "r-erm-3", "r-idea-1", "r-idea-2", "r-ft-2", "r-ft-3"]
+    assert one == ["r-erm-2", "r-idea-2", "r-ft-2"]  # seed 2 is the one every arm has

@@ -14,12 +14,13 @@ def test_summary_table_shows_the_reports_per_window_means():
             for arm, values in (("erm", {1: (0.3, 0.1), 2: (0.3, 0.12)}), ("idea", {1: (0.4, 0.2)}))
             for seed, (valid, w1) in values.items()
             for part, value in (("valid", valid), ("w1", w1)) for subset in ("all", "warm")]
-    trials = pd.DataFrame({"arm": ["erm", "erm", "idea"], "status": ["FINISHED", "FAILED", "FINISHED"]})
+    trials = pd.DataFrame({"arm": ["erm", "erm", "idea"], "status": ["FINISHED", "FAILED", "FINISHED"],
+                           "budget_stopped": [False, False, False]})  # as studies.tracking.trials_frame has it
     selections = {"erm": Selection("erm", "t1", {"lr": 0.001}, 0.3), "idea": Selection("idea", "t2", {"K": 2}, 0.4)}
     lines = summary_table(selections, trials, pd.DataFrame(rows)).splitlines()
     assert lines[0].split() == ["arm", "trials", "best", "valid", "NDCG@10", "configuration", "w1", "(n=2)", "w1",
                                 "(n=1)"]
     assert lines[1].split()[-4:] == ["0.1100", "±", "0.0141", "-"]  # erm: mean and std over seeds 1 and 2
     assert "0.2000 ± -" in lines[2] and "1 ok / 1 failed" in lines[1]
-    assert summary_table({"erm": None}, trials, pd.DataFrame()).splitlines()[1].split()[-3:] == ["no", "successful",
+    assert summary_table({"erm": None}, trials, pd.DataFrame()).splitlines()[1].split()[-3:] == ["no", "completed",
                                                                                                   "trial"]

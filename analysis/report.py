@@ -44,7 +44,10 @@ TABLES = {
                "Each arm against its own control where that is not the base arm (first), then every arm against the "
                "base arm, as the study file sets them. Seed s of every fine-tuning arm starts from the base arm's "
                "final seed s: mean_diff = arm - control over the shared seeds with a t-based 95% interval and the "
-               "paired t-test. IDEA against the same fine-tuning without the penalty isolates IDEA's effect from a "
+               "paired t-test; mde is the minimum detectable effect, the smallest true difference this many seeds "
+               "would find with a two-sided test at 0.05 and power 0.8, from the SD of the per-seed differences "
+               "(mde_rel: over the control's mean): a difference within ±mde is what these seeds cannot tell from "
+               "none. IDEA against the same fine-tuning without the penalty isolates IDEA's effect from a "
                "restart of training."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
@@ -124,9 +127,11 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10)
         n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
         p = f", paired p = {r['p_paired']:.3f}" if pd.notna(r["p_paired"]) else ""
         ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}]" if pd.notna(r["ci_low"]) else ""
+        mde = (f"; these seeds detect (power 0.8) only effects beyond ±{r['mde']:.{n}f} "
+               f"(±{100 * r['mde_rel']:.1f}%)") if pd.notna(r["mde"]) else ""
         out += (f"; there {r['arm']} scores {r['arm_mean']:.{n}f} vs {r['control']} {r['control_mean']:.{n}f} "
                 f"({100 * r['rel_gain']:+.1f}%{p}; difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} "
-                "seeds paired by seed)")
+                f"seeds paired by seed{mde})")
     return out + "."
 
 

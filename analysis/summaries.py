@@ -25,7 +25,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import integrate, optimize, stats
 
 from idea.contract import Arms
 
@@ -254,8 +254,32 @@ def worst_window(
 
 PAIRED_COLUMNS = [
     "study", "arm", "control", "part", "arm_mean", "control_mean", "rel_gain", "n_pairs", "mean_diff",
-    "ci_low", "ci_high", "t_paired", "p_paired",
+    "ci_low", "ci_high", "t_paired", "p_paired", "mde", "mde_rel",
 ]
+MDE_ALPHA, MDE_POWER = 0.05, 0.8  # two-sided test level and power of the minimum detectable effect
+
+
+def min_detectable_effect(sd_diff: float, n: int, alpha: float = MDE_ALPHA, power: float = MDE_POWER) -> float:
+    """The smallest true mean difference a two-sided paired t-test at level `alpha` detects with probability
+    `power`, given the SD of the per-seed differences and n pairs: the noncentrality δ·√n/sd at which the
+    noncentral t (n−1 degrees of freedom) exceeds the critical value with that probability, solved exactly.
+    "No effect larger than the MDE" is the honest form of a null result; NaN below 2 pairs."""
+    if n < 2 or not np.isfinite(sd_diff):
+        return np.nan
+    df = n - 1
+    crit = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(ncp: float) -> float:
+        """Power at noncentrality ncp, minus the power asked for. T = (Z + ncp) / sqrt(V / df), V ~ chi2(df),
+        integrated over V (scipy's noncentral t returns NaN at some arguments for few degrees of freedom)."""
+        def rejects(v: float) -> float:
+            scale = crit * np.sqrt(v / df)
+            return (stats.norm.cdf(ncp - scale) + stats.norm.cdf(-ncp - scale)) * stats.chi2.pdf(v, df)
+
+        return integrate.quad(rejects, 0, np.inf, limit=200)[0] - power
+
+    ncp = optimize.brentq(shortfall, 0.0, 20 * crit + 20)
+    return float(ncp * sd_diff / np.sqrt(n))
 def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
            pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Arm against control per part, paired by seed: in a warm-started study seed s of every arm starts
@@ -278,10 +302,11 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
             both = pd.concat([by_arm[arm].rename("a"), by_arm[control].rename("c")], axis=1, join="inner")
             diff = both["a"] - both["c"]
             n, mean_diff = len(both), float(diff.mean()) if len(both) else np.nan
-            lo = hi = t = p = np.nan
+            lo = hi = t = p = mde = np.nan
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # zero variance across seeds is legitimate
                 if n >= 2:
+                    mde = min_detectable_effect(float(diff.std(ddof=1)), n)  # from the paired differences
                     half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n))
                     lo, hi = mean_diff - half, mean_diff + half
                     res = stats.ttest_rel(both["a"], both["c"])
@@ -290,7 +315,8 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
             rows.append({"study": study, "arm": arm, "control": control, "part": part,
                          "arm_mean": float(both["a"].mean()) if n else np.nan, "control_mean": cm,
                          "rel_gain": mean_diff / cm if n and cm != 0 else np.nan, "n_pairs": n,
-                         "mean_diff": mean_diff, "ci_low": lo, "ci_high": hi, "t_paired": t, "p_paired": p})
+                         "mean_diff": mean_diff, "ci_low": lo, "ci_high": hi, "t_paired": t, "p_paired": p,
+                         "mde": mde, "mde_rel": mde / cm if n and cm != 0 else np.nan})
     if not rows:
         return _empty(PAIRED_COLUMNS)
     out = pd.DataFrame(rows)

@@ -4,8 +4,10 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from analysis import summaries as S
@@ -412,3 +414,28 @@ def test_summaries_does_not_import_ray_or_torch():
             "bad = [m for m in ('ray', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_minimum_detectable_effect_comes_from_the_paired_differences():
+    """Seeds that move arm and control together (a shared warm start) leave paired differences with a small
+    SD: the MDE must come from those (for 3 pairs, 3.264 x the SD of the differences), not from the arms' own
+    spread across seeds, which is a hundred times larger here."""
+    from analysis.summaries import min_detectable_effect, paired
+
+    rows = []
+    for seed, (level, delta) in enumerate([(0.10, 0.001), (0.20, 0.002), (0.30, 0.003)], start=1):
+        rows += [dict(study="s", arm="erm", stage="final", seed=seed, part="w1", subset="all", metric="ndcg", k=10,
+                      value=level),
+                 dict(study="s", arm="idea", stage="final", seed=seed, part="w1", subset="all", metric="ndcg", k=10,
+                      value=level + delta)]
+    out = paired(pd.DataFrame(rows), pairs=[("idea", "erm")])
+    r = out.iloc[0]
+    sd_paired = float(np.std([0.001, 0.002, 0.003], ddof=1))  # 0.001
+    assert r["mde"] == pytest.approx(min_detectable_effect(sd_paired, 3)) and r["mde"] == pytest.approx(0.003264, rel=1e-3)
+    unpaired = min_detectable_effect(float(np.std([0.1, 0.2, 0.3], ddof=1)) * np.sqrt(2), 3)
+    assert r["mde"] < unpaired / 50
+    assert r["mde_rel"] == pytest.approx(r["mde"] / 0.2)
+    # the defining property: at the MDE the paired t-test rejects with probability 0.8 (scipy's noncentral t)
+    crit = stats.t.ppf(0.975, 2)
+    ncp = r["mde"] / sd_paired * np.sqrt(3)
+    assert stats.nct.sf(crit, 2, ncp) + stats.nct.cdf(-crit, 2, ncp) == pytest.approx(0.8, abs=1e-6)

@@ -7,6 +7,7 @@ without test windows; only `final_trial` sees them, after training, once.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -35,7 +36,7 @@ PERMANENT_ERRORS = (NonFiniteLossError, CheckpointError)
 # Test hook: a JSON object (or a list of them) of TrainConfig fields; a trial whose config matches all
 # of one's fields raises at its start, every attempt, so failure handling (retries, FAILED runs) can be
 # tested for real. The optional key "error": "nonfinite" raises NonFiniteLossError (never retried)
-# instead of InjectedFault (retried like a crash).
+# instead of InjectedFault (retried like a crash); "enospc" the OSError of a full disk.
 FAULT_ENV = "IDEA_STUDY_INJECT_FAULT"
 
 
@@ -52,8 +53,10 @@ def _check_fault(config: TrainConfig) -> None:
     for fault in faults if isinstance(faults, list) else [faults]:
         wanted = {k: v for k, v in fault.items() if k != "error"}
         if all(values.get(k) == v for k, v in wanted.items()):
-            error = NonFiniteLossError if fault.get("error") == "nonfinite" else InjectedFault
-            raise error(f"{FAULT_ENV} fault {json.dumps(fault)} matches this trial")
+            message = f"{FAULT_ENV} fault {json.dumps(fault)} matches this trial"
+            if fault.get("error") == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), message)
+            raise (NonFiniteLossError if fault.get("error") == "nonfinite" else InjectedFault)(message)
 
 
 def failed(result) -> bool:

@@ -32,7 +32,7 @@ from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, 
                                write_run_file)
 from studies.search import (Resources, Selection, TuneStateError, check_checkpoints, check_state, optuna_storage,
                             run_search, select_best)
-from studies.trainable import failed
+from studies.trainable import failed, remove_scratch
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
@@ -292,12 +292,14 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
     print(f"study {name}: {split.dataset} ({split.protocol}), {len(split.train):,} training events, "
           f"{len(split.valid):,} validation, tests {', '.join(f'{k}={len(v):,}' for k, v in split.tests.items())}; "
           f"folder {study_dir}", file=sys.stderr)
+    lock = None
     try:
         try:  # a cluster, flag or tracking-store problem
             init_ray(args.address)
             stop_on_sigterm()
             resources = pick_resources(args)  # before anything is written: a request that can never run
             lock = lock_study(study_dir)  # noqa: F841 (kept open, so held, until this function returns)
+            remove_scratch(study_dir)  # left by an earlier driver of this study that died
             print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
                   f"{resources.gpus_per_trial:g} GPU each (device {resources.device})", file=sys.stderr)
             if args.resume:
@@ -329,6 +331,8 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
             return 2
     finally:
         ray.shutdown()
+        if lock is not None:  # this driver's study: folders of trials Ray stopped or killed
+            remove_scratch(study_dir)
     if outcome is None:
         return INTERRUPTED_EXIT[interrupted_by()]
 

@@ -26,12 +26,13 @@ from idea.data.interactions import Interactions
 from idea.splits import Split
 from studies.config import StudyConfig
 from studies.data import without_tests
+from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
 from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
                                write_run_file)
 from studies.search import (Resources, Selection, TuneStateError, check_checkpoints, check_state, optuna_storage,
                             run_search, select_best)
-from studies.trainable import failed
+from studies.trainable import failed, remove_scratch
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
 
@@ -69,7 +70,12 @@ def init_ray(address: str | None) -> None:
     # On Ctrl-C Tune advises `Tuner.restore(...)`; the study prints its own `--resume` line instead.
     logging.getLogger("ray.tune.tune").addFilter(lambda r: not r.getMessage().startswith("Experiment has been interrupted"))
     logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.WARNING)
+    # a trial's traceback for a full disk or read-only folder: the study stops with its own message instead
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(
+        lambda r: not (r.exc_info and diagnose(r.exc_info[1])))
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # MLflow logs a traceback per write that met a locked store; the writes are retried (studies.faults)
+    logging.getLogger("mlflow.store.db.utils").addFilter(lambda r: LOCKED not in r.getMessage())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -223,8 +229,16 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
     except TuneStateError:  # nothing ran: the study stays resumable once the state is put back
         study_run.close_open_runs("KILLED")
         raise
-    except BaseException:
-        study_run.close_open_runs("FAILED")
+    except BaseException as err:
+        fault = diagnose(err)
+        if fault is None:
+            study_run.close_open_runs("FAILED")
+        elif fault.closable:  # resumable: KILLED like an interruption, if the disk still takes the writes
+            try:
+                study_run.client().set_tag(study_run.parent_run_id, Tag.INTERRUPTED, fault.kind)
+                study_run.close_open_runs("KILLED", tags={Tag.INTERRUPTED: fault.kind})
+            except Exception:  # noqa: BLE001 (the resume ends or continues the runs left RUNNING)
+                pass
         raise
     study_run.client().set_terminated(study_run.parent_run_id, "FINISHED")
     return outcome
@@ -236,7 +250,31 @@ def interrupted_by() -> str:
 
 def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     """The whole study for parsed arguments that passed `studies.preflight.check_study`; returns the exit
-    code (0, 2 bad input, 130 interrupted by Ctrl-C, 143 by SIGTERM)."""
+    code (0, 2 bad input, 3 an arm without result, 75 a fault of the machine, 130 interrupted by Ctrl-C,
+    143 by SIGTERM)."""
+    try:
+        return run_checked(args, checked)
+    except Exception as err:
+        fault = diagnose(err, checked.tracking_uri)
+        if fault is None:
+            raise
+        print_fault(fault, err, checked.study_dir, args.resume)
+        return ENVIRONMENT_EXIT
+
+
+def print_fault(fault: Fault, err: BaseException, study_dir: Path, resume: bool) -> None:
+    """One message for a fault of the machine: its cause, the error's line that shows it, the fix, the resume
+    command."""
+    runs = (f"open runs it could end are KILLED, tagged interrupted={fault.kind!r}" if fault.closable
+            else "open runs stay RUNNING until the resume continues them")
+    where = (f"Resume with:\n  {resume_command(sys.argv, resume)}" if (study_dir / "study.yaml").is_file()
+             else "The study had not started; run the same command again.")
+    print(f"\nerror: {fault.cause} ({fault.detail[:300]}).\nThe study stopped; {runs}. To continue: {fault.fix}. {where}",
+          file=sys.stderr)
+
+
+def run_checked(args: argparse.Namespace, checked: Checked) -> int:
+    """`run_cli` without the handling of machine faults."""
     study, name, study_dir, tracking_uri = checked.study, checked.name, checked.study_dir, checked.tracking_uri
     data, split = checked.data, checked.split
     try:  # what needs MLflow or Tune's state, before Ray starts
@@ -254,12 +292,14 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     print(f"study {name}: {split.dataset} ({split.protocol}), {len(split.train):,} training events, "
           f"{len(split.valid):,} validation, tests {', '.join(f'{k}={len(v):,}' for k, v in split.tests.items())}; "
           f"folder {study_dir}", file=sys.stderr)
+    lock = None
     try:
         try:  # a cluster, flag or tracking-store problem
             init_ray(args.address)
             stop_on_sigterm()
             resources = pick_resources(args)  # before anything is written: a request that can never run
             lock = lock_study(study_dir)  # noqa: F841 (kept open, so held, until this function returns)
+            remove_scratch(study_dir)  # left by an earlier driver of this study that died
             print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
                   f"{resources.gpus_per_trial:g} GPU each (device {resources.device})", file=sys.stderr)
             if args.resume:
@@ -291,6 +331,8 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
             return 2
     finally:
         ray.shutdown()
+        if lock is not None:  # this driver's study: folders of trials Ray stopped or killed
+            remove_scratch(study_dir)
     if outcome is None:
         return INTERRUPTED_EXIT[interrupted_by()]
 

@@ -16,7 +16,7 @@ from idea.splits import Split
 
 from studies.config import StudyConfig
 from studies.search import Resources, Selection, ended_trials, fit
-from studies.trainable import RESULTS_FILE, failed, final_trial
+from studies.trainable import RESULTS_FILE, failed, final_trial, scratch_key
 from studies.tracking import MlflowTrialLogger, StudyRun
 
 RESULT_COLUMNS = ["study", "arm", "method", "stage", "seed", "trial_id", "run_id", "part", "subset", "metric", "k",
@@ -37,7 +37,7 @@ def run_final(study: StudyConfig, selection: Selection, split: Split, resources:
             print(f"warning: {study.base()} final seed(s) {missing} failed, so {arm} has no start for them; skipping",
                   file=sys.stderr)
         seeds = [s for s in seeds if s in starts]
-    trainable = resources.wrap(final_trial, split=split, fixed=fixed,
+    trainable = resources.wrap(final_trial, split=split, fixed=fixed, scratch=scratch_key(ray_dir.parent),
                                starts={s: starts[s].path for s in seeds} if starts is not None else None)
     name = f"{arm}-final"
     init = {s: starts[s] for s in seeds} if starts is not None else {}

@@ -11,7 +11,9 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,8 @@ RUN_FILE = "run.json"  # how the study runs: tracking URI and trial device, whic
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LOCK_FILE = ".driver.lock"  # flock'ed by the running driver; its text names the holder
 SUMMARY_FILE = "summary.txt"  # the console summary of a finished study, reprinted by a later --resume
+MIN_FREE_ENV = "IDEA_STUDY_MIN_FREE_MB"  # free space a study needs to start (default MIN_FREE_MB)
+MIN_FREE_MB = 1024
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ def check_study(args: argparse.Namespace) -> Checked:
     study_dir = (Path(args.out) / name).resolve()
     check_not_in_use(study_dir)
     tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
+    check_writable(study_dir)
     data, split = study_split(study, args.data_dir)
     if args.resume:
         check_data(study_dir, split)
@@ -70,6 +75,30 @@ def check_data(study_dir: Path, split: Split) -> None:
             "changed")
 
 
+def check_writable(study_dir: Path) -> None:
+    """The study folder (or, before it exists, the nearest folder above it) takes files and its disk has
+    MIN_FREE_MB free: a read-only, full or misplaced --out is refused here, not by an OSError mid-study."""
+    base = study_dir
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise StudyConfigError(f"{base} is a file, so the study folder {study_dir} cannot be created there: "
+                               "choose another --out")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise StudyConfigError(f"{base} is not writable ({err.strerror}), and the study writes {study_dir}: make it "
+                               "writable (or mount it read-write) or choose another --out") from None
+    minimum = float(os.environ.get(MIN_FREE_ENV, MIN_FREE_MB))
+    free = shutil.disk_usage(base).free / 2**20
+    if free < minimum:
+        raise StudyConfigError(f"only {free:,.0f} MiB free on the disk of {base}; a study needs at least {minimum:,.0f} "
+                               f"MiB (${MIN_FREE_ENV}) for its checkpoints and store: free space there, or choose "
+                               "another --out")
+
+
 def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
@@ -84,7 +113,9 @@ def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: s
                                    "or choose another --out or --study-name")
         return tracking_uri or sqlite_uri(study_dir / "mlflow.db")
     if not saved.is_file():
-        raise StudyConfigError(f"nothing to resume: {saved} does not exist")
+        missing = next((p for p in (study_dir.parent, study_dir) if not p.exists()), None)
+        raise StudyConfigError(f"nothing to resume: {saved} does not exist"
+                               + (f" ({missing} does not exist: check --out and --study-name)" if missing else ""))
     try:
         before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
     except (yaml.YAMLError, ValueError, TypeError) as err:

@@ -21,7 +21,7 @@ from idea.trainer import CheckpointError, read_checkpoint
 from studies.config import StudyConfig, spec_dict
 from studies.progress import ProgressPrinter
 from studies.space import MODE, make_scheduler, make_searcher
-from studies.trainable import CHECKPOINT_FILE, failed, search_trial
+from studies.trainable import CHECKPOINT_FILE, failed, scratch_key, search_trial
 from studies.tracking import INTERRUPTED, MlflowTrialLogger, StudyRun, summary_metrics
 
 
@@ -242,7 +242,7 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
     fixed = {**study.fixed(arm), "device": resources.device}
     if start is not None:
         fixed["init_from"] = start.path
-    trainable = resources.wrap(search_trial, split=split, fixed=fixed)
+    trainable = resources.wrap(search_trial, split=split, fixed=fixed, scratch=scratch_key(ray_dir.parent))
     name = f"{arm}-search"
     init = {None: start} if start is not None else {}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
-from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
@@ -27,6 +27,7 @@ from idea.config import TrainConfig
 from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key, best_state_key,
                            metric_name, parse_metric_key, shift_key, valid_key)
 from idea.metrics import KS, METRICS
+from studies.faults import EnvironmentFault, RetryingClient, diagnose
 
 METRIC_NAMES = tuple(metric_name(m, k) for m in METRICS for k in KS)
 # Set when Ctrl-C reaches a running Tuner (Tune itself then stops gracefully and saves its state).
@@ -88,8 +89,8 @@ class StudyRun:
     parent_run_id: str
     tags: Mapping[str, str]  # study, dataset, backbone, git_sha, data_sha256
 
-    def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri)
+    def client(self) -> RetryingClient:
+        return RetryingClient(self.tracking_uri)
 
     def runs(self, filter_string: str = "") -> Iterator:
         """All runs of the study's experiment matching `filter_string` (every page)."""
@@ -124,7 +125,7 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
     resume, `parent_run_id` (the one the study folder recorded; or, with `require_parent`, any) must be in
     the store: a store recreated or replaced under a study whose trials ran would get them attached to a
     parent it does not hold. That is refused before anything is written."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = RetryingClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     parents = [] if experiment is None else client.search_runs(
         [experiment.experiment_id], where(tag_study=study, tag_stage=Stage.STUDY))
@@ -156,7 +157,7 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
 
 def is_finished(tracking_uri: str, study: str) -> bool:
     """Did the study's parent run end FINISHED (every stage done, results and report written)?"""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = RetryingClient(tracking_uri)
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         return False
@@ -209,7 +210,7 @@ class MlflowTrialLogger(tune.Callback):
         self.tags = dict(tags or {})  # set on every run of this arm and stage (search runs: `searched`)
         self.max_epochs = max_epochs
         self.starts = dict(starts or {})  # seed (None: every trial) -> studies.warm_start.Start of a warm arm
-        self._client: MlflowClient | None = None
+        self._client: RetryingClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}  # trial_id -> last epoch logged (resume must not log twice)
         self._running: set[str] = set()  # trial_ids whose run this session has (re)opened
@@ -324,8 +325,9 @@ class MlflowTrialLogger(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         """The time budget stops trials without a per-trial callback, some before they even started: their
         runs end here, tagged budget_stopped, FINISHED with their best-so-far metrics or KILLED when no
-        epoch completed. After Ctrl-C or SIGTERM the driver ends them instead (KILLED, `interrupted`)."""
-        if INTERRUPTED.is_set():
+        epoch completed. After Ctrl-C or SIGTERM, or when Tune ends the experiment because an error is
+        propagating (`sys.exc_info()`: Tune's cleanup runs in its `except` block), the driver ends them instead."""
+        if INTERRUPTED.is_set() or sys.exc_info()[0] is not None:
             return
         for trial in trials:
             if trial.trial_id in self._running or trial.trial_id not in self._runs:
@@ -333,10 +335,20 @@ class MlflowTrialLogger(tune.Callback):
                 self._end(trial, RunStatus.to_string(RunStatus.FINISHED if completed else RunStatus.KILLED),
                           {Tag.BUDGET_STOPPED: TRUE})
 
+    @staticmethod
+    def _stop_on_machine_fault(trial) -> None:
+        """A trial that failed on a full disk or a read-only folder stops the study (every trial would meet
+        the fault, and retries would seal the arm as failed): the error propagates out of Tune's loop."""
+        line = _last_error_line(trial)
+        if diagnose(EnvironmentFault(line)) is not None:
+            raise EnvironmentFault(f"trial {trial.trial_id}: {line}")
+
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._stop_on_machine_fault(trial)
         self._client.set_tag(self._open(trial), Tag.FAILURES, str(trial.num_failures))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._stop_on_machine_fault(trial)
         self._end(trial, RunStatus.to_string(RunStatus.FAILED),
                   {Tag.FAILURES: str(trial.num_failures), Tag.ERROR: _last_error_line(trial)})
 

@@ -7,10 +7,13 @@ without test windows; only `final_trial` sees them, after training, once.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -35,7 +38,7 @@ PERMANENT_ERRORS = (NonFiniteLossError, CheckpointError)
 # Test hook: a JSON object (or a list of them) of TrainConfig fields; a trial whose config matches all
 # of one's fields raises at its start, every attempt, so failure handling (retries, FAILED runs) can be
 # tested for real. The optional key "error": "nonfinite" raises NonFiniteLossError (never retried)
-# instead of InjectedFault (retried like a crash).
+# instead of InjectedFault (retried like a crash); "enospc" the OSError of a full disk.
 FAULT_ENV = "IDEA_STUDY_INJECT_FAULT"
 
 
@@ -52,8 +55,10 @@ def _check_fault(config: TrainConfig) -> None:
     for fault in faults if isinstance(faults, list) else [faults]:
         wanted = {k: v for k, v in fault.items() if k != "error"}
         if all(values.get(k) == v for k, v in wanted.items()):
-            error = NonFiniteLossError if fault.get("error") == "nonfinite" else InjectedFault
-            raise error(f"{FAULT_ENV} fault {json.dumps(fault)} matches this trial")
+            message = f"{FAULT_ENV} fault {json.dumps(fault)} matches this trial"
+            if fault.get("error") == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), message)
+            raise (NonFiniteLossError if fault.get("error") == "nonfinite" else InjectedFault)(message)
 
 
 def failed(result) -> bool:
@@ -79,6 +84,22 @@ def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
     return guarded
 
 
+def scratch_key(study_dir: Path) -> str:
+    """The study's part of its trials' temporary folder names (idea-ckpt-<key>-*, idea-final-<key>-*), so the
+    driver finds them: the folder name and a digest of its path, as two studies may share a name."""
+    return f"{study_dir.name}-{hashlib.sha256(str(study_dir).encode()).hexdigest()[:8]}"
+
+
+def remove_scratch(study_dir: Path) -> int:
+    """Remove the study's temporary checkpoint folders on this machine; returns how many. A trial Ray stops
+    or kills (Ctrl-C, ASHA, the time budget, a driver killed with -9) never leaves its `with` block, so its
+    folder (about 14 MB for Beauty) stays behind; the driver calls this at its start and at its end."""
+    paths = [p for kind in ("ckpt", "final") for p in Path(tempfile.gettempdir()).glob(f"idea-{kind}-{scratch_key(study_dir)}-*")]
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(paths)
+
+
 def _prepare_worker() -> None:
     """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores; and no
     Ray line per saved checkpoint (a trial saves one every epoch, and the console already shows the epoch)."""
@@ -92,7 +113,7 @@ def _start(trainer: Trainer) -> dict[str, str]:
     return {Result.INIT_DIGEST: trainer.init_digest} if trainer.init_digest else {}
 
 
-def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Trainer:
+def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any], scratch: str) -> Trainer:
     """Fixed settings + sampled params -> a trained Trainer; resumes from Tune's checkpoint when there is one."""
     train_config = TrainConfig.from_dict({**fixed, **config})
     _check_fault(train_config)
@@ -102,7 +123,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load(Path(d) / CHECKPOINT_FILE)
-    with tempfile.TemporaryDirectory(prefix="idea-ckpt-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"idea-ckpt-{scratch}-") as tmp:
         path = Path(tmp) / CHECKPOINT_FILE
 
         def report(record) -> None:
@@ -115,11 +136,12 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> Train
 
 
 @_stop_on_permanent_errors
-def search_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any]) -> None:
-    """One search trial: train on `split` (no test windows), reporting validation metrics per epoch."""
+def search_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any], scratch: str) -> None:
+    """One search trial: train on `split` (no test windows), reporting validation metrics per epoch;
+    `scratch` (`scratch_key`) names its temporary folder."""
     if split.tests:
         raise ValueError("search trials must not receive test windows; pass studies.data.without_tests(split)")
-    _train(config, split, fixed)
+    _train(config, split, fixed, scratch)
 
 
 def final_metrics(frame: pd.DataFrame) -> dict[str, float]:
@@ -132,16 +154,16 @@ def final_metrics(frame: pd.DataFrame) -> dict[str, float]:
 
 
 @_stop_on_permanent_errors
-def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any],
+def final_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any], scratch: str,
                 starts: Mapping[int, str] | None = None) -> None:
     """One final seed run: train like a search trial (a warm arm's seed s from `starts[s]`, the ERM arm's
     seed s), then evaluate the best state once on validation and every test window; the last report
     carries those metrics and a checkpoint with the tidy frame."""
     if starts is not None:
         fixed = {**fixed, "init_from": starts[config["seed"]]}
-    trainer = _train(config, split, fixed)
+    trainer = _train(config, split, fixed, scratch)
     frame = trainer.evaluate()
-    with tempfile.TemporaryDirectory(prefix="idea-final-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"idea-final-{scratch}-") as tmp:
         trainer.save(Path(tmp) / CHECKPOINT_FILE)
         frame.to_csv(Path(tmp) / RESULTS_FILE, index=False)
         tune.report({Result.EPOCH: trainer.epoch, Result.BEST_EPOCH: trainer.best_epoch,

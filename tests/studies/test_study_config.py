@@ -341,7 +341,7 @@ def test_search_trials_never_receive_test_windows(small_split):
     assert small_split.tests and not search.tests and set(search.bounds) == {"train", "valid"}
     assert search.train is small_split.train  # shared, not copied
     with pytest.raises(ValueError, match="must not receive test windows"):
-        search_trial({}, small_split, {"method": "erm", "epochs": 1})
+        search_trial({}, small_split, {"method": "erm", "epochs": 1}, "scratch")
 
 
 def test_subsample_keeps_whole_users_and_changes_the_digest():

@@ -330,7 +330,7 @@ def _shift_frame(study: str, desc: dict, source: str) -> pd.DataFrame:
     rows = [{"study": study, "part": p["name"], **{c: p.get(c) for c in SHIFT_FRAME_COLUMNS[2:]}} for p in desc["parts"]]
     out = pd.DataFrame(rows, columns=SHIFT_FRAME_COLUMNS)
     out[["cold_share", "popularity_js_vs_train"]] = out[["cold_share", "popularity_js_vs_train"]].astype("float64")
-    out.attrs.update(source=source, reason=None)
+    out.attrs.update(source=source, reason=None, protocol=desc.get("protocol"))
     return out
 
 

@@ -281,3 +281,18 @@ def test_console_holds_the_harness_lines_only(smoke):
     cut = {r.data.tags["trial_id"] for r in store.nested("search") if r.data.tags.get("asha_stopped") == "true"}
     said = set(re.findall(r"trial (\w+) stopped by ASHA after epoch \d+ of \d+", console))
     assert said == cut
+
+
+def test_compare_reads_the_real_study(smoke, tmp_path):
+    """analysis.compare on the smoke study's folder: every pair the study file sets (idea vs erm_ft, each arm vs
+    erm), each window, with the study's dataset, protocol and backbone and a finite detectable effect."""
+    from analysis.compare import main
+
+    _, study_dir, _ = smoke
+    assert main(["--study-dir", str(study_dir), "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "compare.csv")
+    assert set(zip(table["arm"], table["control"])) == {("idea", "erm_ft"), ("idea", "erm"), ("erm_ft", "erm"),
+                                                        ("dros", "erm")}
+    assert set(table["part"]) >= set(WINDOWS) and set(table["protocol"]) == {"temporal"}
+    assert set(table["dataset"]) == {"synthetic"} and set(table["backbone"]) == {"gru4rec"}
+    assert table["mde"].notna().all() and (table["n_pairs"] == len(SMOKE_SEEDS)).all()

@@ -1,0 +1,151 @@
+"""Several studies in one table: every arm against its control, paired by seed, per study and part, with
+the smallest effect each comparison could have detected; and a forest plot of the last window.
+
+    python -m analysis.compare --study-dir outputs/beauty --study-dir outputs/sports-gpu --out outputs/compare
+    python -m analysis.compare --tracking-uri sqlite:///$PWD/outputs/all.db --pattern 'beauty*' --out DIR
+
+A study folder (`--study-dir`) stands for its own store and the study named after the folder; with
+`--tracking-uri`, `--study NAME` (repeatable) or `--pattern GLOB` picks the studies of that store (default:
+every study in it). Writes `compare.csv`, `compare.md` and `forest.png` under `--out`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import summaries as S
+from analysis.load import StudyNotFoundError, load_arms, load_shift, load_study, parent_tags
+from analysis.plots import metric_label
+from idea.argparsing import StrictArgumentParser
+from idea.contract import Stage, Tag
+
+COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "arm", "control", "part", "control_mean",
+                   "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "n_pairs", "mde", "mde_rel"]
+
+
+def study_names(tracking_uri: str, pattern: str | None = None) -> list[str]:
+    """The studies of a store (experiments holding a parent run), optionally those matching a glob."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    names = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], f"tags.`{Tag.STAGE}` = '{Stage.STUDY}'", max_results=1):
+            names.append(exp.name)
+    return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
+
+
+def compare(studies: list[tuple[str, str]], metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
+    """One row per study x (arm, control) x part from `(tracking_uri, study)` pairs: the paired differences
+    (`analysis.summaries.paired`, the study's own pairs) with its dataset, protocol and backbone."""
+    frames = []
+    for uri, study in studies:
+        results = load_study(uri, study)
+        table = S.paired(results, metric, k, subset, load_arms(uri, study).pairs())
+        if table.empty:
+            continue
+        tags = parent_tags(uri, study)
+        frames.append(table.assign(dataset=tags.get("dataset"), backbone=tags.get("backbone"),
+                                   protocol=load_shift(uri, study).attrs.get("protocol")))
+    if not frames:
+        return pd.DataFrame(columns=COMPARE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[COMPARE_COLUMNS]
+
+
+def last_windows(table: pd.DataFrame) -> pd.DataFrame:
+    """Each study's rows of its last test window."""
+    windows = table[table["part"].map(S._is_window)]
+    last = windows.groupby("study")["part"].transform(lambda p: max(p, key=S.window_index))
+    return windows[windows["part"] == last].reset_index(drop=True)
+
+
+def forest(table: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:
+    """One row per study x pair on its last window: the relative difference (arm − control) / control with
+    its paired 95% interval as a bar, the ± minimum detectable effect as a grey band, and a zero line."""
+    rows = last_windows(table)
+    fig = Figure(figsize=(8, 1.2 + 0.45 * max(len(rows), 1)))
+    ax = fig.add_subplot()
+    ax.axvline(0, color="black", lw=1)
+    for y, r in enumerate(rows.itertuples()):
+        scale = 100 / r.control_mean if r.control_mean else np.nan
+        if pd.notna(r.mde):
+            ax.fill_betweenx([y - 0.3, y + 0.3], -r.mde * scale, r.mde * scale, color="0.88", lw=0)
+        if pd.notna(r.ci_low):
+            ax.plot([r.ci_low * scale, r.ci_high * scale], [y, y], color="#1f77b4", lw=2)
+        ax.plot([r.mean_diff * scale], [y], "o", color="#1f77b4")
+    ax.set_yticks(range(len(rows)), [f"{r.study}: {r.arm} vs {r.control} ({r.part})" for r in rows.itertuples()])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric_label(metric, k)}: arm − control, % of the control")
+    ax.set_title("dot: mean paired difference · bar: its 95% CI · grey: ± minimum detectable effect", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    shown = table.copy()
+    for col in ("control_mean", "mean_diff", "ci_low", "ci_high", "mde"):
+        shown[col] = shown[col].map(lambda v: f"{v:+.2e}" if col != "control_mean" and pd.notna(v) else
+                                    (f"{v:.4g}" if pd.notna(v) else "-"))
+    shown["rel_gain"] = shown["rel_gain"].map(lambda v: f"{100 * v:+.1f}%" if pd.notna(v) else "-")
+    shown["mde_rel"] = shown["mde_rel"].map(lambda v: f"±{100 * v:.1f}%" if pd.notna(v) else "-")
+    shown["p_paired"] = shown["p_paired"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "-")
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+def write_compare(studies: list[tuple[str, str]], out_dir: Path, metric: str = "ndcg", k: int = 10) -> Path:
+    """`compare.csv`, `compare.md` (the table, the last windows first) and `forest.png` under `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = compare(studies, metric, k)
+    table.to_csv(out_dir / "compare.csv", index=False)
+    forest(table, metric, k).savefig(out_dir / "forest.png", dpi=120)
+    label = metric_label(metric, k)
+    md = [f"# Studies compared on {label}: {', '.join(dict.fromkeys(s for _, s in studies))}", "",
+          "Every arm against its control, paired by seed (the studies' own pairs); mde is the smallest true "
+          "difference the seeds could detect (two-sided 0.05, power 0.8): a difference inside ±mde is what "
+          "they cannot tell from none. ![forest](forest.png)", "", "## Last window of each study", "",
+          _markdown(last_windows(table)), "", "## Every part", "", _markdown(table), ""]
+    path = out_dir / "compare.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = StrictArgumentParser(prog="python -m analysis.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--study-dir", action="append", default=[], help="a study folder (its mlflow.db); repeatable")
+    p.add_argument("--tracking-uri", action="append", default=[], help="an MLflow store; repeatable")
+    p.add_argument("--study", action="append", default=[], help="a study of the --tracking-uri stores; repeatable")
+    p.add_argument("--pattern", help="studies of the --tracking-uri stores whose names match this glob")
+    p.add_argument("--out", required=True, help="folder for compare.csv, compare.md and forest.png")
+    p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
+    p.add_argument("--k", type=int, default=10, choices=(5, 10, 20))
+    args = p.parse_args(argv)
+    studies = []
+    for folder in args.study_dir:
+        db = Path(folder).resolve() / "mlflow.db"
+        if not db.is_file():
+            print(f"error: {db} does not exist: --study-dir takes a study folder (<out>/<study>)", file=sys.stderr)
+            return 2
+        studies.append((f"sqlite:///{db}", db.parent.name))
+    for uri in args.tracking_uri:
+        names = args.study or study_names(uri, args.pattern)
+        studies += [(uri, name) for name in names if args.pattern is None or fnmatch.fnmatch(name, args.pattern)]
+    if not studies:
+        print("error: no study to compare: give --study-dir, or --tracking-uri with studies in it", file=sys.stderr)
+        return 2
+    try:
+        path = write_compare(studies, Path(args.out), args.metric, args.k)
+    except StudyNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"compared {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

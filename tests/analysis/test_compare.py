@@ -1,0 +1,43 @@
+"""`python -m analysis.compare`: several studies of a store in one table of paired differences with their
+minimum detectable effect, the last windows first, and a forest plot."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis import compare as C
+from analysis import summaries as S
+from analysis.load import load_arms, load_study
+from tests.analysis import fake_store as F
+
+
+def test_a_store_of_several_studies_gives_one_row_per_study_pair_and_part(store):
+    assert set(C.study_names(store)) >= {F.STUDY, F.OTHER, F.LOGGED}
+    assert C.study_names(store, "synthetic*") == [F.STUDY]
+    table = C.compare([(store, name) for name in C.study_names(store)])
+    mine = table[table["study"] == F.STUDY].reset_index(drop=True)
+    expected = S.paired(load_study(store, F.STUDY), pairs=load_arms(store, F.STUDY).pairs())
+    assert len(mine) == len(expected) > 0
+    for col in ("mean_diff", "ci_low", "ci_high", "p_paired", "mde", "mde_rel"):
+        pd.testing.assert_series_equal(mine[col], expected[col], check_names=False)
+    assert set(mine["dataset"]) == {"synthetic"} and set(mine["backbone"]) == {"gru4rec"}
+    assert set(mine["protocol"]) == {"temporal"}  # from the parent run's describe.json
+    last = C.last_windows(table)
+    assert set(last.loc[last["study"] == F.STUDY, "part"]) == {"w3"}
+
+
+def test_cli_writes_table_markdown_and_forest(store, tmp_path):
+    assert C.main(["--tracking-uri", store, "--pattern", "synthetic*", "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "compare.csv")
+    assert set(table["study"]) == {F.STUDY} and {"mde", "mde_rel", "protocol"} <= set(table.columns)
+    md = (tmp_path / "compare.md").read_text()
+    assert "## Last window of each study" in md and "idea" in md and "forest.png" in md
+    assert (tmp_path / "forest.png").stat().st_size > 10_000
+
+
+def test_cli_refuses_what_it_cannot_compare(tmp_path, capsys):
+    assert C.main(["--study-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert C.main(["--out", str(tmp_path / "o")]) == 2
+    with pytest.raises(SystemExit):
+        C.main(["--tracking", "x", "--out", str(tmp_path)])  # abbreviated flags are refused

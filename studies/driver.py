@@ -26,12 +26,12 @@ from idea.data.interactions import Interactions
 from idea.splits import Split
 from studies.config import StudyConfig
 from studies.data import without_tests
+from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
 from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
                                write_run_file)
-from studies.search import (Resources, Selection, TuneStateError, check_checkpoints, check_state, optuna_storage,
-                            run_search, select_best)
+from studies.search import Selection, optuna_storage, run_search, select_best
 from studies.trainable import failed, remove_scratch
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts

@@ -16,7 +16,7 @@ from studies.catalog import CONFIG_DIR, shipped_studies
 from studies.config import FloatRange, IntRange, StudyConfigError, load_study
 from idea.data.interactions import subsample_users
 from studies.data import without_tests
-from studies.search import Resources
+from studies.experiments import Resources
 from studies.space import optuna_space
 from studies.trainable import search_trial
 from tests.studies.study_cli import run_cli, run_study

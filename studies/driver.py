@@ -8,9 +8,7 @@ import argparse
 import json
 import logging
 import shlex
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import optuna
@@ -29,6 +27,7 @@ from studies.data import without_tests
 from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
+from studies.interrupts import interrupted_by, stop_on_sigterm
 from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
                                write_run_file)
 from studies.search import Selection, optuna_storage, run_search, select_best
@@ -39,21 +38,6 @@ from studies.warm_start import save_starts
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NO_RESULT_EXIT = 3  # the study ran to its end, but some arm has no result (time budget, every trial failed)
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
-TERMINATED = threading.Event()  # SIGTERM reached the driver
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (how SLURM and Kubernetes stop a job) takes Ctrl-C's path: Tune stops gracefully and saves
-    its state, open runs end KILLED, the resume line is printed. Installed after ray.init, whose own
-    handlers would exit mid-stage (runs FAILED) or abort with a native stack dump."""
-    def handler(signum, frame):
-        TERMINATED.set()
-        on_sigint = signal.getsignal(signal.SIGINT)  # Tune's while a stage runs, else Python's KeyboardInterrupt
-        if not callable(on_sigint):
-            raise KeyboardInterrupt
-        on_sigint(signal.SIGINT, frame)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def init_ray(address: str | None) -> None:
@@ -242,10 +226,6 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
         raise
     study_run.client().set_terminated(study_run.parent_run_id, "FINISHED")
     return outcome
-
-
-def interrupted_by() -> str:
-    return "SIGTERM" if TERMINATED.is_set() else "SIGINT"
 
 
 def run_cli(args: argparse.Namespace, checked: Checked) -> int:

@@ -17,9 +17,10 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from idea.contract import TRUE, Tag
 from idea.trainer import CheckpointError, read_checkpoint
 
+from studies.interrupts import INTERRUPTED, WatchSigint
 from studies.progress import ProgressPrinter
 from studies.trainable import CHECKPOINT_FILE
-from studies.tracking import INTERRUPTED, StudyRun
+from studies.tracking import StudyRun
 
 
 class Interrupted(KeyboardInterrupt):
@@ -66,11 +67,12 @@ class Resources:
                                    {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
 
     def run_config(self, ray_dir: Path, name: str, total: int, logger: tune.Callback) -> tune.RunConfig:
-        """Tune's own console table is replaced by one line per trial event (`studies.progress`)."""
+        """Every stage's: Ctrl-C stops the study (`WatchSigint`), `logger` tracks the trials, and Tune's own
+        console table is replaced by one line per trial event (`studies.progress`)."""
         return tune.RunConfig(
             name=name, storage_path=str(ray_dir),
-            callbacks=[logger, ProgressPrinter(name, total, self.concurrency, logger.max_epochs), JsonLoggerCallback(),
-                       CSVLoggerCallback()],
+            callbacks=[WatchSigint(), logger, ProgressPrinter(name, total, self.concurrency, logger.max_epochs),
+                       JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=self.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs

@@ -34,27 +34,14 @@ class TuneStateError(ValueError):
 
 @dataclass(frozen=True)
 class Resources:
-    """Per-trial resources and run limits from the CLI (not part of the study's identity)."""
+    """Per-trial resources and run limits from the CLI (not part of the study's identity), already checked:
+    each flag's range by studies/cli.py, what the cluster can grant by `studies.driver.pick_resources`."""
 
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractional GPUs share one device between trials
     concurrency: int = 2
     max_failures: int = 2  # retries of a crashing trial before it is recorded as FAILED
     time_budget_s: float | None = None  # per arm's search
-
-    def __post_init__(self) -> None:
-        if not self.cpus_per_trial > 0:
-            raise ValueError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
-        if self.gpus_per_trial < 0:
-            raise ValueError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
-        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
-            raise ValueError(f"--gpus-per-trial above 1 must be a whole number, got {self.gpus_per_trial}")
-        if self.concurrency < 1:
-            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
-        if self.max_failures < 0:
-            raise ValueError(f"--max-failures must be >= 0, got {self.max_failures}")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"--time-budget-s must be > 0, got {self.time_budget_s}")
 
     @property
     def device(self) -> str:

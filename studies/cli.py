@@ -31,6 +31,14 @@ def _number(kind: type, low: float, strict: bool):
     return parse
 
 
+def _gpus(text: str) -> float:
+    """--gpus-per-trial: >= 0, and whole above 1 (Ray grants one trial a share of one GPU, or whole GPUs)."""
+    value = _number(float, 0, strict=False)(text)
+    if value > 1 and value != int(value):
+        raise argparse.ArgumentTypeError(f"above 1 must be a whole number, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = StrictArgumentParser(prog="python studies/run_study.py", description=DESCRIPTION)
     p.add_argument("study", help=f"a shipped study (studies/configs/<name>.yaml: {', '.join(shipped_studies())}) "
@@ -42,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=_number(int, 1, strict=False),
                    help="trials in flight at once (default: what the cluster fits, at most 4, so TPE keeps learning)")
     p.add_argument("--cpus-per-trial", type=_number(float, 0, strict=True), default=1.0, help="CPUs reserved per trial (default 1)")
-    p.add_argument("--gpus-per-trial", type=_number(float, 0, strict=False),
+    p.add_argument("--gpus-per-trial", type=_gpus,
                    help="GPUs per trial, fractions share a GPU (default: the cluster's GPUs split over --concurrency, "
                         "else 0 = CPU)")
     p.add_argument("--max-failures", type=_number(int, 0, strict=False), default=2, help="retries of a crashing trial before it is FAILED")

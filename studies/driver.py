@@ -8,9 +8,7 @@ import argparse
 import json
 import logging
 import shlex
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import optuna
@@ -26,12 +24,12 @@ from idea.data.interactions import Interactions
 from idea.splits import Split
 from studies.config import StudyConfig
 from studies.data import without_tests
+from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
-from studies.preflight import (SUMMARY_FILE, Checked, check_device, create_dir, lock_study, read_run_file,
-                               write_run_file)
-from studies.search import (Resources, Selection, TuneStateError, check_checkpoints, check_state, optuna_storage,
-                            run_search, select_best)
+from studies.interrupts import interrupted_by, stop_on_sigterm
+from studies.preflight import SUMMARY_FILE, Checked
+from studies.search import Selection, optuna_storage, run_search, select_best
 from studies.trainable import failed, remove_scratch
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
 from studies.warm_start import save_starts
@@ -39,21 +37,6 @@ from studies.warm_start import save_starts
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NO_RESULT_EXIT = 3  # the study ran to its end, but some arm has no result (time budget, every trial failed)
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
-TERMINATED = threading.Event()  # SIGTERM reached the driver
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (how SLURM and Kubernetes stop a job) takes Ctrl-C's path: Tune stops gracefully and saves
-    its state, open runs end KILLED, the resume line is printed. Installed after ray.init, whose own
-    handlers would exit mid-stage (runs FAILED) or abort with a native stack dump."""
-    def handler(signum, frame):
-        TERMINATED.set()
-        on_sigint = signal.getsignal(signal.SIGINT)  # Tune's while a stage runs, else Python's KeyboardInterrupt
-        if not callable(on_sigint):
-            raise KeyboardInterrupt
-        on_sigint(signal.SIGINT, frame)
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def init_ray(address: str | None) -> None:
@@ -244,10 +227,6 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
     return outcome
 
 
-def interrupted_by() -> str:
-    return "SIGTERM" if TERMINATED.is_set() else "SIGINT"
-
-
 def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     """The whole study for parsed arguments that passed `studies.preflight.check_study`; returns the exit
     code (0, 2 bad input, 3 an arm without result, 75 a fault of the machine, 130 interrupted by Ctrl-C,
@@ -258,7 +237,7 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
         fault = diagnose(err, checked.tracking_uri)
         if fault is None:
             raise
-        print_fault(fault, err, checked.study_dir, args.resume)
+        print_fault(fault, err, checked.folder.path, args.resume)
         return ENVIRONMENT_EXIT
 
 
@@ -275,8 +254,7 @@ def print_fault(fault: Fault, err: BaseException, study_dir: Path, resume: bool)
 
 def run_checked(args: argparse.Namespace, checked: Checked) -> int:
     """`run_cli` without the handling of machine faults."""
-    study, name, study_dir, tracking_uri = checked.study, checked.name, checked.study_dir, checked.tracking_uri
-    data, split = checked.data, checked.split
+    name, study_dir, tracking_uri, split = checked.name, checked.folder.path, checked.tracking_uri, checked.split
     try:  # what needs MLflow or Tune's state, before Ray starts
         if args.resume and is_finished(tracking_uri, name) and (study_dir / SUMMARY_FILE).is_file():
             print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
@@ -292,32 +270,48 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
     print(f"study {name}: {split.dataset} ({split.protocol}), {len(split.train):,} training events, "
           f"{len(split.valid):,} validation, tests {', '.join(f'{k}={len(v):,}' for k, v in split.tests.items())}; "
           f"folder {study_dir}", file=sys.stderr)
-    lock = None
     try:
-        try:  # a cluster, flag or tracking-store problem
-            init_ray(args.address)
-            stop_on_sigterm()
-            resources = pick_resources(args)  # before anything is written: a request that can never run
-            lock = lock_study(study_dir)  # noqa: F841 (kept open, so held, until this function returns)
+        init_ray(args.address)
+        stop_on_sigterm()
+        resources = pick_resources(args)  # before anything is written: a request that can never run
+        lock = checked.folder.lock()
+    except (ConnectionError, ValueError) as err:  # a cluster or flag problem, or another driver took the folder
+        print(f"error: {err}", file=sys.stderr)
+        ray.shutdown()
+        return 2
+    except BaseException:
+        ray.shutdown()
+        raise
+    with lock:  # held until the report is written
+        return run_locked(args, checked, resources)
+
+
+def run_locked(args: argparse.Namespace, checked: Checked, resources: Resources) -> int:
+    """The study once this driver holds its folder's lock: Ray (started by `run_checked`) is shut down and the
+    study's temporary checkpoint folders are removed on every exit; then the summary and the report."""
+    study, name, folder, tracking_uri = checked.study, checked.name, checked.folder, checked.tracking_uri
+    data, split, study_dir = checked.data, checked.split, checked.folder.path
+    try:
+        try:  # a flag or tracking-store problem
             remove_scratch(study_dir)  # left by an earlier driver of this study that died
             print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
                   f"{resources.gpus_per_trial:g} GPU each (device {resources.device})", file=sys.stderr)
             if args.resume:
-                check_device(study_dir, resources.device)
+                folder.check_device(resources.device)
             else:
-                create_dir(study_dir, study, tracking_uri, resources.device, split.data_sha256)
+                folder.create(study, tracking_uri, resources.device, split.data_sha256)
             tags = {"study": name, "dataset": study.dataset, "backbone": study.backbone,
                     "git_sha": git_sha(PROJECT_ROOT), "data_sha256": split.data_sha256,
                     "ray_cluster": ray.get_runtime_context().gcs_address, "smoke": str(args.smoke).lower()}
             # a server keeps its own artifacts; a local store's go in the study folder, never ./mlruns
             server = tracking_uri.startswith(("http://", "https://"))
             artifacts = None if server else study_dir / "mlartifacts"
-            recorded = read_run_file(study_dir).get("parent_run_id") if args.resume else None
+            recorded = folder.run.get("parent_run_id")  # None for a new study
             ran = any((study_dir / "ray").glob("*/tuner.pkl"))  # trials ran against some parent run
             study_run = open_study(tracking_uri, name, tags, artifacts, resume=args.resume,
                                    parent_run_id=recorded, require_parent=ran)
             if recorded is None:
-                write_run_file(study_dir, parent_run_id=study_run.parent_run_id)
+                folder.write_run(parent_run_id=study_run.parent_run_id)
             # how to continue, for a report of an unfinished study (analysis reads MLflow only)
             study_run.client().set_tag(study_run.parent_run_id, Tag.RESUME_COMMAND, resume_command(sys.argv, args.resume))
             log_inputs(study_dir, study_run, data, split)
@@ -331,8 +325,7 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
             return 2
     finally:
         ray.shutdown()
-        if lock is not None:  # this driver's study: folders of trials Ray stopped or killed
-            remove_scratch(study_dir)
+        remove_scratch(study_dir)  # this driver's study: folders of trials Ray stopped or killed
     if outcome is None:
         return INTERRUPTED_EXIT[interrupted_by()]
 

@@ -15,7 +15,8 @@ from idea.contract import Result, Stage, Tag
 from idea.splits import Split
 
 from studies.config import StudyConfig
-from studies.search import Resources, Selection, ended_trials, fit
+from studies.experiments import Resources, ended_trials, fit
+from studies.search import Selection
 from studies.trainable import RESULTS_FILE, failed, final_trial, scratch_key
 from studies.tracking import MlflowTrialLogger, StudyRun
 

@@ -16,6 +16,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
@@ -39,7 +40,7 @@ class Checked:
 
     study: StudyConfig
     name: str
-    study_dir: Path
+    folder: StudyFolder
     tracking_uri: str
     data: Interactions
     split: Split
@@ -52,27 +53,14 @@ def check_study(args: argparse.Namespace) -> Checked:
     study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
     stem = resolve_path(args.study).stem
     name = check_name(args.study_name or (f"{stem}-smoke" if args.smoke else stem))
-    study_dir = (Path(args.out) / name).resolve()
-    check_not_in_use(study_dir)
-    tracking_uri = check_dir(study_dir, study, args.resume, args.tracking_uri)
-    check_writable(study_dir)
+    folder = StudyFolder((Path(args.out) / name).resolve())
+    folder.check_not_in_use()
+    tracking_uri = folder.check(study, args.resume, args.tracking_uri)
+    check_writable(folder.path)
     data, split = study_split(study, args.data_dir)
     if args.resume:
-        check_data(study_dir, split)
-    return Checked(study, name, study_dir, tracking_uri, data, split)
-
-
-def check_data(study_dir: Path, split: Split) -> None:
-    """A resumed study must run on the data it started on (the digest of its source files and sample, which
-    run.json records): trials on changed data would mix two datasets in one study, or fail on a warm start
-    of another item count and seal an arm as failed. Folders from before the digest was recorded pass."""
-    recorded = read_run_file(study_dir).get("data_sha256")
-    if recorded is not None and recorded != split.data_sha256:
-        raise StudyConfigError(
-            f"the data changed since the study started: {split.dataset!r} now has digest {split.data_sha256[:16]}…, "
-            f"the study ran on {recorded[:16]}… ({study_dir / RUN_FILE}). Put back the data it ran on (the same "
-            "--data-dir files) and repeat --resume, or start a new study under another --study-name; nothing was "
-            "changed")
+        folder.check_data(split)
+    return Checked(study, name, folder, tracking_uri, data, split)
 
 
 def check_writable(study_dir: Path) -> None:
@@ -103,103 +91,6 @@ def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def check_dir(study_dir: Path, study: StudyConfig, resume: bool, tracking_uri: str | None) -> str:
-    """Check the study folder before anything starts; returns the tracking URI. A resumed study must be
-    the same study: its resolved settings and tracking store cannot change underneath finished trials."""
-    saved = study_dir / "study.yaml"
-    if not resume:
-        if study_dir.exists() and any(p.name != LOCK_FILE for p in study_dir.iterdir()):
-            raise StudyConfigError(f"{study_dir} already holds a study: continue it with --resume, "
-                                   "or choose another --out or --study-name")
-        return tracking_uri or sqlite_uri(study_dir / "mlflow.db")
-    if not saved.is_file():
-        missing = next((p for p in (study_dir.parent, study_dir) if not p.exists()), None)
-        raise StudyConfigError(f"nothing to resume: {saved} does not exist"
-                               + (f" ({missing} does not exist: check --out and --study-name)" if missing else ""))
-    try:
-        before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
-    except (yaml.YAMLError, ValueError, TypeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise StudyConfigError(f"{saved} is damaged ({first}): the study's resolved settings cannot be read, so it "
-                               "cannot be resumed safely; start it again under another --study-name") from None
-    changed = sorted(k for k, v in study.to_dict().items() if before.get(k) != v)
-    if changed:
-        raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
-                               "repeat the first run's flags")
-    recorded = store_uri(study_dir, read_run_file(study_dir))
-    if tracking_uri and tracking_uri != recorded:
-        raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
-    return recorded
-
-
-def read_run_file(study_dir: Path) -> dict:
-    """run.json (tracking URI and device of a study's first run), or an error naming the file."""
-    path = study_dir / RUN_FILE
-    try:
-        run = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyConfigError(f"{path} is missing: the study folder is incomplete (its first run stopped before "
-                               "Ray started?); start the study again without --resume under another name") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StudyConfigError(f"{path} is damaged ({err}); it should hold the study's tracking_uri and device") from None
-    if not isinstance(run, dict) or not {"tracking_uri", "device"} <= set(run):
-        raise StudyConfigError(f"{path} lacks tracking_uri or device; it should hold both")
-    return run
-
-
-def store_uri(study_dir: Path, run: dict) -> str:
-    """The study's tracking URI. The default store is the study folder's own mlflow.db wherever the folder
-    now is, so a moved or copied study folder resumes into its own store, not the original's."""
-    return sqlite_uri(study_dir / "mlflow.db") if run.get("default_store") else run["tracking_uri"]
-
-
-def write_run_file(study_dir: Path, **fields) -> None:
-    """run.json updated with `fields`, written whole (a temporary file renamed over it)."""
-    path = study_dir / RUN_FILE
-    run = {**(read_run_file(study_dir) if path.is_file() else {}), **fields}
-    tmp = path.with_name(f".{RUN_FILE}.tmp")
-    tmp.write_text(json.dumps(run) + "\n")
-    os.replace(tmp, path)
-
-
-def check_not_in_use(study_dir: Path) -> None:
-    """Refuse a study folder whose lock another driver holds (the lock itself is taken by `lock_study`,
-    once the study is about to run)."""
-    path = study_dir / LOCK_FILE
-    if not path.is_file():
-        return
-    with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
-        except BlockingIOError:
-            raise _in_use(study_dir, handle.read()) from None
-
-
-def _in_use(study_dir: Path, holder: str) -> StudyConfigError:
-    return StudyConfigError(f"{study_dir} is in use by another driver ({holder.strip() or 'unknown'}); wait for it "
-                            "to end, or choose another --out or --study-name")
-
-
-def lock_study(study_dir: Path):
-    """An exclusive lock on the study folder for the driver's lifetime (the open file is returned and
-    must be kept): a second driver on the same study stops, naming the holder, and touches nothing."""
-    study_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(study_dir / LOCK_FILE, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read()
-        handle.close()
-        raise _in_use(study_dir, holder) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                 f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}\n")
-    handle.flush()
-    return handle
-
-
 def check_name(name: str) -> str:
     """Study names become folder names and MLflow filter values: letters, digits, '.', '_', '-' only."""
     if not SAFE_NAME.fullmatch(name):
@@ -208,19 +99,136 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_device(study_dir: Path, device: str) -> None:
-    """Tune restores each trial with its original config, device included, so a switch would
-    apply to new trials only and mix devices (and their timings) within one study."""
-    recorded = read_run_file(study_dir)["device"]
-    if device != recorded:
-        raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "
-                         f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")
+class StudyFolder:
+    """A study's folder and its own files: study.yaml (the resolved settings), run.json (how the study
+    runs: tracking URI, trials' device, data digest, parent run; parsed once, on first use, and kept in
+    step with what this driver writes) and the driver's lock. A resume checks against these files."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        self._run: dict | None = None
 
-def create_dir(study_dir: Path, study: StudyConfig, tracking_uri: str, device: str, data_sha256: str) -> None:
-    """The study folder with the resolved settings, tracking URI, device and data digest, which --resume
-    checks against."""
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
-    write_run_file(study_dir, tracking_uri=tracking_uri, device=device, data_sha256=data_sha256,
-                   default_store=tracking_uri == sqlite_uri(study_dir / "mlflow.db"))
+    @property
+    def run(self) -> dict:
+        """run.json (tracking URI and device of the study's first run, and more), or an error naming it."""
+        if self._run is None:
+            path = self.path / RUN_FILE
+            try:
+                run = json.loads(path.read_text())
+            except FileNotFoundError:
+                raise StudyConfigError(f"{path} is missing: the study folder is incomplete (its first run stopped "
+                                       "before Ray started?); start the study again without --resume under another "
+                                       "name") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise StudyConfigError(f"{path} is damaged ({err}); it should hold the study's tracking_uri and "
+                                       "device") from None
+            if not isinstance(run, dict) or not {"tracking_uri", "device"} <= set(run):
+                raise StudyConfigError(f"{path} lacks tracking_uri or device; it should hold both")
+            self._run = run
+        return self._run
+
+    def check(self, study: StudyConfig, resume: bool, tracking_uri: str | None) -> str:
+        """Check the folder before anything starts; returns the tracking URI. A resumed study must be the
+        same study: its resolved settings and tracking store cannot change underneath finished trials."""
+        saved = self.path / "study.yaml"
+        if not resume:
+            if self.path.exists() and any(p.name != LOCK_FILE for p in self.path.iterdir()):
+                raise StudyConfigError(f"{self.path} already holds a study: continue it with --resume, "
+                                       "or choose another --out or --study-name")
+            return tracking_uri or sqlite_uri(self.path / "mlflow.db")
+        if not saved.is_file():
+            missing = next((p for p in (self.path.parent, self.path) if not p.exists()), None)
+            raise StudyConfigError(f"nothing to resume: {saved} does not exist"
+                                   + (f" ({missing} does not exist: check --out and --study-name)" if missing else ""))
+        try:
+            before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
+        except (yaml.YAMLError, ValueError, TypeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise StudyConfigError(f"{saved} is damaged ({first}): the study's resolved settings cannot be read, so "
+                                   "it cannot be resumed safely; start it again under another --study-name") from None
+        changed = sorted(k for k, v in study.to_dict().items() if before.get(k) != v)
+        if changed:
+            raise StudyConfigError(f"--resume with different study settings ({changed}) than {saved}; "
+                                   "repeat the first run's flags")
+        recorded = self.store_uri()
+        if tracking_uri and tracking_uri != recorded:
+            raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
+        return recorded
+
+    def store_uri(self) -> str:
+        """The study's tracking URI. The default store is the study folder's own mlflow.db wherever the folder
+        now is, so a moved or copied study folder resumes into its own store, not the original's."""
+        return sqlite_uri(self.path / "mlflow.db") if self.run.get("default_store") else self.run["tracking_uri"]
+
+    def check_data(self, split: Split) -> None:
+        """A resumed study must run on the data it started on (the digest of its source files and sample, which
+        run.json records): trials on changed data would mix two datasets in one study, or fail on a warm start
+        of another item count and seal an arm as failed. Folders from before the digest was recorded pass."""
+        recorded = self.run.get("data_sha256")
+        if recorded is not None and recorded != split.data_sha256:
+            raise StudyConfigError(
+                f"the data changed since the study started: {split.dataset!r} now has digest "
+                f"{split.data_sha256[:16]}…, the study ran on {recorded[:16]}… ({self.path / RUN_FILE}). Put back the "
+                "data it ran on (the same --data-dir files) and repeat --resume, or start a new study under another "
+                "--study-name; nothing was changed")
+
+    def check_device(self, device: str) -> None:
+        """Tune restores each trial with its original config, device included, so a switch would
+        apply to new trials only and mix devices (and their timings) within one study."""
+        recorded = self.run["device"]
+        if device != recorded:
+            raise ValueError(f"the study's trials ran on {recorded!r}, this resume would use {device!r}: "
+                             f"use --gpus-per-trial {'0' if recorded == 'cpu' else '> 0'}, as in the first run")
+
+    def write_run(self, **fields) -> None:
+        """run.json updated with `fields`, written whole (a temporary file renamed over it)."""
+        path = self.path / RUN_FILE
+        run = {**(self.run if path.is_file() else {}), **fields}
+        tmp = path.with_name(f".{RUN_FILE}.tmp")
+        tmp.write_text(json.dumps(run) + "\n")
+        os.replace(tmp, path)
+        self._run = run
+
+    def create(self, study: StudyConfig, tracking_uri: str, device: str, data_sha256: str) -> None:
+        """The folder with the resolved settings, tracking URI, device and data digest, which --resume
+        checks against."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
+        self.write_run(tracking_uri=tracking_uri, device=device, data_sha256=data_sha256,
+                       default_store=tracking_uri == sqlite_uri(self.path / "mlflow.db"))
+
+    def check_not_in_use(self) -> None:
+        """Refuse a folder whose lock another driver holds (the lock itself is taken by `lock`, once the
+        study is about to run)."""
+        path = self.path / LOCK_FILE
+        if not path.is_file():
+            return
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+            except BlockingIOError:
+                raise self._in_use(handle.read()) from None
+
+    def _in_use(self, holder: str) -> StudyConfigError:
+        return StudyConfigError(f"{self.path} is in use by another driver ({holder.strip() or 'unknown'}); wait for "
+                                "it to end, or choose another --out or --study-name")
+
+    def lock(self) -> TextIO:
+        """An exclusive lock on the folder, taken now: a second driver on the same study stops, naming the
+        holder, and touches nothing. Returns the open lock file, a context manager: closing it (the end of
+        its `with` block) releases the lock."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read()
+            handle.close()
+            raise self._in_use(holder) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}\n")
+        handle.flush()
+        return handle

@@ -9,10 +9,8 @@ are closed by the driver, so no run is ever left RUNNING.
 """
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +26,9 @@ from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Result, Stage, T
                            metric_name, parse_metric_key, shift_key, valid_key)
 from idea.metrics import KS, METRICS
 from studies.faults import EnvironmentFault, RetryingClient, diagnose
+from studies.interrupts import INTERRUPTED
 
 METRIC_NAMES = tuple(metric_name(m, k) for m in METRICS for k in KS)
-# Set when Ctrl-C reaches a running Tuner (Tune itself then stops gracefully and saves its state).
-INTERRUPTED = threading.Event()
 
 
 class StudyExistsError(RuntimeError):
@@ -228,21 +225,6 @@ class MlflowTrialLogger(tune.Callback):
             self._runs[trial_id] = run.info.run_id
             history = self._client.get_metric_history(run.info.run_id, valid_key(metric_name("ndcg", 10)))
             self._last_step[trial_id] = max((m.step for m in history), default=0)
-        self._watch_sigint()
-
-    @staticmethod
-    def _watch_sigint() -> None:
-        """Chain onto Tune's SIGINT handler (installed before callbacks are set up) to record Ctrl-C:
-        Tune stops gracefully but reports nothing, and the driver must not go on to the next stage."""
-        tune_handler = signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is not threading.main_thread() or not callable(tune_handler):
-            return
-
-        def handler(signum, frame):
-            INTERRUPTED.set()
-            tune_handler(signum, frame)
-
-        signal.signal(signal.SIGINT, handler)
 
     # ----- runs ---------------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:

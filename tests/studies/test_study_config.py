@@ -13,10 +13,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from idea.data.synthetic import SyntheticConfig, generate
 from idea.splits import SplitConfig, make_split
 from studies.catalog import CONFIG_DIR, shipped_studies
+from studies.cli import parse_args
 from studies.config import FloatRange, IntRange, StudyConfigError, load_study
 from idea.data.interactions import subsample_users
 from studies.data import without_tests
-from studies.search import Resources
+from studies.experiments import Resources
 from studies.space import optuna_space
 from studies.trainable import search_trial
 from tests.studies.study_cli import run_cli, run_study
@@ -308,12 +309,19 @@ def test_cli_overrides_are_validated_like_the_file(tmp_path):
         study.with_overrides(epochs=1)
 
 
-def test_resources_are_validated():
+@pytest.mark.parametrize("flag, value, message", [
+    ("--gpus-per-trial", "-1", "must be >= 0"), ("--gpus-per-trial", "1.5", "above 1 must be a whole number"),
+    ("--cpus-per-trial", "0", "must be > 0"), ("--concurrency", "0", "must be >= 1"),
+    ("--max-failures", "-1", "must be >= 0"), ("--time-budget-s", "0", "must be > 0")])
+def test_resource_flags_are_validated_once_by_the_parser(capsys, flag, value, message):
+    """Resources takes what the parser let through; the parser alone refuses a flag out of its range."""
+    with pytest.raises(SystemExit):
+        parse_args(["synthetic", flag, value])
+    assert f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_a_gpu_share_puts_trials_on_cuda():
     assert Resources(gpus_per_trial=0.25).device == "cuda" and Resources().device == "cpu"
-    for bad in ({"gpus_per_trial": -1}, {"gpus_per_trial": 1.5}, {"cpus_per_trial": 0}, {"concurrency": 0},
-                {"max_failures": -1}, {"time_budget_s": 0}):
-        with pytest.raises(ValueError):
-            Resources(**bad)
 
 
 def test_bad_file_fails_in_the_cli_before_ray_starts(tmp_path):

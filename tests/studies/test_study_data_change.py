@@ -19,30 +19,28 @@ def started(tmp_path, digest: str | None):
     study_file = tiny_study(tmp_path / "changed.yaml")
     args = parse_args([str(study_file), "--out", str(tmp_path), "--resume"])
     checked = preflight.check_study(parse_args([str(study_file), "--out", str(tmp_path)]))
-    preflight.create_dir(checked.study_dir, checked.study, checked.tracking_uri, "cpu",
-                         digest or checked.split.data_sha256)
+    checked.folder.create(checked.study, checked.tracking_uri, "cpu", digest or checked.split.data_sha256)
     if digest is None:
-        run = preflight.read_run_file(checked.study_dir)
+        run = dict(checked.folder.run)
         run.pop("data_sha256")
-        (checked.study_dir / preflight.RUN_FILE).write_text(json.dumps(run))
+        (checked.folder.path / preflight.RUN_FILE).write_text(json.dumps(run))
     return args, checked
 
 
 def test_resume_on_changed_data_is_refused_naming_both_digests(tmp_path):
     args, checked = started(tmp_path, "f" * 64)
-    before = sorted(p.name for p in checked.study_dir.iterdir())
+    before = sorted(p.name for p in checked.folder.path.iterdir())
     with pytest.raises(StudyConfigError, match="the data changed since the study started") as err:
         preflight.check_study(args)
     assert checked.split.data_sha256[:16] in str(err.value) and "ffffffffffffffff" in str(err.value)
     done = run_cli(str(args.study), "--out", args.out, "--resume")
     assert done.returncode == 2 and "the data changed since the study started" in done.stderr
-    assert sorted(p.name for p in checked.study_dir.iterdir()) == before  # nothing written
+    assert sorted(p.name for p in checked.folder.path.iterdir()) == before  # nothing written
 
 
 def test_resume_on_the_same_data_passes_and_old_folders_without_a_digest_too(tmp_path):
     args, checked = started(tmp_path, None)
     assert preflight.check_study(args).split.data_sha256 == checked.split.data_sha256
-    run = preflight.read_run_file(checked.study_dir)
-    assert "data_sha256" not in run
-    preflight.write_run_file(checked.study_dir, data_sha256=checked.split.data_sha256)
-    assert preflight.check_study(args).study_dir == checked.study_dir
+    assert "data_sha256" not in preflight.StudyFolder(checked.folder.path).run
+    preflight.StudyFolder(checked.folder.path).write_run(data_sha256=checked.split.data_sha256)
+    assert preflight.check_study(args).folder.path == checked.folder.path

@@ -59,9 +59,8 @@ def compare(studies: list[tuple[str, str]], metric: str = "ndcg", k: int = 10, s
 
 def last_windows(table: pd.DataFrame) -> pd.DataFrame:
     """Each study's rows of its last test window."""
-    windows = table[table["part"].map(S._is_window)]
-    last = windows.groupby("study")["part"].transform(lambda p: max(p, key=S.window_index))
-    return windows[windows["part"] == last].reset_index(drop=True)
+    last = {study: S.windows(rows)[-1] for study, rows in table.groupby("study") if S.windows(rows)}
+    return table[[last.get(s) == p for s, p in zip(table["study"], table["part"])]].reset_index(drop=True)
 
 
 def forest(table: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:

@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from idea.argparsing import StrictArgumentParser
 from idea.config import BACKBONE_NAMES, TrainConfig
 from idea.data import DataNotFoundError, load_split
-from idea.precision import PRECISIONS
+from idea.precision import PRECISIONS, set_tensor_cores
 from idea.splits import Events, Split, SplitConfig
 from idea.trainer import Trainer, resolve_device
 
@@ -136,8 +136,6 @@ def step_floor(steps: Steps, rates: dict[str, float]) -> float:
 
 def device_rates(device: torch.device) -> dict[str, float]:
     """Measured matrix-product rates (FLOP/s) per precision and copy bandwidth (bytes/s) of a GPU."""
-    from idea.precision import set_tensor_cores
-
     def timed(fn, reps=10) -> float:
         fn()
         sync(device)

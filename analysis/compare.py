@@ -24,7 +24,7 @@ from analysis.plots import metric_label
 from idea.argparsing import StrictArgumentParser
 from idea.contract import Stage, Tag
 
-COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "arm", "control", "part", "control_mean",
+COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "selection", "arm", "control", "part", "control_mean",
                    "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "n_pairs", "mde", "mde_rel"]
 
 
@@ -41,17 +41,22 @@ def study_names(tracking_uri: str, pattern: str | None = None) -> list[str]:
 
 
 def compare(studies: list[tuple[str, str]], metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
-    """One row per study x (arm, control) x part from `(tracking_uri, study)` pairs: the paired differences
-    (`analysis.summaries.paired`, the study's own pairs) with its dataset, protocol and backbone."""
+    """One row per study x selection x (arm, control) x part from `(tracking_uri, study)` pairs: the paired
+    differences (`analysis.summaries.paired`, the study's own pairs) with its dataset, protocol and backbone;
+    `selection` is validation, or oracle (`analysis.summaries.oracle_view`: an upper bound, on the windows
+    after the first) for a study run with `oracle: true`."""
     frames = []
     for uri, study in studies:
-        results = load_study(uri, study)
-        table = S.paired(results, metric, k, subset, load_arms(uri, study).pairs())
-        if table.empty:
+        results, pairs = load_study(uri, study), load_arms(uri, study).pairs()
+        tables = [S.paired(results, metric, k, subset, pairs).assign(selection="validation"),
+                  S.paired(S.oracle_view(results), metric, k, subset, pairs).assign(selection="oracle")]
+        tables = [t for t in tables if not t.empty]
+        if not tables:
             continue
         tags = parent_tags(uri, study)
-        frames.append(table.assign(dataset=tags.get("dataset"), backbone=tags.get("backbone"),
-                                   protocol=load_shift(uri, study).attrs.get("protocol")))
+        frames.append(pd.concat(tables, ignore_index=True).assign(
+            dataset=tags.get("dataset"), backbone=tags.get("backbone"),
+            protocol=load_shift(uri, study).attrs.get("protocol")))
     if not frames:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
     return pd.concat(frames, ignore_index=True)[COMPARE_COLUMNS]
@@ -77,7 +82,8 @@ def forest(table: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:
         if pd.notna(r.ci_low):
             ax.plot([r.ci_low * scale, r.ci_high * scale], [y, y], color="#1f77b4", lw=2)
         ax.plot([r.mean_diff * scale], [y], "o", color="#1f77b4")
-    ax.set_yticks(range(len(rows)), [f"{r.study}: {r.arm} vs {r.control} ({r.part})" for r in rows.itertuples()])
+    ax.set_yticks(range(len(rows)), [f"{r.study}: {r.arm} vs {r.control} ({r.part})"
+                                     + (" [oracle]" if r.selection == "oracle" else "") for r in rows.itertuples()])
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric_label(metric, k)}: arm − control, % of the control")
     ax.set_title("dot: mean paired difference · bar: its 95% CI · grey: ± minimum detectable effect", fontsize=9)
@@ -107,7 +113,9 @@ def write_compare(studies: list[tuple[str, str]], out_dir: Path, metric: str = "
     md = [f"# Studies compared on {label}: {', '.join(dict.fromkeys(s for _, s in studies))}", "",
           "Every arm against its control, paired by seed (the studies' own pairs); mde is the smallest true "
           "difference the seeds could detect (two-sided 0.05, power 0.8): a difference inside ±mde is what "
-          "they cannot tell from none. ![forest](forest.png)", "", "## Last window of each study", "",
+          "they cannot tell from none. Rows with selection `oracle` (studies run with `oracle: true`) pick each "
+          "arm's configuration on the first test window and cover the later windows only: an upper bound, not a "
+          "result. ![forest](forest.png)", "", "## Last window of each study", "",
           _markdown(last_windows(table)), "", "## Every part", "", _markdown(table), ""]
     path = out_dir / "compare.md"
     path.write_text("\n".join(md))

@@ -57,6 +57,14 @@ TABLES = {
     "gain_vs_shift": ("Gain vs shift size",
                       "Each pair of the paired table (arm vs control, paired by seed, 95% interval) per window next to "
                       "the window's shift size."),
+    "oracle_per_window": ("Oracle selection (an upper bound): metric per window",
+                          "Each arm's configuration picked on the first test window instead of validation (`oracle: "
+                          "true`), retrained with the same seeds and starts; shown only on the windows after the one it "
+                          "was picked on. It chooses with test data: an upper bound on what selection could give, as "
+                          "DomainBed reports one, never a result to claim."),
+    "oracle_paired": ("Oracle selection (an upper bound): paired by seed",
+                      "The paired comparisons of the oracle-selected runs, as in the paired table above, on the "
+                      "windows after the first."),
     "sensitivity": ("Hyperparameter sensitivity",
                     "Search trials: mean validation metric per value (or quantile bin) of each varying hyperparameter."),
     "param_importances": ("Hyperparameter importances",
@@ -82,6 +90,9 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
         "warm_gap": S.warm_gap(results, metric, k),
         "shift": shift,
     }
+    oracle = S.oracle_view(results)
+    t["oracle_per_window"] = S.per_window(oracle, metric, k, "all")
+    t["oracle_paired"] = S.paired(oracle, metric, k, "all", arms.pairs() if arms is not None else None)
     t["drop_vs_shift"] = S.shift_vs_gain(t["degradation"], shift)
     t["gain_vs_shift"] = S.shift_vs_gain(t["paired"], shift)
     t["sensitivity"] = S.sensitivity(results, spaces, metric, k)
@@ -308,20 +319,24 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
         try:
             spec = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "study.yaml", tmp)).read_text())
             arms, seed, seeds = list(spec["arms"]), int(spec["seed"]), int(spec["seeds"])
+            stages = Stage.RETRAINED if spec.get("oracle") else (Stage.FINAL,)
         except Exception as err:  # noqa: BLE001 (any unreadable artifact: say so, list what the runs show)
             out.append(f"the parent run's study.yaml could not be read ({type(err).__name__}), so the arms and "
                        "final seeds it expects are unknown")
-            arms, seed, seeds = [], 0, 0
+            arms, seed, seeds, stages = [], 0, 0, ()
     no_result = [a for a in parent.data.tags.get(Tag.ARMS_WITHOUT_RESULT, "").split(",") if a]
-    for arm in arms:
+    for arm, stage in ((a, s) for a in arms for s in stages):
         done = {int(r.data.tags.get(Tag.SEED, -1)) for r in ours if r.data.tags.get(Tag.ARM) == arm
-                and r.data.tags.get(Tag.STAGE) == Stage.FINAL and r.info.status == "FINISHED"}
+                and r.data.tags.get(Tag.STAGE) == stage and r.info.status == "FINISHED"}
         lacking = [s for s in range(seed + 1, seed + 1 + seeds) if s not in done]
         if arm in no_result:
-            out.append(f"arm {arm}: no result (no search trial completed, or it needed one of an arm that has "
-                       "none); a --resume changes nothing: start the study again, e.g. with a larger --time-budget-s")
+            if stage == Stage.FINAL:
+                out.append(f"arm {arm}: no result (no search trial completed, or it needed one of an arm that has "
+                           "none); a --resume changes nothing: start the study again, e.g. with a larger "
+                           "--time-budget-s")
         elif lacking:
-            out.append(f"arm {arm}: final seed(s) {', '.join(map(str, lacking))} of {seeds} missing")
+            what = "final seed(s)" if stage == Stage.FINAL else "oracle-selection seed(s)"
+            out.append(f"arm {arm}: {what} {', '.join(map(str, lacking))} of {seeds} missing")
     running = sorted(r.info.run_name for r in ours if r.info.status == "RUNNING")
     if running:
         out.append(f"{len(running)} run(s) still RUNNING (a driver running, or killed without closing them): "
@@ -372,7 +387,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
                     "sensitivity": [f for f in figures if f.startswith("sensitivity_")]}
-    for i, (name, (title, what)) in enumerate(TABLES.items(), 1):
+    shown = {n: v for n, v in TABLES.items() if not (n.startswith("oracle_") and tables[n].empty)}  # oracle: true only
+    for i, (name, (title, what)) in enumerate(shown.items(), 1):
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):
             md += [f"Source: {shift.attrs['source']}.", ""]

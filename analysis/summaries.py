@@ -13,6 +13,8 @@ Conventions shared by all functions:
   returned), since averaging across datasets is meaningless.
 - Final-stage rows are first averaged per (study, arm, part, seed), so a seed
   counts once however many rows it has; seeds are the unit of replication.
+- Only final-stage rows (the selection on validation) enter the test-window
+  summaries; ``oracle_view`` turns the oracle selection's rows into such a frame.
 - Parts sort ``valid`` first, then test windows by the number after ``w``
   (``w2`` before ``w10``), then any other part by name.
 """
@@ -27,13 +29,14 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, optimize, stats
 
-from idea.contract import Arms
+from idea.contract import Arms, Stage
 
 __all__ = [
     "REQUIRED_COLUMNS",
     "part_key",
     "window_index",
     "windows",
+    "oracle_view",
     "per_window",
     "degradation",
     "worst_window",
@@ -113,6 +116,17 @@ def _seed_means(df: pd.DataFrame, metric: str, k: int, subset: str | None, by_su
 
 def _empty(columns: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+
+
+def oracle_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The oracle selection's runs (stage oracle: each arm's configuration picked on the first test window)
+    as final-stage rows on the windows after that one only, so every summary reads them as it reads the
+    validation selection's; validation and the first window are left out, since the pick saw the latter.
+    Empty when the study has no oracle runs."""
+    _check_columns(df, REQUIRED_COLUMNS)
+    oracle = df.loc[df["stage"] == Stage.ORACLE]
+    later = windows(oracle)[1:]
+    return oracle.loc[oracle["part"].isin(later)].assign(stage=Stage.FINAL).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------

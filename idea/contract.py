@@ -41,6 +41,7 @@ class Tag:
     INTERRUPTED = "interrupted"  # SIGINT or SIGTERM: what stopped the study (parent) and its open runs
     RESUME_COMMAND = "resume_command"  # the parent run: the command line that continues the study
     ARMS_WITHOUT_RESULT = "arms_without_result"  # the parent run: arms with no completed trial, comma-separated
+    SELECTED_TRIAL = "selected_trial"  # a final or oracle run: the search trial whose configuration it retrains
 
 
 TRUE = "true"  # the value of a flag tag (smoke, asha_stopped, budget_stopped, orphan)
@@ -51,8 +52,10 @@ class Stage:
 
     STUDY = "study"
     SEARCH = "search"
-    FINAL = "final"
-    NESTED = (SEARCH, FINAL)
+    FINAL = "final"  # the configuration selected on validation, retrained with the final seeds, tested
+    ORACLE = "oracle"  # the configuration selected on the first test window, likewise: an upper bound (`oracle: true`)
+    NESTED = (SEARCH, FINAL, ORACLE)
+    RETRAINED = (FINAL, ORACLE)  # stages whose runs are final seeds evaluated on the test windows
 
 
 class Result:

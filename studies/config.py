@@ -334,6 +334,7 @@ class StudyConfig:
     asha: AshaConfig = AshaConfig()
     idea_init: str = "erm"  # erm: the other arms fine-tune the base arm's models | scratch: every arm from scratch
     base_arm: str | None = None  # the arm the others start from and are compared with; None: erm, if there is one
+    oracle: bool = False  # also select each arm on the first test window and report the later ones (studies/oracle.py)
 
     def __post_init__(self) -> None:
         for key in ("dataset", "protocol", "backbone", "metric", "idea_init"):
@@ -358,6 +359,11 @@ class StudyConfig:
             SplitConfig(self.protocol, self.max_len, self.cuts)
         except ValueError as err:
             raise ValueError(f"cuts: {err}") from None
+        if not isinstance(self.oracle, bool):
+            raise ValueError(f"oracle must be true or false, got {excerpt(self.oracle)}")
+        if self.oracle and (self.protocol != "temporal" or (self.cuts is not None and len(self.cuts) < 4)):
+            raise ValueError("oracle: true needs at least two test windows (it selects on the first and reports the "
+                             "others): protocol temporal, with cuts (if given) ending at least two windows")
         for key in self.train:
             if key in MANAGED:
                 raise ValueError(f"train.{key}: set by the study itself (top-level key, arm, seed or --gpus-per-trial)")

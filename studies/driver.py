@@ -28,6 +28,7 @@ from studies.experiments import Resources, TuneStateError, check_checkpoints, ch
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
 from studies.interrupts import interrupted_by, stop_on_sigterm
+from studies.oracle import run_oracle
 from studies.preflight import SUMMARY_FILE, Checked
 from studies.search import Selection, optuna_storage, run_search, select_best
 from studies.trainable import failed, remove_scratch
@@ -159,8 +160,9 @@ def no_result(arm: str, grid, budget: float | None) -> str:
 def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
         resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """Per arm (the base arm first when the others fine-tune its models): search, select on validation,
-    retrain the selection with the final seeds and test it; returns selections, trials, results and, per
-    arm without a result, why."""
+    retrain the selection with the final seeds and test it (with `oracle: true`, also the selection on the
+    first test window, studies/oracle.py); returns selections, trials, results and, per arm without a
+    result, why."""
     ray_dir = study_dir / "ray"
     search_split = without_tests(split)
     selections, frames, starts, missing = {}, [], None, {}
@@ -174,18 +176,21 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
             missing[arm] = f"not run: it fine-tunes the {study.base()} arm's models, and {study.base()} has none"
             print(f"warning: {arm} {missing[arm]}", file=sys.stderr)
             continue
-        grid = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
-                          starts.search if finetunes else None)
-        selections[arm] = selection = select_best(arm, grid, study.metric)
+        search = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
+                            starts.search if finetunes else None)
+        selections[arm] = selection = select_best(arm, search, study.metric)
         if selection is None:
-            missing[arm] = no_result(arm, grid, resources.time_budget_s)
+            missing[arm] = no_result(arm, search, resources.time_budget_s)
             print(f"warning: {missing[arm]}; no final runs for this arm", file=sys.stderr)
             continue
-        grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
-                         starts.seeds if finetunes else None)
-        frames.append(final_results(name, arm, study.arms[arm].method, grid, study_run))
+        final = run_final(study, selection, split, resources, ray_dir, study_run, resume,
+                          starts.seeds if finetunes else None)
+        frames.append(final_results(name, arm, study.arms[arm].method, final, study_run))
+        if study.oracle:
+            frames.append(run_oracle(study, arm, name, search, selection, split, resources, ray_dir, study_run,
+                                     resume, starts if finetunes else None))
         if arm == study.base() and any(study.finetunes(a) for a in order):
-            starts = save_starts(study_dir, selection, grid, study_run)
+            starts = save_starts(study_dir, selection, final, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return selections, trials_frame(study_run), results, missing
 

@@ -1,6 +1,7 @@
 """The final stage: retrain each arm's selected configuration with fresh seeds, then (and only then)
-evaluate the best state on every test window. One Tune experiment per arm (`<arm>-final`), so
-seeds run in parallel, checkpoint per epoch and resume like search trials."""
+evaluate the best state on every test window. One Tune experiment per arm and stage (`<arm>-final`, and
+`<arm>-oracle` for the oracle selection, studies/oracle.py), so seeds run in parallel, checkpoint per epoch
+and resume like search trials."""
 from __future__ import annotations
 
 import sys
@@ -25,10 +26,12 @@ RESULT_COLUMNS = ["study", "arm", "method", "stage", "seed", "trial_id", "run_id
 
 
 def run_final(study: StudyConfig, selection: Selection, split: Split, resources: Resources, ray_dir: Path,
-              study_run: StudyRun, resume: bool, starts: Mapping[int, Any] | None = None) -> ResultGrid:
+              study_run: StudyRun, resume: bool, starts: Mapping[int, Any] | None = None,
+              stage: str = Stage.FINAL) -> ResultGrid:
     """Seeds `study.final_seeds()` of the selected configuration on the full split (with test windows);
     a fine-tuning arm's seed s starts from `starts[s]` (the base arm's final seed s), and seeds without one
-    are skipped."""
+    are skipped. `stage` (one of `Stage.RETRAINED`) says which selection this is: it names the experiment
+    and tags the runs."""
     arm = selection.arm
     fixed = {**study.fixed(arm), "device": resources.device}
     seeds = study.final_seeds()
@@ -40,7 +43,7 @@ def run_final(study: StudyConfig, selection: Selection, split: Split, resources:
         seeds = [s for s in seeds if s in starts]
     trainable = resources.wrap(final_trial, split=split, fixed=fixed, scratch=scratch_key(ray_dir.parent),
                                starts={s: starts[s].path for s in seeds} if starts is not None else None)
-    name = f"{arm}-final"
+    name = f"{arm}-{stage}"
     init = {s: starts[s] for s in seeds} if starts is not None else {}
 
     def build(run_config: tune.RunConfig) -> tune.Tuner:
@@ -51,15 +54,17 @@ def run_final(study: StudyConfig, selection: Selection, split: Split, resources:
             run_config=run_config,
         )
 
+    tags = {**study.roles().tags(arm), Tag.SELECTED_TRIAL: selection.trial_id}
     run_config = resources.run_config(ray_dir, name, len(seeds), MlflowTrialLogger(
-        study_run, arm, Stage.FINAL, fixed, study.epochs_of(arm), init, tags=study.roles().tags(arm)))
-    return fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, Stage.FINAL))
+        study_run, arm, stage, fixed, study.epochs_of(arm), init, tags=tags))
+    return fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, stage))
 
 
-def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, study_run: StudyRun) -> pd.DataFrame:
-    """Tidy per-window results of an arm's final runs (one row per seed, part, subset, metric, k),
-    read from each run's last checkpoint; failed seeds are absent."""
-    run_ids = {r.data.tags.get(Tag.TRIAL_ID): r.info.run_id for r in study_run.nested_runs(arm, Stage.FINAL)}
+def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, study_run: StudyRun,
+                  stage: str = Stage.FINAL) -> pd.DataFrame:
+    """Tidy per-window results of an arm's final (or oracle) runs (one row per seed, part, subset, metric,
+    k), read from each run's last checkpoint; failed seeds are absent."""
+    run_ids = {r.data.tags.get(Tag.TRIAL_ID): r.info.run_id for r in study_run.nested_runs(arm, stage)}
     frames = []
     for result in grid:
         if failed(result) or result.checkpoint is None:
@@ -70,7 +75,7 @@ def final_results(study_name: str, arm: str, method: str, grid: ResultGrid, stud
                 continue
             frame = pd.read_csv(path)
         trial_id = result.metrics[Result.TRIAL_ID]
-        frames.append(frame.assign(study=study_name, arm=arm, method=method, stage=Stage.FINAL, seed=result.config["seed"],
+        frames.append(frame.assign(study=study_name, arm=arm, method=method, stage=stage, seed=result.config["seed"],
                                    trial_id=trial_id, run_id=run_ids.get(trial_id)))
     if not frames:
         return pd.DataFrame(columns=RESULT_COLUMNS)

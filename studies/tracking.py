@@ -197,7 +197,7 @@ def _last_error_line(trial) -> str:
 
 
 class MlflowTrialLogger(tune.Callback):
-    """Driver-side Tune callback: one nested MLflow run per trial of one arm and stage (search|final)."""
+    """Driver-side Tune callback: one nested MLflow run per trial of one arm and stage (search|final|oracle)."""
 
     def __init__(self, study_run: StudyRun, arm: str, stage: str, fixed: Mapping[str, Any], max_epochs: int,
                  starts: Mapping[int | None, Any] | None = None, tags: Mapping[str, str] | None = None):
@@ -228,8 +228,9 @@ class MlflowTrialLogger(tune.Callback):
 
     # ----- runs ---------------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:
-        if self.stage == Stage.FINAL:
-            return f"{self.arm}-seed{trial.config['seed']}"
+        if self.stage in Stage.RETRAINED:
+            infix = "" if self.stage == Stage.FINAL else f"-{self.stage}"
+            return f"{self.arm}{infix}-seed{trial.config['seed']}"
         return f"{self.arm}-trial-{trial.trial_id}"
 
     def _open(self, trial) -> str:
@@ -267,7 +268,7 @@ class MlflowTrialLogger(tune.Callback):
         run_id = self._open(trial)
         result = trial.last_result or {}
         self._log(run_id, summary_metrics(result))
-        if self.stage == Stage.FINAL:
+        if self.stage in Stage.RETRAINED:
             for step, values in shift_series(result).items():
                 self._log(run_id, values, step=step)
         tags = {**{k: result[k] for k in (Result.BEST_PHASE, Result.INIT_DIGEST) if result.get(k)}, **(tags or {})}

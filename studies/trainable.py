@@ -100,7 +100,7 @@ def remove_scratch(study_dir: Path) -> int:
     return len(paths)
 
 
-def _prepare_worker() -> None:
+def prepare_worker() -> None:
     """Torch threads = the trial's CPU share, so concurrent trials do not oversubscribe the cores; and no
     Ray line per saved checkpoint (a trial saves one every epoch, and the console already shows the epoch)."""
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
@@ -117,7 +117,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any], scratch:
     """Fixed settings + sampled params -> a trained Trainer; resumes from Tune's checkpoint when there is one."""
     train_config = TrainConfig.from_dict({**fixed, **config})
     _check_fault(train_config)
-    _prepare_worker()
+    prepare_worker()
     trainer = Trainer(train_config, split)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -439,3 +439,21 @@ def test_minimum_detectable_effect_comes_from_the_paired_differences():
     crit = stats.t.ppf(0.975, 2)
     ncp = r["mde"] / sd_paired * np.sqrt(3)
     assert stats.nct.sf(crit, 2, ncp) + stats.nct.cdf(-crit, 2, ncp) == pytest.approx(0.8, abs=1e-6)
+
+
+# ---------------------------------------------------------------- oracle selection
+
+def test_oracle_view_keeps_only_the_windows_after_the_one_it_picked_on():
+    """Oracle runs enter the summaries as final runs, without validation and w1 (the selection window); the
+    validation selection's own final runs, with absurd values here, never mix in."""
+    rows = [row(a, p, s, v, stage="oracle") for a, base in (("idea", 0.3), ("erm", 0.2))
+            for s in (1, 2, 3) for p, v in (("valid", 9.0), ("w1", 9.0), ("w2", base + 0.01 * s),
+                                             ("w3", base - 0.01 * s))]
+    rows += [row("idea", p, s, 99.0) for s in (1, 2, 3) for p in ("valid", "w1", "w2", "w3")]
+    view = S.oracle_view(frame(rows))
+    assert set(view["part"]) == {"w2", "w3"} and set(view["stage"]) == {"final"}
+    assert view["value"].max() < 1
+    table = S.paired(view, pairs=[("idea", "erm")])
+    assert list(table["part"]) == ["w2", "w3"]
+    assert table["mean_diff"].tolist() == pytest.approx([0.1, 0.1])
+    assert S.oracle_view(frame([row("idea", "w2", 1, 0.1)])).empty  # no oracle runs: nothing

@@ -24,6 +24,7 @@ from tests.studies.study_cli import run_cli, run_study
 
 SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "synthetic")
 OFFICIAL = ("beauty-loo-official", "sports-loo-official")  # the IDEA authors' protocol and configuration
+OFFICIAL_CPU = ("beauty-loo-cpu", "sports-loo-cpu")  # the same at a 2-core CPU budget (_loo-cpu.yaml)
 
 VALID = """
 dataset: synthetic
@@ -104,6 +105,28 @@ def test_official_studies_start_idea_at_the_authors_configuration(name):
     smoke = load_study(name, smoke=True)
     assert all(a.num_samples <= 3 for a in smoke.arms.values()) and smoke.max_users is not None
     assert max(smoke.epochs_of(a) for a in smoke.arms) <= 3 and smoke.protocol == "loo"
+
+
+@pytest.mark.parametrize("name", OFFICIAL_CPU)
+def test_cpu_official_studies_run_the_authors_configuration_once(name):
+    """One trial per fine-tuning arm, the official configuration itself (as the full profile's first trial);
+    Beauty's ablation arms each change one official behaviour and are compared with the official IDEA."""
+    study, full = load_study(name), load_study(name.replace("-cpu", "-official"))
+    assert (study.protocol, study.dataset, study.seeds) == (full.protocol, full.dataset, 3)
+    for arm in ("idea", "erm_ft", "dros"):
+        assert study.arms[arm].num_samples == 1 and study.epochs_of(arm) == 1
+        official = full.train_config(arm, full.arms[arm].first).to_dict()
+        assert study.train_config(arm, study.arms[arm].first).to_dict() == {**official, "epochs": 1, "patience": 1}
+    ablations = {"idea_detached": {"extractor_input_grad": False},
+                 "idea_uniform": {"alpha": None, "lambda_fold": True}}  # λ ~ U(lambda_low 0.9, 1)
+    idea = study.train_config("idea", study.arms["idea"].first).to_dict()
+    for arm, change in ablations.items():
+        if name.startswith("beauty"):
+            config = study.train_config(arm, study.arms[arm].first).to_dict()
+            assert {k: v for k, v in config.items() if idea[k] != v} == change, arm
+            assert study.roles().controls[arm] == "idea" and study.arms[arm].num_samples == 1
+        else:
+            assert arm not in study.arms
 
 
 def test_default_beauty_study_fits_the_cpu_budget():
@@ -296,7 +319,7 @@ def test_bad_study_files_name_file_and_key(tmp_path, case):
 def test_unknown_study_name_lists_shipped_ones():
     with pytest.raises(StudyConfigError, match="shipped studies: .*beauty"):
         load_study("no-such-study")
-    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL) and (CONFIG_DIR / "_base.yaml").is_file()
+    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL + OFFICIAL_CPU) and (CONFIG_DIR / "_base.yaml").is_file()
 
 
 def test_cli_overrides_are_validated_like_the_file(tmp_path):

@@ -1,0 +1,132 @@
+"""Oracle selection (`oracle: true` in a study file): an upper bound beside the validation selection, as
+the domain-generalisation literature reports one (DomainBed, Gulrajani & Lopez-Paz, ICLR'21). Selection on
+validation cannot see robustness to a shift that happens after it; the oracle may. After an arm's search and
+final stages, every completed search trial's best state is scored on the *first* test window alone, the best
+one's configuration is retrained with the final seeds (stage `oracle`, experiment `<arm>-oracle`, the same
+warm starts as the validation pick's seeds), and analysis reports those runs only on the windows after the
+first (`analysis.summaries.oracle_view`). It chooses with test data, so it is never the headline.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+import ray
+from ray.tune import ResultGrid
+
+from idea.config import TrainConfig
+from idea.contract import Result, Stage
+from idea.metrics import summary
+from idea.splits import Events, Split
+from idea.trainer import Trainer
+
+from studies.config import StudyConfig
+from studies.data import without_tests
+from studies.experiments import Resources
+from studies.final import RESULT_COLUMNS, final_results, run_final
+from studies.search import Selection
+from studies.trainable import CHECKPOINT_FILE, failed, prepare_worker
+from studies.tracking import StudyRun
+
+SCORE_KEY = "oracle_{window}_{metric}"  # metric of each search run: its best state on the selection window
+
+
+def selection_window(split: Split) -> str:
+    """The window the oracle selects on: the first test window; the study must have later ones to report."""
+    windows = list(split.tests)
+    if len(windows) < 2:
+        raise ValueError(f"oracle selection needs at least two test windows (it selects on the first and reports "
+                         f"the others), but the split has {windows}: use protocol temporal, or oracle: false")
+    return windows[0]
+
+
+def score_trial(checkpoint_dir: str, config: Mapping[str, Any], search_split: Split, window: str, events: Events,
+                metric: str) -> float:
+    """`metric` of a search trial's best state on one window's `events`. The trainer is rebuilt on the split
+    the trial trained on (no test windows: its checkpoint is checked against it), so the only test data this
+    reads is `events`."""
+    trainer = Trainer(TrainConfig.from_dict(dict(config)), search_split)
+    trainer.load(Path(checkpoint_dir) / CHECKPOINT_FILE)
+    frame = trainer.evaluate_events(events, window, trainer.best_model())
+    return float(summary(frame, window, "all")[metric])
+
+
+def _score_task(checkpoint_dir: str, config: Mapping[str, Any], search_split: Split, window: str, events: Events,
+                metric: str) -> float:
+    """`score_trial` as a Ray task holding a trial's resources (a GPU share included)."""
+    prepare_worker()
+    return score_trial(checkpoint_dir, config, search_split, window, events, metric)
+
+
+@dataclass(frozen=True)
+class OracleScore:
+    trial_id: str
+    params: dict[str, Any]
+    value: float
+    checkpoint: str
+
+
+def score_search(search: ResultGrid, split: Split, fixed: Mapping[str, Any], metric: str,
+                 resources: Resources) -> list[OracleScore]:
+    """Every completed search trial (not failed, with a checkpoint) scored on the first test window, as Ray
+    tasks with a trial's resources, `resources.concurrency` at a time at most."""
+    window = selection_window(split)
+    shared_split, shared_events = ray.put(without_tests(split)), ray.put(split.tests[window])
+    task = ray.remote(_score_task).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial,
+                                           max_retries=resources.max_failures)
+    done = [r for r in search if not failed(r) and r.checkpoint is not None]
+    refs = [task.remote(r.checkpoint.path, {**fixed, **r.config}, shared_split, window, shared_events, metric)
+            for r in done]
+    values = ray.get(refs)
+    return [OracleScore(r.metrics[Result.TRIAL_ID], dict(r.config), v, r.checkpoint.path)
+            for r, v in zip(done, values)]
+
+
+def select_oracle(arm: str, scores: list[OracleScore]) -> Selection | None:
+    """The trial with the highest first-window score (ties: the first listed); None without a finite one."""
+    finite = [s for s in scores if math.isfinite(s.value)]
+    if not finite:
+        return None
+    best = max(finite, key=lambda s: s.value)
+    return Selection(arm, best.trial_id, best.params, best.value, best.checkpoint)
+
+
+def log_scores(study_run: StudyRun, arm: str, scores: list[OracleScore], key: str) -> None:
+    """Each search run gets its first-window score as metric `key` (shown in the MLflow UI beside validation)."""
+    client = study_run.client()
+    runs = {r.data.tags.get("trial_id"): r.info.run_id for r in study_run.nested_runs(arm, Stage.SEARCH)}
+    for score in scores:
+        if score.trial_id in runs and math.isfinite(score.value):
+            client.log_metric(runs[score.trial_id], key, score.value)
+
+
+def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid, validation: Selection,
+               split: Split, resources: Resources, ray_dir: Path, study_run: StudyRun, resume: bool,
+               starts: Any = None) -> pd.DataFrame:
+    """Score `arm`'s search trials on the first test window, retrain the best with the final seeds and test
+    it; returns the tidy results, stage `oracle`. A fine-tuning arm's `starts` (`studies.warm_start.Starts`)
+    are the ones its search and validation pick used: the oracle chooses the arm's configuration, not the
+    ERM model it starts from."""
+    window = selection_window(split)
+    fixed = {**study.fixed(arm), "device": resources.device}
+    if starts is not None:  # the search trials' configuration, so their checkpoints load
+        fixed["init_from"] = starts.search.path
+    scores = score_search(search, split, fixed, study.metric, resources)
+    log_scores(study_run, arm, scores, SCORE_KEY.format(window=window, metric=study.metric))
+    selection = select_oracle(arm, scores)
+    if selection is None:
+        print(f"warning: [{arm}-oracle] no search trial could be scored on {window}; no oracle runs", file=sys.stderr)
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    same = " (the validation pick too)" if selection.trial_id == validation.trial_id else \
+        f" (validation picked {validation.trial_id})"
+    print(f"[{arm}-oracle] {window} {study.metric} {selection.value:.4f}: trial {selection.trial_id}{same}; "
+          f"retrained with seeds {study.final_seeds()}, reported on the windows after {window} only",
+          file=sys.stderr, flush=True)
+    grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
+                     starts.seeds if starts is not None else None, stage=Stage.ORACLE)
+    return final_results(study_name, arm, study.arms[arm].method, grid, study_run, stage=Stage.ORACLE)
+

@@ -1,0 +1,126 @@
+"""Oracle selection (`oracle: true`): each arm's configuration picked on the first test window, retrained with
+the final seeds and reported only on the later windows. A real tiny study (local Ray, SQLite MLflow), read
+back through the store and analysis; and the selection window's rules on their own."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from analysis.compare import compare
+from analysis.load import load_study as load_results
+from idea.config import TrainConfig
+from idea.contract import Stage, Tag
+from idea.metrics import summary
+from idea.trainer import Trainer
+from studies.config import load_study
+from studies.data import study_split, without_tests
+from studies.oracle import SCORE_KEY, selection_window
+from tests.studies.study_cli import TINY_ARMS, Store, run_study, tiny_study
+
+STUDY = "oracle-tiny"
+SEEDS = (1, 2)
+KEY = SCORE_KEY.format(window="w1", metric="ndcg_at_10")
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """(completed process, study folder, store) of a tiny erm + idea study with `oracle: true`, 2 seeds."""
+    root = tmp_path_factory.mktemp("oracle")
+    path = tiny_study(root / f"{STUDY}.yaml", ("erm", "idea"))
+    spec = yaml.safe_load(path.read_text())
+    spec.update(oracle=True, seeds=len(SEEDS))
+    spec["arms"]["erm"]["num_samples"] = 3
+    path.write_text(yaml.safe_dump(spec))
+    proc = run_study(str(path), "--out", str(root / "out"), "--concurrency", "2", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc, root / "out" / STUDY, Store(root / "out" / STUDY, STUDY)
+
+
+def _checkpoint(study_dir: Path, arm: str, trial_id: str) -> Path:
+    found = sorted((study_dir / "ray" / f"{arm}-search").glob(f"*{trial_id}*/checkpoint_*/trainer.pt"))
+    assert found, f"no checkpoint of {arm} trial {trial_id}"
+    return found[-1]
+
+
+def test_each_arm_retrains_the_trial_best_on_the_first_window(oracle):
+    proc, _, store = oracle
+    for arm in TINY_ARMS:
+        search = store.nested(Stage.SEARCH, arm, "FINISHED")
+        scores = {r.data.tags[Tag.TRIAL_ID]: r.data.metrics[KEY] for r in search}
+        assert len(scores) == 3
+        runs = store.nested(Stage.ORACLE, arm, "FINISHED")
+        assert sorted(r.info.run_name for r in runs) == [f"{arm}-oracle-seed{s}" for s in SEEDS]
+        picked = {r.data.tags[Tag.SELECTED_TRIAL] for r in runs}
+        top = {t for t, v in scores.items() if v == max(scores.values())}  # ties: the first the grid lists
+        assert len(picked) == 1 and picked <= top, (arm, scores, picked)
+        assert f"[{arm}-oracle] w1 ndcg_at_10" in proc.stderr
+        # the validation pick is still the final stage's, whatever the oracle chose
+        valid = {r.data.tags[Tag.TRIAL_ID]: r.data.metrics["best_valid_ndcg_at_10"] for r in search}
+        final = {r.data.tags[Tag.SELECTED_TRIAL] for r in store.nested(Stage.FINAL, arm, "FINISHED")}
+        assert len(final) == 1 and valid[final.pop()] == max(valid.values())
+    erm = [r.data.metrics[KEY] for r in store.nested(Stage.SEARCH, "erm", "FINISHED")]
+    assert len(set(erm)) > 1  # the pick was a choice
+
+
+def test_a_trial_score_is_its_best_state_on_w1_and_no_other_window(oracle):
+    """Recomputed here from the trial's checkpoint: the logged score is w1's. Scoring on a later window (which
+    the oracle reports) gives another number, so a mix-up of windows fails this."""
+    _, study_dir, store = oracle
+    study = load_study(study_dir / "study.yaml")
+    _, split = study_split(study)
+    for arm in TINY_ARMS:
+        run = store.nested(Stage.ORACLE, arm, "FINISHED")[0]
+        trial_id = run.data.tags[Tag.SELECTED_TRIAL]
+        search = next(r for r in store.nested(Stage.SEARCH, arm) if r.data.tags[Tag.TRIAL_ID] == trial_id)
+        state = _checkpoint(study_dir, arm, trial_id)
+        import torch
+
+        config = TrainConfig.from_dict(torch.load(state, weights_only=False)["config"])
+        trainer = Trainer(config, without_tests(split))
+        trainer.load(state)
+        model = trainer.best_model()
+        by_window = {w: summary(trainer.evaluate_events(split.tests[w], w, model), w)["ndcg_at_10"]
+                     for w in split.tests}
+        assert math.isclose(search.data.metrics[KEY], by_window["w1"], rel_tol=1e-9, abs_tol=1e-12)
+        assert by_window["w1"] != by_window["w3"]
+
+
+def test_analysis_reports_the_oracle_only_after_the_first_window(oracle):
+    _, study_dir, _ = oracle
+    uri = f"sqlite:///{study_dir / 'mlflow.db'}"
+    results = load_results(uri, STUDY)
+    assert set(results.loc[results["stage"] == Stage.ORACLE, "part"]) == {"valid", "w1", "w2", "w3"}  # all stored
+    table = compare([(uri, STUDY)])
+    oracle_rows = table[table["selection"] == "oracle"]
+    assert set(oracle_rows["part"]) == {"w2", "w3"} and set(oracle_rows["arm"]) == {"idea"}
+    assert set(table.loc[table["selection"] == "validation", "part"]) == {"valid", "w1", "w2", "w3"}
+    md = (study_dir / "report" / "summary.md").read_text()
+    assert "Oracle selection (an upper bound): metric per window" in md
+    headline = next(line for line in md.splitlines() if line.startswith("**On the last window"))
+    assert "oracle" not in headline.lower()
+
+
+def test_the_selection_window_is_the_first_and_later_ones_must_exist(synthetic_data):
+    from idea.splits import SplitConfig, make_split
+
+    temporal = make_split(synthetic_data, SplitConfig("temporal", 20))
+    assert list(temporal.tests)[0] == "w1" and len(temporal.tests) >= 2
+    assert selection_window(temporal) == "w1"
+    loo = make_split(synthetic_data, SplitConfig("loo", 20))
+    with pytest.raises(ValueError, match="at least two test windows"):
+        selection_window(loo)
+
+
+def test_a_study_file_asking_an_oracle_of_one_test_part_is_refused(tmp_path):
+    from studies.config import from_dict
+
+    spec = yaml.safe_load(tiny_study(tmp_path / "s.yaml").read_text())
+    for bad in ({"protocol": "loo"}, {"cuts": ["2020-01-01", "2020-02-01", "2020-03-01"]}):
+        with pytest.raises(ValueError, match="oracle: true needs at least two test windows"):
+            from_dict({**spec, "oracle": True, **bad})
+    with pytest.raises(ValueError, match="oracle must be true or false"):
+        from_dict({**spec, "oracle": "yes"})
+    assert from_dict({**spec, "protocol": "loo"}).oracle is False

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch._dynamo
 from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -126,6 +127,10 @@ def step_floor(steps: Steps, rates: dict[str, float]) -> float:
     env_rows = rows * (t.config.N if steps.phase == "idea" else 1)
     with FlopCounterMode(display=False) as counter:
         steps(1)
+    # A compiled function called under a dispatch mode runs eagerly, and dynamo then never again runs it
+    # compiled in this process (benchmarks/mamba_compile_probe.py): reset it, or every later step of this
+    # benchmark (IDEA's after ERM's floor) runs Mamba4Rec's read-out eagerly.
+    torch._dynamo.reset()
     flops = counter.get_total_flops() + gru_flops(t, env_rows, width)
     params = sum(p.numel() for p in t.model.parameters())
     logit_bytes = 2 if t.precision == "bf16" else 4

@@ -14,6 +14,7 @@ mkdir -p /tmp/stash /tmp/logs && cp .whl1/* /tmp/stash/ && rm -rf $DATA && cp -r
 timeout 160 python3 benchmarks/bench_train.py --device $DEVICE --data-dir $DATA --batches 2048 --precisions $PRECISIONS \
   --backbones $BACKBONES --no-noise --steps $STEPS --json-out $OUT/bench.jsonl --profile-out $OUT/profile.txt > $OUT/bench.txt 2>&1
 echo "bench exit $?" >> $OUT/bench.txt
+timeout 90 python3 benchmarks/mamba_compile_probe.py --device $DEVICE --batch 2048 > $OUT/probe.txt 2>&1  # compiled or eager
 cp $OUT/bench.jsonl /tmp/bench.jsonl 2>/dev/null  # study.sh picks the GRU4Rec study's precision from it
 pids=()
 for bb in $BACKBONES; do

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch._functorch.config as functorch_config
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -74,12 +75,18 @@ def readout(after: Tensor, A: Tensor, read: Tensor, dtu: Tensor) -> Tensor:
 
 
 _compiled_readout = None
+COMPILED_READOUT_DEVICES = ("cuda",)  # on a CPU the checkpointed row pieces are faster than compiling (tests add "cpu")
 
 
 def fused_readout(after: Tensor, A: Tensor, read: Tensor, dtu: Tensor) -> Tensor:
-    """`readout` compiled once per process (dynamic shapes: batches differ in rows and width), in float32."""
+    """`readout` compiled once per process (dynamic shapes: batches differ in rows and width), in float32.
+    Without donated buffers: IDEA walks a backward pass twice (`retain_graph`: its exploration step reuses
+    the recommender's), which a compiled backward that frees its saved inputs refuses with an error.
+    AOTAutograd compiles the backward at its first call, outside this function, so the setting is made
+    for the process (this is the project's only compiled code)."""
     global _compiled_readout
     if _compiled_readout is None:
+        functorch_config.donated_buffer = False
         _compiled_readout = torch.compile(readout, dynamic=True)
     return _compiled_readout(after.float(), A.float(), read.float(), dtu.float())
 
@@ -146,7 +153,7 @@ class MambaMixer(nn.Module):
                                   A.float(), Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous(), self.D.float(),
                                   delta_bias=self.dt_proj.bias.float(), delta_softplus=True).transpose(1, 2)  # [b, T, D]
             y = y[:, -1] if last_only else y
-        elif last_only and u.is_cuda:
+        elif last_only and u.device.type in COMPILED_READOUT_DEVICES:
             dt = F.softplus(self.dt_proj(dt_low))  # [b, T, D]
             y = fused_readout(steps_after(dt), A, Bm * Cm[:, -1:], dt * u) + self.D * u[:, -1]  # [b, D]
         else:

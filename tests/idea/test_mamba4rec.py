@@ -192,6 +192,27 @@ def test_idea_trains_with_mamba4rec():
     assert trainer.evaluate(["valid"])["value"].notna().all()
 
 
+def test_an_exploring_idea_step_runs_through_the_compiled_readout(monkeypatch):
+    """The GPU read-out path (compiled; here for the CPU) under IDEA's step with exploration, which walks
+    the backward pass twice (retain_graph): it used to fail there (a compiled backward that donates its
+    buffers), unseen because the GPU benchmark ran IDEA eagerly. Gradients match the eager path's."""
+    split = make_split(generate(SyntheticConfig(n_users=200, n_items=80, seed=4)), SplitConfig(max_len=12))
+    cfg = TrainConfig(backbone="mamba4rec", method="idea", K=2, N=2, T=1, dropout=0.0, batch_size=64, device="cpu")
+    trainer = Trainer(cfg, split)
+    batch = trainer.batch(trainer.permutation(1).split(64)[0])
+
+    def gradients(devices):
+        monkeypatch.setattr(mamba, "COMPILED_READOUT_DEVICES", devices)
+        torch.manual_seed(0)  # the same extractor noise and mixup draws on both paths
+        rec, ext, _ = trainer.objective.idea_gradients(trainer, *batch, explore=True)
+        return [g for g in (*rec, *ext) if g is not None]
+
+    compiled, eager = gradients(("cpu",)), gradients(())
+    assert len(compiled) == len(eager) > 0
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or mamba.selective_scan_fn is None,
                     reason="needs a CUDA GPU with the mamba_ssm package (its fused selective-scan kernel)")
 def test_fused_kernel_agrees_with_pure_pytorch():

@@ -3,15 +3,20 @@ the smallest effect each comparison could have detected; and a forest plot of th
 
     python -m analysis.compare --study-dir outputs/beauty --study-dir outputs/sports-gpu --out outputs/compare
     python -m analysis.compare --tracking-uri sqlite:///$PWD/outputs/all.db --pattern 'beauty*' --out DIR
+    python -m analysis.compare --report-dir docs/results/beauty-gru4rec --report-dir ... --out DIR
 
 A study folder (`--study-dir`) stands for its own store and the study named after the folder; with
 `--tracking-uri`, `--study NAME` (repeatable) or `--pattern GLOB` picks the studies of that store (default:
-every study in it). Writes `compare.csv`, `compare.md` and `forest.png` under `--out`.
+every study in it); a report folder (`--report-dir`, what `analysis.report` writes and docs/results keeps)
+stands for its study through `results.csv` and `study.json`, so committed reports compare without their
+stores. Writes `compare.csv`, `compare.md` and `forest.png` under `--out`.
 """
 from __future__ import annotations
 
 import fnmatch
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +26,9 @@ from matplotlib.figure import Figure
 from analysis import summaries as S
 from analysis.load import StudyNotFoundError, load_arms, load_shift, load_study, parent_tags
 from analysis.plots import metric_label
+from analysis.report import ABOUT_FILE, RESULTS_FILE
 from idea.argparsing import StrictArgumentParser
-from idea.contract import Stage, Tag
+from idea.contract import Arms, Stage, Tag
 
 COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "selection", "arm", "control", "part", "control_mean",
                    "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "n_pairs", "mde", "mde_rel"]
@@ -40,23 +46,52 @@ def study_names(tracking_uri: str, pattern: str | None = None) -> list[str]:
     return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
-def compare(studies: list[tuple[str, str]], metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
-    """One row per study x selection x (arm, control) x part from `(tracking_uri, study)` pairs: the paired
-    differences (`analysis.summaries.paired`, the study's own pairs) with its dataset, protocol and backbone;
-    `selection` is validation, or oracle (`analysis.summaries.oracle_view`: an upper bound, on the windows
-    after the first) for a study run with `oracle: true`."""
+@dataclass(frozen=True)
+class StudyData:
+    """What the table needs of one study: its tidy results frame, its (arm, control) pairs and its labels."""
+
+    results: pd.DataFrame
+    pairs: list[tuple[str, str]]
+    dataset: str | None
+    protocol: str | None
+    backbone: str | None
+
+
+def from_store(tracking_uri: str, study: str) -> StudyData:
+    """A study as its MLflow store holds it."""
+    tags = parent_tags(tracking_uri, study)
+    return StudyData(load_study(tracking_uri, study), load_arms(tracking_uri, study).pairs(), tags.get("dataset"),
+                     load_shift(tracking_uri, study).attrs.get("protocol"), tags.get("backbone"))
+
+
+def from_report(folder: Path) -> StudyData:
+    """A study as its report folder keeps it: `results.csv` (the frame `load_study` gave) and `study.json`."""
+    folder = Path(folder)
+    for name in (RESULTS_FILE, ABOUT_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} does not exist: --report-dir takes a folder that "
+                                    f"`python -m analysis.report` wrote (it holds {RESULTS_FILE} and {ABOUT_FILE})")
+    about = json.loads((folder / ABOUT_FILE).read_text())
+    arms = Arms(tuple(about["arms"]["order"]), about["arms"].get("base"), about["arms"].get("controls", {}))
+    return StudyData(pd.read_csv(folder / RESULTS_FILE), arms.pairs(), about.get("dataset"), about.get("protocol"),
+                     about.get("backbone"))
+
+
+def compare(studies: list[tuple[str, str] | StudyData], metric: str = "ndcg", k: int = 10,
+            subset: str = "all") -> pd.DataFrame:
+    """One row per study x selection x (arm, control) x part, from `(tracking_uri, study)` pairs or `StudyData`:
+    the paired differences (`analysis.summaries.paired`, the study's own pairs) with its dataset, protocol
+    and backbone; `selection` is validation, or oracle (`analysis.summaries.oracle_view`: an upper bound,
+    on the windows after the first) for a study run with `oracle: true`."""
     frames = []
-    for uri, study in studies:
-        results, pairs = load_study(uri, study), load_arms(uri, study).pairs()
-        tables = [S.paired(results, metric, k, subset, pairs).assign(selection="validation"),
-                  S.paired(S.oracle_view(results), metric, k, subset, pairs).assign(selection="oracle")]
+    for item in studies:
+        data = item if isinstance(item, StudyData) else from_store(*item)
+        tables = [S.paired(data.results, metric, k, subset, data.pairs).assign(selection="validation"),
+                  S.paired(S.oracle_view(data.results), metric, k, subset, data.pairs).assign(selection="oracle")]
         tables = [t for t in tables if not t.empty]
-        if not tables:
-            continue
-        tags = parent_tags(uri, study)
-        frames.append(pd.concat(tables, ignore_index=True).assign(
-            dataset=tags.get("dataset"), backbone=tags.get("backbone"),
-            protocol=load_shift(uri, study).attrs.get("protocol")))
+        if tables:
+            frames.append(pd.concat(tables, ignore_index=True).assign(
+                dataset=data.dataset, protocol=data.protocol, backbone=data.backbone))
     if not frames:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
     return pd.concat(frames, ignore_index=True)[COMPARE_COLUMNS]
@@ -102,7 +137,8 @@ def _markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def write_compare(studies: list[tuple[str, str]], out_dir: Path, metric: str = "ndcg", k: int = 10) -> Path:
+def write_compare(studies: list[tuple[str, str] | StudyData], out_dir: Path, metric: str = "ndcg",
+                  k: int = 10) -> Path:
     """`compare.csv`, `compare.md` (the table, the last windows first) and `forest.png` under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +146,7 @@ def write_compare(studies: list[tuple[str, str]], out_dir: Path, metric: str = "
     table.to_csv(out_dir / "compare.csv", index=False)
     forest(table, metric, k).savefig(out_dir / "forest.png", dpi=120)
     label = metric_label(metric, k)
-    md = [f"# Studies compared on {label}: {', '.join(dict.fromkeys(s for _, s in studies))}", "",
+    md = [f"# Studies compared on {label}: {', '.join(dict.fromkeys(table['study']))}", "",
           "Every arm against its control, paired by seed (the studies' own pairs); mde is the smallest true "
           "difference the seeds could detect (two-sided 0.05, power 0.8): a difference inside ±mde is what "
           "they cannot tell from none. Rows with selection `oracle` (studies run with `oracle: true`) pick each "
@@ -128,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", action="append", default=[], help="an MLflow store; repeatable")
     p.add_argument("--study", action="append", default=[], help="a study of the --tracking-uri stores; repeatable")
     p.add_argument("--pattern", help="studies of the --tracking-uri stores whose names match this glob")
+    p.add_argument("--report-dir", action="append", default=[],
+                   help="a report folder (results.csv and study.json, as analysis.report writes it); repeatable")
     p.add_argument("--out", required=True, help="folder for compare.csv, compare.md and forest.png")
     p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
     p.add_argument("--k", type=int, default=10, choices=(5, 10, 20))
@@ -142,8 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     for uri in args.tracking_uri:
         names = args.study or study_names(uri, args.pattern)
         studies += [(uri, name) for name in names if args.pattern is None or fnmatch.fnmatch(name, args.pattern)]
+    try:
+        studies += [from_report(Path(folder)) for folder in args.report_dir]
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not studies:
-        print("error: no study to compare: give --study-dir, or --tracking-uri with studies in it", file=sys.stderr)
+        print("error: no study to compare: give --study-dir, --report-dir, or --tracking-uri with studies in it",
+              file=sys.stderr)
         return 2
     try:
         path = write_compare(studies, Path(args.out), args.metric, args.k)

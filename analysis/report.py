@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shlex
 import sys
 import tempfile
@@ -347,6 +348,18 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
     return out
 
 
+RESULTS_FILE = "results.csv"  # the tidy frame every table comes from (`load_study`)
+ABOUT_FILE = "study.json"  # what the study is (dataset, protocol, backbone, arm roles): analysis.compare reads both
+
+
+def about(tracking_uri: str, study: str, shift: pd.DataFrame, arms: Arms) -> dict:
+    """The study's labels and arm roles, so a report folder can be compared without its store."""
+    tags = parent_tags(tracking_uri, study)
+    return {"study": study, "dataset": tags.get("dataset"), "protocol": shift.attrs.get("protocol"),
+            "backbone": tags.get("backbone"), "git_sha": tags.get("git_sha"),
+            "arms": {"order": list(arms.order), "base": arms.base, "controls": dict(arms.controls)}}
+
+
 def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "ndcg", k: int = 10,
                  ui_url: str | None = None) -> Path:
     """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
@@ -361,7 +374,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k, arms)
     figures = build_figures(tables, metric, k, arms)
 
-    results.to_csv(out_dir / "results.csv", index=False)
+    results.to_csv(out_dir / RESULTS_FILE, index=False)
+    (out_dir / ABOUT_FILE).write_text(json.dumps(about(tracking_uri, study, shift, arms), indent=1) + "\n")
     for name, df in tables.items():
         df.to_csv(out_dir / f"{name}.csv", index=False)
     for name, fig in figures.items():
@@ -373,7 +387,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     state = f" (UNFINISHED: {len(missing)} item(s) under \"What is missing\")" if missing else ""
     md = [f"# Shift robustness of study `{study}`{state}", "",
           f"Tracking URI `{tracking_uri}` · metric {label} · generated {now}. "
-          "Every table is also a CSV next to this file; `results.csv` is the tidy frame they come from.", ""]
+          "Every table is also a CSV next to this file; `results.csv` is the tidy frame they come from, "
+          "`study.json` what the study is (for `python -m analysis.compare --report-dir`).", ""]
     if missing:
         md += ["## What is missing", "", "The study is not complete; the tables below cover what exists.", "",
                *[f"- {m}" for m in missing], ""]

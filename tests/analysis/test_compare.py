@@ -2,12 +2,15 @@
 minimum detectable effect, the last windows first, and a forest plot."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from analysis import compare as C
 from analysis import summaries as S
 from analysis.load import load_arms, load_study
+from analysis.report import write_report
 from tests.analysis import fake_store as F
 
 
@@ -35,7 +38,24 @@ def test_cli_writes_table_markdown_and_forest(store, tmp_path):
     assert (tmp_path / "forest.png").stat().st_size > 10_000
 
 
+def test_a_report_folder_compares_as_its_store_does(store, tmp_path):
+    """Committed reports keep no store: `--report-dir` reads their results.csv and study.json instead, and
+    must give the store's table exactly (labels and arm roles included)."""
+    write_report(store, F.STUDY, tmp_path / "report")
+    about = json.loads((tmp_path / "report" / "study.json").read_text())
+    assert (about["dataset"], about["protocol"], about["backbone"]) == ("synthetic", "temporal", "gru4rec")
+    assert about["arms"] == {"order": list(F.ROLES.order), "base": "erm", "controls": {"idea": "erm"}}
+    from_store = C.compare([(store, F.STUDY)])
+    from_folder = C.compare([C.from_report(tmp_path / "report")])
+    assert len(from_store) > 0
+    pd.testing.assert_frame_equal(from_folder, from_store)
+    assert C.main(["--report-dir", str(tmp_path / "report"), "--out", str(tmp_path / "out")]) == 0
+    assert set(pd.read_csv(tmp_path / "out" / "compare.csv")["study"]) == {F.STUDY}
+
+
 def test_cli_refuses_what_it_cannot_compare(tmp_path, capsys):
+    assert C.main(["--report-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "--report-dir takes a folder that `python -m analysis.report` wrote" in capsys.readouterr().err
     assert C.main(["--study-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert C.main(["--out", str(tmp_path / "o")]) == 2

@@ -65,7 +65,10 @@ TABLES = {
                           "DomainBed reports one, never a result to claim."),
     "oracle_paired": ("Oracle selection (an upper bound): paired by seed",
                       "The paired comparisons of the oracle-selected runs, as in the paired table above, on the "
-                      "windows after the first."),
+                      "windows after the first. A fine-tuning arm's oracle runs start from the same ERM models as "
+                      "its validation pick (so IDEA against erm_ft stays paired by start); the base arm's own "
+                      "oracle runs are other models when its oracle pick differs, so a comparison with it is "
+                      "paired by seed only."),
     "sensitivity": ("Hyperparameter sensitivity",
                     "Search trials: mean validation metric per value (or quantile bin) of each varying hyperparameter."),
     "param_importances": ("Hyperparameter importances",

@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DATA=/tmp/data ACC_EPOCHS=${ACC_EPOCHS:-10} MAMBA_EPOCHS=${MAMBA_EPOCHS:-4} ACC_TIMEOUT=${ACC_TIMEOUT:-130}
 DEVICE=${DEVICE:-cuda} PRECISIONS=${PRECISIONS:-fp32 tf32 bf16} ACC_PRECISIONS=${ACC_PRECISIONS:-fp32 bf16}
 BACKBONES=${BACKBONES:-gru4rec sasrec mamba4rec} STEPS=${STEPS:-10}  # overridable for a dry run on a CPU
-mkdir -p /tmp/stash /tmp/logs && cp .whl1/* /tmp/stash/ && rm -rf $DATA && cp -r .gpu/data $DATA
+mkdir -p /tmp/stash /tmp/logs $DATA && cp .whl1/* /tmp/stash/ && tar xzf .gpu/data.tgz -C $DATA  # beauty, sports, yelp
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
   python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"; } > $OUT/device.txt 2>&1
 timeout 160 python3 benchmarks/bench_train.py --device $DEVICE --data-dir $DATA --batches 2048 --precisions $PRECISIONS \

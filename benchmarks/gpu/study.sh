@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
 # The device call right after speed_and_accuracy.sh (within the ~30 s the machine stays warm, so /tmp/stash
-# and /tmp/data are still there; see benchmarks/gpu/README.md): join the Ray wheel, install Ray, MLflow and
-# Optuna (the image has neither) into /tmp/site, run the beauty-gpu study with four trials sharing the GPU,
-# then the GPU study tests with the time left. Results under $OUT.
+# and /tmp/data are still there; see benchmarks/gpu/README.md): install Ray, MLflow and Optuna (install.sh),
+# run the beauty-gpu study with four trials sharing the GPU, then the GPU study tests with the time left.
+# Results under $OUT.
 set -u
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true
 START=$(date +%s) LIMIT=${LIMIT:-420} STUDY_TIMEOUT=${STUDY_TIMEOUT:-330} NAME=${NAME:-beauty-gpu}
 STUDY_ARGS=${STUDY_ARGS:-beauty-gpu --gpus-per-trial 0.25 --concurrency 4 --time-budget-s 45}
-if [ -z "${SKIP_INSTALL:-}" ]; then  # a dry run on a CPU sets SKIP_INSTALL=1 and uses the local packages
-  cat /tmp/stash/ray.part-aa .whl2/ray.part-ab > /tmp/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    $(ls /tmp/stash/*.whl) .whl2/*.whl /tmp/ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl > $OUT/install.log 2>&1 || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-python3 -c "import ray, mlflow, optuna; print('ray', ray.__version__, 'mlflow', mlflow.__version__, 'optuna', optuna.__version__)" \
-  >> $OUT/install.log 2>&1 || { tail -30 $OUT/install.log; exit 1; }
+source benchmarks/gpu/install.sh || exit 1
 # The study runs in the default precision (bf16 on a GPU) unless the speed table just measured found GRU4Rec
 # slower in bf16 than in TF32 (e.g. a cuDNN without bf16 RNNs): then in TF32, through a study file over beauty-gpu.
 if [ -f /tmp/bench.jsonl ] && python3 - <<'PY'

@@ -22,7 +22,10 @@ from studies.space import optuna_space
 from studies.trainable import search_trial
 from tests.studies.study_cli import run_cli, run_study
 
-SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "synthetic")
+CROSS_GPU = {"sports-gpu": {"dataset": "sports"}, "yelp-gpu": {"dataset": "yelp"},  # beauty-gpu with one change
+             "beauty-gpu-sasrec": {"backbone": "sasrec"}, "beauty-gpu-mamba4rec": {"backbone": "mamba4rec"},
+             "beauty-gpu-noisy": {"train": {"batch_size": 2048, "noise_ratio": 0.2}}}
+SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "synthetic", *CROSS_GPU)
 OFFICIAL = ("beauty-loo-official", "sports-loo-official")  # the IDEA authors' protocol and configuration
 OFFICIAL_CPU = ("beauty-loo-cpu", "sports-loo-cpu")  # the same at a 2-core CPU budget (_loo-cpu.yaml)
 
@@ -127,6 +130,14 @@ def test_cpu_official_studies_run_the_authors_configuration_once(name):
             assert study.roles().controls[arm] == "idea" and study.arms[arm].num_samples == 1
         else:
             assert arm not in study.arms
+
+
+@pytest.mark.parametrize("name", CROSS_GPU)
+def test_the_cross_study_set_changes_one_thing_of_beauty_gpu(name):
+    """Each study of the GPU cross-study set is beauty-gpu (oracle selection on) with one stated change."""
+    base, study = load_study("beauty-gpu").to_dict(), load_study(name).to_dict()
+    assert base["oracle"] is True
+    assert {k: v for k, v in study.items() if base[k] != v} == CROSS_GPU[name]
 
 
 def test_default_beauty_study_fits_the_cpu_budget():

@@ -19,7 +19,7 @@ import ray
 from ray.tune import ResultGrid
 
 from idea.config import TrainConfig
-from idea.contract import Result, Stage
+from idea.contract import Result, Stage, Tag
 from idea.metrics import summary
 from idea.splits import Events, Split
 from idea.trainer import Trainer
@@ -64,6 +64,8 @@ def _score_task(checkpoint_dir: str, config: Mapping[str, Any], search_split: Sp
 
 @dataclass(frozen=True)
 class OracleScore:
+    """One search trial's best state scored on the selection window."""
+
     trial_id: str
     params: dict[str, Any]
     value: float
@@ -73,7 +75,8 @@ class OracleScore:
 def score_search(search: ResultGrid, split: Split, fixed: Mapping[str, Any], metric: str,
                  resources: Resources) -> list[OracleScore]:
     """Every completed search trial (not failed, with a checkpoint) scored on the first test window, as Ray
-    tasks with a trial's resources, `resources.concurrency` at a time at most."""
+    tasks that each hold a trial's CPUs and GPU share (so they never oversubscribe the cluster). A resumed
+    study scores them again: evaluation only, and the same numbers."""
     window = selection_window(split)
     shared_split, shared_events = ray.put(without_tests(split)), ray.put(split.tests[window])
     task = ray.remote(_score_task).options(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial,
@@ -98,7 +101,7 @@ def select_oracle(arm: str, scores: list[OracleScore]) -> Selection | None:
 def log_scores(study_run: StudyRun, arm: str, scores: list[OracleScore], key: str) -> None:
     """Each search run gets its first-window score as metric `key` (shown in the MLflow UI beside validation)."""
     client = study_run.client()
-    runs = {r.data.tags.get("trial_id"): r.info.run_id for r in study_run.nested_runs(arm, Stage.SEARCH)}
+    runs = {r.data.tags.get(Tag.TRIAL_ID): r.info.run_id for r in study_run.nested_runs(arm, Stage.SEARCH)}
     for score in scores:
         if score.trial_id in runs and math.isfinite(score.value):
             client.log_metric(runs[score.trial_id], key, score.value)

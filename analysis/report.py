@@ -126,27 +126,41 @@ def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int 
 
 
 def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> str | None:
-    """One sentence answering the study's question on its last test window, None without final windows."""
-    deg = tables["degradation"]
-    if deg.empty:
-        return None
-    last = deg.loc[deg["window"] == deg["window"].max()]
+    """One sentence answering the study's question on its last test part (the last window, or leave-one-out's
+    test): how far each arm falls from validation (windows only), the first pair of the paired table, and that
+    arm against the base arm too when its first control is another arm. None without a test part."""
+    deg, pair = tables["degradation"], tables["paired"]
     label = plots.metric_label(metric, k)
-    drops = ", ".join(f"{r.arm} {100 * r.rel_drop:.1f}%" for r in last.itertuples())
-    out = f"On the last window ({last['part'].iloc[0]}) {label} falls from validation by {drops}"
-    part = last["part"].iloc[0]
-    pair = tables["paired"]
+    if not deg.empty:
+        last = deg.loc[deg["window"] == deg["window"].max()]
+        part = last["part"].iloc[0]
+        drops = ", ".join(f"{r.arm} {100 * r.rel_drop:.1f}%" for r in last.itertuples())
+        out, there = f"On the last window ({part}) {label} falls from validation by {drops}", "; there "
+    else:
+        tests = [p for p in pair["part"] if p != VALID]
+        if not tests:
+            return None
+        part = tests[-1]
+        out, there = f"On the test part ({part}), {label}", ": "
     pair = pair.loc[(pair["part"] == part) & pair["rel_gain"].notna()]
-    if not pair.empty:  # the first pair: an arm against its own control, else against the base arm
-        r = pair.iloc[0]
-        n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
-        p = f", paired p = {r['p_paired']:.3f}" if pd.notna(r["p_paired"]) else ""
-        ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}]" if pd.notna(r["ci_low"]) else ""
-        mde = (f"; these seeds detect (power 0.8) only effects beyond ±{r['mde']:.{n}f} "
-               f"(±{100 * r['mde_rel']:.1f}%)") if pd.notna(r["mde"]) else ""
-        out += (f"; there {r['arm']} scores {r['arm_mean']:.{n}f} vs {r['control']} {r['control_mean']:.{n}f} "
-                f"({100 * r['rel_gain']:+.1f}%{p}; difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} "
-                f"seeds paired by seed{mde})")
+    if pair.empty:
+        return out + "."
+    r = pair.iloc[0]  # the first pair: an arm against its own control, else against the base arm
+    n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
+    p = f", paired p = {r['p_paired']:.3f}" if pd.notna(r["p_paired"]) else ""
+    ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}]" if pd.notna(r["ci_low"]) else ""
+    mde = (f"; these seeds detect (power 0.8) only effects beyond ±{r['mde']:.{n}f} "
+           f"(±{100 * r['mde_rel']:.1f}%)") if pd.notna(r["mde"]) else ""
+    out += (f"{there}{r['arm']} scores {r['arm_mean']:.{n}f} vs {r['control']} {r['control_mean']:.{n}f} "
+            f"({100 * r['rel_gain']:+.1f}%{p}; difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} "
+            f"seeds paired by seed{mde})")
+    base = pair.loc[(pair["arm"] == r["arm"]) & (pair.index != pair.index[0])]
+    if not base.empty:  # the same arm against the base arm (the pairs' second group)
+        b = base.iloc[0]
+        p = f", p = {b['p_paired']:.3f}" if pd.notna(b["p_paired"]) else ""
+        ci = (f", 95% CI [{100 * b['ci_low'] / b['control_mean']:+.1f}%, {100 * b['ci_high'] / b['control_mean']:+.1f}%]"
+              if pd.notna(b["ci_low"]) else "")
+        out += f"; against {b['control']} ({b['control_mean']:.{n}f}) {100 * b['rel_gain']:+.1f}%{ci}{p}"
     return out + "."
 
 

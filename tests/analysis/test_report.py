@@ -205,3 +205,21 @@ def test_ui_links_put_the_base_arm_first_and_one_seed_per_arm():
     ids, one = link_runs([i for i, _, _ in rows], results, arms)
     assert ids == ["r-erm-1", "r-erm-2", "r-erm-3", "r-idea-1", "r-idea-2", "r-ft-2", "r-ft-3"]
     assert one == ["r-erm-2", "r-idea-2", "r-ft-2"]  # seed 2 is the one every arm has
+
+
+def test_headline_of_a_leave_one_out_study_names_the_test_part_and_the_base_arm():
+    """No windows (leave-one-out): the headline is the first pair on `test`, and IDEA against the base arm
+    follows when its first control (erm_ft) is another arm."""
+    from analysis import summaries as S
+    from analysis.report import headline
+    from idea.contract import Arms
+
+    rows = [dict(study="s", arm=a, stage="final", trial=0, seed=s, part=p, subset="all", metric="ndcg", k=10, value=v)
+            for a, base in (("idea", 0.030), ("erm_ft", 0.031), ("erm", 0.032)) for s in (1, 2, 3)
+            for p, v in (("valid", 0.04), ("test", base + 0.001 * s * (a == "idea")))]
+    results = pd.DataFrame(rows)
+    pairs = Arms(("idea", "erm_ft", "erm"), "erm", {"idea": "erm_ft", "erm_ft": "erm"}).pairs()
+    tables = {"degradation": S.degradation(results), "paired": S.paired(results, pairs=pairs)}
+    line = headline(tables)
+    assert line.startswith("On the test part (test), NDCG@10: idea scores 0.03200 vs erm_ft 0.03100 (+3.2%")
+    assert line.endswith("; against erm (0.03200) +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000.")

@@ -28,7 +28,7 @@ from analysis.load import StudyNotFoundError, load_arms, load_shift, load_study,
 from analysis.plots import metric_label
 from analysis.report import ABOUT_FILE, RESULTS_FILE
 from idea.argparsing import StrictArgumentParser
-from idea.contract import Arms, Stage, Tag
+from idea.contract import VALID, Arms, Stage, Tag
 
 COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "selection", "arm", "control", "part", "control_mean",
                    "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "n_pairs", "mde", "mde_rel"]
@@ -98,9 +98,13 @@ def compare(studies: list[tuple[str, str] | StudyData], metric: str = "ndcg", k:
 
 
 def last_windows(table: pd.DataFrame) -> pd.DataFrame:
-    """Each study's rows of its last test window."""
-    last = {study: S.windows(rows)[-1] for study, rows in table.groupby("study") if S.windows(rows)}
-    return table[[last.get(s) == p for s, p in zip(table["study"], table["part"])]].reset_index(drop=True)
+    """Each study's rows of its last test part: its last window, or leave-one-out's test part."""
+    def last(rows: pd.DataFrame) -> str | None:
+        tests = S.windows(rows) or [p for p in pd.unique(rows["part"]) if p != VALID]
+        return tests[-1] if tests else None
+
+    ends = {study: last(rows) for study, rows in table.groupby("study")}
+    return table[[ends.get(s) == p for s, p in zip(table["study"], table["part"])]].reset_index(drop=True)
 
 
 def forest(table: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:
@@ -151,7 +155,7 @@ def write_compare(studies: list[tuple[str, str] | StudyData], out_dir: Path, met
           "difference the seeds could detect (two-sided 0.05, power 0.8): a difference inside ±mde is what "
           "they cannot tell from none. Rows with selection `oracle` (studies run with `oracle: true`) pick each "
           "arm's configuration on the first test window and cover the later windows only: an upper bound, not a "
-          "result. ![forest](forest.png)", "", "## Last window of each study", "",
+          "result. ![forest](forest.png)", "", "## Last test part of each study", "",
           _markdown(last_windows(table)), "", "## Every part", "", _markdown(table), ""]
     path = out_dir / "compare.md"
     path.write_text("\n".join(md))

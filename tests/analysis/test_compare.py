@@ -34,7 +34,7 @@ def test_cli_writes_table_markdown_and_forest(store, tmp_path):
     table = pd.read_csv(tmp_path / "compare.csv")
     assert set(table["study"]) == {F.STUDY} and {"mde", "mde_rel", "protocol"} <= set(table.columns)
     md = (tmp_path / "compare.md").read_text()
-    assert "## Last window of each study" in md and "idea" in md and "forest.png" in md
+    assert "## Last test part of each study" in md and "idea" in md and "forest.png" in md
     assert (tmp_path / "forest.png").stat().st_size > 10_000
 
 
@@ -61,3 +61,8 @@ def test_cli_refuses_what_it_cannot_compare(tmp_path, capsys):
     assert C.main(["--out", str(tmp_path / "o")]) == 2
     with pytest.raises(SystemExit):
         C.main(["--tracking", "x", "--out", str(tmp_path)])  # abbreviated flags are refused
+
+
+def test_the_last_test_part_of_a_leave_one_out_study_is_its_test_part():
+    table = pd.DataFrame({"study": ["t", "t", "t", "loo", "loo"], "part": ["valid", "w1", "w2", "valid", "test"]})
+    assert C.last_windows(table).to_dict("list") == {"study": ["t", "loo"], "part": ["w2", "test"]}

@@ -125,7 +125,7 @@ def forest(table: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:
                                      + (" [oracle]" if r.selection == "oracle" else "") for r in rows.itertuples()])
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric_label(metric, k)}: arm − control, % of the control")
-    ax.set_title("dot: mean paired difference · bar: its 95% CI · grey: ± minimum detectable effect", fontsize=9)
+    ax.set_title("dot: mean paired difference · bar: its 95% CI\ngrey: ± minimum detectable effect", fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -369,9 +369,9 @@ RESULTS_FILE = "results.csv"  # the tidy frame every table comes from (`load_stu
 ABOUT_FILE = "study.json"  # what the study is (dataset, protocol, backbone, arm roles): analysis.compare reads both
 
 
-def about(tracking_uri: str, study: str, shift: pd.DataFrame, arms: Arms) -> dict:
-    """The study's labels and arm roles, so a report folder can be compared without its store."""
-    tags = parent_tags(tracking_uri, study)
+def about(study: str, tags: dict[str, str], shift: pd.DataFrame, arms: Arms) -> dict:
+    """The study's labels (from its parent run's `tags`) and arm roles, so a report folder can be compared
+    without its store."""
     return {"study": study, "dataset": tags.get("dataset"), "protocol": shift.attrs.get("protocol"),
             "backbone": tags.get("backbone"), "git_sha": tags.get("git_sha"),
             "arms": {"order": list(arms.order), "base": arms.base, "controls": dict(arms.controls)}}
@@ -392,7 +392,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     figures = build_figures(tables, metric, k, arms)
 
     results.to_csv(out_dir / RESULTS_FILE, index=False)
-    (out_dir / ABOUT_FILE).write_text(json.dumps(about(tracking_uri, study, shift, arms), indent=1) + "\n")
+    tags = parent_tags(tracking_uri, study)
+    (out_dir / ABOUT_FILE).write_text(json.dumps(about(study, tags, shift, arms), indent=1) + "\n")
     for name, df in tables.items():
         df.to_csv(out_dir / f"{name}.csv", index=False)
     for name, fig in figures.items():
@@ -409,7 +410,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     if missing:
         md += ["## What is missing", "", "The study is not complete; the tables below cover what exists.", "",
                *[f"- {m}" for m in missing], ""]
-    if parent_tags(tracking_uri, study).get(Tag.SMOKE) == TRUE:
+    if tags.get(Tag.SMOKE) == TRUE:
         md += [f"> **{SMOKE_NOTE}**", ""]
     if (line := headline(tables, metric, k)):
         md += [f"**{line}**", ""]

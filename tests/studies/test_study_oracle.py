@@ -14,7 +14,7 @@ from analysis.load import load_study as load_results
 from idea.config import TrainConfig
 from idea.contract import Stage, Tag
 from idea.metrics import summary
-from idea.trainer import Trainer
+from idea.trainer import Trainer, read_checkpoint
 from studies.config import load_study
 from studies.data import study_split, without_tests
 from studies.oracle import SCORE_KEY, selection_window
@@ -76,9 +76,7 @@ def test_a_trial_score_is_its_best_state_on_w1_and_no_other_window(oracle):
         trial_id = run.data.tags[Tag.SELECTED_TRIAL]
         search = next(r for r in store.nested(Stage.SEARCH, arm) if r.data.tags[Tag.TRIAL_ID] == trial_id)
         state = _checkpoint(study_dir, arm, trial_id)
-        import torch
-
-        config = TrainConfig.from_dict(torch.load(state, weights_only=False)["config"])
+        config = TrainConfig.from_dict(read_checkpoint(state)["config"])
         trainer = Trainer(config, without_tests(split))
         trainer.load(state)
         model = trainer.best_model()

@@ -25,7 +25,8 @@ from tests.studies.study_cli import run_cli, run_study
 CROSS_GPU = {"sports-gpu": {"dataset": "sports"}, "yelp-gpu": {"dataset": "yelp"},  # beauty-gpu with one change
              "beauty-gpu-sasrec": {"backbone": "sasrec"}, "beauty-gpu-mamba4rec": {"backbone": "mamba4rec"},
              "beauty-gpu-noisy": {"train": {"batch_size": 2048, "noise_ratio": 0.2}}}
-SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "synthetic", *CROSS_GPU)
+SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "ml-100k-sasrec", "synthetic", *CROSS_GPU)
+ML100K_CPU = ("ml-100k-mamba4rec-cpu",)  # ml-100k cut to a 2-core CPU: no search, a user sample
 OFFICIAL = ("beauty-loo-official", "sports-loo-official")  # the IDEA authors' protocol and configuration
 OFFICIAL_CPU = ("beauty-loo-cpu", "sports-loo-cpu")  # the same at a 2-core CPU budget (_loo-cpu.yaml)
 
@@ -138,6 +139,27 @@ def test_the_cross_study_set_changes_one_thing_of_beauty_gpu(name):
     base, study = load_study("beauty-gpu").to_dict(), load_study(name).to_dict()
     assert base["oracle"] is True
     assert {k: v for k, v in study.items() if base[k] != v} == CROSS_GPU[name]
+
+
+def test_ml100k_sasrec_is_ml100k_with_sasrec_and_the_oracle_selection():
+    base, study = load_study("ml-100k").to_dict(), load_study("ml-100k-sasrec").to_dict()
+    assert {k: v for k, v in study.items() if base[k] != v} == {"backbone": "sasrec", "oracle": True}
+
+
+def test_ml100k_mamba4rec_cpu_runs_each_arm_once_at_its_first_configuration():
+    """No search (one trial per arm, its `first` configuration as in ml-100k), erm 3 epochs and the
+    fine-tuning arms 1; a sample of 300 users with histories of 20; otherwise ml-100k with Mamba4Rec."""
+    base, study = load_study("ml-100k"), load_study("ml-100k-mamba4rec-cpu")
+    assert (study.backbone, study.max_users, study.max_len, study.seeds) == ("mamba4rec", 300, 20, 3)
+    assert [study.epochs_of(a) for a in ("erm", "idea", "erm_ft", "dros")] == [3, 1, 1, 1]
+    for arm in base.arms:
+        assert study.arms[arm].num_samples == 1 and study.arms[arm].first == base.arms[arm].first
+        tuned, full = study.train_config(arm, study.arms[arm].first), base.train_config(arm, base.arms[arm].first)
+        changed = {k: v for k, v in tuned.to_dict().items() if full.to_dict()[k] != v}
+        assert set(changed) <= {"backbone", "max_len", "epochs", "patience"}, changed
+    untouched = {k for k in base.to_dict() if k not in {"backbone", "max_users", "max_len", "epochs", "patience",
+                                                         "asha", "arms"}}
+    assert all(study.to_dict()[k] == base.to_dict()[k] for k in untouched)
 
 
 def test_default_beauty_study_fits_the_cpu_budget():
@@ -330,7 +352,7 @@ def test_bad_study_files_name_file_and_key(tmp_path, case):
 def test_unknown_study_name_lists_shipped_ones():
     with pytest.raises(StudyConfigError, match="shipped studies: .*beauty"):
         load_study("no-such-study")
-    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL + OFFICIAL_CPU) and (CONFIG_DIR / "_base.yaml").is_file()
+    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL + OFFICIAL_CPU + ML100K_CPU) and (CONFIG_DIR / "_base.yaml").is_file()
 
 
 def test_cli_overrides_are_validated_like_the_file(tmp_path):

@@ -154,8 +154,9 @@ def write_compare(studies: list[tuple[str, str] | StudyData], out_dir: Path, met
           "Every arm against its control, paired by seed (the studies' own pairs); mde is the smallest true "
           "difference the seeds could detect (two-sided 0.05, power 0.8): a difference inside ±mde is what "
           "they cannot tell from none. Rows with selection `oracle` (studies run with `oracle: true`) pick each "
-          "arm's configuration on the first test window and cover the later windows only: an upper bound, not a "
-          "result. ![forest](forest.png)", "", "## Last test part of each study", "",
+          "arm's configuration on the first test window and cover the later windows only: meant as an upper bound "
+          "(it selects with test data), never a result; a pick on the first window need not be the best on the "
+          "later ones. ![forest](forest.png)", "", "## Last test part of each study", "",
           _markdown(last_windows(table)), "", "## Every part", "", _markdown(table), ""]
     path = out_dir / "compare.md"
     path.write_text("\n".join(md))

@@ -61,9 +61,9 @@ TABLES = {
     "oracle_per_window": ("Oracle selection (an upper bound): metric per window",
                           "Each arm's configuration picked on the first test window instead of validation (`oracle: "
                           "true`), retrained with the same seeds and starts; shown only on the windows after the one it "
-                          "was picked on. It chooses with test data: meant as an upper bound on what selection could give, as "
-                          "DomainBed reports one, never a result to claim (a pick on the first window need not be "
-                          "the best on the later ones)."),
+                          "was picked on. It chooses with test data: meant as an upper bound on what selection "
+                          "could give, as DomainBed reports one, never a result to claim (a pick on the first window "
+                          "need not be the best on the later ones)."),
     "oracle_paired": ("Oracle selection (an upper bound): paired by seed",
                       "The paired comparisons of the oracle-selected runs, as in the paired table above, on the "
                       "windows after the first. A fine-tuning arm's oracle runs start from the same ERM models as "

@@ -1,7 +1,9 @@
 """Training and evaluation throughput at Beauty shape (12,101 items, L=50, d=64), and on a GPU how far
 each training step is from the hardware's floor.
 
-Per backbone, batch size and precision: ERM and IDEA (K=3, N=4, T=5) milliseconds per training step
+Per backbone, batch size, precision and way of bucketing rows by length (`--buckets`: rows, the CPU's
+blocks of 256 consecutive rows and a GPU's one pass; widths, length classes and GRU4Rec's packed
+sequences, see idea/models/base.py): ERM and IDEA (K=3, N=4, T=5) milliseconds per training step
 (IDEA's steps cycle through its T schedule, so one in five also moves the extractors), the IDEA/ERM
 ratio, the extra cost of noise_ratio 0.1 and full-ranking evaluation users per second over 22,363 users.
 On a GPU each step also gets its kernel time (torch.profiler: the summed duration of the GPU's kernels
@@ -10,7 +12,8 @@ per step; over the wall time, how busy the GPU was) and its floor:
     floor = max(FLOPs / matrix rate, bytes / memory bandwidth) + sequential launches x 5 us
 
 FLOPs are counted by torch's FlopCounterMode over one step (matrix products and attention), plus the
-GRU's 6·B·T·3h·(d+h) analytically (cuDNN's RNN is not counted by torch); the matrix rate is the one
+GRU's 6·P·3h·(d+h) analytically over the P (row, step) pairs it runs, B·T in one pass and the sum of the
+lengths when packed (cuDNN's RNN is not counted by torch); the matrix rate is the one
 measured here for the step's precision (float32, TF32 or bfloat16 products), the bandwidth a measured
 device-to-device copy. Bytes: weights, their gradients and Adam's two moments read and written once,
 and the logits [rows, items] written once and read once. Sequential launches: a GRU cannot start
@@ -20,10 +23,12 @@ Uses the real Beauty leave-one-out events when the data is found (--data-dir / $
 random sequences of Beauty's shape.
 
     python benchmarks/bench_train.py [--device cpu|cuda] [--steps 10] [--backbones ...] [--precisions fp32 bf16]
+                                     [--buckets rows widths]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -37,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from idea.argparsing import StrictArgumentParser
 from idea.config import BACKBONE_NAMES, TrainConfig
 from idea.data import DataNotFoundError, load_split
+from idea.models.base import BUCKETS
 from idea.precision import PRECISIONS, set_tensor_cores
 from idea.splits import Events, Split, SplitConfig
 from idea.trainer import Trainer, resolve_device
@@ -108,14 +114,14 @@ def kernel_seconds_per_step(steps: Steps, n: int, table: Path | None, title: str
     return kernel_us / n / 1e6
 
 
-def gru_flops(trainer: Trainer, rows: int, width: int) -> float:
-    """Forward and backward FLOPs of cuDNN's GRU (3 gates, input and recurrent products), which
-    FlopCounterMode does not see: 2 FLOPs per multiply-add, backward twice the forward."""
+def gru_flops(trainer: Trainer, positions: int) -> float:
+    """Forward and backward FLOPs of cuDNN's GRU (3 gates, input and recurrent products) over `positions`
+    (row, step) pairs, which FlopCounterMode does not see: 2 FLOPs per multiply-add, backward twice the forward."""
     gru = getattr(trainer.model, "gru", None)
     if gru is None or trainer.device.type != "cuda":
         return 0.0  # on the CPU the GRU runs as matrix products that FlopCounterMode counts
     h, d = gru.hidden_size, gru.input_size
-    return 3 * 2 * rows * width * 3 * h * (d + h)
+    return 3 * 2 * positions * 3 * h * (d + h)
 
 
 def step_floor(steps: Steps, rates: dict[str, float]) -> float:
@@ -124,14 +130,17 @@ def step_floor(steps: Steps, rates: dict[str, float]) -> float:
     idx = steps.batches[steps.i % len(steps.batches)]
     _, lengths, _ = t.batch(idx)
     width, rows = int(lengths.max()), len(idx)
-    env_rows = rows * (t.config.N if steps.phase == "idea" else 1)
+    copies = t.config.N if steps.phase == "idea" else 1  # environments (same_user: each row's length N times)
+    env_rows = rows * copies
+    # the GRU steps cuDNN runs: every row to the batch's width, or (packed) each row to its own length
+    positions = copies * int(lengths.sum()) if t.model.buckets == "widths" else env_rows * width
     with FlopCounterMode(display=False) as counter:
         steps(1)
     # A compiled function called under a dispatch mode runs eagerly, and dynamo then never again runs it
     # compiled in this process (benchmarks/mamba_compile_probe.py): reset it, or every later step of this
     # benchmark (IDEA's after ERM's floor) runs Mamba4Rec's read-out eagerly.
     torch._dynamo.reset()
-    flops = counter.get_total_flops() + gru_flops(t, env_rows, width)
+    flops = counter.get_total_flops() + gru_flops(t, positions)
     params = sum(p.numel() for p in t.model.parameters())
     logit_bytes = 2 if t.precision == "bf16" else 4
     nbytes = 7 * 4 * params + 2 * env_rows * t.n_items * logit_bytes
@@ -171,6 +180,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=BACKBONE_NAMES)
     p.add_argument("--precisions", nargs="+", default=["auto"], choices=PRECISIONS)
+    p.add_argument("--buckets", nargs="+", default=["default"], choices=["default", *BUCKETS],
+                   help="how the backbone encodes rows of different lengths: the trainer's choice for the device "
+                        "(default), or rows (consecutive blocks; on a GPU one pass) or widths (length classes; "
+                        "GRU4Rec: packed sequences), each its own table row")
     p.add_argument("--no-noise", action="store_true", help="skip the noise_ratio 0.1 column (saves a third of the time)")
     p.add_argument("--json-out", type=Path, help="append each row as a JSON line")
     p.add_argument("--profile-out", type=Path, help="GPU: write each step's top kernels (torch.profiler) here")
@@ -183,13 +196,18 @@ def main() -> None:
     if rates:
         print("measured: " + ", ".join(f"{k} {v / 1e12:.1f} TFLOP/s" for k, v in rates.items() if k != "bandwidth")
               + f", copy {rates['bandwidth'] / 1e12:.2f} TB/s")
-    head = (f"{'backbone':<9} {'batch':>5} {'prec':>4} {'ERM ms':>7} {'kern':>6} {'floor':>6} {'IDEA ms':>8} {'kern':>6} "
+    head = (f"{'backbone':<9} {'batch':>5} {'prec':>4} {'buckets':>7} {'ERM ms':>7} {'kern':>6} {'floor':>6} {'IDEA ms':>8} {'kern':>6} "
             f"{'floor':>6} {'IDEA/ERM':>8} {'noise':>6} {'eval users/s':>12}")
     print(head)
     for backbone in args.backbones:
         for batch in args.batches:
-            for precision in args.precisions:
-                row = bench_row(args, split, backbone, batch, precision, gpu, rates)
+            for precision, buckets in itertools.product(args.precisions, args.buckets):
+                try:
+                    row = bench_row(args, split, backbone, batch, precision, buckets, gpu, rates)
+                except Exception as err:  # one failing variant (a kernel missing on this device) spares the rest
+                    print(f"{backbone:<9} {batch:>5} {precision:>4} {buckets:>7} failed: {type(err).__name__}: {err}",
+                          flush=True)
+                    continue
                 if args.json_out:
                     with args.json_out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -198,19 +216,23 @@ def main() -> None:
                     return f"{row[key] * 1000:.2f}" if row.get(key) is not None else "-"
 
                 noise = f"{row['noise']:+.1%}" if row.get("noise") is not None else "-"
-                print(f"{backbone:<9} {batch:>5} {row['precision']:>4} {ms('erm_s'):>7} {ms('erm_kernel_s'):>6} "
+                print(f"{backbone:<9} {batch:>5} {row['precision']:>4} {row['buckets']:>7} {ms('erm_s'):>7} {ms('erm_kernel_s'):>6} "
                       f"{ms('erm_floor_s'):>6} {ms('idea_s'):>8} {ms('idea_kernel_s'):>6} {ms('idea_floor_s'):>6} "
                       f"{row['idea_s'] / row['erm_s']:>8.2f} {noise:>6} {row['eval_users_s']:>12,.0f}", flush=True)
     print(f"device: {device}" + (f" ({torch.cuda.get_device_name()})" if gpu else ""))
 
 
-def bench_row(args, split: Split, backbone: str, batch: int, precision: str, gpu: bool, rates: dict) -> dict:
-    """One table row: every figure for one backbone, batch size and precision."""
+def bench_row(args, split: Split, backbone: str, batch: int, precision: str, buckets: str, gpu: bool,
+              rates: dict) -> dict:
+    """One table row: every figure for one backbone, batch size, precision and way of bucketing rows."""
     cfg = dict(backbone=backbone, batch_size=batch, device=args.device, precision=precision)
     row = {"backbone": backbone, "batch": batch}
     for name, config in (("erm", TrainConfig(**cfg)), ("idea", TrainConfig(method="idea", K=3, N=4, T=5, **cfg))):
         trainer = Trainer(config, split)
         row["precision"] = trainer.precision
+        if buckets != "default":
+            trainer.model.buckets = buckets
+        row["buckets"] = trainer.model.buckets
         steps = Steps(trainer)
         row[f"{name}_s"] = seconds_per_step(steps, args.steps)
         if gpu:
@@ -227,6 +249,7 @@ def bench_row(args, split: Split, backbone: str, batch: int, precision: str, gpu
             row["eval_users_s"] = len(ev) / (time.perf_counter() - start)
     if not args.no_noise:
         noisy = Trainer(TrainConfig(method="idea", K=3, N=4, T=5, noise_ratio=0.1, **cfg), split)
+        noisy.model.buckets = row["buckets"]
         row["noise"] = seconds_per_step(Steps(noisy), args.steps) / row["idea_s"] - 1
     return row
 

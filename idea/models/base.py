@@ -15,6 +15,9 @@ import torch
 from torch import Tensor, nn
 
 
+BUCKETS = ("rows", "widths")
+
+
 def real_positions(lengths: Tensor, T: int) -> Tensor:
     """`[B, T]` boolean mask, True at the last `lengths[b]` positions of right-aligned row b."""
     return torch.arange(T, device=lengths.device) >= (T - lengths).unsqueeze(1)
@@ -24,7 +27,8 @@ class Backbone(nn.Module, abc.ABC):
     """Item table + encoder: `forward(history, lengths) -> user vector`; scores are `user @ item_emb.weight.T`
     (the trainer ranks the real items' rows only; fake noise ids enter a training softmax only when asked)."""
 
-    def __init__(self, n_items: int, max_len: int, d: int, chunk_rows: int = 256):
+    def __init__(self, n_items: int, max_len: int, d: int, chunk_rows: int = 256, buckets: str = "rows"):
+        """`buckets`: how `encode` spares short rows the width of long ones (see there and `encode_widths`)."""
         super().__init__()
         if n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {n_items}")
@@ -32,10 +36,13 @@ class Backbone(nn.Module, abc.ABC):
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         if chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if buckets not in BUCKETS:
+            raise ValueError(f"unknown buckets {buckets!r}; choose one of {list(BUCKETS)}")
         self.n_items = n_items
         self.max_len = max_len
         self.d = d
         self.chunk_rows = chunk_rows  # rows per length bucket in `encode` (CPU: 256; GPUs: one bucket)
+        self.buckets = buckets  # "rows": chunk_rows consecutive rows per bucket; "widths": length classes
         # Row 0 is padding: zero vector and no gradient.
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
 
@@ -51,7 +58,10 @@ class Backbone(nn.Module, abc.ABC):
         are independent, so the result equals one big pass, and when the caller orders rows
         by length (the trainer and `rank_events` do) short sequences, most of them, stop
         paying for the longest one in the batch. Contiguous blocks need no gather.
+        `buckets="widths"` encodes by length classes instead (`encode_widths`).
         """
+        if self.buckets == "widths":
+            return self.encode_widths(x, lengths)
         if len(lengths) <= self.chunk_rows:
             return self.encode_block(x, lengths)
         blocks = lengths.split(self.chunk_rows)
@@ -59,6 +69,29 @@ class Backbone(nn.Module, abc.ABC):
         L = x.shape[1]
         return torch.cat([self.encode_block(xb[:, L - w:], lb)
                           for xb, lb, w in zip(x.split(self.chunk_rows), blocks, widths)])  # [B, d]
+
+    def encode_widths(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """`encode` by length classes, whatever the row order: rows of lengths in (w/2, w], w = 1, 2, 4, ...,
+        are gathered and encoded in one pass trimmed to the class's longest row, so at most about twice the
+        real positions are computed (one pass over a batch computes its longest row's width for every row: on
+        Beauty's training batches 6x the real positions), in at most log2(L) + 2 passes. One host sync: the
+        class sizes."""
+        B, L, _ = x.shape
+        order = lengths.argsort()  # [B] rows by length
+        counts = torch.bincount(lengths, minlength=L + 1).tolist()  # [L + 1] rows per length: the host sync
+        bounds = [-1, 1]  # classes (low, high]: lengths 0-1, 2, 3-4, 5-8, ..., up to L
+        while bounds[-1] < L:
+            bounds.append(min(2 * bounds[-1], L))
+        users, start = [], 0
+        for low, high in zip(bounds, bounds[1:]):
+            sizes = counts[low + 1: high + 1]  # rows of each length in the class
+            if not any(sizes):
+                continue
+            width = max(max(low + 1 + i for i, n in enumerate(sizes) if n), 1)  # the class's longest row
+            idx = order[start: start + sum(sizes)]  # [rows]
+            users.append(self.encode_block(x[idx, L - width:], lengths[idx]))  # [rows, d]
+            start += sum(sizes)
+        return torch.cat(users)[order.argsort()]  # [B, d] back in the caller's order
 
     @abc.abstractmethod
     def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:

@@ -200,8 +200,9 @@ class Mamba4Rec(Backbone):
     """Reference defaults: hidden 64, 1 layer, dropout 0.2, d_state 32, d_conv 4, expand 2."""
 
     def __init__(self, n_items: int, max_len: int, dropout: float = 0.2, d: int = 64, n_layers: int = 1,
-                 d_state: int = 32, d_conv: int = 4, expand: int = 2, chunk_rows: int = 256):
-        super().__init__(n_items, max_len, d, chunk_rows)
+                 d_state: int = 32, d_conv: int = 4, expand: int = 2, chunk_rows: int = 256,
+                 buckets: str = "rows"):
+        super().__init__(n_items, max_len, d, chunk_rows, buckets)
         dropout = check_dropout(dropout)
         self.emb_dropout = nn.Dropout(dropout)
         self.emb_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)

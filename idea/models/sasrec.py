@@ -93,8 +93,9 @@ class SASRec(Backbone):
         n_heads: int = 2,
         d_ff: int = 256,
         chunk_rows: int = 256,
+        buckets: str = "rows",
     ):
-        super().__init__(n_items, max_len, d, chunk_rows)
+        super().__init__(n_items, max_len, d, chunk_rows, buckets)
         dropout = check_dropout(dropout)
         self.pos_emb = nn.Embedding(max_len, d)
         self.emb_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)

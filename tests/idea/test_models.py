@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from idea.models import BACKBONES, Backbone, GRU4Rec, SASRec, build_backbone
+from idea.models.base import real_positions
 from idea.models.sasrec import attention_mask
+from idea.precision import set_tensor_cores
 
 N_ITEMS = 30
 NAMES = sorted(BACKBONES)
@@ -35,6 +37,9 @@ def test_shapes_and_scores(name):
     assert build_backbone(name, N_ITEMS, 20, chunk_rows=2).chunk_rows == 2
     with pytest.raises(ValueError, match="chunk_rows"):
         build_backbone(name, N_ITEMS, 20, chunk_rows=0)
+    assert model.buckets == "rows" and build_backbone(name, N_ITEMS, 20, buckets="widths").buckets == "widths"
+    with pytest.raises(ValueError, match="unknown buckets 'sorted'; choose one of \\['rows', 'widths'\\]"):
+        build_backbone(name, N_ITEMS, 20, buckets="sorted")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -181,3 +186,73 @@ def test_length_buckets_equal_one_pass(name):
     torch.manual_seed(0)
     buckets = build_backbone(name, N_ITEMS, 20, chunk_rows=2).eval()
     torch.testing.assert_close(buckets(hist, lengths), one(hist, lengths), rtol=1e-5, atol=1e-6)
+
+
+def user_and_gradients(model, x, lengths):
+    """Users for embeddings `x` and the gradients of a fixed random projection of them with respect to `x`
+    and every parameter."""
+    x = x.clone().requires_grad_(True)
+    user = model.encode(x, lengths)
+    weights = torch.randn(user.shape, generator=torch.Generator().manual_seed(1), dtype=user.dtype).to(user.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((user * weights).sum(), [x, *params], allow_unused=True)
+    return user, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, [x, *params])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_width_classes_equal_one_pass(name):
+    """buckets="widths" (length classes gathered from any row order; GRU4Rec: packed sequences) gives every
+    user and every gradient of one pass over the whole batch, in float64, rows in the caller's order."""
+    lengths = torch.tensor([3, 20, 1, 7, 2, 12, 5, 1, 16, 9, 4, 20, 6])  # unsorted, every class, both ends
+    torch.manual_seed(0)
+    x = torch.randn(len(lengths), 20, 64, dtype=torch.float64)
+    x = x * real_positions(lengths, 20).unsqueeze(-1)  # left-padded: zeros before each row's items
+    torch.manual_seed(0)
+    one = build_backbone(name, N_ITEMS, 20, chunk_rows=1 << 20).double().eval()
+    torch.manual_seed(0)
+    widths = build_backbone(name, N_ITEMS, 20, buckets="widths").double().eval()
+    user_one, grads_one = user_and_gradients(one, x, lengths)
+    user_widths, grads_widths = user_and_gradients(widths, x, lengths)
+    torch.testing.assert_close(user_widths, user_one, rtol=1e-10, atol=1e-12)
+    for got, want in zip(grads_widths, grads_one):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    names = ["x"] + [n for n, p in one.named_parameters() if p.requires_grad]
+    assert [n for n, g in zip(names, grads_one) if not g.abs().sum() > 0] == ["item_emb.weight"]  # encode skips it
+
+
+def test_gru4rec_packed_keeps_dropout_draws():
+    """In training, the packed GRU draws the same embedding-dropout mask as the dense pass (dropout comes
+    before packing), so a seeded run is the same run either way."""
+    hist, lengths = left_pad([[3, 7, 1, 9], [2, 5], list(range(1, 15)), [8]], 20)
+    torch.manual_seed(0)
+    dense = build_backbone("gru4rec", N_ITEMS, 20).double().train()
+    torch.manual_seed(0)
+    packed = build_backbone("gru4rec", N_ITEMS, 20, buckets="widths").double().train()
+    torch.manual_seed(5)
+    want = dense(hist, lengths)
+    torch.manual_seed(5)
+    torch.testing.assert_close(packed(hist, lengths), want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: length classes on the device's kernels "
+                    "(cuDNN's packed GRU, Mamba4Rec's compiled read-out)")
+@pytest.mark.parametrize("name", NAMES)
+def test_width_classes_on_a_gpu(name):
+    """On a GPU, in float32 (TF32 off), buckets="widths" gives the users and gradients of one pass, and runs
+    under bfloat16 autocast (the trainer's bf16 precision) with finite gradients."""
+    set_tensor_cores("fp32")
+    lengths = torch.randint(1, 51, (512,), generator=torch.Generator().manual_seed(0)).cuda()
+    torch.manual_seed(0)
+    x = torch.randn(512, 50, 64, device="cuda") * real_positions(lengths, 50).unsqueeze(-1)
+    torch.manual_seed(0)
+    one = build_backbone(name, N_ITEMS, 50, chunk_rows=1 << 20).cuda().eval()
+    torch.manual_seed(0)
+    widths = build_backbone(name, N_ITEMS, 50, buckets="widths").cuda().eval()
+    user_one, grads_one = user_and_gradients(one, x, lengths)
+    user_widths, grads_widths = user_and_gradients(widths, x, lengths)
+    torch.testing.assert_close(user_widths, user_one, rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads_widths, grads_one):  # float32 sums in another order: relative to the whole gradient
+        assert float((got - want).norm()) <= 1e-4 * float(want.norm()) + 1e-6
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        user, grads = user_and_gradients(widths.train(), x, lengths)
+    assert torch.isfinite(user).all() and all(torch.isfinite(g).all() for g in grads)

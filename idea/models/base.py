@@ -89,9 +89,9 @@ class Backbone(nn.Module, abc.ABC):
                 continue
             width = max(max(low + 1 + i for i, n in enumerate(sizes) if n), 1)  # the class's longest row
             idx = order[start: start + sum(sizes)]  # [rows]
-            users.append(self.encode_block(x[idx, L - width:], lengths[idx]))  # [rows, d]
+            users.append(self.encode_block(x[:, L - width:].index_select(0, idx), lengths[idx]))  # [rows, d]
             start += sum(sizes)
-        return torch.cat(users)[order.argsort()]  # [B, d] back in the caller's order
+        return torch.cat(users).index_select(0, order.argsort())  # [B, d] back in the caller's order
 
     @abc.abstractmethod
     def encode_block(self, x: Tensor, lengths: Tensor) -> Tensor:

@@ -60,7 +60,9 @@ TABLES = {
                       "the window's shift size."),
     "oracle_per_window": ("Oracle selection (an upper bound): metric per window",
                           "Each arm's configuration picked on the first test window instead of validation (`oracle: "
-                          "true`), retrained with the same seeds and starts; shown only on the windows after the one it "
+                          "true`), retrained with the same seeds and starts (when it is the validation pick too, its "
+                          "final runs are copied instead, tag `same_as`: then its rows equal the validation "
+                          "selection's); shown only on the windows after the one it "
                           "was picked on. It chooses with test data: meant as an upper bound on what selection "
                           "could give, as DomainBed reports one, never a result to claim (a pick on the first window "
                           "need not be the best on the later ones)."),

@@ -42,6 +42,7 @@ class Tag:
     RESUME_COMMAND = "resume_command"  # the parent run: the command line that continues the study
     ARMS_WITHOUT_RESULT = "arms_without_result"  # the parent run: arms with no completed trial, comma-separated
     SELECTED_TRIAL = "selected_trial"  # a final or oracle run: the search trial whose configuration it retrains
+    SAME_AS = "same_as"  # an oracle run whose pick was the validation pick: the final run it copies (not retrained)
 
 
 TRUE = "true"  # the value of a flag tag (smoke, asha_stopped, budget_stopped, orphan)

@@ -187,8 +187,8 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
                           starts.seeds if finetunes else None)
         frames.append(final_results(name, arm, study.arms[arm].method, final, study_run))
         if study.oracle:
-            frames.append(run_oracle(study, arm, name, search, selection, split, resources, ray_dir, study_run,
-                                     resume, starts if finetunes else None))
+            frames.append(run_oracle(study, arm, name, search, selection, frames[-1], split, resources, ray_dir,
+                                     study_run, resume, starts if finetunes else None))
         if arm == study.base() and any(study.finetunes(a) for a in order):
             starts = save_starts(study_dir, selection, final, study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -5,6 +5,8 @@ final stages, every completed search trial's best state is scored on the *first*
 one's configuration is retrained with the final seeds (stage `oracle`, experiment `<arm>-oracle`, the same
 warm starts as the validation pick's seeds), and analysis reports those runs only on the windows after the
 first (`analysis.summaries.oracle_view`). It chooses with test data, so it is never the headline.
+When the oracle picks the validation pick, retraining would repeat the final stage (the same configuration,
+seeds and warm starts): the final runs are copied as the oracle's instead (`reuse_final`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 import ray
+from mlflow.entities import Param, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune import ResultGrid
 
 from idea.config import TrainConfig
@@ -31,6 +35,8 @@ from studies.final import RESULT_COLUMNS, final_results, run_final
 from studies.search import Selection
 from studies.trainable import CHECKPOINT_FILE, failed, prepare_worker
 from studies.tracking import StudyRun
+
+PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's limits on one log_batch call
 
 SCORE_KEY = "oracle_{window}_{metric}"  # metric of each search run: its best state on the selection window
 
@@ -107,13 +113,49 @@ def log_scores(study_run: StudyRun, arm: str, scores: list[OracleScore], key: st
             client.log_metric(runs[score.trial_id], key, score.value)
 
 
+def copy_run(study_run: StudyRun, run: Any, stage: str) -> str:
+    """A new nested run of `stage` holding `run`'s tags, params and every metric's history,
+    ended with its status; returns its id. `Tag.SAME_AS` is set at creation, so a copy cut short is found
+    (and ended KILLED) like any open run, and never taken for a whole one: only FINISHED copies count."""
+    client = study_run.client()
+    source = run.info.run_id
+    kept = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == MLFLOW_PARENT_RUN_ID}
+    new_tags = {**kept, Tag.STAGE: stage, Tag.SAME_AS: source}
+    name = f"{new_tags[Tag.ARM]}-{stage}-seed{new_tags[Tag.SEED]}"
+    run_id = client.create_run(study_run.experiment_id, run_name=name, tags=new_tags,
+                               start_time=run.info.start_time).info.run_id
+    params = [Param(k, v) for k, v in run.data.params.items()]
+    for i in range(0, len(params), PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=params[i:i + PARAMS_PER_BATCH])
+    metrics = [m for key in sorted(run.data.metrics) for m in client.get_metric_history(source, key)]
+    for i in range(0, len(metrics), METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + METRICS_PER_BATCH])
+    client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
+    return run_id
+
+
+def reuse_final(study_run: StudyRun, arm: str, final: pd.DataFrame) -> pd.DataFrame:
+    """The oracle's runs of `arm` when it picked the validation pick: each FINISHED final run copied as an
+    oracle run (`copy_run`, tagged `same_as` the final run), once: a resume keeps the FINISHED copies it
+    finds. Returns the arm's final results `final` as the oracle's (stage oracle, the copies' run ids)."""
+    copies = {r.data.tags[Tag.SAME_AS]: r.info.run_id
+              for r in study_run.nested_runs(arm, Stage.ORACLE, RunStatus.to_string(RunStatus.FINISHED))
+              if r.data.tags.get(Tag.SAME_AS)}
+    for run in study_run.nested_runs(arm, Stage.FINAL, RunStatus.to_string(RunStatus.FINISHED)):
+        if run.info.run_id not in copies:
+            copies[run.info.run_id] = copy_run(study_run, run, Stage.ORACLE)
+    return final.assign(stage=Stage.ORACLE, run_id=final["run_id"].map(copies))
+
+
 def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid, validation: Selection,
-               split: Split, resources: Resources, ray_dir: Path, study_run: StudyRun, resume: bool,
-               starts: Any = None) -> pd.DataFrame:
+               final: pd.DataFrame, split: Split, resources: Resources, ray_dir: Path, study_run: StudyRun,
+               resume: bool, starts: Any = None) -> pd.DataFrame:
     """Score `arm`'s search trials on the first test window, retrain the best with the final seeds and test
-    it; returns the tidy results, stage `oracle`. A fine-tuning arm's `starts` (`studies.warm_start.Starts`)
-    are the ones its search and validation pick used: the oracle chooses the arm's configuration, not the
-    ERM model it starts from."""
+    it; returns the tidy results, stage `oracle`. When the best is the validation pick (`validation`), the
+    arm's final runs and results (`final`) are the oracle's instead (`reuse_final`), unless an earlier run of
+    this study already began retraining it (its Tune experiment exists), which then continues. A fine-tuning
+    arm's `starts` (`studies.warm_start.Starts`) are the ones its search and validation pick used: the oracle
+    chooses the arm's configuration, not the ERM model it starts from."""
     window = selection_window(split)
     fixed = {**study.fixed(arm), "device": resources.device}
     if starts is not None:  # the search trials' configuration, so their checkpoints load
@@ -124,10 +166,15 @@ def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid
     if selection is None:
         print(f"warning: [{arm}-oracle] no search trial could be scored on {window}; no oracle runs", file=sys.stderr)
         return pd.DataFrame(columns=RESULT_COLUMNS)
+    pick = f"[{arm}-oracle] {window} {study.metric} {selection.value:.4f}: trial {selection.trial_id}"
+    if selection.trial_id == validation.trial_id and not (ray_dir / f"{arm}-{Stage.ORACLE}").exists():
+        print(f"{pick} (the validation pick too): its final runs are the oracle's, not retrained (the same "
+              f"configuration, seeds and starts); reported on the windows after {window} only",
+              file=sys.stderr, flush=True)
+        return reuse_final(study_run, arm, final)
     same = " (the validation pick too)" if selection.trial_id == validation.trial_id else \
         f" (validation picked {validation.trial_id})"
-    print(f"[{arm}-oracle] {window} {study.metric} {selection.value:.4f}: trial {selection.trial_id}{same}; "
-          f"retrained with seeds {study.final_seeds()}, reported on the windows after {window} only",
+    print(f"{pick}{same}; retrained with seeds {study.final_seeds()}, reported on the windows after {window} only",
           file=sys.stderr, flush=True)
     grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
                      starts.seeds if starts is not None else None, stage=Stage.ORACLE)

@@ -4,8 +4,12 @@ back through the store and analysis; and the selection window's rules on their o
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -17,24 +21,45 @@ from idea.metrics import summary
 from idea.trainer import Trainer, read_checkpoint
 from studies.config import load_study
 from studies.data import study_split, without_tests
-from studies.oracle import SCORE_KEY, selection_window
-from tests.studies.study_cli import TINY_ARMS, Store, run_study, tiny_study
+from studies.oracle import SCORE_KEY, reuse_final, selection_window
+from studies.tracking import StudyRun
+from tests.studies.study_cli import PROJECT_ROOT, TINY_ARMS, Store, study_env, tiny_study
 
 STUDY = "oracle-tiny"
 SEEDS = (1, 2)
 KEY = SCORE_KEY.format(window="w1", metric="ndcg_at_10")
 
 
+# The study's CLI with erm's oracle made to retrain even if its pick is the validation pick (the oracle is told
+# another trial was picked on validation), so both of the oracle's paths run whatever the tiny data picks.
+RETRAIN_ERM = """
+import dataclasses, sys
+import studies.driver as driver
+real = driver.run_oracle
+def run_oracle(study, arm, name, search, validation, *rest):
+    if arm == "erm":
+        validation = dataclasses.replace(validation, trial_id="another")
+    return real(study, arm, name, search, validation, *rest)
+driver.run_oracle = run_oracle
+from studies.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+SAMPLES = {"erm": 3, "idea": 1}  # idea's one trial is both picks: its oracle reuses its final runs
+
+
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    """(completed process, study folder, store) of a tiny erm + idea study with `oracle: true`, 2 seeds."""
+    """(completed process, study folder, store) of a tiny erm + idea study with `oracle: true`, 2 seeds: erm's
+    oracle retrains its pick, idea's (one trial) copies its final runs."""
     root = tmp_path_factory.mktemp("oracle")
     path = tiny_study(root / f"{STUDY}.yaml", ("erm", "idea"))
     spec = yaml.safe_load(path.read_text())
     spec.update(oracle=True, seeds=len(SEEDS))
-    spec["arms"]["erm"]["num_samples"] = 3
+    for arm, n in SAMPLES.items():
+        spec["arms"][arm]["num_samples"] = n
     path.write_text(yaml.safe_dump(spec))
-    proc = run_study(str(path), "--out", str(root / "out"), "--concurrency", "2", timeout=400)
+    proc = subprocess.run([sys.executable, "-c", RETRAIN_ERM, str(path), "--out", str(root / "out"), "--concurrency",
+                           "2"], cwd=PROJECT_ROOT, env=study_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc, root / "out" / STUDY, Store(root / "out" / STUDY, STUDY)
 
@@ -50,7 +75,7 @@ def test_each_arm_retrains_the_trial_best_on_the_first_window(oracle):
     for arm in TINY_ARMS:
         search = store.nested(Stage.SEARCH, arm, "FINISHED")
         scores = {r.data.tags[Tag.TRIAL_ID]: r.data.metrics[KEY] for r in search}
-        assert len(scores) == 3
+        assert len(scores) == SAMPLES[arm]
         runs = store.nested(Stage.ORACLE, arm, "FINISHED")
         assert sorted(r.info.run_name for r in runs) == [f"{arm}-oracle-seed{s}" for s in SEEDS]
         picked = {r.data.tags[Tag.SELECTED_TRIAL] for r in runs}
@@ -99,6 +124,62 @@ def test_analysis_reports_the_oracle_only_after_the_first_window(oracle):
     assert "Oracle selection (an upper bound): metric per window" in md
     headline = next(line for line in md.splitlines() if line.startswith("**On the last window"))
     assert "oracle" not in headline.lower()
+
+
+def _history(store: Store, run, key: str) -> list[tuple[int, float, int]]:
+    return [(m.step, m.value, m.timestamp) for m in store.client.get_metric_history(run.info.run_id, key)]
+
+
+def test_an_oracle_pick_that_is_the_validation_pick_copies_the_final_runs(oracle):
+    """idea's one trial is both picks: its oracle runs are copies of its final runs (tagged same_as, with their
+    seeds, params and every metric's history), and it is not retrained (no Tune experiment idea-oracle); its
+    oracle results are its final results. erm's oracle, told another trial was the validation pick, retrained."""
+    proc, study_dir, store = oracle
+    final = {r.info.run_id: r for r in store.nested(Stage.FINAL, "idea", "FINISHED")}
+    copies = store.nested(Stage.ORACLE, "idea", "FINISHED")
+    assert sorted(r.info.run_name for r in copies) == [f"idea-oracle-seed{s}" for s in SEEDS]
+    assert sorted(r.data.tags[Tag.SAME_AS] for r in copies) == sorted(final)
+    for copy in copies:
+        source = final[copy.data.tags[Tag.SAME_AS]]
+        assert copy.data.tags[Tag.SEED] == source.data.tags[Tag.SEED]
+        assert copy.data.params == source.data.params and copy.data.metrics == source.data.metrics
+        assert all(_history(store, copy, key) == _history(store, source, key) for key in source.data.metrics)
+        assert len(store.steps(source)) >= 1 and any(k.startswith("test_w3_") for k in source.data.metrics)
+    assert not (study_dir / "ray" / "idea-oracle").exists() and (study_dir / "ray" / "erm-oracle").is_dir()
+    assert "[idea-oracle] w1 ndcg_at_10" in proc.stderr and "its final runs are the oracle's, not retrained" in proc.stderr
+    erm = store.nested(Stage.ORACLE, "erm", "FINISHED")
+    assert len(erm) == len(SEEDS) and not any(Tag.SAME_AS in r.data.tags for r in erm)
+    results = pd.read_csv(study_dir / "final_results.csv")
+    idea = results[results["arm"] == "idea"]
+    assert set(idea.loc[idea["stage"] == Stage.ORACLE, "run_id"]) == {r.info.run_id for r in copies}
+    keys = ["seed", "part", "subset", "metric", "k"]
+    tables = [idea[idea["stage"] == stage].drop(columns=["stage", "run_id"]).sort_values(keys).reset_index(drop=True)
+              for stage in (Stage.ORACLE, Stage.FINAL)]
+    pd.testing.assert_frame_equal(*tables)
+
+
+def test_a_resumed_oracle_keeps_its_finished_copies_and_replaces_one_cut_short(oracle, tmp_path):
+    """Copying again (a --resume repeats the oracle stage) adds nothing while the copies are FINISHED; a copy
+    that an interruption left KILLED is made again, once."""
+    _, study_dir, store = oracle
+    db = tmp_path / "mlflow.db"
+    shutil.copy(study_dir / "mlflow.db", db)
+    copied = Store(study_dir, STUDY, db=db)
+    parent = copied.nested(Stage.STUDY)[0]
+    study_run = StudyRun(f"sqlite:///{db}", copied.experiment_id, parent.info.run_id, {Tag.STUDY: STUDY})
+    results = pd.read_csv(study_dir / "final_results.csv")
+    final = results[(results["arm"] == "idea") & (results["stage"] == Stage.FINAL)]
+    first = {r.data.tags[Tag.SAME_AS]: r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")}
+    again = reuse_final(study_run, "idea", final)
+    assert {r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")} == set(first.values())
+    assert set(again["run_id"]) == set(first.values()) and set(again["stage"]) == {Stage.ORACLE}
+    source, cut = next(iter(first.items()))
+    copied.client.set_terminated(cut, "KILLED")
+    again = reuse_final(study_run, "idea", final)
+    remade = [r for r in copied.nested(Stage.ORACLE, "idea", "FINISHED") if r.data.tags[Tag.SAME_AS] == source]
+    assert len(remade) == 1 and remade[0].info.run_id != cut
+    assert len(copied.nested(Stage.ORACLE, "idea")) == len(SEEDS) + 1
+    assert set(again["run_id"]) == (set(first.values()) - {cut}) | {remade[0].info.run_id}
 
 
 def test_the_selection_window_is_the_first_and_later_ones_must_exist(synthetic_data):

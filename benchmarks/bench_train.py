@@ -40,9 +40,8 @@ from torch.autograd import DeviceType
 from torch.utils.flop_counter import FlopCounterMode
 
 from idea.argparsing import StrictArgumentParser
-from idea.config import BACKBONE_NAMES, TrainConfig
+from idea.config import BACKBONE_NAMES, BUCKETS, TrainConfig
 from idea.data import DataNotFoundError, load_split
-from idea.models.base import BUCKETS
 from idea.precision import PRECISIONS, set_tensor_cores
 from idea.splits import Events, Split, SplitConfig
 from idea.trainer import Trainer, resolve_device
@@ -190,10 +189,9 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[256, 2048])
     p.add_argument("--backbones", nargs="+", default=list(BACKBONE_NAMES), choices=BACKBONE_NAMES)
     p.add_argument("--precisions", nargs="+", default=["auto"], choices=PRECISIONS)
-    p.add_argument("--buckets", nargs="+", default=["default"], choices=["default", *BUCKETS],
-                   help="how the backbone encodes rows of different lengths: the trainer's choice for the device "
-                        "(default), or rows (consecutive blocks; on a GPU one pass) or widths (length classes; "
-                        "GRU4Rec: packed sequences), each its own table row")
+    p.add_argument("--buckets", nargs="+", default=["auto"], choices=["auto", *BUCKETS],
+                   help="TrainConfig.buckets, each its own table row: rows (256-row blocks on a CPU, one pass on a "
+                        "GPU; auto), widths (length classes; GRU4Rec: packed sequences)")
     p.add_argument("--no-noise", action="store_true", help="skip the noise_ratio 0.1 column (saves a third of the time)")
     p.add_argument("--json-out", type=Path, help="append each row as a JSON line")
     p.add_argument("--profile-out", type=Path, help="GPU: write each step's top kernels (torch.profiler) here")
@@ -238,14 +236,11 @@ def main() -> None:
 def bench_row(args, split: Split, backbone: str, batch: int, precision: str, buckets: str, gpu: bool,
               rates: dict) -> dict:
     """One table row: every figure for one backbone, batch size, precision and way of bucketing rows."""
-    cfg = dict(backbone=backbone, batch_size=batch, device=args.device, precision=precision)
+    cfg = dict(backbone=backbone, batch_size=batch, device=args.device, precision=precision, buckets=buckets)
     row = {"backbone": backbone, "batch": batch}
     for name, config in (("erm", TrainConfig(**cfg)), ("idea", TrainConfig(method="idea", K=3, N=4, T=5, **cfg))):
         trainer = Trainer(config, split)
-        row["precision"] = trainer.precision
-        if buckets != "default":
-            trainer.model.buckets = buckets
-        row["buckets"] = trainer.model.buckets
+        row["precision"], row["buckets"] = trainer.precision, trainer.model.buckets
         steps = Steps(trainer)
         row[f"{name}_s"] = seconds_per_step(steps, args.steps)
         if gpu:
@@ -262,7 +257,6 @@ def bench_row(args, split: Split, backbone: str, batch: int, precision: str, buc
             row["eval_users_s"] = len(ev) / (time.perf_counter() - start)
     if not args.no_noise:
         noisy = Trainer(TrainConfig(method="idea", K=3, N=4, T=5, noise_ratio=0.1, **cfg), split)
-        noisy.model.buckets = row["buckets"]
         row["noise"] = seconds_per_step(Steps(noisy), args.steps) / row["idea_s"] - 1
     return row
 

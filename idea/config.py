@@ -6,12 +6,13 @@ from dataclasses import asdict, dataclass, fields
 
 BACKBONE_NAMES = ("gru4rec", "sasrec", "mamba4rec")
 # Where and how fast: a checkpoint resumes under other values (precision changes rounding, not the model).
-RUNTIME_FIELDS = ("device", "eval_batch_size", "precision")
+RUNTIME_FIELDS = ("device", "eval_batch_size", "precision", "buckets")
 METHODS = ("erm", "idea", "dros")
 PENALTIES = ("vrex", "irmv1")
 LOSSES = ("ce", "bce")
 PAIRINGS = ("same_user", "any")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # of training steps: idea/precision.py
+BUCKETS = ("rows", "widths")  # how a backbone spares short rows the width of long ones: idea/models/base.py
 PAIR_DRAWS = ("distinct", "with_replacement")
 ITEM_INITS = ("backbone", "normal")
 SOFTMAX_ROWS = ("items", "all")
@@ -75,6 +76,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
     eval_batch_size: int | None = None  # None: 256 on CPU (fits the cache), 1024 on GPU; else 1..1_000_000
     precision: str = "auto"  # training steps: auto | fp32 | tf32 | bf16 (idea/precision.py); evaluation is float32
+    buckets: str = "auto"  # auto (= rows) | rows: blocks of 256 length-ordered rows on a CPU, one pass on a GPU |
+    # widths: length classes (GRU4Rec: packed sequences); the same users, other dropout draws (docs/speed.md)
     mask_seen: bool = False  # exclude history items from the ranking
     # warm start: path of a trainer checkpoint (same backbone and split) whose best state initialises
     # the backbone; optimisers start fresh (IDEA's Step 1 is a trained base recommender)
@@ -91,6 +94,7 @@ class TrainConfig:
         need(self.pairing in PAIRINGS, "pairing", str(PAIRINGS))
         need(self.penalty in PENALTIES, "penalty", str(PENALTIES))
         need(self.precision in PRECISIONS, "precision", str(PRECISIONS))
+        need(self.buckets in ("auto", *BUCKETS), "buckets", str(("auto", *BUCKETS)))
         need(self.pair_draw in PAIR_DRAWS, "pair_draw", str(PAIR_DRAWS))
         need(self.item_init in ITEM_INITS, "item_init", str(ITEM_INITS))
         need(self.softmax_over in SOFTMAX_ROWS, "softmax_over", str(SOFTMAX_ROWS))

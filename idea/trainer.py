@@ -154,9 +154,11 @@ class Trainer:
         self.precision = resolve_precision(config.precision, self.device, config.backbone)  # fp32 | tf32 | bf16
         self.n_items = split.n_items
         self.n_fake = n_fake_items(split.n_items, config.noise_ratio, config.fake_items)
-        chunk_rows = 1 << 20 if self.device.type == "cuda" else 256  # GPUs: one launch beats length buckets
+        # rows: one pass on a GPU (length classes there are still to be timed: docs/speed.md), 256-row blocks on a CPU
+        chunk_rows = 1 << 20 if self.device.type == "cuda" else 256
+        buckets = "rows" if config.buckets == "auto" else config.buckets
         self.model = build_backbone(config.backbone, split.n_items + self.n_fake, split.max_len, config.dropout,
-                                    chunk_rows).to(self.device)
+                                    chunk_rows, buckets).to(self.device)
         if config.item_init == "normal":  # nn.Embedding's N(0, 1), which the official code's table keeps
             torch.nn.init.normal_(self.model.item_emb.weight)
             self.model._zero_padding_row()

@@ -14,8 +14,7 @@ import abc
 import torch
 from torch import Tensor, nn
 
-
-BUCKETS = ("rows", "widths")
+from idea.config import BUCKETS
 
 
 def real_positions(lengths: Tensor, T: int) -> Tensor:

@@ -262,12 +262,12 @@ def test_resume_restores_every_piece_of_state(split, tmp_path):
 
 @pytest.mark.parametrize("backbone", ["gru4rec", "sasrec", "mamba4rec"])
 def test_width_classes_leave_idea_gradients_unchanged(split, backbone):
-    """Encoding the environment batch by length classes (buckets="widths", a GPU option; GRU4Rec packs its
+    """Encoding the environment batch by length classes (TrainConfig.buckets="widths"; GRU4Rec packs its
     rows) changes neither the recommender's nor the extractors' gradient of an exploring IDEA step, whose
     second walk of the backward pass goes back through the classes' gathers."""
-    tr = idea64(split, N=4, beta=3.0, pairing="any", backbone=backbone, dropout=0.0)
-    rows = gradients(tr, seed=4, explore=True)
-    tr.model.buckets = "widths"
+    rows = gradients(idea64(split, N=4, beta=3.0, pairing="any", backbone=backbone, dropout=0.0), seed=4, explore=True)
+    tr = idea64(split, N=4, beta=3.0, pairing="any", backbone=backbone, dropout=0.0, buckets="widths")
+    assert tr.model.buckets == "widths"
     widths = gradients(tr, seed=4, explore=True)
     assert rel_diff(widths[0], rows[0]) < RTOL and rel_diff(widths[1], rows[1]) < RTOL
     assert float(widths[2]["risk_var"]) > 0

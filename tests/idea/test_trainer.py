@@ -111,9 +111,9 @@ def test_resume_refuses_a_different_config(split, tmp_path):
     tr.fit(checkpoint=tmp_path / "s.pt")
     with pytest.raises(ValueError, match="different config.*lr"):
         Trainer(small(epochs=1, lr=0.01), split).load(tmp_path / "s.pt")
-    other_runtime = Trainer(small(epochs=1, eval_batch_size=64), split)  # where/how fast may change
+    other_runtime = Trainer(small(epochs=1, eval_batch_size=64, buckets="widths"), split)  # where/how fast may change
     other_runtime.load(tmp_path / "s.pt")
-    assert other_runtime.epoch == 1
+    assert other_runtime.epoch == 1 and other_runtime.model.buckets == "widths"
 
 
 def test_erm_beats_most_popular(split):
@@ -216,6 +216,8 @@ def test_config_errors_name_the_field():
         TrainConfig(method="idea", epochs=2, pretrain_epochs=2)
     with pytest.raises(ValueError, match="unknown TrainConfig field.*'betta'"):
         TrainConfig.from_dict({"betta": 1.0})
+    with pytest.raises(ValueError, match=r"TrainConfig.buckets = 'sorted' is invalid.*'auto', 'rows', 'widths'"):
+        TrainConfig(buckets="sorted")
 
 
 @pytest.mark.parametrize("values, field", [

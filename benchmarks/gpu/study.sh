@@ -8,17 +8,25 @@ export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=tru
 START=$(date +%s) LIMIT=${LIMIT:-420} STUDY_TIMEOUT=${STUDY_TIMEOUT:-330} NAME=${NAME:-beauty-gpu}
 STUDY_ARGS=${STUDY_ARGS:-beauty-gpu --gpus-per-trial 0.25 --concurrency 4 --time-budget-s 45}
 source benchmarks/gpu/install.sh || exit 1
-# The study runs in the default precision (bf16 on a GPU) unless the speed table just measured found GRU4Rec
-# slower in bf16 than in TF32 (e.g. a cuDNN without bf16 RNNs): then in TF32, through a study file over beauty-gpu.
-if [ -f /tmp/bench.jsonl ] && python3 - <<'PY'
-import json, sys
-rows = {r["precision"]: r for r in map(json.loads, open("/tmp/bench.jsonl"))
-        if r["backbone"] == "gru4rec" and r.get("buckets", "rows") == "rows"}  # as the trainer encodes
-sys.exit(0 if {"bf16", "tf32"} <= set(rows) and rows["bf16"]["idea_s"] > rows["tf32"]["idea_s"] else 1)
+# The study runs in the default precision (bf16 on a GPU) and encoding (one pass) unless the speed table just
+# measured found GRU4Rec's IDEA step slower in bf16 than in TF32 (e.g. a cuDNN without bf16 RNNs), or faster by
+# length classes: then with those, through a study file over beauty-gpu.
+TRAIN=$([ -f /tmp/bench.jsonl ] && python3 - <<'PY'
+import json
+steps = {(r["precision"], r.get("buckets", "rows")): r["idea_s"]
+         for r in map(json.loads, open("/tmp/bench.jsonl")) if r["backbone"] == "gru4rec"}
+train = {}
+if steps.get(("bf16", "rows"), 0) > steps.get(("tf32", "rows"), float("inf")):
+    train["precision"] = "tf32"
+precision = train.get("precision", "bf16")
+if steps.get((precision, "widths"), float("inf")) < steps.get((precision, "rows"), 0):
+    train["buckets"] = "widths"
+print(", ".join(f"{k}: {v}" for k, v in train.items()))
 PY
-then
-  printf 'extends: beauty-gpu\ntrain: {precision: tf32}\n' > studies/configs/beauty-gpu-tf32.yaml
-  STUDY_ARGS="studies/configs/beauty-gpu-tf32.yaml ${STUDY_ARGS#beauty-gpu}"
+)
+if [ -n "$TRAIN" ]; then
+  printf 'extends: beauty-gpu\ntrain: {%s}\n' "$TRAIN" > studies/configs/beauty-gpu-measured.yaml
+  STUDY_ARGS="studies/configs/beauty-gpu-measured.yaml ${STUDY_ARGS#beauty-gpu}"
 fi
 echo "installed after $(( $(date +%s) - START )) s; study: $STUDY_ARGS" | tee -a $OUT/install.log
 timeout $STUDY_TIMEOUT python3 studies/run_study.py $STUDY_ARGS --study-name $NAME --data-dir /tmp/data --out /tmp/out \

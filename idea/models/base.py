@@ -89,7 +89,7 @@ class Backbone(nn.Module, abc.ABC):
             width = max(max(low + 1 + i for i, n in enumerate(sizes) if n), 1)  # the class's longest row
             idx = order[start: start + sum(sizes)]  # [rows]
             users.append(self.encode_block(x[:, L - width:].index_select(0, idx), lengths[idx]))  # [rows, d]
-            start += sum(sizes)
+            start += len(idx)
         return torch.cat(users).index_select(0, order.argsort())  # [B, d] back in the caller's order
 
     @abc.abstractmethod

@@ -32,6 +32,7 @@ echo "installed after $(( $(date +%s) - START )) s; study: $STUDY_ARGS" | tee -a
 timeout $STUDY_TIMEOUT python3 studies/run_study.py $STUDY_ARGS --study-name $NAME --data-dir /tmp/data --out /tmp/out \
   > $OUT/study.log 2>&1
 echo "study exit $? after $(( $(date +%s) - START )) s" | tee -a $OUT/study.log
+rm -f studies/configs/beauty-gpu-measured.yaml  # made for this call only (a CPU dry run must not keep it)
 [ -d /tmp/out/$NAME ] && tar czf $OUT/study.tgz -C /tmp/out/$NAME --exclude ./ray --exclude ./starts .
 LEFT=$(( LIMIT - ($(date +%s) - START) - 15 ))
 if [ $LEFT -gt 60 ] && [ -z "${SKIP_TESTS:-}" ]; then

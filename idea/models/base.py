@@ -59,7 +59,7 @@ class Backbone(nn.Module, abc.ABC):
         paying for the longest one in the batch. Contiguous blocks need no gather.
         `buckets="widths"` encodes by length classes instead (`encode_widths`).
         """
-        if self.buckets == "widths":
+        if self.buckets == "widths" and len(lengths):  # an empty batch has no classes: one (empty) pass
             return self.encode_widths(x, lengths)
         if len(lengths) <= self.chunk_rows:
             return self.encode_block(x, lengths)

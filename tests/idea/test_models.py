@@ -216,6 +216,8 @@ def test_width_classes_equal_one_pass(name):
     torch.testing.assert_close(user_widths, user_one, rtol=1e-10, atol=1e-12)
     for got, want in zip(grads_widths, grads_one):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    empty = torch.zeros(0, 20, 64, dtype=torch.float64)
+    assert widths.encode(empty, lengths[:0]).shape == one.encode(empty, lengths[:0]).shape == (0, 64)
     names = ["x"] + [n for n, p in one.named_parameters() if p.requires_grad]
     assert [n for n, g in zip(names, grads_one) if not g.abs().sum() > 0] == ["item_emb.weight"]  # encode skips it
 

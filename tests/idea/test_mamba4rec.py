@@ -192,12 +192,15 @@ def test_idea_trains_with_mamba4rec():
     assert trainer.evaluate(["valid"])["value"].notna().all()
 
 
-def test_an_exploring_idea_step_runs_through_the_compiled_readout(monkeypatch):
+@pytest.mark.parametrize("buckets", ["rows", "widths"])
+def test_an_exploring_idea_step_runs_through_the_compiled_readout(monkeypatch, buckets):
     """The GPU read-out path (compiled; here for the CPU) under IDEA's step with exploration, which walks
     the backward pass twice (retain_graph): it used to fail there (a compiled backward that donates its
-    buffers), unseen because the GPU benchmark ran IDEA eagerly. Gradients match the eager path's."""
+    buffers), unseen because the GPU benchmark ran IDEA eagerly. Gradients match the eager path's, in one
+    pass and by length classes (widths 1 to 12 through one compiled function)."""
     split = make_split(generate(SyntheticConfig(n_users=200, n_items=80, seed=4)), SplitConfig(max_len=12))
-    cfg = TrainConfig(backbone="mamba4rec", method="idea", K=2, N=2, T=1, dropout=0.0, batch_size=64, device="cpu")
+    cfg = TrainConfig(backbone="mamba4rec", method="idea", K=2, N=2, T=1, dropout=0.0, batch_size=64, device="cpu",
+                      buckets=buckets)
     trainer = Trainer(cfg, split)
     batch = trainer.batch(trainer.permutation(1).split(64)[0])
 

@@ -25,7 +25,8 @@ from tests.studies.study_cli import run_cli, run_study
 CROSS_GPU = {"sports-gpu": {"dataset": "sports"}, "yelp-gpu": {"dataset": "yelp"},  # beauty-gpu with one change
              "beauty-gpu-sasrec": {"backbone": "sasrec"}, "beauty-gpu-mamba4rec": {"backbone": "mamba4rec"},
              "beauty-gpu-noisy": {"train": {"batch_size": 2048, "noise_ratio": 0.2}}}
-SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "ml-100k-sasrec", "synthetic", *CROSS_GPU)
+SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "ml-100k-sasrec", "ml-100k-oracle", "synthetic",
+           *CROSS_GPU)
 ML100K_CPU = ("ml-100k-mamba4rec-cpu",)  # ml-100k cut to a 2-core CPU: no search, a user sample
 OFFICIAL = ("beauty-loo-official", "sports-loo-official")  # the IDEA authors' protocol and configuration
 OFFICIAL_CPU = ("beauty-loo-cpu", "sports-loo-cpu")  # the same at a 2-core CPU budget (_loo-cpu.yaml)
@@ -141,9 +142,11 @@ def test_the_cross_study_set_changes_one_thing_of_beauty_gpu(name):
     assert {k: v for k, v in study.items() if base[k] != v} == CROSS_GPU[name]
 
 
-def test_ml100k_sasrec_is_ml100k_with_sasrec_and_the_oracle_selection():
-    base, study = load_study("ml-100k").to_dict(), load_study("ml-100k-sasrec").to_dict()
-    assert {k: v for k, v in study.items() if base[k] != v} == {"backbone": "sasrec", "oracle": True}
+@pytest.mark.parametrize("name, changed", [("ml-100k-sasrec", {"backbone": "sasrec", "oracle": True}),
+                                           ("ml-100k-oracle", {"oracle": True})])
+def test_ml100k_variants_change_only_their_backbone_and_selection(name, changed):
+    base, study = load_study("ml-100k").to_dict(), load_study(name).to_dict()
+    assert {k: v for k, v in study.items() if base[k] != v} == changed
 
 
 def test_ml100k_mamba4rec_cpu_runs_each_arm_once_at_its_first_configuration():

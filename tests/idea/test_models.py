@@ -199,6 +199,17 @@ def user_and_gradients(model, x, lengths):
     return user, [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, [x, *params])]
 
 
+def one_pass_and_widths(name, x, lengths):
+    """(model, users, gradients) of backbone `name` with the same weights encoding one pass and by length
+    classes, in `x`'s dtype and on its device."""
+    out = []
+    for kwargs in ({"chunk_rows": 1 << 20}, {"buckets": "widths"}):
+        torch.manual_seed(0)
+        model = build_backbone(name, N_ITEMS, x.shape[1], **kwargs).to(x.device, x.dtype).eval()
+        out.append((model, *user_and_gradients(model, x, lengths)))
+    return out
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_width_classes_equal_one_pass(name):
     """buckets="widths" (length classes gathered from any row order; GRU4Rec: packed sequences) gives every
@@ -207,12 +218,7 @@ def test_width_classes_equal_one_pass(name):
     torch.manual_seed(0)
     x = torch.randn(len(lengths), 20, 64, dtype=torch.float64)
     x = x * real_positions(lengths, 20).unsqueeze(-1)  # left-padded: zeros before each row's items
-    torch.manual_seed(0)
-    one = build_backbone(name, N_ITEMS, 20, chunk_rows=1 << 20).double().eval()
-    torch.manual_seed(0)
-    widths = build_backbone(name, N_ITEMS, 20, buckets="widths").double().eval()
-    user_one, grads_one = user_and_gradients(one, x, lengths)
-    user_widths, grads_widths = user_and_gradients(widths, x, lengths)
+    (one, user_one, grads_one), (widths, user_widths, grads_widths) = one_pass_and_widths(name, x, lengths)
     torch.testing.assert_close(user_widths, user_one, rtol=1e-10, atol=1e-12)
     for got, want in zip(grads_widths, grads_one):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -246,12 +252,7 @@ def test_width_classes_on_a_gpu(name):
     lengths = torch.randint(1, 51, (512,), generator=torch.Generator().manual_seed(0)).cuda()
     torch.manual_seed(0)
     x = torch.randn(512, 50, 64, device="cuda") * real_positions(lengths, 50).unsqueeze(-1)
-    torch.manual_seed(0)
-    one = build_backbone(name, N_ITEMS, 50, chunk_rows=1 << 20).cuda().eval()
-    torch.manual_seed(0)
-    widths = build_backbone(name, N_ITEMS, 50, buckets="widths").cuda().eval()
-    user_one, grads_one = user_and_gradients(one, x, lengths)
-    user_widths, grads_widths = user_and_gradients(widths, x, lengths)
+    (_, user_one, grads_one), (widths, user_widths, grads_widths) = one_pass_and_widths(name, x, lengths)
     torch.testing.assert_close(user_widths, user_one, rtol=1e-4, atol=1e-5)
     for got, want in zip(grads_widths, grads_one):  # float32 sums in another order: relative to the whole gradient
         assert float((got - want).norm()) <= 1e-4 * float(want.norm()) + 1e-6

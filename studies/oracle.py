@@ -34,7 +34,7 @@ from studies.experiments import Resources
 from studies.final import RESULT_COLUMNS, final_results, run_final
 from studies.search import Selection
 from studies.trainable import CHECKPOINT_FILE, failed, prepare_worker
-from studies.tracking import StudyRun
+from studies.tracking import StudyRun, retrained_run_name
 
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's limits on one log_batch call
 
@@ -121,7 +121,7 @@ def copy_run(study_run: StudyRun, run: Any, stage: str) -> str:
     source = run.info.run_id
     kept = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == MLFLOW_PARENT_RUN_ID}
     new_tags = {**kept, Tag.STAGE: stage, Tag.SAME_AS: source}
-    name = f"{new_tags[Tag.ARM]}-{stage}-seed{new_tags[Tag.SEED]}"
+    name = retrained_run_name(new_tags[Tag.ARM], stage, new_tags[Tag.SEED])
     run_id = client.create_run(study_run.experiment_id, run_name=name, tags=new_tags,
                                start_time=run.info.start_time).info.run_id
     params = [Param(k, v) for k, v in run.data.params.items()]

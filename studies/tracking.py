@@ -196,6 +196,12 @@ def _last_error_line(trial) -> str:
     return lines[-1][:500] if lines else "unknown error"
 
 
+def retrained_run_name(arm: str, stage: str, seed: Any) -> str:
+    """The run name of a final (`<arm>-seed<s>`) or oracle (`<arm>-oracle-seed<s>`) run (docs/conventions.md)."""
+    infix = "" if stage == Stage.FINAL else f"-{stage}"
+    return f"{arm}{infix}-seed{seed}"
+
+
 class MlflowTrialLogger(tune.Callback):
     """Driver-side Tune callback: one nested MLflow run per trial of one arm and stage (search|final|oracle)."""
 
@@ -229,8 +235,7 @@ class MlflowTrialLogger(tune.Callback):
     # ----- runs ---------------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:
         if self.stage in Stage.RETRAINED:
-            infix = "" if self.stage == Stage.FINAL else f"-{self.stage}"
-            return f"{self.arm}{infix}-seed{trial.config['seed']}"
+            return retrained_run_name(self.arm, self.stage, trial.config["seed"])
         return f"{self.arm}-trial-{trial.trial_id}"
 
     def _open(self, trial) -> str:

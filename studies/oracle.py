@@ -153,9 +153,11 @@ def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid
     """Score `arm`'s search trials on the first test window, retrain the best with the final seeds and test
     it; returns the tidy results, stage `oracle`. When the best is the validation pick (`validation`), the
     arm's final runs and results (`final`) are the oracle's instead (`reuse_final`), unless an earlier run of
-    this study already began retraining it (its Tune experiment exists), which then continues. A fine-tuning
-    arm's `starts` (`studies.warm_start.Starts`) are the ones its search and validation pick used: the oracle
-    chooses the arm's configuration, not the ERM model it starts from."""
+    this study already began retraining it (its Tune experiment exists), which then continues. A resume keeps
+    the first run's choice the other way too: once final runs were copied, a re-scoring that now ties
+    differently does not retrain beside them. A fine-tuning arm's `starts` (`studies.warm_start.Starts`) are
+    the ones its search and validation pick used: the oracle chooses the arm's configuration, not the ERM
+    model it starts from."""
     window = selection_window(split)
     fixed = {**study.fixed(arm), "device": resources.device}
     if starts is not None:  # the search trials' configuration, so their checkpoints load
@@ -167,7 +169,14 @@ def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid
         print(f"warning: [{arm}-oracle] no search trial could be scored on {window}; no oracle runs", file=sys.stderr)
         return pd.DataFrame(columns=RESULT_COLUMNS)
     pick = f"[{arm}-oracle] {window} {study.metric} {selection.value:.4f}: trial {selection.trial_id}"
-    if selection.trial_id == validation.trial_id and not (ray_dir / f"{arm}-{Stage.ORACLE}").exists():
+    retraining = (ray_dir / f"{arm}-{Stage.ORACLE}").exists()
+    copied = not retraining and any(r.data.tags.get(Tag.SAME_AS) for r in study_run.nested_runs(arm, Stage.ORACLE))
+    if copied and selection.trial_id != validation.trial_id:
+        print(f"warning: {pick}, but this study's first run of the oracle picked the validation pick "
+              f"{validation.trial_id} and copied its final runs (re-scoring tied otherwise, e.g. on a GPU's "
+              f"reductions); it keeps that first pick", file=sys.stderr, flush=True)
+        return reuse_final(study_run, arm, final)
+    if selection.trial_id == validation.trial_id and not retraining:
         print(f"{pick} (the validation pick too): its final runs are the oracle's, not retrained (the same "
               f"configuration, seeds and starts); reported on the windows after {window} only",
               file=sys.stderr, flush=True)

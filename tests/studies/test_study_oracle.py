@@ -21,7 +21,10 @@ from idea.metrics import summary
 from idea.trainer import Trainer, read_checkpoint
 from studies.config import load_study
 from studies.data import study_split, without_tests
-from studies.oracle import SCORE_KEY, reuse_final, selection_window
+import studies.oracle as oracle_stage
+from studies.oracle import SCORE_KEY, OracleScore, reuse_final, run_oracle, selection_window
+from studies.experiments import Resources
+from studies.search import Selection
 from studies.tracking import StudyRun
 from tests.studies.study_cli import PROJECT_ROOT, TINY_ARMS, Store, study_env, tiny_study
 
@@ -180,6 +183,38 @@ def test_a_resumed_oracle_keeps_its_finished_copies_and_replaces_one_cut_short(o
     assert len(remade) == 1 and remade[0].info.run_id != cut
     assert len(copied.nested(Stage.ORACLE, "idea")) == len(SEEDS) + 1
     assert set(again["run_id"]) == (set(first.values()) - {cut}) | {remade[0].info.run_id}
+
+
+def test_a_resume_whose_rescoring_picks_another_trial_keeps_the_copies(oracle, tmp_path, monkeypatch, capsys):
+    """A resume scores the search trials again; should another trial now come first (a tie broken otherwise,
+    as a GPU's reductions may), the oracle keeps the copies its first run made instead of retraining beside
+    them: no Tune experiment, no new runs, a warning that says so."""
+    _, study_dir, _ = oracle
+    db = tmp_path / "mlflow.db"
+    shutil.copy(study_dir / "mlflow.db", db)
+    copied = Store(study_dir, STUDY, db=db)
+    parent = copied.nested(Stage.STUDY)[0]
+    study_run = StudyRun(f"sqlite:///{db}", copied.experiment_id, parent.info.run_id, {Tag.STUDY: STUDY})
+    study = load_study(study_dir / "study.yaml")
+    _, split = study_split(study)
+    results = pd.read_csv(study_dir / "final_results.csv")
+    final = results[(results["arm"] == "idea") & (results["stage"] == Stage.FINAL)]
+    before = {r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")}
+    picked = copied.nested(Stage.FINAL, "idea", "FINISHED")[0].data.tags[Tag.SELECTED_TRIAL]
+    validation = Selection("idea", picked, {}, 0.0, "")
+    monkeypatch.setattr(oracle_stage, "score_search",
+                        lambda *_: [OracleScore("another", {}, 0.5, ""), OracleScore(picked, {}, 0.4, "")])
+
+    def retrain(*_, **__):
+        raise AssertionError("the oracle retrained beside its copies")
+
+    monkeypatch.setattr(oracle_stage, "run_final", retrain)
+    out = run_oracle(study, "idea", STUDY, None, validation, final, split, Resources(), study_dir / "ray", study_run,
+                     True)
+    assert {r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")} == before
+    assert set(out["run_id"]) == before and set(out["stage"]) == {Stage.ORACLE}
+    assert not (study_dir / "ray" / "idea-oracle").exists()
+    assert f"picked the validation pick {picked} and copied its final runs" in capsys.readouterr().err
 
 
 def test_the_selection_window_is_the_first_and_later_ones_must_exist(synthetic_data):

@@ -31,7 +31,8 @@ fi
 echo "installed after $(( $(date +%s) - START )) s; study: $STUDY_ARGS" | tee -a $OUT/install.log
 timeout $STUDY_TIMEOUT python3 studies/run_study.py $STUDY_ARGS --study-name $NAME --data-dir /tmp/data --out /tmp/out \
   > $OUT/study.log 2>&1
-echo "study exit $? after $(( $(date +%s) - START )) s" | tee -a $OUT/study.log
+STUDY_RC=$?
+echo "study exit $STUDY_RC after $(( $(date +%s) - START )) s" | tee -a $OUT/study.log
 rm -f studies/configs/beauty-gpu-measured.yaml  # made for this call only (a CPU dry run must not keep it)
 [ -d /tmp/out/$NAME ] && tar czf $OUT/study.tgz -C /tmp/out/$NAME --exclude ./ray --exclude ./starts .
 LEFT=$(( LIMIT - ($(date +%s) - START) - 15 ))
@@ -40,3 +41,4 @@ if [ $LEFT -gt 60 ] && [ -z "${SKIP_TESTS:-}" ]; then
   echo "tests exit $? after $(( $(date +%s) - START )) s" | tee -a $OUT/gpu_tests.log
 fi
 grep -E "^\[|== arm|error|Error" $OUT/study.log | tail -40; tail -5 $OUT/gpu_tests.log 2>/dev/null
+exit $STUDY_RC  # the study's, not the last command's (a dry run has no test log)

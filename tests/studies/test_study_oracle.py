@@ -161,17 +161,22 @@ def test_an_oracle_pick_that_is_the_validation_pick_copies_the_final_runs(oracle
     pd.testing.assert_frame_equal(*tables)
 
 
-def test_a_resumed_oracle_keeps_its_finished_copies_and_replaces_one_cut_short(oracle, tmp_path):
-    """Copying again (a --resume repeats the oracle stage) adds nothing while the copies are FINISHED; a copy
-    that an interruption left KILLED is made again, once."""
-    _, study_dir, store = oracle
+def _resumed(study_dir: Path, tmp_path: Path) -> tuple[Store, StudyRun, pd.DataFrame]:
+    """A copy of the study's store as a resume finds it, its parent run, and idea's final results."""
     db = tmp_path / "mlflow.db"
     shutil.copy(study_dir / "mlflow.db", db)
     copied = Store(study_dir, STUDY, db=db)
     parent = copied.nested(Stage.STUDY)[0]
     study_run = StudyRun(f"sqlite:///{db}", copied.experiment_id, parent.info.run_id, {Tag.STUDY: STUDY})
     results = pd.read_csv(study_dir / "final_results.csv")
-    final = results[(results["arm"] == "idea") & (results["stage"] == Stage.FINAL)]
+    return copied, study_run, results[(results["arm"] == "idea") & (results["stage"] == Stage.FINAL)]
+
+
+def test_a_resumed_oracle_keeps_its_finished_copies_and_replaces_one_cut_short(oracle, tmp_path):
+    """Copying again (a --resume repeats the oracle stage) adds nothing while the copies are FINISHED; a copy
+    that an interruption left KILLED is made again, once."""
+    _, study_dir, _ = oracle
+    copied, study_run, final = _resumed(study_dir, tmp_path)
     first = {r.data.tags[Tag.SAME_AS]: r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")}
     again = reuse_final(study_run, "idea", final)
     assert {r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")} == set(first.values())
@@ -190,15 +195,9 @@ def test_a_resume_whose_rescoring_picks_another_trial_keeps_the_copies(oracle, t
     as a GPU's reductions may), the oracle keeps the copies its first run made instead of retraining beside
     them: no Tune experiment, no new runs, a warning that says so."""
     _, study_dir, _ = oracle
-    db = tmp_path / "mlflow.db"
-    shutil.copy(study_dir / "mlflow.db", db)
-    copied = Store(study_dir, STUDY, db=db)
-    parent = copied.nested(Stage.STUDY)[0]
-    study_run = StudyRun(f"sqlite:///{db}", copied.experiment_id, parent.info.run_id, {Tag.STUDY: STUDY})
+    copied, study_run, final = _resumed(study_dir, tmp_path)
     study = load_study(study_dir / "study.yaml")
     _, split = study_split(study)
-    results = pd.read_csv(study_dir / "final_results.csv")
-    final = results[(results["arm"] == "idea") & (results["stage"] == Stage.FINAL)]
     before = {r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")}
     picked = copied.nested(Stage.FINAL, "idea", "FINISHED")[0].data.tags[Tag.SELECTED_TRIAL]
     validation = Selection("idea", picked, {}, 0.0, "")

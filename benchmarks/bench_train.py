@@ -87,14 +87,14 @@ class Steps:
 
     def __init__(self, trainer: Trainer):
         self.trainer = trainer
-        self.batches = trainer.permutation(1).split(trainer.config.batch_size)
+        self.batches = trainer.epoch_batches(1)  # widths known up front, as in training: no wait on the device
         self.phase = "idea" if trainer.config.method == "idea" else "erm"
         self.i = 0
         trainer.model.train()
 
     def __call__(self, n: int) -> None:
         for _ in range(n):
-            self.trainer.train_step(self.phase, *self.trainer.batch(self.batches[self.i % len(self.batches)]))
+            self.trainer.train_step(self.phase, *self.trainer.batch(*self.batches[self.i % len(self.batches)]))
             self.i += 1
 
 
@@ -136,9 +136,9 @@ def gru_flops(trainer: Trainer, positions: int) -> float:
 def step_floor(steps: Steps, rates: dict[str, float]) -> float:
     """Seconds: the floor of one step of `steps` (see the module docstring), counted over its next step."""
     t = steps.trainer
-    idx = steps.batches[steps.i % len(steps.batches)]
-    _, lengths, _ = t.batch(idx)
-    width, rows = int(lengths.max()), len(idx)
+    idx, width = steps.batches[steps.i % len(steps.batches)]
+    _, lengths, _ = t.batch(idx, width)
+    rows = len(idx)
     copies = t.config.N if steps.phase == "idea" else 1  # environments (same_user: each row's length N times)
     env_rows = rows * copies
     # the GRU steps cuDNN runs: every row to the batch's width, or (packed) each row to its own length

@@ -51,14 +51,14 @@ def main() -> None:
     for method in ("erm", "idea"):
         trainer = Trainer(TrainConfig(backbone="mamba4rec", method=method, K=3, N=4, T=5, batch_size=args.batch,
                                       device=args.device), split)
-        batches = trainer.permutation(1).split(args.batch)
+        batches = trainer.epoch_batches(1)
         phase = "idea" if method == "idea" else "erm"
         done = [0]
 
         def steps(n: int) -> None:
             trainer.model.train()
             for _ in range(n):
-                trainer.train_step(phase, *trainer.batch(batches[done[0] % len(batches)]))
+                trainer.train_step(phase, *trainer.batch(*batches[done[0] % len(batches)]))
                 done[0] += 1
             if args.device == "cuda":
                 torch.cuda.synchronize()

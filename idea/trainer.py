@@ -29,6 +29,8 @@ from idea.models import build_backbone
 from idea.models.base import real_positions
 from idea.splits import Events, Split
 
+PROGRESS_EVERY = 50  # batches between the progress bar's loss readings (each waits for the device)
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
@@ -220,28 +222,34 @@ class Trainer:
         g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_target), generator=g).to(self.device)
 
-    def train_epoch(self, epoch: int, progress: bool = False) -> dict[str, float]:
-        """One pass over the training events. Batch widths are computed on the host up front and
-        losses are summed on the device, so a GPU step never waits for the host."""
-        self.model.train()
-        phase = self.phase(epoch)
-        order = self.permutation(epoch)
-        batches = order.split(self.config.batch_size)
+    def epoch_batches(self, epoch: int) -> list[tuple[torch.Tensor, int]]:
+        """`epoch`'s batches: row indices (on the device) and each batch's width, its longest history,
+        computed on the host up front, so building a batch (`batch(idx, width)`) never waits on the device."""
+        order = self.permutation(epoch)  # [E]
         starts = np.arange(0, len(order), self.config.batch_size)
         widths = np.maximum.reduceat(self.split.train.lengths[order.cpu().numpy()], starts).tolist()
+        return list(zip(order.split(self.config.batch_size), widths))
+
+    def train_epoch(self, epoch: int, progress: bool = False) -> dict[str, float]:
+        """One pass over the training events. Losses are summed on the device, so a GPU step never
+        waits for the host (a progress bar reads the loss every `PROGRESS_EVERY` batches)."""
+        self.model.train()
+        phase = self.phase(epoch)
+        batches = self.epoch_batches(epoch)
         sums: dict[str, torch.Tensor] = {}
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(batches), desc=f"epoch {epoch} ({phase})", leave=False, file=sys.stderr)
-        for idx, width in zip(batches, widths):
+        for i, (idx, width) in enumerate(batches):
             out = self.train_step(phase, *self.batch(idx, width))
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + v.detach()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+                if i % PROGRESS_EVERY == 0:
+                    bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         if bar is not None:
             bar.close()
         means = {k: float(v) / len(batches) for k, v in sums.items()}

@@ -72,6 +72,17 @@ def test_explore_false_never_updates_extractors(split):
     assert not any(changed(ext, tr.objective.extractors))
 
 
+def test_epoch_batches_are_the_epoch_order_with_each_batch_width(split):
+    """The widths known up front (so a GPU step never waits to learn one) are each batch's longest history, and
+    a batch built with its width is the batch built without."""
+    tr = Trainer(small(batch_size=100), split)
+    batches = tr.epoch_batches(3)
+    assert torch.equal(torch.cat([idx for idx, _ in batches]), tr.permutation(3)) and len(batches[-1][0]) < 100
+    for idx, width in batches:
+        assert width == int(tr.train_lengths[idx].max())
+        assert all(torch.equal(a, b) for a, b in zip(tr.batch(idx, width), tr.batch(idx)))
+
+
 def test_same_seed_same_metrics(split):
     a = Trainer(small(method="idea", pretrain_epochs=1, seed=7), split)
     a.fit()

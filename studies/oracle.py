@@ -169,20 +169,20 @@ def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid
         print(f"warning: [{arm}-oracle] no search trial could be scored on {window}; no oracle runs", file=sys.stderr)
         return pd.DataFrame(columns=RESULT_COLUMNS)
     pick = f"[{arm}-oracle] {window} {study.metric} {selection.value:.4f}: trial {selection.trial_id}"
+    same_pick = selection.trial_id == validation.trial_id
     retraining = (ray_dir / f"{arm}-{Stage.ORACLE}").exists()
-    copied = not retraining and any(r.data.tags.get(Tag.SAME_AS) for r in study_run.nested_runs(arm, Stage.ORACLE))
-    if copied and selection.trial_id != validation.trial_id:
-        print(f"warning: {pick}, but this study's first run of the oracle picked the validation pick "
-              f"{validation.trial_id} and copied its final runs (re-scoring tied otherwise, e.g. on a GPU's "
-              f"reductions); it keeps that first pick", file=sys.stderr, flush=True)
+    copied = any(r.data.tags.get(Tag.SAME_AS) for r in study_run.nested_runs(arm, Stage.ORACLE))
+    if not retraining and (same_pick or copied):
+        if same_pick:
+            note = (f"{pick} (the validation pick too): its final runs are the oracle's, not retrained (the same "
+                    f"configuration, seeds and starts); reported on the windows after {window} only")
+        else:
+            note = (f"warning: {pick}, but this study's first run of the oracle picked the validation pick "
+                    f"{validation.trial_id} and copied its final runs (re-scoring tied otherwise, e.g. on a GPU's "
+                    f"reductions); it keeps that first pick")
+        print(note, file=sys.stderr, flush=True)
         return reuse_final(study_run, arm, final)
-    if selection.trial_id == validation.trial_id and not retraining:
-        print(f"{pick} (the validation pick too): its final runs are the oracle's, not retrained (the same "
-              f"configuration, seeds and starts); reported on the windows after {window} only",
-              file=sys.stderr, flush=True)
-        return reuse_final(study_run, arm, final)
-    same = " (the validation pick too)" if selection.trial_id == validation.trial_id else \
-        f" (validation picked {validation.trial_id})"
+    same = " (the validation pick too)" if same_pick else f" (validation picked {validation.trial_id})"
     print(f"{pick}{same}; retrained with seeds {study.final_seeds()}, reported on the windows after {window} only",
           file=sys.stderr, flush=True)
     grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,

@@ -40,6 +40,7 @@ __all__ = [
     "per_window",
     "degradation",
     "worst_window",
+    "holm",
     "paired",
     "warm_gap",
     "sensitivity",
@@ -268,7 +269,7 @@ def worst_window(
 
 PAIRED_COLUMNS = [
     "study", "arm", "control", "part", "arm_mean", "control_mean", "rel_gain", "n_pairs", "mean_diff",
-    "ci_low", "ci_high", "t_paired", "p_paired", "mde", "mde_rel",
+    "ci_low", "ci_high", "t_paired", "p_paired", "p_holm", "mde", "mde_rel",
 ]
 MDE_ALPHA, MDE_POWER = 0.05, 0.8  # two-sided test level and power of the minimum detectable effect
 
@@ -294,6 +295,21 @@ def min_detectable_effect(sd_diff: float, n: int, alpha: float = MDE_ALPHA, powe
 
     ncp = optimize.brentq(shortfall, 0.0, 20 * crit + 20)
     return float(ncp * sd_diff / np.sqrt(n))
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values, so that "adjusted p < α" holds the chance of any
+    false rejection in the family at α: the i-th smallest of m becomes max over j ≤ i of (m − j + 1)·p_(j),
+    capped at 1. NaN entries (no test) are not members of the family and stay NaN."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
 def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
            pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Arm against control per part, paired by seed: in a warm-started study seed s of every arm starts
@@ -301,9 +317,12 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
 
     Over the seeds present in both (n_pairs): arm_mean / control_mean, rel_gain = mean_diff / control_mean,
     mean_diff of arm - control with its t-based 95% interval [ci_low, ci_high], and the two-sided paired
-    t-test (NaN with fewer than 2 pairs). Pairs whose arms are absent are left out. `pairs` is the study's
-    own (`analysis.load.load_arms(...).pairs()`); without it, the arms in `df` are paired by the rule of
-    stores that predate arm roles (`Arms.legacy`), so a hand-built frame still gets today's pairs.
+    t-test (NaN with fewer than 2 pairs). p_holm is p_paired after Holm's correction (`holm`) over one family
+    per study: every tested row of this table (each pair on each part, validation included) for the one
+    metric, k and subset asked for, since a report reads them all at once. Pairs whose arms are absent are
+    left out. `pairs` is the study's own (`analysis.load.load_arms(...).pairs()`); without it, the arms in
+    `df` are paired by the rule of stores that predate arm roles (`Arms.legacy`), so a hand-built frame
+    still gets today's pairs.
     """
     s = _seed_means(df, metric, k, subset)
     pairs = Arms.legacy(s["arm"]).pairs() if pairs is None and not s.empty else list(pairs or [])
@@ -337,6 +356,7 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
     order = {pair: i for i, pair in enumerate(pairs)}
     out["_pair"] = [order[(a, c)] for a, c in zip(out["arm"], out["control"])]
     out = _sort_parts(out, ["study", "_pair"])
+    out["p_holm"] = out.groupby("study", sort=False)["p_paired"].transform(lambda p: holm(p.to_numpy()))
     return out[PAIRED_COLUMNS]
 
 

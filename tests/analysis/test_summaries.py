@@ -265,6 +265,42 @@ def test_paired_follows_the_given_pairs_seed_by_seed():
     assert S.paired(renamed).empty  # names the legacy rule does not know: no pairs unless given
 
 
+def test_holm_by_hand():
+    """m = 4 tested p-values (NaN is no test): sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 gives 0.02, 0.03,
+    0.06, 0.04; the last is raised to 0.06 so that a smaller raw p never gets a larger adjusted one."""
+    out = S.holm([0.01, NAN, 0.04, 0.03, 0.005])
+    assert out[[0, 2, 3, 4]] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(out[1])
+    assert S.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # 2 x 0.6 = 1.2: no adjusted p above 1
+    assert S.holm([0.2]) == pytest.approx([0.2]) and S.holm([]).size == 0
+
+
+def test_holm_keeps_the_order_of_the_raw_p_and_never_lowers_one():
+    rng = np.random.default_rng(0)
+    for m in (2, 3, 8, 12, 40):
+        p = rng.uniform(0, 1, m) ** rng.uniform(1, 4)  # mostly small, some near 1
+        p[rng.integers(m)] = p[rng.integers(m)]  # a tie
+        adj = S.holm(p)
+        assert np.all(adj >= p) and np.all(adj <= 1)
+        order = np.argsort(p, kind="stable")
+        assert np.all(np.diff(adj[order]) >= 0)
+        assert adj[order[0]] == pytest.approx(min(1, m * p[order[0]]))  # the smallest is Bonferroni's
+
+
+def test_paired_corrects_each_study_over_every_row_of_its_table():
+    """The family is one study's table (all pairs and parts with a test); another study's rows are not in it."""
+    noise = iter(np.random.default_rng(1).normal(0, 0.002, 36))
+    rows = [row(arm, part, s, base + next(noise), study=study)
+            for study, parts in (("a", ("valid", "w1", "w2")), ("b", ("w1",)))
+            for part, d in zip(parts, (0.002, 0.001, 0.004)) for s in (1, 2, 3)
+            for arm, base in (("erm", 0.1), ("erm_ft", 0.1 + d), ("idea", 0.1 + 2 * d))]
+    out = S.paired(frame(rows))
+    assert out["p_paired"].notna().all()
+    assert out.groupby("study").size().to_dict() == {"a": 9, "b": 3}
+    for study, g in out.groupby("study"):
+        assert g["p_holm"].to_numpy() == pytest.approx(S.holm(g["p_paired"].to_numpy()))
+    assert (out["p_holm"] >= out["p_paired"]).all() and (out["p_holm"] > out["p_paired"]).any()
+
+
 # ---------------------------------------------------------------- warm_gap
 
 

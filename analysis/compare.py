@@ -31,7 +31,7 @@ from idea.argparsing import StrictArgumentParser
 from idea.contract import VALID, Arms, Stage, Tag
 
 COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "selection", "arm", "control", "part", "control_mean",
-                   "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "n_pairs", "mde", "mde_rel"]
+                   "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "p_holm", "n_pairs", "mde", "mde_rel"]
 
 
 def study_names(tracking_uri: str, pattern: str | None = None) -> list[str]:
@@ -80,9 +80,10 @@ def from_report(folder: Path) -> StudyData:
 def compare(studies: list[tuple[str, str] | StudyData], metric: str = "ndcg", k: int = 10,
             subset: str = "all") -> pd.DataFrame:
     """One row per study x selection x (arm, control) x part, from `(tracking_uri, study)` pairs or `StudyData`:
-    the paired differences (`analysis.summaries.paired`, the study's own pairs) with its dataset, protocol
-    and backbone; `selection` is validation, or oracle (`analysis.summaries.oracle_view`: an upper bound,
-    on the windows after the first) for a study run with `oracle: true`."""
+    the paired differences (`analysis.summaries.paired`, the study's own pairs; p_holm corrected over the rows of
+    one study and selection) with its dataset, protocol and backbone; `selection` is validation, or oracle
+    (`analysis.summaries.oracle_view`: selection on the first test window, on the windows after it) for a study
+    run with `oracle: true`."""
     frames = []
     for item in studies:
         data = item if isinstance(item, StudyData) else from_store(*item)
@@ -137,7 +138,8 @@ def _markdown(table: pd.DataFrame) -> str:
                                     (f"{v:.4g}" if pd.notna(v) else "-"))
     shown["rel_gain"] = shown["rel_gain"].map(lambda v: f"{100 * v:+.1f}%" if pd.notna(v) else "-")
     shown["mde_rel"] = shown["mde_rel"].map(lambda v: f"±{100 * v:.1f}%" if pd.notna(v) else "-")
-    shown["p_paired"] = shown["p_paired"].map(lambda v: f"{v:.3f}" if pd.notna(v) else "-")
+    for col in ("p_paired", "p_holm"):
+        shown[col] = shown[col].map(lambda v: f"{v:.3f}" if pd.notna(v) else "-")
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
@@ -153,10 +155,12 @@ def write_compare(studies: list[tuple[str, str] | StudyData], out_dir: Path, met
     md = [f"# Studies compared on {label}: {', '.join(dict.fromkeys(table['study']))}", "",
           "Every arm against its control, paired by seed (the studies' own pairs); mde is the smallest true "
           "difference the seeds could detect (two-sided 0.05, power 0.8): a difference inside ±mde is what "
-          "they cannot tell from none. Rows with selection `oracle` (studies run with `oracle: true`) pick each "
-          "arm's configuration on the first test window and cover the later windows only: meant as an upper bound "
-          "(it selects with test data), never a result; a pick on the first window need not be the best on the "
-          "later ones. ![forest](forest.png)", "", "## Last test part of each study", "",
+          "they cannot tell from none. p_holm is p_paired after Holm's correction over one study's rows of one "
+          "selection (every pair and part: what its report's paired table holds). Rows with selection `oracle` "
+          "(studies run with `oracle: true`) pick each arm's configuration on the first test window and cover the "
+          "later windows only: selection on the first test window, which uses test data, so never a result, and no "
+          "upper bound either: a pick on the first window need not be the best on the later ones (in ml100k-sasrec "
+          "erm_ft's first-window pick scored below its validation pick). ![forest](forest.png)", "", "## Last test part of each study", "",
           _markdown(last_windows(table)), "", "## Every part", "", _markdown(table), ""]
     path = out_dir / "compare.md"
     path.write_text("\n".join(md))

@@ -48,8 +48,9 @@ TABLES = {
                "paired t-test; mde is the minimum detectable effect, the smallest true difference this many seeds "
                "would find with a two-sided test at 0.05 and power 0.8, from the SD of the per-seed differences "
                "(mde_rel: over the control's mean): a difference within ±mde is what these seeds cannot tell from "
-               "none. IDEA against the same fine-tuning without the penalty isolates IDEA's effect from a "
-               "restart of training."),
+               "none. p_holm is p_paired after Holm's correction for reading every row of this table at once (the "
+               "family: each tested pair on each part, validation included, for this one metric). IDEA against "
+               "the same fine-tuning without the penalty isolates IDEA's effect from a restart of training."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
@@ -58,17 +59,18 @@ TABLES = {
     "gain_vs_shift": ("Gain vs shift size",
                       "Each pair of the paired table (arm vs control, paired by seed, 95% interval) per window next to "
                       "the window's shift size."),
-    "oracle_per_window": ("Oracle selection (an upper bound): metric per window",
+    "oracle_per_window": ("Selection on the first test window (oracle): metric per window",
                           "Each arm's configuration picked on the first test window instead of validation (`oracle: "
                           "true`), retrained with the same seeds and starts (when it is the validation pick too, its "
                           "final runs are copied instead, tag `same_as`: then its rows equal the validation "
-                          "selection's); shown only on the windows after the one it "
-                          "was picked on. It chooses with test data: meant as an upper bound on what selection "
-                          "could give, as DomainBed reports one, never a result to claim (a pick on the first window "
-                          "need not be the best on the later ones)."),
-    "oracle_paired": ("Oracle selection (an upper bound): paired by seed",
-                      "The paired comparisons of the oracle-selected runs, as in the paired table above, on the "
-                      "windows after the first. A fine-tuning arm's oracle runs start from the same ERM models as "
+                          "selection's); shown only on the windows after the one it was picked on. It chooses with "
+                          "test data, so it is never a result to claim, and it is no upper bound either: a pick on "
+                          "the first window need not be the best on the later ones (in ml100k-sasrec erm_ft's "
+                          "first-window pick scored below its validation pick on w2 and w3)."),
+    "oracle_paired": ("Selection on the first test window (oracle): paired by seed",
+                      "The paired comparisons of the runs selected on the first test window, as in the paired table "
+                      "above (p_holm over this table's own rows), on the windows after the first. A fine-tuning "
+                      "arm's oracle runs start from the same ERM models as "
                       "its validation pick (so IDEA against erm_ft stays paired by start); the base arm's own "
                       "oracle runs are other models when its oracle pick differs, so a comparison with it is "
                       "paired by seed only."),
@@ -128,11 +130,35 @@ def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int 
     return figs
 
 
+CLAIMS = {"gains": "gains over", "loses": "loses to"}  # the verdicts that claim a difference, as a sentence says them
+
+
+def verdict(row) -> str:
+    """What a paired row lets a sentence claim: "gains" or "loses" only where its 95% CI excludes 0, else "no
+    measurable difference" (a positive mean inside an interval that spans 0 is not a gain)."""
+    if pd.isna(row["ci_low"]):
+        return "no interval (fewer than 2 paired seeds)"
+    if row["ci_low"] > 0:
+        return "gains"
+    if row["ci_high"] < 0:
+        return "loses"
+    return "no measurable difference"
+
+
+def _p_words(row, prefix: str, tests: int | None = None) -> str:
+    """The raw p and its Holm-corrected value (with the size of the family it was corrected for, if given), and
+    whether a claimed difference survives the correction."""
+    family = f" over the paired table's {tests} tests" if tests is not None else ""
+    out = f"{prefix} = {row['p_paired']:.3f}, Holm-corrected p = {row['p_holm']:.3f}{family}"
+    return out + (" (not significant as one of them)" if row["p_holm"] >= 0.05 and verdict(row) in CLAIMS else "")
+
+
 def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> str | None:
     """One sentence answering the study's question on its last test part (the last window, or leave-one-out's
     test): how far each arm falls from validation (windows only), the first pair of the paired table, and that
-    arm against the base arm too when its first control is another arm. None without a test part."""
-    deg, pair = tables["degradation"], tables["paired"]
+    arm against the base arm too when its first control is another arm; each comparison worded by `verdict`,
+    with both p values. None without a test part."""
+    deg, table = tables["degradation"], tables["paired"]
     label = plots.metric_label(metric, k)
     if not deg.empty:
         last = deg.loc[deg["window"] == deg["window"].max()]
@@ -140,30 +166,33 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10)
         drops = ", ".join(f"{r.arm} {100 * r.rel_drop:.1f}%" for r in last.itertuples())
         out, there = f"On the last window ({part}) {label} falls from validation by {drops}", "; there "
     else:
-        tests = [p for p in pair["part"] if p != VALID]
+        tests = [p for p in table["part"] if p != VALID]
         if not tests:
             return None
         part = tests[-1]
         out, there = f"On the test part ({part}), {label}", ": "
-    pair = pair.loc[(pair["part"] == part) & pair["rel_gain"].notna()]
+    pair = table.loc[(table["part"] == part) & table["rel_gain"].notna()]
     if pair.empty:
         return out + "."
     r = pair.iloc[0]  # the first pair: an arm against its own control, else against the base arm
+    family = int(table.loc[table["study"] == r["study"], "p_paired"].notna().sum())
     n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
-    p = f", paired p = {r['p_paired']:.3f}" if pd.notna(r["p_paired"]) else ""
+    word = verdict(r)
+    claim = (f"{r['arm']} {CLAIMS[word]} {r['control']}" if word in CLAIMS
+             else f"{r['arm']} against {r['control']}: {word}")
+    p = f"; {_p_words(r, 'paired p', family)}" if pd.notna(r["p_paired"]) else ""
     ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}]" if pd.notna(r["ci_low"]) else ""
     mde = (f"; these seeds detect (power 0.8) only effects beyond ±{r['mde']:.{n}f} "
            f"(±{100 * r['mde_rel']:.1f}%)") if pd.notna(r["mde"]) else ""
-    out += (f"{there}{r['arm']} scores {r['arm_mean']:.{n}f} vs {r['control']} {r['control_mean']:.{n}f} "
-            f"({100 * r['rel_gain']:+.1f}%{p}; difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} "
-            f"seeds paired by seed{mde})")
+    out += (f"{there}{claim}, {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f} ({100 * r['rel_gain']:+.1f}%; "
+            f"difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} seeds paired by seed{p}{mde})")
     base = pair.loc[(pair["arm"] == r["arm"]) & (pair.index != pair.index[0])]
     if not base.empty:  # the same arm against the base arm (the pairs' second group)
         b = base.iloc[0]
-        p = f", p = {b['p_paired']:.3f}" if pd.notna(b["p_paired"]) else ""
+        p = f", {_p_words(b, 'p')}" if pd.notna(b["p_paired"]) else ""
         ci = (f", 95% CI [{100 * b['ci_low'] / b['control_mean']:+.1f}%, {100 * b['ci_high'] / b['control_mean']:+.1f}%]"
               if pd.notna(b["ci_low"]) else "")
-        out += f"; against {b['control']} ({b['control_mean']:.{n}f}) {100 * b['rel_gain']:+.1f}%{ci}{p}"
+        out += f"; against {b['control']} ({b['control_mean']:.{n}f}): {verdict(b)}, {100 * b['rel_gain']:+.1f}%{ci}{p}"
     return out + "."
 
 

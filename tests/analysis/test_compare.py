@@ -21,7 +21,7 @@ def test_a_store_of_several_studies_gives_one_row_per_study_pair_and_part(store)
     mine = table[table["study"] == F.STUDY].reset_index(drop=True)
     expected = S.paired(load_study(store, F.STUDY), pairs=load_arms(store, F.STUDY).pairs())
     assert len(mine) == len(expected) > 0
-    for col in ("mean_diff", "ci_low", "ci_high", "p_paired", "mde", "mde_rel"):
+    for col in ("mean_diff", "ci_low", "ci_high", "p_paired", "p_holm", "mde", "mde_rel"):
         pd.testing.assert_series_equal(mine[col], expected[col], check_names=False)
     assert set(mine["dataset"]) == {"synthetic"} and set(mine["backbone"]) == {"gru4rec"}
     assert set(mine["protocol"]) == {"temporal"}  # from the parent run's describe.json
@@ -66,3 +66,20 @@ def test_cli_refuses_what_it_cannot_compare(tmp_path, capsys):
 def test_the_last_test_part_of_a_leave_one_out_study_is_its_test_part():
     table = pd.DataFrame({"study": ["t", "t", "t", "loo", "loo"], "part": ["valid", "w1", "w2", "valid", "test"]})
     assert C.last_windows(table).to_dict("list") == {"study": ["t", "loo"], "part": ["w2", "test"]}
+
+
+def test_each_selection_of_a_study_is_its_own_family_for_holm():
+    """p_holm of the validation rows and of the oracle rows are each corrected over their own rows, as each
+    report's paired table is."""
+    import numpy as np
+
+    noise = iter(np.random.default_rng(2).normal(0, 0.002, 48))
+    rows = [dict(study="s", arm=arm, stage=stage, trial=0, seed=seed, part=part, subset="all", metric="ndcg", k=10,
+                 value=0.1 + 0.002 * (arm == "idea") + next(noise))
+            for stage in ("final", "oracle") for part in ("valid", "w1", "w2", "w3") for seed in (1, 2, 3)
+            for arm in ("idea", "erm")]
+    table = C.compare([C.StudyData(pd.DataFrame(rows), [("idea", "erm")], "d", "temporal", "gru4rec")])
+    assert table.groupby("selection").size().to_dict() == {"oracle": 2, "validation": 4}
+    for _, g in table.groupby("selection"):
+        assert g["p_holm"].to_numpy() == pytest.approx(S.holm(g["p_paired"].to_numpy()))
+    assert (table["p_holm"] > table["p_paired"]).any()

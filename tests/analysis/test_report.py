@@ -104,8 +104,11 @@ def test_numbers_share_one_precision_per_column(report):
         assert len({len(r[column].split(".")[1]) for r in rows}) == 1, [r[column] for r in rows]
     assert [r[3] for r in rows if r[2] == "w3"] == ["0.0700", "0.0850"]  # erm, idea: 0.1 is the column's largest
     paired = table_rows(section(md, "Paired by seed"))
-    assert {r[6] for r in paired if r[3] == "w3"} == {"+21.4%"} and all(len(r[12]) == 5 for r in paired)
-    assert "idea scores 0.08500 vs erm 0.07000 (+21.4%, paired p = 0.042; difference +0.01500" in md
+    assert {r[6] for r in paired if r[3] == "w3"} == {"+21.4%"} and all(len(r[12]) == len(r[13]) == 5 for r in paired)
+    assert "idea gains over erm, 0.08500 vs 0.07000 (+21.4%; difference +0.01500" in md
+    # its interval excludes 0, but not once corrected for the 4 tests of the paired table (1 x 0.042 ... 4 x 0.042)
+    assert ("paired p = 0.042, Holm-corrected p = 0.170 over the paired table's 4 tests (not significant as one of "
+            "them)") in md
 
 
 def test_every_table_is_a_csv(report):
@@ -221,5 +224,33 @@ def test_headline_of_a_leave_one_out_study_names_the_test_part_and_the_base_arm(
     pairs = Arms(("idea", "erm_ft", "erm"), "erm", {"idea": "erm_ft", "erm_ft": "erm"}).pairs()
     tables = {"degradation": S.degradation(results), "paired": S.paired(results, pairs=pairs)}
     line = headline(tables)
-    assert line.startswith("On the test part (test), NDCG@10: idea scores 0.03200 vs erm_ft 0.03100 (+3.2%")
-    assert line.endswith("; against erm (0.03200) +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000.")
+    assert line.startswith("On the test part (test), NDCG@10: idea against erm_ft: no measurable difference, "
+                           "0.03200 vs 0.03100 (+3.2%")
+    assert line.endswith("; against erm (0.03200): no measurable difference, +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000, "
+                         "Holm-corrected p = 1.000.")
+
+
+def _headline_of(diffs: list[float], control: float = 0.05) -> str:
+    """The headline of a study whose only pair, idea against erm on w1, differs by `diffs` seed by seed."""
+    from analysis import summaries as S
+    from analysis.report import headline
+
+    rows = [dict(study="s", arm=a, stage="final", trial=0, seed=s, part=p, subset="all", metric="ndcg", k=10,
+                 value=control + d * (a == "idea"))
+            for a in ("idea", "erm") for s, d in enumerate(diffs, 1) for p in ("valid", "w1")]
+    results = pd.DataFrame(rows)
+    return headline({"degradation": S.degradation(results), "paired": S.paired(results, pairs=[("idea", "erm")])})
+
+
+def test_a_difference_whose_interval_spans_zero_is_never_worded_as_a_gain():
+    """A positive mean (+0.002) with a 95% CI across 0 is "no measurable difference", whatever its sign; only an
+    interval that excludes 0 is a gain or a loss, and a p cited comes with its Holm-corrected value."""
+    line = _headline_of([0.004, -0.002, 0.004])
+    assert "idea against erm: no measurable difference, 0.05200 vs 0.05000 (+4.0%" in line
+    assert "95% CI [-0.00661, +0.01061]" in line
+    assert not re.search(r"\b(gain|lose)", line)
+    assert "paired p = 0.423, Holm-corrected p = 0.845 over the paired table's 2 tests;" in line  # valid and w1
+    gains = _headline_of([0.004, 0.003, 0.005])
+    assert "idea gains over erm, 0.05400 vs 0.05000" in gains and "no measurable" not in gains
+    assert "paired p = 0.020, Holm-corrected p = 0.040 over" in gains and "not significant" not in gains
+    assert "idea loses to erm, 0.04900 vs 0.05000" in _headline_of([-0.001, -0.0012, -0.0008])

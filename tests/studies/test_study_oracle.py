@@ -124,7 +124,7 @@ def test_analysis_reports_the_oracle_only_after_the_first_window(oracle):
     assert set(oracle_rows["part"]) == {"w2", "w3"} and set(oracle_rows["arm"]) == {"idea"}
     assert set(table.loc[table["selection"] == "validation", "part"]) == {"valid", "w1", "w2", "w3"}
     md = (study_dir / "report" / "summary.md").read_text()
-    assert "Oracle selection (an upper bound): metric per window" in md
+    assert "Selection on the first test window (oracle): metric per window" in md
     headline = next(line for line in md.splitlines() if line.startswith("**On the last window"))
     assert "oracle" not in headline.lower()
 

@@ -54,7 +54,8 @@ class Stage:
     STUDY = "study"
     SEARCH = "search"
     FINAL = "final"  # the configuration selected on validation, retrained with the final seeds, tested
-    ORACLE = "oracle"  # the configuration selected on the first test window, likewise: an upper bound (`oracle: true`)
+    ORACLE = "oracle"  # the configuration selected on the first test window, likewise (`oracle: true`); no upper bound:
+    # a pick on the first window need not be the best on the later ones
     NESTED = (SEARCH, FINAL, ORACLE)
     RETRAINED = (FINAL, ORACLE)  # stages whose runs are final seeds evaluated on the test windows
 

@@ -79,6 +79,9 @@ class TrainConfig:
     buckets: str = "auto"  # auto (= rows) | rows: blocks of 256 length-ordered rows on a CPU, one pass on a GPU |
     # widths: length classes (GRU4Rec: packed sequences); the same users, other dropout draws (docs/speed.md)
     mask_seen: bool = False  # exclude history items from the ranking
+    # the positive control's clean arm: every side item (promotion) in every history read as one id, in training
+    # and evaluation, so the model cannot use which promotion it was (idea.splits.mask_side_items)
+    mask_side_items: bool = False
     # warm start: path of a trainer checkpoint (same backbone and split) whose best state initialises
     # the backbone; optimisers start fresh (IDEA's Step 1 is a trained base recommender)
     init_from: str | None = None
@@ -100,7 +103,7 @@ class TrainConfig:
         need(self.softmax_over in SOFTMAX_ROWS, "softmax_over", str(SOFTMAX_ROWS))
         need(self.softmax_over == "items" or self.loss == "ce", "softmax_over",
              "'items' with loss 'bce' (one sampled negative among the real items); 'all' needs loss 'ce'")
-        for name in ("extractor_input_grad", "lambda_fold", "unbiased_var"):
+        for name in ("extractor_input_grad", "lambda_fold", "unbiased_var", "mask_side_items"):
             need(isinstance(getattr(self, name), bool), name, "True or False")
         need(self.lambda_fold or (self.alpha is not None and self.pairing == "same_user"), "lambda_fold",
              "True unless alpha is set and pairing is 'same_user' (Uniform λ >= 0.5 and pairing 'any' label "

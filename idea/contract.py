@@ -83,9 +83,25 @@ class Result:
 
 VALID = "valid"  # the part name of validation
 SUBSETS = ("all", "warm")  # all targets | targets whose item occurs in training
-EPOCH_METRICS = ("train_loss", "epoch_seconds", "risk_mean", "risk_var")  # logged per epoch besides valid_*
+# IDEA's mechanism telemetry, per epoch (idea/methods.py): the penalty's share of the recommender's gradient
+# (median over measured steps), extractor updates so far, the views' disagreement and the dominant mixing weight,
+# and keep_rate_<k> per extractor k (`keep_rate_key`); the risk variance and IRMv1 penalty are in EPOCH_METRICS.
+MECHANISM_METRICS = ("penalty_share", "extractor_steps", "mask_disagreement", "lambda_dominant")
+KEEP_RATE = "keep_rate_"
+EPOCH_METRICS = ("train_loss", "epoch_seconds", "risk_mean", "risk_var", "irm_penalty",
+                 *MECHANISM_METRICS)  # logged per epoch besides valid_* (and the keep rates)
 _KEY = re.compile(r"(?P<kind>valid|best_valid|test_(?P<window>[A-Za-z0-9]+)|shift)_(?:(?P<warm>warm)_)?"
                   r"(?P<metric>[a-z0-9]+)_at_(?P<k>\d+)")
+
+
+def keep_rate_key(k: int) -> str:
+    """The per-epoch key of extractor `k`'s keep rate (0-based)."""
+    return f"{KEEP_RATE}{k}"
+
+
+def is_epoch_metric(key: str) -> bool:
+    """Whether a Tune result key is logged per epoch besides the validation metrics."""
+    return key in EPOCH_METRICS or (key.startswith(KEEP_RATE) and key[len(KEEP_RATE):].isdigit())
 
 
 def metric_name(metric: str, k: int) -> str:

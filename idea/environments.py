@@ -131,8 +131,9 @@ def make_environments(
     lambda_high: float,
     pair_draw: str = "distinct",
     lambda_fold: bool = True,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Environment batch `(env_x [N*B, L, d], env_lengths [N*B], env_targets [N*B])`.
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Environment batch `(env_x [N*B, L, d], env_lengths [N*B], env_targets [N*B], lam [N*B])`, `lam` the
+    mixing weights drawn (None without mixup), which IDEA's telemetry reports.
 
     mixup=True: environment n is defined by its own extractor pair (a_n, b_n) (`environment_pairs`,
     drawn by `pair_draw`), the same for every row, so the N environments are different distributions
@@ -148,7 +149,7 @@ def make_environments(
     K, B, L, d = views.shape
     dev = views.device
     if not mixup:
-        return views.reshape(K * B, L, d), lengths.repeat(K), targets.repeat(K)
+        return views.reshape(K * B, L, d), lengths.repeat(K), targets.repeat(K), None
     if N < 1:
         raise ValueError(f"N must be >= 1, got {N}")
     if pairing not in ("same_user", "any"):
@@ -174,7 +175,7 @@ def make_environments(
         own = torch.einsum("nbk,kbld->nbld", lam * one_a, views)  # [N, B, L, d]
         env_x = own + (1.0 - lam).unsqueeze(-1) * views[ext_b.unsqueeze(1), partner]  # [N, B, L, d]
         env_lengths = torch.maximum(lengths[rows], lengths[partner])  # [N, B]
-    return env_x.reshape(N * B, L, d), env_lengths.reshape(N * B), targets[rows].reshape(N * B)
+    return env_x.reshape(N * B, L, d), env_lengths.reshape(N * B), targets[rows].reshape(N * B), lam.reshape(N * B)
 
 
 def vrex(risks: Tensor, unbiased: bool = False) -> tuple[Tensor, Tensor]:

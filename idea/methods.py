@@ -6,6 +6,8 @@ without asking which: ERM, IDEA and DROS share ERM's interface.
 - `per_example_loss(trainer, user, target)`: the method's loss per row.
 - `state_dict()` / `load_state_dict(state)`: what the method owns, at the top level of the trainer's
   checkpoint (IDEA: `extractors`, `ext_opt`, `step`), where checkpoints have always kept it.
+- `epoch_telemetry()`: statistics of the epoch just trained that are not means over its steps (IDEA:
+  the median penalty share, the extractor updates so far); the step statistics are averaged by the trainer.
 
 A method reads its configuration from the TrainConfig it was built with; the fields only it reads are
 `idea.config.METHOD_FIELDS[name]` (tests/idea/test_methods.py checks both ways). The Trainer owns the
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idea.config import TrainConfig
+from idea.contract import keep_rate_key
 from idea.environments import SubsequenceExtractors, make_environments, vrex
 from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
 from idea.precision import forward_precision
@@ -92,6 +95,10 @@ class ERM:
         trainer.opt.step()
         return {"loss": loss.detach()}
 
+    def epoch_telemetry(self) -> dict[str, float]:
+        """Statistics of the epoch just trained besides the means of `step`'s (ERM has none)."""
+        return {}
+
     def state_dict(self) -> dict:
         """Every checkpoint has a `step` (IDEA's step counter), 0 for the methods without one."""
         return {"step": 0}
@@ -119,9 +126,15 @@ class DROS(ERM):
 class IDEA(ERM):
     """IDEA: `pretrain_epochs` of ERM, then steps on mean(R) + β·penalty over environments mixed from
     the views of K learned subsequence extractors, which every T-th IDEA step ascend the penalty.
-    Owns the extractors, their optimiser and the IDEA step counter."""
+    Owns the extractors, their optimiser and the IDEA step counter.
+
+    Its step statistics say whether the mechanism acts (docs/design.md, "Mechanism telemetry"): the
+    extractors' keep rates and disagreement, the mixing weight drawn, the risk variance; every
+    SHARE_EVERY-th step of an epoch (its first included) also the penalty's share of the recommender's
+    gradient, which costs one more backward pass."""
 
     name = "idea"
+    SHARE_EVERY = 10
 
     def __init__(self, config: TrainConfig, split: Split, device: torch.device):
         super().__init__(config, split, device)
@@ -129,6 +142,8 @@ class IDEA(ERM):
                                                 config.extractor_keep_logit).to(device)
         self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
         self.steps = 0  # IDEA steps taken (pretraining steps are not counted)
+        self._epoch_steps = 0  # IDEA steps of the epoch in progress
+        self._shares: list[Tensor] = []  # the penalty shares measured in it
 
     def phase(self, epoch: int) -> str:
         return "pretrain" if epoch <= self.config.pretrain_epochs else "idea"
@@ -146,35 +161,58 @@ class IDEA(ERM):
             return super().step(trainer, phase, history, lengths, target)
         self.steps += 1
         c = self.config
-        return self.idea_step(trainer, history, lengths, target, explore=c.explore and self.steps % c.T == 0)
+        measure = self._epoch_steps % self.SHARE_EVERY == 0
+        self._epoch_steps += 1
+        stats = self.idea_step(trainer, history, lengths, target, explore=c.explore and self.steps % c.T == 0,
+                               measure_share=measure)
+        if measure:
+            self._shares.append(stats.pop("penalty_share"))
+        return stats
+
+    def extractor_steps(self) -> int:
+        """Extractor updates so far: every T-th IDEA step explores, unless exploration is off."""
+        return self.steps // self.config.T if self.config.explore else 0
+
+    def epoch_telemetry(self) -> dict[str, float]:
+        """The median penalty share over the epoch's measured steps and the extractor updates so far; nothing
+        for an epoch without IDEA steps (pretraining)."""
+        if not self._shares:
+            return {}
+        share = float(torch.stack(self._shares).median())
+        self._shares, self._epoch_steps = [], 0
+        return {"penalty_share": share, "extractor_steps": float(self.extractor_steps())}
 
     def idea_forward(self, trainer: Trainer, history: Tensor, lengths: Tensor,
-                     target: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+                     target: Tensor) -> tuple[Tensor, Tensor | None, Tensor, dict[str, Tensor]]:
         """Risks [E] of the environments built from one batch (one forward pass for all of them), their
-        IRMv1 scale gradients [E] (None under V-REx) and the environment batch env_x [E*B, L, d]."""
+        IRMv1 scale gradients [E] (None under V-REx), the environment batch env_x [E*B, L, d] and the
+        views' statistics (`view_telemetry`)."""
         c = self.config
         x = trainer.model.embed(history)  # [B, L, d]
         # Detached by default: the extractors read x but the recommender's loss never trains the item table
         # through the masks; extractor_input_grad lets it (official). Extractor steps move extractors only.
         masks = self.extractors(x if c.extractor_input_grad else x.detach(), lengths, c.tau)  # [K, B, L]
         views = masks.unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
-        env_x, env_len, env_tgt = make_environments(
+        env_x, env_len, env_tgt, lam = make_environments(
             views, lengths, target, N=c.N, pairing=c.pairing, mixup=c.mixup, alpha=c.alpha,
             lambda_low=c.lambda_low, lambda_high=c.lambda_high, pair_draw=c.pair_draw, lambda_fold=c.lambda_fold,
-        )  # [E*B, L, d], [E*B], [E*B]
+        )  # [E*B, L, d], [E*B], [E*B], [E*B] or None
+        seen = view_telemetry(masks, lengths, lam)
         user = trainer.model.encode(env_x, env_len)  # [E*B, d]
         if c.penalty == "irmv1":
             loss, grad = self.per_example_loss(trainer, user, env_tgt, scale_grad=True)  # [E*B], [E*B]
-            return loss.view(-1, len(target)).mean(1), grad.view(-1, len(target)).mean(1), env_x  # [E], [E]
-        return self.per_example_loss(trainer, user, env_tgt).view(-1, len(target)).mean(1), None, env_x  # [E]
+            return loss.view(-1, len(target)).mean(1), grad.view(-1, len(target)).mean(1), env_x, seen  # [E], [E]
+        return self.per_example_loss(trainer, user, env_tgt).view(-1, len(target)).mean(1), None, env_x, seen  # [E]
 
     def idea_gradients(self, trainer: Trainer, history: Tensor, lengths: Tensor, target: Tensor,
-                       recommend: bool = True,
-                       explore: bool = False) -> tuple[tuple | None, tuple | None, dict[str, Tensor]]:
+                       recommend: bool = True, explore: bool = False,
+                       measure_share: bool = False) -> tuple[tuple | None, tuple | None, dict[str, Tensor]]:
         """(recommender grads of mean(R) + β·penalty, extractor grads of -penalty, step statistics)
         from one forward pass; a part not asked for is None. Descending both gradients makes the
         recommender minimise the penalised risk and the extractors maximise the penalty: var(R) for
-        V-REx, mean_e (dR_e/dw)^2 for IRMv1.
+        V-REx, mean_e (dR_e/dw)^2 for IRMv1. With `measure_share` (and `recommend`) the statistics also
+        hold `penalty_share` = ||β ∇penalty|| / ||∇mean(R)|| over the recommender's parameters, from one
+        more backward pass (β·penalty's own; the mean's is the rest of the recommender's gradient).
 
         Under V-REx the exploration gradient reuses the recommender's backward pass. Row r of env_x
         belongs to environment n alone, so the recommender's gradient at env_x is, per environment block,
@@ -190,13 +228,16 @@ class IDEA(ERM):
         function of the risks alone).
         """
         with forward_precision(trainer.precision, trainer.device):
-            risks, scale_grads, env_x = self.idea_forward(trainer, history, lengths, target)  # risks in float32
+            risks, scale_grads, env_x, seen = self.idea_forward(trainer, history, lengths, target)  # risks in float32
         mean, var = vrex(risks, self.config.unbiased_var)
         penalty = var if scale_grads is None else irmv1(scale_grads)
         rec_loss = mean + self.config.beta * penalty
         rec_params = [p for p in trainer.model.parameters() if p.requires_grad]
         ext_params = list(self.extractors.parameters())
-        rec_grads = ext_grads = None
+        rec_grads = ext_grads = pen_grads = None
+        if measure_share and recommend:
+            pen_grads = torch.autograd.grad(self.config.beta * penalty, rec_params, retain_graph=True,
+                                            allow_unused=True)
         shortcut = recommend and scale_grads is None
         if shortcut:
             a = torch.autograd.grad(rec_loss, risks, retain_graph=True)[0]  # [E] d rec_loss / dR
@@ -212,15 +253,18 @@ class IDEA(ERM):
                 ext_grads = torch.autograd.grad(env_x, ext_params, grad_outputs=env_grad * scale)
             else:
                 ext_grads = torch.autograd.grad(-penalty, ext_params)
-        stats = {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach()}
+        stats = {"loss": rec_loss.detach(), "risk_mean": mean.detach(), "risk_var": var.detach(), **seen}
         if scale_grads is not None:
             stats["irm_penalty"] = penalty.detach()
+        if pen_grads is not None:
+            stats["penalty_share"] = penalty_share(rec_grads, pen_grads)
         return rec_grads, ext_grads, stats
 
     def idea_step(self, trainer: Trainer, history: Tensor, lengths: Tensor, target: Tensor,
-                  recommend: bool = True, explore: bool = False) -> dict[str, Tensor]:
+                  recommend: bool = True, explore: bool = False, measure_share: bool = False) -> dict[str, Tensor]:
         """Apply `idea_gradients`: both are taken before either update, then each optimiser steps."""
-        rec_grads, ext_grads, stats = self.idea_gradients(trainer, history, lengths, target, recommend, explore)
+        rec_grads, ext_grads, stats = self.idea_gradients(trainer, history, lengths, target, recommend, explore,
+                                                          measure_share)
         for opt, module, grads in ((trainer.opt, trainer.model, rec_grads), (self.ext_opt, self.extractors, ext_grads)):
             if grads is not None:
                 params = [p for p in module.parameters() if p.requires_grad]
@@ -237,6 +281,34 @@ class IDEA(ERM):
         self.steps = state["step"]
         self.extractors.load_state_dict(state["extractors"])
         self.ext_opt.load_state_dict(state["ext_opt"])
+
+
+@torch.no_grad()
+def view_telemetry(masks: Tensor, lengths: Tensor, lam: Tensor | None) -> dict[str, Tensor]:
+    """What the extractors did to one batch: `keep_rate_<k>`, the share of real positions mask k keeps
+    (its mean value there); `mask_disagreement`, the mean |m_i - m_j| over real positions and pairs of
+    distinct extractors (0: K copies of one view; 1: binary masks that never agree); `lambda_dominant`, the
+    mean weight max(λ, 1 - λ) of the dominant view (absent without mixup). masks [K, B, L] (0 at padding)."""
+    K = len(masks)
+    real = lengths.sum().to(masks.dtype)  # real positions in the batch
+    keep = masks.sum((1, 2)) / real  # [K]
+    out = {keep_rate_key(k): keep[k] for k in range(K)}
+    apart = (masks.unsqueeze(0) - masks.unsqueeze(1)).abs().sum((2, 3))  # [K, K], zero diagonal
+    out["mask_disagreement"] = apart.sum() / (K * (K - 1) * real)
+    if lam is not None:
+        out["lambda_dominant"] = torch.maximum(lam, 1.0 - lam).mean()
+    return out
+
+
+def penalty_share(rec_grads: tuple, pen_grads: tuple) -> Tensor:
+    """||β ∇penalty|| / ||∇mean(R)|| from the recommender's gradient of mean + β·penalty and β·penalty's own
+    (parameters without a gradient, None, count as zero)."""
+    def norm(grads: list[Tensor]) -> Tensor:
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    pen = [g for g in pen_grads if g is not None]
+    rest = [r - p if p is not None else r for r, p in zip(rec_grads, pen_grads) if r is not None]
+    return norm(pen) / norm(rest) if pen else torch.zeros((), device=rest[0].device)
 
 
 METHOD_OBJECTS: dict[str, type[ERM]] = {m.name: m for m in (ERM, IDEA, DROS)}

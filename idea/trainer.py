@@ -27,7 +27,7 @@ from idea.metrics import metrics_frame, rank_events, summary
 from idea.precision import exact_float32, resolve_precision, set_tensor_cores
 from idea.models import build_backbone
 from idea.models.base import real_positions
-from idea.splits import Events, Split
+from idea.splits import Events, Split, mask_side_items
 
 PROGRESS_EVERY = 50  # batches between the progress bar's loss readings (each waits for the device)
 
@@ -136,7 +136,7 @@ class EpochRecord:
     train_seconds: float  # training steps only (RecBole's "train time")
     best_epoch: int  # 0 while no epoch could be selected yet (IDEA's pretraining)
     best_phase: str | None  # phase of best_epoch: erm, dros, or idea (an IDEA run never selects a pretraining epoch)
-    extra: dict[str, float] = field(default_factory=dict)  # IDEA: mean risk, risk variance
+    extra: dict[str, float] = field(default_factory=dict)  # IDEA: risks and mechanism telemetry (idea/contract.py)
 
     def flat(self) -> dict[str, float | str | None]:
         return {"epoch": self.epoch, "phase": self.phase, "train_loss": self.train_loss, "epoch_seconds": self.seconds,
@@ -150,7 +150,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, split: Split):
         self.config = config
-        self.split = split
+        self.split = mask_side_items(split) if config.mask_side_items else split
         seed_everything(config.seed)
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device, config.backbone)  # fp32 | tf32 | bf16
@@ -174,7 +174,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         # The method's own parts (IDEA's extractors draw their initial weights here, after the backbone's, as always)
         self.objective = METHOD_OBJECTS[config.method](config, split, self.device)
-        tr = split.train
+        tr = self.split.train
         if len(tr) == 0:
             raise ValueError(f"split of {split.dataset!r} has no training events; check the cuts")
         # Copies: the split's arrays may be read-only views of Ray's shared memory.
@@ -252,7 +252,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(out['loss']):.4f}")
         if bar is not None:
             bar.close()
-        means = {k: float(v) / len(batches) for k, v in sums.items()}
+        means = {k: float(v) / len(batches) for k, v in sums.items()} | self.objective.epoch_telemetry()
         if not math.isfinite(means["loss"]):
             knobs = " or ".join(f"{name} (now {getattr(self.config, name)})"
                                 for name in ("lr", *self.objective.unstable_fields(phase)))

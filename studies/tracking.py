@@ -22,7 +22,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
 from idea.config import TrainConfig
-from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key, best_state_key,
+from idea.contract import (SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key, best_state_key, is_epoch_metric,
                            metric_name, parse_metric_key, shift_key, valid_key)
 from idea.metrics import KS, METRICS
 from studies.faults import EnvironmentFault, RetryingClient, diagnose
@@ -292,7 +292,7 @@ class MlflowTrialLogger(tune.Callback):
         run_id, epoch = self._open(trial), int(result[Result.EPOCH])
         if epoch > self._last_step.get(trial.trial_id, 0):
             values = {valid_key(m): result[m] for m in METRIC_NAMES if m in result}
-            values.update({k: result[k] for k in EPOCH_METRICS if k in result})
+            values.update({k: v for k, v in result.items() if is_epoch_metric(k)})
             self._log(run_id, values, step=epoch)
             self._last_step[trial.trial_id] = epoch
         # Tune marks a result `done` when the scheduler stops the trial on it; at max epochs that is no cut.

@@ -131,7 +131,7 @@ def test_end_to_end_through_backbone(pairing):
     lengths, targets = torch.tensor([6, 3, 1, 4]), torch.tensor([7, 1, 2, 3])
     x = model.embed(hist)  # [B, L, d]
     views = ext(x, lengths, tau=0.5).unsqueeze(-1) * x  # [K, B, L, d]
-    env_x, env_len, env_t = make_environments(
+    env_x, env_len, env_t, _ = make_environments(
         views, lengths, targets, N=2, pairing=pairing, mixup=True, alpha=None, lambda_low=0.6, lambda_high=0.9
     )
     logits = (model.encode(env_x, env_len) @ model.item_emb.weight.T)[:, 1:]  # [N*B, n]
@@ -218,7 +218,7 @@ def run(pairing, views, lengths, targets, N=40, **kw):
 def test_mixup_shapes(pairing):
     torch.manual_seed(0)
     views, lengths, targets = torch.randn(K, B, L, D), torch.tensor([6, 3, 1, 4]), torch.arange(B) + 10
-    env_x, env_len, env_t = run(pairing, views, lengths, targets, N=5)
+    env_x, env_len, env_t, _ = run(pairing, views, lengths, targets, N=5)
     assert env_x.shape == (5 * B, L, D)
     assert env_len.shape == env_t.shape == (5 * B,)
     assert env_len.dtype == lengths.dtype and env_t.dtype == targets.dtype
@@ -226,7 +226,7 @@ def test_mixup_shapes(pairing):
 
 def test_no_mixup_returns_the_views():
     views, lengths, targets = torch.randn(K, B, L, D), torch.tensor([6, 3, 1, 4]), torch.arange(B) + 10
-    env_x, env_len, env_t = make_environments(
+    env_x, env_len, env_t, _ = make_environments(
         views, lengths, targets, N=7, pairing="same_user", mixup=False, alpha=None, lambda_low=0.6, lambda_high=0.9
     )
     assert env_x.shape == (K * B, L, D)
@@ -239,7 +239,7 @@ def test_same_user_pairs_two_different_extractors_of_the_row():
     torch.manual_seed(0)
     N = 60
     views, lengths, targets = coded_views(K, B, L), torch.tensor([6, 3, 1, 4]), torch.arange(B) + 10
-    env_x, env_len, env_t = run("same_user", views, lengths, targets, N=N)
+    env_x, env_len, env_t, _ = run("same_user", views, lengths, targets, N=N)
     ext_a, row_a, ext_b, row_b, lam = decode(env_x, K, B)
     rows = torch.arange(B).repeat(N)  # environment-major layout
     assert torch.equal(row_a, rows) and torch.equal(row_b, rows)
@@ -268,7 +268,7 @@ def test_any_pairing_label_length_and_mixing():
     torch.manual_seed(0)
     N = 60
     views, lengths, targets = coded_views(K, B, L), torch.tensor([6, 3, 1, 4]), torch.arange(B) + 10
-    env_x, env_len, env_t = run("any", views, lengths, targets, N=N)
+    env_x, env_len, env_t, _ = run("any", views, lengths, targets, N=N)
     ext_a, row_a, ext_b, row_b, lam = decode(env_x, K, B)
     rows = torch.arange(B).repeat(N)
     assert torch.equal(row_a, rows)  # the dominant view is the row's own
@@ -374,8 +374,10 @@ def test_unfolded_lambda_lets_either_view_of_the_pair_dominate():
 def test_lambda_is_drawn_per_environment_and_row():
     torch.manual_seed(0)
     views, lengths, targets = coded_views(K, B, L), torch.tensor([6, 3, 1, 4]), torch.arange(B)
-    *_, lam = decode(run("same_user", views, lengths, targets, N=5)[0], K, B)
+    out = run("same_user", views, lengths, targets, N=5)
+    *_, lam = decode(out[0], K, B)
     assert lam.view(5, B).unique().numel() == 5 * B
+    torch.testing.assert_close(out[3].view(-1), lam.view(-1).to(out[3].dtype))  # the weights returned are the ones used
 
 
 def test_beta_lambda_in_environments():

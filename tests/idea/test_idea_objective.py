@@ -94,7 +94,7 @@ def test_extractor_input_grad_adds_the_path_through_the_masks_to_the_item_table(
     x = tr.model.embed(history)  # [B, L, d]
     x_in = x.detach().requires_grad_()  # [B, L, d] what the extractors read
     views = tr.objective.extractors(x_in, lengths, tr.config.tau).unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
-    env_x, env_len, env_tgt = make_environments(views, lengths, target, N=N, pairing="same_user", mixup=True,
+    env_x, env_len, env_tgt, _ = make_environments(views, lengths, target, N=N, pairing="same_user", mixup=True,
                                                 alpha=None, lambda_low=0.9, lambda_high=1.0)
     risks = tr.objective.per_example_loss(tr, tr.model.encode(env_x, env_len), env_tgt).view(N, -1).mean(1)  # [N]
     mean, var = vrex(risks)

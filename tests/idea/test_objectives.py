@@ -119,7 +119,7 @@ def irm_reference(tr, seed):
     torch.manual_seed(seed)
     x = tr.model.embed(history)
     masks = tr.objective.extractors(x.detach(), lengths, c.tau)
-    env_x, env_len, env_tgt = make_environments(masks.unsqueeze(-1) * x.unsqueeze(0), lengths, target, N=c.N,
+    env_x, env_len, env_tgt, _ = make_environments(masks.unsqueeze(-1) * x.unsqueeze(0), lengths, target, N=c.N,
                                                 pairing=c.pairing, mixup=c.mixup, alpha=c.alpha,
                                                 lambda_low=c.lambda_low, lambda_high=c.lambda_high)
     user = tr.model.encode(env_x, env_len)

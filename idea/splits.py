@@ -7,7 +7,7 @@ last `max_len`, right-aligned and left-padded with 0.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -91,9 +91,27 @@ class Split:
     skipped: dict[str, int]  # targets without any earlier interaction, per part
     warm_items: np.ndarray  # [n_items + 1] bool
     data_sha256: str
+    side_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # never targets (Interactions)
 
     def parts(self) -> dict[str, Events]:
         return {"train": self.train, "valid": self.valid, **self.tests}
+
+
+def mask_side_items(split: Split) -> Split:
+    """The split with every side item in every history read as one id (the first side item's): a history
+    still shows that a promotion was there, no longer which. Targets, lengths and parts are unchanged, so the
+    events pair one to one with the unmasked split's (the positive control's clean arm)."""
+    if len(split.side_items) == 0:
+        raise ValueError(f"dataset {split.dataset!r} has no side items to mask; mask_side_items needs a dataset "
+                         "with promotions (the synthetic-promo* datasets)")
+    one = int(split.side_items.min())
+
+    def masked(ev: Events) -> Events:
+        history = np.where(np.isin(ev.history, split.side_items), one, ev.history)  # [E, L]
+        return replace(ev, history=history)
+
+    return replace(split, train=masked(split.train), valid=masked(split.valid),
+                   tests={name: masked(ev) for name, ev in split.tests.items()})
 
 
 def proportional_cuts(ts: np.ndarray, n_windows: int = 3) -> tuple[int, ...]:
@@ -140,15 +158,16 @@ def temporal_split(data: Interactions, cuts, max_len: int = 50) -> Split:
     warm_items = _item_mask(data, np.flatnonzero(ts < t_val))
     names = ["train", "valid"] + [f"w{i + 1}" for i in range(len(ends))]
     bounds = dict(zip(names, [(None, t_val), (t_val, t0)] + list(zip([t0, *ends[:-1]], ends))))
+    target = ~np.isin(data.item, data.side_items)  # [M] side items are never predicted
     parts, skipped = {}, {}
     for name, (lo, hi) in bounds.items():
-        in_part = (ts < hi) & (ts >= (lo if lo is not None else np.iinfo(np.int64).min))
+        in_part = (ts < hi) & (ts >= (lo if lo is not None else np.iinfo(np.int64).min)) & target
         skipped[name] = int((in_part & (pos == 0)).sum())
         parts[name] = _events(data, np.flatnonzero(in_part & (pos > 0)), max_len, warm_items)
     return Split(
         protocol="temporal", dataset=data.name, n_items=data.n_items, max_len=max_len,
         train=parts["train"], valid=parts["valid"], tests={n: parts[n] for n in names[2:]},
-        bounds=bounds, skipped=skipped, warm_items=warm_items, data_sha256=data.sha256,
+        bounds=bounds, skipped=skipped, warm_items=warm_items, data_sha256=data.sha256, side_items=data.side_items,
     )
 
 
@@ -156,6 +175,9 @@ def loo_split(data: Interactions, max_len: int = 50) -> Split:
     """Leave-one-out: per user, last item test, second-to-last validation, earlier next-item
     prefixes train (RecBole's protocol). Leaks across the global timeline: one user's test
     item may predate another user's training items."""
+    if len(data.side_items):
+        raise ValueError(f"dataset {data.name!r} has side items, which leave-one-out's positions would count as "
+                         "targets; split it with protocol 'temporal'")
     pos = data.position
     n = np.diff(data.user_starts)[data.user]  # [M] length of each row's user sequence
     is_test, is_valid = pos == n - 1, pos == n - 2

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ class Interactions:
     n_users: int
     n_items: int
     sha256: str  # digest of the source bytes (or generator parameters): the `data_sha256` tag
+    # Side items (e.g. promotions shown to the user): they occur in histories but are never a target. Only
+    # the positive-control data (idea/data/synthetic.py) has them.
+    side_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [S] item ids
 
     def __post_init__(self) -> None:
         m = len(self.user)
@@ -106,4 +109,6 @@ def subsample_users(data: Interactions, n_users: int, seed: int) -> Interactions
     digest = hashlib.sha256(f"{data.sha256}:users={n_users}:seed={seed}".encode()).hexdigest()
     timestamp = None if data.timestamp is None else data.timestamp[rows]
     # from_arrays re-indexes users and items densely; rows are already in (user, time, file) order.
-    return from_arrays(data.name, data.user[rows], data.item[rows], timestamp, digest)
+    sample = from_arrays(data.name, data.user[rows], data.item[rows], timestamp, digest)
+    side = np.unique(sample.item[np.isin(data.item[rows], data.side_items)])  # the side items' new ids
+    return replace(sample, side_items=side.astype(np.int64))

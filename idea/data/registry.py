@@ -8,7 +8,7 @@ from typing import Callable
 
 from idea.data import raw_amazon, readers
 from idea.data.interactions import DataNotFoundError, Interactions, subsample_users
-from idea.data.synthetic import generate
+from idea.data.synthetic import SyntheticConfig, generate, promo_cuts
 from idea.splits import Split, SplitConfig, make_split
 
 AMAZON_CUTS = ("2013-07-24", "2013-10-24", "2014-01-24", "2014-04-24", "2014-07-24")
@@ -30,7 +30,8 @@ class DatasetSpec:
     description: str
     sources: tuple[Source, ...]  # tried in order in each data dir
     obtain: str  # how a user gets the files
-    cuts: tuple[str, ...] | None = None  # default temporal cuts (None: proportional)
+    cuts: tuple[str | int, ...] | None = None  # default temporal cuts (None: proportional)
+    generator: SyntheticConfig | None = None  # generated in memory from this config instead of read from files
 
 
 def _read_reviews(name: str, path: Path) -> Interactions:
@@ -65,6 +66,25 @@ def _toys() -> DatasetSpec:
     )
 
 
+# The positive control (idea/data/synthetic.py): promotions before 30% of the events, linked to the next
+# item's topic with these probabilities (percent in the name), the link turned to another topic at the first
+# test day; otherwise the default synthetic data (2,000 users).
+PROMO_STRENGTHS = (0.0, 0.5, 1.0)
+
+
+def _promo(strength: float) -> DatasetSpec:
+    config = SyntheticConfig(promo_rate=0.3, promo_link=strength)
+    return DatasetSpec(
+        name=f"synthetic-promo{round(100 * strength)}",
+        description=f"synthetic with promotions linked to the next topic with probability {strength:g} before "
+        "the first test day and to another topic from it (the positive control; no files)",
+        sources=(),
+        obtain="nothing to obtain: generated in memory",
+        cuts=promo_cuts(config),
+        generator=config,
+    )
+
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
@@ -91,7 +111,9 @@ DATASETS: dict[str, DatasetSpec] = {
             description="generated in memory from a seed with a controlled temporal shift (no files)",
             sources=(),
             obtain="nothing to obtain: generated in memory",
+            generator=SyntheticConfig(),
         ),
+        *(_promo(strength) for strength in PROMO_STRENGTHS),
     )
 }
 
@@ -110,13 +132,11 @@ def get_spec(name: str) -> DatasetSpec:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}") from None
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Interactions:
-    """Load a dataset by name from the first data dir holding one of its sources."""
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Interactions:
+    """Load a dataset by name from the first data dir holding one of its sources (or generate it)."""
     spec = get_spec(name)
-    if name == "synthetic":
-        from idea.data.synthetic import SyntheticConfig
-
-        return generate(SyntheticConfig(seed=seed))
+    if spec.generator is not None:
+        return generate(spec.generator, name)
     tried, root = [], data_dir_of(data_dir)
     for source in spec.sources:
         paths = [root / f for f in source.files]

@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -276,17 +276,19 @@ def load_arms(tracking_uri: str, study: str) -> Arms:
 def load_history(
     tracking_uri: str,
     study: str,
-    keys: Sequence[str] = (valid_key(metric_name("ndcg", 10)), "train_loss"),
+    keys: Sequence[str] | Callable[[str], bool] = (valid_key(metric_name("ndcg", 10)), "train_loss"),
     stages: Sequence[str] = (Stage.FINAL,),
 ) -> pd.DataFrame:
-    """Per-epoch history (step = epoch) of the given metric keys for the study's runs of ``stages``,
-    for learning curves. Columns: study, arm, stage, trial, seed, run_id, run_name, key, step, value."""
+    """Per-epoch history (step = epoch) of the given metric keys (or of every key a predicate accepts, such
+    as `idea.contract.is_mechanism_metric`) for the study's runs of ``stages``, for learning curves.
+    Columns: study, arm, stage, trial, seed, run_id, run_name, key, step, value."""
     client = _client(tracking_uri)
     runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, stages, None)
+    wanted = keys if callable(keys) else set(keys).__contains__
     rows = []
     for r in runs:
         meta = _meta(r, study)
-        for key in (k for k in keys if k in r.data.metrics):
+        for key in sorted(k for k in r.data.metrics if wanted(k)):
             history = client.get_metric_history(r.info.run_id, key)
             rows += [{**meta, "key": key, "step": m.step, "value": m.value} for m in history]
     out = pd.DataFrame(rows, columns=META_COLUMNS + ["key", "step", "value"])

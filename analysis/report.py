@@ -21,8 +21,9 @@ import pandas as pd
 import yaml
 
 from analysis import plots
+from analysis import mechanism as M
 from analysis import summaries as S
-from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_shift, load_spaces, load_study,
+from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_history, load_shift, load_spaces, load_study,
                            parent_tags)
 from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
 from idea.argparsing import StrictArgumentParser
@@ -51,6 +52,16 @@ TABLES = {
                "none. p_holm is p_paired after Holm's correction for reading every row of this table at once (the "
                "family: each tested pair on each part, validation included, for this one metric). IDEA against "
                "the same fine-tuning without the penalty isolates IDEA's effect from a restart of training."),
+    "mechanism": ("Did IDEA's mechanism act?",
+                  "Per IDEA arm, means over its final seeds of the per-epoch telemetry (MLflow: penalty_share, "
+                  "extractor_steps, keep_rate_<k>, mask_disagreement, lambda_dominant, risk_var): penalty_share is "
+                  "||beta grad penalty|| / ||grad mean risk|| over the recommender's parameters, the median over the "
+                  "run's IDEA epochs (each epoch's the median over every 10th step); extractor_steps the extractor "
+                  "updates up to the best epoch; keep the mean share of real positions the masks keep, in the first "
+                  "IDEA epoch and at the best one (spread: max - min over the extractors); disagreement the mean "
+                  "|m_i - m_j| between extractors' masks. The verdict: the penalty is negligible under "
+                  f"{M.PENALTY_NEGLIGIBLE:.0%} and acting from {M.PENALTY_ACTING:.0%}; the masks moved when the keep "
+                  f"rate or the disagreement changed by {M.MASKS_MOVED} or more; active = both."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
@@ -87,15 +98,17 @@ SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few 
 
 
 def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, dict], metric: str = "ndcg",
-                 k: int = 10, arms: Arms | None = None) -> dict[str, pd.DataFrame]:
+                 k: int = 10, arms: Arms | None = None, history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every summary table of the report (keys of TABLES), from `load_study`, `load_shift`, `load_spaces`
-    and `load_arms` output (without `arms`, `summaries.paired`'s pairs)."""
+    and `load_arms` output (without `arms`, `summaries.paired`'s pairs), and the IDEA runs' telemetry from
+    `load_history(..., keys=mechanism.is_wanted)` (without it, an empty mechanism table)."""
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),
         "degradation": S.degradation(results, metric, k, "all"),
         "worst_window": S.worst_window(results, metric, k, "all"),
         "paired": S.paired(results, metric, k, "all", arms.pairs() if arms is not None else None),
+        "mechanism": M.mechanism(M.epochs(history if history is not None else pd.DataFrame())),
         "warm_gap": S.warm_gap(results, metric, k),
         "shift": shift,
     }
@@ -420,7 +433,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     results = load_study(tracking_uri, study)
     shift = load_shift(tracking_uri, study)
     arms = load_arms(tracking_uri, study)
-    tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k, arms)
+    tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k, arms,
+                          load_history(tracking_uri, study, keys=M.is_wanted))
     figures = build_figures(tables, metric, k, arms)
 
     results.to_csv(out_dir / RESULTS_FILE, index=False)
@@ -452,7 +466,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
                     "sensitivity": [f for f in figures if f.startswith("sensitivity_")]}
-    shown = {n: v for n, v in TABLES.items() if not (n.startswith("oracle_") and tables[n].empty)}  # oracle: true only
+    shown = {n: v for n, v in TABLES.items()  # oracle: true only; the mechanism of IDEA arms only
+             if not ((n.startswith("oracle_") or n == "mechanism") and tables[n].empty)}
     for i, (name, (title, what)) in enumerate(shown.items(), 1):
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):

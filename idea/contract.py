@@ -99,9 +99,18 @@ def keep_rate_key(k: int) -> str:
     return f"{KEEP_RATE}{k}"
 
 
+def _is_keep_rate(key: str) -> bool:
+    return key.startswith(KEEP_RATE) and key[len(KEEP_RATE):].isdigit()
+
+
 def is_epoch_metric(key: str) -> bool:
     """Whether a Tune result key is logged per epoch besides the validation metrics."""
-    return key in EPOCH_METRICS or (key.startswith(KEEP_RATE) and key[len(KEEP_RATE):].isdigit())
+    return key in EPOCH_METRICS or _is_keep_rate(key)
+
+
+def is_mechanism_metric(key: str) -> bool:
+    """Whether a metric key is IDEA's mechanism telemetry (with the risk variance and IRMv1 penalty)."""
+    return key in (*MECHANISM_METRICS, "risk_var", "irm_penalty") or _is_keep_rate(key)
 
 
 def metric_name(metric: str, k: int) -> str:

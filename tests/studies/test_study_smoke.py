@@ -184,6 +184,30 @@ def test_report_compares_the_arms_paired_by_seed(smoke):
     assert "there idea scores" in summary and " vs erm_ft " in summary  # the headline: the first pair
 
 
+def test_every_idea_run_logs_the_mechanism_telemetry_every_epoch(smoke):
+    """Each IDEA epoch of every search and final run carries the telemetry, one keep rate per extractor; the
+    other methods' runs carry none; the report says per IDEA arm whether the mechanism acted."""
+    _, study_dir, store = smoke
+    telemetry = ("penalty_share", "extractor_steps", "mask_disagreement", "lambda_dominant", "risk_var")
+    for stage in ("search", "final"):
+        for arm in ARMS:
+            for run in store.nested(stage, arm, status="FINISHED"):
+                if METHOD[arm] != "idea":
+                    assert not any(k.startswith("keep_rate_") or k in telemetry for k in run.data.metrics), arm
+                    continue
+                steps = store.steps(run)
+                K = int(run.data.params["K"])
+                for key in (*telemetry, *(f"keep_rate_{k}" for k in range(K))):
+                    assert store.steps(run, key) == steps, (run.info.run_name, key)
+                assert f"keep_rate_{K}" not in run.data.metrics
+                shares = [m.value for m in store.client.get_metric_history(run.info.run_id, "penalty_share")]
+                assert all(s > 0 for s in shares)
+    mechanism = pd.read_csv(study_dir / "report" / "mechanism.csv")
+    assert list(mechanism["arm"]) == ["idea"] and mechanism["n_seeds"].tolist() == [len(SMOKE_SEEDS)]
+    assert mechanism["verdict"].str.match(r"(in)?active: penalty").all()
+    assert "Did IDEA's mechanism act?" in (study_dir / "report" / "summary.md").read_text()
+
+
 def test_parent_artifacts_and_study_folder(smoke):
     _, study_dir, store = smoke
     parent = store.runs("tags.stage = 'study'")[0]

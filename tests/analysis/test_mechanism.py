@@ -1,0 +1,58 @@
+"""The mechanism table from a hand-built telemetry history: the numbers it averages and the words it picks."""
+import pandas as pd
+import pytest
+
+from analysis import mechanism as M
+
+
+def history(arm: str, seed: int, shares, keeps, disagreement, best: int) -> list[dict]:
+    """A run's rows as `load_history` returns them: per epoch the telemetry of two extractors, then best_epoch."""
+    rows = []
+    for epoch, (share, (k0, k1), d) in enumerate(zip(shares, keeps, disagreement), 1):
+        values = {"penalty_share": share, "keep_rate_0": k0, "keep_rate_1": k1, "mask_disagreement": d,
+                  "extractor_steps": 9.0 * epoch, "lambda_dominant": 0.95, "risk_var": 1e-3 * epoch}
+        rows += [{"study": "s", "arm": arm, "stage": "final", "trial": "t", "seed": seed, "run_id": f"{arm}{seed}",
+                  "run_name": arm, "key": key, "step": epoch, "value": value} for key, value in values.items()]
+    rows.append({"study": "s", "arm": arm, "stage": "final", "trial": "t", "seed": seed, "run_id": f"{arm}{seed}",
+                 "run_name": arm, "key": "best_epoch", "step": 0, "value": float(best)})
+    return rows
+
+
+def table(rows) -> pd.DataFrame:
+    return M.mechanism(M.epochs(pd.DataFrame(rows))).set_index("arm")
+
+
+def test_numbers_are_the_runs_means_at_their_best_epochs():
+    rows = (history("idea", 1, [0.2, 0.4, 0.9], [(0.9, 0.8), (0.6, 0.5), (0.5, 0.3)], [0.1, 0.2, 0.3], best=2)
+            + history("idea", 2, [0.1, 0.3, 0.5], [(0.9, 0.9), (0.8, 0.6), (0.7, 0.7)], [0.1, 0.1, 0.2], best=3))
+    got = table(rows).loc["idea"]
+    assert got["n_seeds"] == 2 and got["epochs_run"] == 3 and got["best_epoch"] == 2.5
+    assert got["penalty_share"] == pytest.approx((0.4 + 0.3) / 2)  # each run's median over its epochs
+    assert got["extractor_steps"] == pytest.approx((18 + 27) / 2)  # at the best epoch
+    assert got["keep_first"] == pytest.approx((0.85 + 0.9) / 2)
+    assert got["keep_best"] == pytest.approx((0.55 + 0.7) / 2)
+    assert got["keep_spread_best"] == pytest.approx((0.1 + 0.0) / 2)
+    assert got["disagreement_best"] == pytest.approx((0.2 + 0.2) / 2)
+    assert got["risk_var"] == pytest.approx((2e-3 + 3e-3) / 2)
+    assert got["verdict"].startswith("active: penalty acting (35% ")
+
+
+@pytest.mark.parametrize("share, words", [(0.002, "penalty negligible (0.20%"), (0.05, "penalty small (5.0%"),
+                                          (0.5, "penalty acting (50%")])
+def test_the_penalty_is_worded_by_its_share(share, words):
+    got = table(history("idea", 1, [share] * 2, [(0.5, 0.5), (0.3, 0.3)], [0.2, 0.2], best=2)).loc["idea", "verdict"]
+    assert words in got
+    assert got.startswith("active" if share >= M.PENALTY_ACTING else "inactive")
+
+
+def test_masks_that_did_not_move_make_the_mechanism_inactive_whatever_the_penalty():
+    still = table(history("idea", 1, [0.5, 0.5], [(0.88, 0.88), (0.87, 0.88)], [0.2, 0.21], best=2)).loc["idea"]
+    assert still["verdict"].startswith("inactive") and "masks stayed where they began (18 extractor updates" in still["verdict"]
+    disagreeing = table(history("idea", 1, [0.5, 0.5], [(0.88, 0.88), (0.88, 0.88)], [0.2, 0.3], best=2)).loc["idea"]
+    assert disagreeing["verdict"].startswith("active") and "masks moved" in disagreeing["verdict"]
+
+
+def test_runs_without_telemetry_give_an_empty_table():
+    plain = pd.DataFrame([{"study": "s", "arm": "erm_ft", "stage": "final", "trial": "t", "seed": 1, "run_id": "r",
+                           "run_name": "erm_ft", "key": "best_epoch", "step": 0, "value": 3.0}])
+    assert table(plain).empty and M.mechanism(M.epochs(pd.DataFrame())).empty

@@ -166,47 +166,72 @@ def _p_words(row, prefix: str, tests: int | None = None) -> str:
     return out + (" (not significant as one of them)" if row["p_holm"] >= 0.05 and verdict(row) in CLAIMS else "")
 
 
-def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10) -> str | None:
-    """One sentence answering the study's question on its last test part (the last window, or leave-one-out's
-    test): how far each arm falls from validation (windows only), the first pair of the paired table, and that
-    arm against the base arm too when its first control is another arm; each comparison worded by `verdict`,
-    with both p values. None without a test part."""
+def _relative(row) -> str:
+    """The row's difference and 95% CI as percentages of the control's mean: one kind of number per sentence."""
+    out = f"{100 * row['rel_gain']:+.1f}%"
+    if pd.notna(row["ci_low"]):
+        out += f", 95% CI [{100 * row['ci_low'] / row['control_mean']:+.1f}%, " \
+               f"{100 * row['ci_high'] / row['control_mean']:+.1f}%]"
+    return out
+
+
+def _first_line(r, label: str, family: int) -> str:
+    """The verdict a person can act on: the first pair in plain words, its relative difference and interval, and
+    whether a claimed difference survives Holm's correction."""
+    word = verdict(r)
+    if word in CLAIMS:
+        holm = f", but not once Holm-corrected over the report's {family} tests" if r["p_holm"] >= 0.05 else ""
+        return f"{r['arm']} {CLAIMS[word]} {r['control']} on {r['part']} ({label} {_relative(r)}){holm}."
+    if word == "no measurable difference":
+        return f"{r['arm']} shows no measurable difference from {r['control']} on {r['part']} ({label} {_relative(r)})."
+    return f"{r['arm']} against {r['control']} on {r['part']}: {word}; {label} {_relative(r)}."
+
+
+def _arm_order(arms_in: list[str], arms: Arms | None) -> list[str]:
+    """`arms_in` with the base arm first, then the study's display order (as given without `arms`)."""
+    if arms is None:
+        return arms_in
+    ranked = ([arms.base] if arms.base else []) + [a for a in arms.order if a != arms.base]
+    return [a for a in ranked if a in arms_in] + [a for a in arms_in if a not in ranked]
+
+
+def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
+             arms: Arms | None = None) -> list[str]:
+    """The study's answer on its last test part (the last window, or leave-one-out's test) as sentences: first
+    a short verdict on the paired table's first pair (`verdict`'s words, from its 95% CI), then the detail:
+    how far each arm falls from validation (windows only; the base arm first), that pair in absolute numbers
+    with both p values, and the same arm against the base arm when its first control is another arm. Each
+    sentence holds one kind of interval, absolute or relative. Empty without a test part."""
     deg, table = tables["degradation"], tables["paired"]
     label = plots.metric_label(metric, k)
+    detail = []
     if not deg.empty:
-        last = deg.loc[deg["window"] == deg["window"].max()]
+        last = deg.loc[deg["window"] == deg["window"].max()].set_index("arm")
         part = last["part"].iloc[0]
-        drops = ", ".join(f"{r.arm} {100 * r.rel_drop:.1f}%" for r in last.itertuples())
-        out, there = f"On the last window ({part}) {label} falls from validation by {drops}", "; there "
+        drops = ", ".join(f"{a} {100 * last.loc[a, 'rel_drop']:.1f}%" for a in _arm_order(list(last.index), arms))
+        detail.append(f"On the last window ({part}) {label} falls from validation by {drops}.")
     else:
         tests = [p for p in table["part"] if p != VALID]
         if not tests:
-            return None
+            return []
         part = tests[-1]
-        out, there = f"On the test part ({part}), {label}", ": "
     pair = table.loc[(table["part"] == part) & table["rel_gain"].notna()]
     if pair.empty:
-        return out + "."
+        return detail or [f"On the test part ({part}) no arm has a paired comparison."]
     r = pair.iloc[0]  # the first pair: an arm against its own control, else against the base arm
     family = int(table.loc[table["study"] == r["study"], "p_paired"].notna().sum())
     n = decimals([r["arm_mean"], r["control_mean"]])  # the difference and its interval to the same decimals
-    word = verdict(r)
-    claim = (f"{r['arm']} {CLAIMS[word]} {r['control']}" if word in CLAIMS
-             else f"{r['arm']} against {r['control']}: {word}")
-    p = f"; {_p_words(r, 'paired p', family)}" if pd.notna(r["p_paired"]) else ""
     ci = f", 95% CI [{r['ci_low']:+.{n}f}, {r['ci_high']:+.{n}f}]" if pd.notna(r["ci_low"]) else ""
-    mde = (f"; these seeds detect (power 0.8) only effects beyond ±{r['mde']:.{n}f} "
-           f"(±{100 * r['mde_rel']:.1f}%)") if pd.notna(r["mde"]) else ""
-    out += (f"{there}{claim}, {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f} ({100 * r['rel_gain']:+.1f}%; "
-            f"difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} seeds paired by seed{p}{mde})")
+    p = f"; {_p_words(r, 'paired p', family)}" if pd.notna(r["p_paired"]) else ""
+    mde = f"; these seeds detect (power 0.8) only differences beyond ±{r['mde']:.{n}f}" if pd.notna(r["mde"]) else ""
+    detail.append(f"{r['arm']} against {r['control']} on {part}: {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f}, "
+                  f"difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} seeds paired by seed{p}{mde}.")
     base = pair.loc[(pair["arm"] == r["arm"]) & (pair.index != pair.index[0])]
     if not base.empty:  # the same arm against the base arm (the pairs' second group)
         b = base.iloc[0]
         p = f", {_p_words(b, 'p')}" if pd.notna(b["p_paired"]) else ""
-        ci = (f", 95% CI [{100 * b['ci_low'] / b['control_mean']:+.1f}%, {100 * b['ci_high'] / b['control_mean']:+.1f}%]"
-              if pd.notna(b["ci_low"]) else "")
-        out += f"; against {b['control']} ({b['control_mean']:.{n}f}): {verdict(b)}, {100 * b['rel_gain']:+.1f}%{ci}{p}"
-    return out + "."
+        detail.append(f"Against {b['control']}, {b['arm']}: {verdict(b)}, {_relative(b)}{p}.")
+    return [_first_line(r, label, family), *detail]
 
 
 def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame,
@@ -458,8 +483,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
                *[f"- {m}" for m in missing], ""]
     if tags.get(Tag.SMOKE) == TRUE:
         md += [f"> **{SMOKE_NOTE}**", ""]
-    if (line := headline(tables, metric, k)):
-        md += [f"**{line}**", ""]
+    if (lines := headline(tables, metric, k, arms)):
+        md += [f"**{lines[0]}**", "", *([" ".join(lines[1:]), ""] if lines[1:] else [])]
     md += ["Runs:", "", _markdown(_runs_table(results)), ""]
     if (ns := notes(results, tables, shift, arms)):
         md += ["## Notes", "", *[f"- {n}" for n in ns], ""]

@@ -53,9 +53,10 @@ def test_documented_papermill_commands_write_under_the_ignored_outputs_folder():
 def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     """`papermill analysis/shift_robustness.ipynb OUT -p tracking_uri URI -p study NAME` (the README's and
     the notebook's command) runs from the project root: every figure the report would draw appears
-    inline as a valid PNG, and no cell errors."""
+    inline as a valid PNG, no cell errors, and it opens with summary.md's verdict and links the runs in
+    summary.md's order."""
     from analysis.load import load_shift, load_spaces, load_study
-    from analysis.report import build_figures, build_tables
+    from analysis.report import build_figures, build_tables, write_report
 
     out = tmp_path / "executed.ipynb"  # kept for inspection when the test fails
     proc = subprocess.run(["papermill", "analysis/shift_robustness.ipynb", str(out), "-p", "tracking_uri", store,
@@ -76,3 +77,8 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "+21.4%" in text  # the headline (IDEA vs ERM on w3) is shown
     assert "#/compare-runs?runs=[" in text and "#/experiments/1/runs" in text and "shift_ndcg_at_10" in text
+    # the arms in summary.md's order (the base arm first): the same verdict and the same runs in the links
+    summary = write_report(store, F.STUDY, tmp_path / "report").read_text()
+    verdict = summary.split("\n**", 1)[1].split("**\n", 1)[0]
+    assert f"**{verdict}**" in text
+    assert re.findall(r"compare-runs\?runs=(\[[^\]]*\])", text) == re.findall(r"compare-runs\?runs=(\[[^\]]*\])", summary)

@@ -105,7 +105,7 @@ def test_numbers_share_one_precision_per_column(report):
     assert [r[3] for r in rows if r[2] == "w3"] == ["0.0700", "0.0850"]  # erm, idea: 0.1 is the column's largest
     paired = table_rows(section(md, "Paired by seed"))
     assert {r[6] for r in paired if r[3] == "w3"} == {"+21.4%"} and all(len(r[12]) == len(r[13]) == 5 for r in paired)
-    assert "idea gains over erm, 0.08500 vs 0.07000 (+21.4%; difference +0.01500" in md
+    assert "idea against erm on w3: 0.08500 vs 0.07000, difference +0.01500" in md
     # its interval excludes 0, but not once corrected for the 4 tests of the paired table (1 x 0.042 ... 4 x 0.042)
     assert ("paired p = 0.042, Holm-corrected p = 0.170 over the paired table's 4 tests (not significant as one of "
             "them)") in md
@@ -210,9 +210,39 @@ def test_ui_links_put_the_base_arm_first_and_one_seed_per_arm():
     assert one == ["r-erm-2", "r-idea-2", "r-ft-2"]  # seed 2 is the one every arm has
 
 
+VERDICTS = ("gains over", "loses to", "shows no measurable difference from", "no interval")
+
+
+def assert_headline_form(lines: list[str]) -> None:
+    """The first line is one short sentence with one verdict; no sentence mixes an absolute interval with a
+    relative one or with any percentage."""
+    first = lines[0]
+    assert len(first.split()) <= 30 and re.fullmatch(r"[^.]*(\.\d[^.]*)*\.", first), first  # one sentence
+    assert sum(v in first for v in VERDICTS) == 1, first
+    for sentence in re.split(r"(?<=\.) (?=[A-Za-z])", " ".join(lines)):
+        intervals = re.findall(r"\[([^\]]+)\]", sentence)
+        relative = {all(end.strip().endswith("%") for end in iv.split(",")) for iv in intervals}
+        assert len(relative) <= 1, sentence  # one kind of interval
+        # never an absolute CI beside a relative %
+        assert relative != {False} or "%" not in sentence.replace("95% CI", ""), sentence
+
+
+def test_the_report_opens_with_a_short_verdict_then_the_detail(report):
+    """summary.md's first bold line is the verdict on the first pair; the detail follows it, the base arm (erm)
+    first where a sentence lists the arms."""
+    out, _ = report
+    md = (out / "summary.md").read_text()
+    first, detail = md.split("\n**", 1)[1].split("\n\n", 2)[:2]
+    assert first == ("idea gains over erm on w3 (NDCG@10 +21.4%, 95% CI [+3.3%, +39.6%]), but not once Holm-corrected "
+                     "over the report's 4 tests.**")
+    assert detail.startswith("On the last window (w3) NDCG@10 falls from validation by erm 30.0%, idea 15.0%. idea "
+                             "against erm on w3: 0.08500 vs 0.07000, difference +0.01500, 95% CI [+0.00229, +0.02771]")
+    assert_headline_form([first.removesuffix("**"), *re.split(r"(?<=\.) (?=[A-Za-z])", detail)])
+
+
 def test_headline_of_a_leave_one_out_study_names_the_test_part_and_the_base_arm():
-    """No windows (leave-one-out): the headline is the first pair on `test`, and IDEA against the base arm
-    follows when its first control (erm_ft) is another arm."""
+    """No windows (leave-one-out): the verdict is the first pair on `test`, and IDEA against the base arm
+    follows when its first control (erm_ft) is another arm, in a sentence of its own."""
     from analysis import summaries as S
     from analysis.report import headline
     from idea.contract import Arms
@@ -221,36 +251,57 @@ def test_headline_of_a_leave_one_out_study_names_the_test_part_and_the_base_arm(
             for a, base in (("idea", 0.030), ("erm_ft", 0.031), ("erm", 0.032)) for s in (1, 2, 3)
             for p, v in (("valid", 0.04), ("test", base + 0.001 * s * (a == "idea")))]
     results = pd.DataFrame(rows)
-    pairs = Arms(("idea", "erm_ft", "erm"), "erm", {"idea": "erm_ft", "erm_ft": "erm"}).pairs()
-    tables = {"degradation": S.degradation(results), "paired": S.paired(results, pairs=pairs)}
-    line = headline(tables)
-    assert line.startswith("On the test part (test), NDCG@10: idea against erm_ft: no measurable difference, "
-                           "0.03200 vs 0.03100 (+3.2%")
-    assert line.endswith("; against erm (0.03200): no measurable difference, +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000, "
-                         "Holm-corrected p = 1.000.")
+    arms = Arms(("idea", "erm_ft", "erm"), "erm", {"idea": "erm_ft", "erm_ft": "erm"})
+    tables = {"degradation": S.degradation(results), "paired": S.paired(results, pairs=arms.pairs())}
+    lines = headline(tables, arms=arms)
+    assert lines[0] == ("idea shows no measurable difference from erm_ft on test (NDCG@10 +3.2%, 95% CI [-4.8%, "
+                        "+11.2%]).")
+    assert lines[1].startswith("idea against erm_ft on test: 0.03200 vs 0.03100, difference +0.00100, 95% CI "
+                               "[-0.00148, +0.00348] over 3 seeds paired by seed; paired p = 0.225, ")
+    assert lines[2] == ("Against erm, idea: no measurable difference, +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000, "
+                        "Holm-corrected p = 1.000.")
+    assert_headline_form(lines)
 
 
-def _headline_of(diffs: list[float], control: float = 0.05) -> str:
-    """The headline of a study whose only pair, idea against erm on w1, differs by `diffs` seed by seed."""
+def _headline_of(diffs: list[float], control: float = 0.05, arms=None) -> list[str]:
+    """The headline of a study whose only pair, idea against erm, differs by `diffs` seed by seed (on valid and
+    w1; dros, an arm without a pair, scores as erm), with `arms`' roles."""
     from analysis import summaries as S
     from analysis.report import headline
 
     rows = [dict(study="s", arm=a, stage="final", trial=0, seed=s, part=p, subset="all", metric="ndcg", k=10,
-                 value=control + d * (a == "idea"))
-            for a in ("idea", "erm") for s, d in enumerate(diffs, 1) for p in ("valid", "w1")]
+                 value=control * (1 if p == "valid" else 0.9) + d * (a == "idea"))
+            for a in ("idea", "erm", "dros") for s, d in enumerate(diffs, 1) for p in ("valid", "w1")]
     results = pd.DataFrame(rows)
-    return headline({"degradation": S.degradation(results), "paired": S.paired(results, pairs=[("idea", "erm")])})
+    return headline({"degradation": S.degradation(results), "paired": S.paired(results, pairs=[("idea", "erm")])},
+                    arms=arms)
 
 
 def test_a_difference_whose_interval_spans_zero_is_never_worded_as_a_gain():
     """A positive mean (+0.002) with a 95% CI across 0 is "no measurable difference", whatever its sign; only an
-    interval that excludes 0 is a gain or a loss, and a p cited comes with its Holm-corrected value."""
-    line = _headline_of([0.004, -0.002, 0.004])
-    assert "idea against erm: no measurable difference, 0.05200 vs 0.05000 (+4.0%" in line
-    assert "95% CI [-0.00661, +0.01061]" in line
-    assert not re.search(r"\b(gain|lose)", line)
-    assert "paired p = 0.423, Holm-corrected p = 0.845 over the paired table's 2 tests;" in line  # valid and w1
+    interval that excludes 0 is a gain or a loss, and a p cited comes with its Holm-corrected value. Each first
+    line is short, holds one verdict, and each sentence one kind of interval."""
+    spans = _headline_of([0.004, -0.002, 0.004])
+    assert spans[0] == "idea shows no measurable difference from erm on w1 (NDCG@10 +4.4%, 95% CI [-14.7%, +23.6%])."
+    assert spans[2].startswith("idea against erm on w1: 0.04700 vs 0.04500, difference +0.00200, 95% CI [-0.00661, "
+                               "+0.01061] over 3 seeds paired by seed; paired p = 0.423, Holm-corrected p = 0.845 over "
+                               "the paired table's 2 tests;")  # valid and w1
+    assert not re.search(r"\b(gain|lose)", " ".join(spans))
     gains = _headline_of([0.004, 0.003, 0.005])
-    assert "idea gains over erm, 0.05400 vs 0.05000" in gains and "no measurable" not in gains
-    assert "paired p = 0.020, Holm-corrected p = 0.040 over" in gains and "not significant" not in gains
-    assert "idea loses to erm, 0.04900 vs 0.05000" in _headline_of([-0.001, -0.0012, -0.0008])
+    assert gains[0] == "idea gains over erm on w1 (NDCG@10 +8.9%, 95% CI [+3.4%, +14.4%])."  # Holm-corrected 0.040
+    assert "paired p = 0.020, Holm-corrected p = 0.040 over" in gains[2] and "not significant" not in gains[2]
+    loses = _headline_of([-0.001, -0.0012, -0.0008])
+    assert loses[0] == "idea loses to erm on w1 (NDCG@10 -2.2%, 95% CI [-3.3%, -1.1%])."
+    single = _headline_of([0.004])
+    assert single[0] == "idea against erm on w1: no interval (fewer than 2 paired seeds); NDCG@10 +8.9%."
+    for lines in (spans, gains, loses, single):
+        assert_headline_form(lines)
+
+
+def test_the_headline_lists_the_base_arm_first_then_the_study_order():
+    """The degradation sentence names the base arm first (erm), then the arms in the study's order, not the
+    table's alphabetical one (dros, erm, idea)."""
+    from idea.contract import Arms
+
+    lines = _headline_of([0.004, 0.003, 0.005], arms=Arms(("idea", "dros", "erm"), "erm", {}))
+    assert lines[1] == "On the last window (w1) NDCG@10 falls from validation by erm 10.0%, idea 9.3%, dros 10.0%."

@@ -125,8 +125,8 @@ def test_analysis_reports_the_oracle_only_after_the_first_window(oracle):
     assert set(table.loc[table["selection"] == "validation", "part"]) == {"valid", "w1", "w2", "w3"}
     md = (study_dir / "report" / "summary.md").read_text()
     assert "Selection on the first test window (oracle): metric per window" in md
-    headline = next(line for line in md.splitlines() if line.startswith("**On the last window"))
-    assert "oracle" not in headline.lower()
+    opening = md.split("\n**", 1)[1].split("\n\n", 2)[:2]  # the verdict and its detail
+    assert opening[0].startswith("idea ") and "oracle" not in " ".join(opening).lower()
 
 
 def _history(store: Store, run, key: str) -> list[tuple[int, float, int]]:

@@ -181,7 +181,9 @@ def test_report_compares_the_arms_paired_by_seed(smoke):
     assert set(per_window["arm"]) == set(ARMS)
     assert all(f"| {arm} " in summary for arm in ARMS)
     assert (paired["n_pairs"] == len(SMOKE_SEEDS)).all() and paired["ci_low"].le(paired["ci_high"]).all()
-    assert "there idea scores" in summary and " vs erm_ft " in summary  # the headline: the first pair
+    # the verdict on the first pair opens the report, its detail the base arm first
+    assert re.search(r"^\*\*idea (gains over|loses to|shows no measurable difference from) erm_ft on w3 ", summary, re.M)
+    assert "NDCG@10 falls from validation by erm " in summary
 
 
 def test_every_idea_run_logs_the_mechanism_telemetry_every_epoch(smoke):

@@ -14,6 +14,7 @@ PAIRINGS = ("same_user", "any")
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # of training steps: idea/precision.py
 BUCKETS = ("rows", "widths")  # how a backbone spares short rows the width of long ones: idea/models/base.py
 PAIR_DRAWS = ("distinct", "with_replacement")
+ALIGNS = ("right", "left")  # the extractors' position reading: idea/environments.py
 ITEM_INITS = ("backbone", "normal")
 SOFTMAX_ROWS = ("items", "all")
 SELECT_METRIC = "ndcg_at_10"  # early stopping, best state and study selection, on validation
@@ -23,7 +24,7 @@ METHOD_FIELDS = {
     "erm": (),
     "idea": ("K", "N", "tau", "beta", "T", "penalty", "lambda_low", "lambda_high", "alpha", "pairing", "mixup",
              "explore", "pretrain_epochs", "extractor_lr", "extractor_hidden", "extractor_input_grad", "pair_draw",
-             "lambda_fold", "unbiased_var", "extractor_keep_logit"),
+             "lambda_fold", "unbiased_var", "extractor_keep_logit", "extractor_align"),
     "dros": ("dros_alpha", "dros_beta"),
 }
 
@@ -58,6 +59,7 @@ class TrainConfig:
     lambda_fold: bool = True  # False (needs alpha, same_user): Beta's λ as drawn, either view dominates (official)
     unbiased_var: bool = False  # True: the penalty is torch.var's unbiased variance, N/(N-1) x ours (official)
     extractor_keep_logit: float | None = 2.0  # extractors' initial output bias, [-20, 20]; None: nn.Linear's (official)
+    extractor_align: str = "right"  # extractor input j is the item L - j from the row's end | left: from its start (official)
     # DROS (Yang et al., SIGIR'23): base loss + dros_alpha * mean(L_DRO); the reference code's defaults
     dros_alpha: float = 0.0  # [0, 100]; 0 = plain ERM
     dros_beta: float = 1.0  # temperature beta' of L_DRO, (0, 1000]
@@ -99,6 +101,7 @@ class TrainConfig:
         need(self.precision in PRECISIONS, "precision", str(PRECISIONS))
         need(self.buckets in ("auto", *BUCKETS), "buckets", str(("auto", *BUCKETS)))
         need(self.pair_draw in PAIR_DRAWS, "pair_draw", str(PAIR_DRAWS))
+        need(self.extractor_align in ALIGNS, "extractor_align", str(ALIGNS))
         need(self.item_init in ITEM_INITS, "item_init", str(ITEM_INITS))
         need(self.softmax_over in SOFTMAX_ROWS, "softmax_over", str(SOFTMAX_ROWS))
         need(self.softmax_over == "items" or self.loss == "ce", "softmax_over",

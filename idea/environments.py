@@ -19,21 +19,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from idea.config import ALIGNS
 from idea.models.base import real_positions
 
 _U_EPS = 1e-6  # keeps log u and log(1 - u) finite
 
 
 class SubsequenceExtractors(nn.Module):
-    """K MLPs `L -> hidden -> L` (stacked weights, one batched op) giving relaxed Bernoulli keep-masks."""
+    """K MLPs `L -> hidden -> L` (stacked weights, one batched op) giving relaxed Bernoulli keep-masks.
 
-    def __init__(self, K: int, max_len: int, hidden: int = 64, init_keep_logit: float | None = 2.0):
+    `align` says which position of a row an MLP input reads: "right" (ours), input j is the item L - j
+    from the row's end, as our right-aligned histories hold them; "left" (the official code's, whose
+    RecBole sequences are left-aligned), input i is the row's i-th item from its start."""
+
+    def __init__(self, K: int, max_len: int, hidden: int = 64, init_keep_logit: float | None = 2.0,
+                 align: str = "right"):
         super().__init__()
         if K < 1:
             raise ValueError(f"K must be >= 1, got {K}")
         if max_len < 1 or hidden < 1:
             raise ValueError(f"max_len and hidden must be >= 1, got {max_len}, {hidden}")
-        self.K, self.max_len, self.hidden = K, max_len, hidden
+        if align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+        self.K, self.max_len, self.hidden, self.align = K, max_len, hidden, align
         L, H = max_len, hidden
         # nn.Linear's default init, per extractor: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         b1_bound, b2_bound = 1.0 / math.sqrt(L), 1.0 / math.sqrt(H)
@@ -48,21 +56,29 @@ class SubsequenceExtractors(nn.Module):
             else torch.empty(K, L).uniform_(-b2_bound, b2_bound)
         self.b2 = nn.Parameter(b2)  # [K, L]
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Keep-logits ω `[K, B, L_batch]` from the position summaries `s = x.mean(-1)`.
 
         A batch shorter than max_len (e.g. trimmed to its longest sequence) is
         left-padded with zeros to max_len, which is exactly what an untrimmed,
         zero-padded batch gives, and the last L_batch output columns are kept.
+        With align "left", each row's summaries are moved to the front before the MLPs and their
+        outputs moved back (`lengths` [B] needed), so padding positions read and give 0.
         """
         B, Lb, _ = x.shape
-        if Lb > self.max_len:
-            raise ValueError(f"sequence length {Lb} exceeds max_len={self.max_len}")
-        s = x.mean(-1)  # [B, Lb]
-        s = F.pad(s, (self.max_len - Lb, 0))  # [B, L]
+        L = self.max_len
+        if Lb > L:
+            raise ValueError(f"sequence length {Lb} exceeds max_len={L}")
+        s = F.pad(x.mean(-1), (L - Lb, 0))  # [B, L] right-aligned
+        if self.align == "left":
+            shift = (L - lengths).unsqueeze(1)  # [B, 1] padding before each row
+            cols = torch.arange(L, device=x.device).unsqueeze(0)  # [1, L]
+            s = torch.where(cols < lengths.unsqueeze(1), s.gather(1, (cols + shift).clamp(max=L - 1)), 0.0)  # [B, L]
         h = torch.relu(torch.einsum("bl,klh->kbh", s, self.w1) + self.b1.unsqueeze(1))  # [K, B, H]
         omega = torch.einsum("kbh,khl->kbl", h, self.w2) + self.b2.unsqueeze(1)  # [K, B, L]
-        return omega[..., self.max_len - Lb:]  # [K, B, Lb]
+        if self.align == "left":  # output i belongs to the row's i-th item: back to position L - length + i
+            omega = omega.gather(2, (cols - shift).clamp(min=0).expand(self.K, B, L))  # padding columns: any value
+        return omega[..., L - Lb:]  # [K, B, Lb]
 
     def forward(self, x: Tensor, lengths: Tensor, tau: float) -> Tensor:
         """Masks `[K, B, L]` in (0, 1) at real positions and exactly 0 at padding.
@@ -72,7 +88,7 @@ class SubsequenceExtractors(nn.Module):
         """
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        omega = self.logits(x)  # [K, B, L]
+        omega = self.logits(x, lengths)  # [K, B, L]
         # Drawn in float32 whatever the compute dtype, so a float64 check sees the same draws.
         u = torch.rand(omega.shape, device=omega.device).clamp(_U_EPS, 1.0 - _U_EPS).to(omega.dtype)  # [K, B, L]
         p = torch.sigmoid((omega + torch.log(u) - torch.log1p(-u)) / tau)  # [K, B, L]

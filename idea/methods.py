@@ -139,7 +139,7 @@ class IDEA(ERM):
     def __init__(self, config: TrainConfig, split: Split, device: torch.device):
         super().__init__(config, split, device)
         self.extractors = SubsequenceExtractors(config.K, split.max_len, config.extractor_hidden,
-                                                config.extractor_keep_logit).to(device)
+                                                config.extractor_keep_logit, config.extractor_align).to(device)
         self.ext_opt = torch.optim.Adam(self.extractors.parameters(), lr=config.extractor_lr)
         self.steps = 0  # IDEA steps taken (pretraining steps are not counted)
         self._epoch_steps = 0  # IDEA steps of the epoch in progress

@@ -7,6 +7,7 @@ import torch
 
 from idea.environments import SubsequenceExtractors, environment_pairs, make_environments, sample_lambda, vrex
 from idea.models import build_backbone
+from idea.models.base import real_positions
 
 K, B, L, D = 3, 4, 6, 5
 
@@ -100,6 +101,31 @@ def test_trimmed_batch_matches_full_batch_logits():
     masks = ext(x[:, -3:], lengths, tau=1.0)
     assert masks.shape == (K, B, 3)
     assert (masks[:, 2, :2] == 0).all() and (masks[:, 2, 2] > 0).all()  # length-1 row
+
+
+def test_left_alignment_reads_each_row_from_its_first_item():
+    """align "left" (the official code's): row b's logits are the MLPs applied to its summaries moved to the front
+    (zeros after), the outputs moved back under the row's items; the same on a trimmed batch; "right" differs."""
+    torch.manual_seed(0)
+    right = SubsequenceExtractors(K, L, hidden=7)
+    left = SubsequenceExtractors(K, L, hidden=7, align="left")
+    left.load_state_dict(right.state_dict())
+    x, lengths, _ = batch(lengths=(6, 3, 1, 4))
+    got = left.logits(x, lengths)  # [K, B, L]
+    s = x.mean(-1)  # [B, L] right-aligned
+    for b, n in enumerate(lengths.tolist()):
+        front = torch.zeros(L)
+        front[:n] = s[b, L - n:]
+        h = torch.relu(torch.einsum("l,klh->kh", front, left.w1) + left.b1)  # [K, H]
+        want = torch.einsum("kh,khl->kl", h, left.w2) + left.b2  # [K, L]: output i for the row's i-th item
+        torch.testing.assert_close(got[:, b, L - n:], want[:, :n])
+    assert not torch.allclose(got[:, 1, -3:], right.logits(x)[:, 1, -3:])
+    short = lengths <= 4
+    torch.testing.assert_close(left.logits(x[short][:, -4:], lengths[short]), got[:, short, -4:])
+    masks = left(x, lengths, tau=0.5)
+    assert (masks[:, ~real_positions(lengths, L)] == 0).all() and (masks[:, real_positions(lengths, L)] > 0).all()
+    with pytest.raises(ValueError, match="align must be one of"):
+        SubsequenceExtractors(K, L, align="middle")
 
 
 def test_extractor_rejects_bad_inputs():

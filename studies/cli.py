@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     # files or hint (MLflow has every metric; Tune's JSON and CSV logs are kept, see Resources.run_config).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # nor MLflow's tqdm bar per artifact download (the report reads study.yaml and describe.json back)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from studies.driver import run_cli  # Ray, MLflow, torch: imported once the study passed those checks
 
     return run_cli(args, checked)

@@ -43,10 +43,11 @@ INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number,
 def init_ray(address: str | None) -> None:
     """A private local Ray instance ("local": never silently attach to a cluster found on this machine),
     or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
-    wrote its state, Optuna's per new searcher and (for a local instance, which only this driver uses)
-    the token-authentication notice are left out, and so is Tune's note on which state file a resumed stage
-    restores (the stage's own resume line says what it restored), and its note on trials the time budget
-    stopped before a first result (the study records them as budget-stopped). Trial workers' own output is
+    wrote its state and its note that it started, Optuna's per new searcher, MLflow's on creating a new
+    store's tables and (for a local instance, which only this driver uses) the token-authentication notice
+    are left out, and so is Tune's note on which state file a resumed stage restores (the stage's own
+    resume line says what it restored), and its note on trials the time budget stopped before a first
+    result (the study records them as budget-stopped). Trial workers' own output is
     not forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a failed trial's
     traceback is in its error.txt, and the rest stays in Ray's session logs; without this, normal
     shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line."""
@@ -60,6 +61,8 @@ def init_ray(address: str | None) -> None:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # MLflow logs a traceback per write that met a locked store; the writes are retried (studies.faults)
     logging.getLogger("mlflow.store.db.utils").addFilter(lambda r: LOCKED not in r.getMessage())
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database ..."
+    logging.getLogger("ray._private.worker").setLevel(logging.WARNING)  # "Started a local Ray instance."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)

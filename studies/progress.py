@@ -9,8 +9,6 @@ from ray import tune
 
 from idea.contract import Result, best_key
 
-SHOWN_PARAMS = 6  # searched parameters shown per line
-
 
 def duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -19,8 +17,9 @@ def duration(seconds: float) -> str:
 
 
 def _params(config: dict) -> str:
-    items = sorted(config.items())[:SHOWN_PARAMS]
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+    """Every parameter of the trial (the searched ones, and a final run's seed): a line that silently left
+    some out would show a configuration no trial ran."""
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
 
 
 class ProgressPrinter(tune.Callback):

@@ -30,6 +30,8 @@ SHIPPED = ("beauty", "beauty-gpu", "sports", "yelp", "ml-100k", "ml-100k-sasrec"
 ML100K_CPU = ("ml-100k-mamba4rec-cpu",)  # ml-100k cut to a 2-core CPU: no search, a user sample
 OFFICIAL = ("beauty-loo-official", "sports-loo-official")  # the IDEA authors' protocol and configuration
 OFFICIAL_CPU = ("beauty-loo-cpu", "sports-loo-cpu")  # the same at a 2-core CPU budget (_loo-cpu.yaml)
+LONG = ("beauty-loo-long", "beauty-long")  # the authors' budget: early stopping with patience 10, 5 seeds
+PROMO = ("promo-0", "promo-50", "promo-100")  # the positive control (_promo.yaml)
 
 VALID = """
 dataset: synthetic
@@ -356,7 +358,7 @@ def test_bad_study_files_name_file_and_key(tmp_path, case):
 def test_unknown_study_name_lists_shipped_ones():
     with pytest.raises(StudyConfigError, match="shipped studies: .*beauty"):
         load_study("no-such-study")
-    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL + OFFICIAL_CPU + ML100K_CPU) and (CONFIG_DIR / "_base.yaml").is_file()
+    assert set(shipped_studies()) == set(SHIPPED + OFFICIAL + OFFICIAL_CPU + ML100K_CPU + LONG + PROMO) and (CONFIG_DIR / "_base.yaml").is_file()
 
 
 def test_cli_overrides_are_validated_like_the_file(tmp_path):
@@ -536,3 +538,44 @@ def test_refusals_come_before_ray_torch_and_mlflow(tmp_path):
     assert "dataset 'beauty' not found" in errs["missing data"]
     assert "already holds a study: continue it with --resume" in errs["holds a study"]
     assert "in use by another driver (pid 1 on elsewhere)" in errs["in use"] and "--resume" not in errs["in use"]
+
+
+@pytest.mark.parametrize("name, parent, extra", [
+    # the profile's patience is 10 already, and its extractors read rows from their first item here
+    ("beauty-loo-long", "beauty-loo-official", {"*": {"patience": 10}, "idea": {"extractor_align": "left"}}),
+    # beauty's erm starts at lr 3e-3, its idea at beta 10: here the released 1e-3 and 1
+    ("beauty-long", "beauty", {"erm": {"lr": 0.001}, "idea": {"beta": 1.0}}),
+])
+def test_the_authors_budget_studies_change_only_budgets_and_seeds(name, parent, extra):
+    """Each arm runs once at its parent's first configuration, to early stopping with patience 10 under a cap
+    that does not bind (erm 300 epochs, fine-tuning 100), with 5 seeds; idea_beta is idea at beta 500."""
+    study, base = load_study(name), load_study(parent)
+    fields, same = study.to_dict(), extra.get("*", {})
+    changed = {k for k, v in fields.items() if base.to_dict()[k] != v}
+    assert changed == {"epochs", "patience", "seeds", "asha", "arms"} - set(same)
+    assert (study.seeds, study.epochs_of("erm")) == (5, 300)
+    for arm in ("erm", "erm_ft", "dros", "idea"):
+        assert study.arms[arm].num_samples == 1 and study.asha_of(arm).grace_period == study.epochs_of(arm)
+        config = study.train_config(arm, study.arms[arm].first).to_dict()
+        ours = base.train_config(arm, base.arms[arm].first).to_dict()
+        budget = {"epochs": 300 if arm == "erm" else 100, "patience": 10}
+        want = {k: v for k, v in {**budget, **extra.get(arm, {})}.items() if ours[k] != v}
+        assert {k: v for k, v in config.items() if ours[k] != v} == want, arm
+        assert config["patience"] == 10, arm
+    idea = study.train_config("idea", study.arms["idea"].first).to_dict()
+    beta = study.train_config("idea_beta", study.arms["idea_beta"].first).to_dict()
+    assert {k: v for k, v in beta.items() if idea[k] != v} == {"beta": 500.0} and idea["beta"] == 1.0
+    assert study.roles().controls["idea_beta"] == "erm_ft" and study.arms["idea_beta"].num_samples == 1
+
+
+@pytest.mark.parametrize("strength", [0, 50, 100])
+def test_the_positive_control_studies_differ_only_in_strength(strength):
+    study = load_study(f"promo-{strength}").to_dict()
+    assert {k: v for k, v in study.items() if load_study("promo-100").to_dict()[k] != v} == \
+        ({} if strength == 100 else {"dataset": f"synthetic-promo{strength}"})
+    promo = load_study(f"promo-{strength}")
+    assert promo.seeds == 5 and all(a.num_samples == 1 for a in promo.arms.values())
+    clean = promo.train_config("clean", promo.arms["clean"].first).to_dict()
+    ft = promo.train_config("erm_ft", promo.arms["erm_ft"].first).to_dict()
+    assert {k: v for k, v in clean.items() if ft[k] != v} == {"mask_side_items": True}
+    assert promo.roles().controls["clean"] == "erm_ft"

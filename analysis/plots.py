@@ -81,9 +81,18 @@ def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10
     return fig
 
 
-def _annotate_windows(ax, d: pd.DataFrame, x: str, y: str) -> None:
-    for _, r in d.iterrows():
-        ax.annotate(r["part"], (r[x], r[y]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+def _name_windows(ax, windows: pd.DataFrame, x: str) -> None:
+    """Each window's name once, as a tick of a top axis at its shift size: every arm has a point per window at
+    the same x, so a label per point drew the same name on top of itself."""
+    d = windows.drop_duplicates("part").sort_values(x)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(d[x].to_numpy(dtype=float), d["part"].tolist(), fontsize=8)
+    top.tick_params(length=3)
+
+
+def _legend_beside(ax) -> None:
+    """The legend right of the axes, where it covers no line or error bar."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize=9)
 
 
 def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str = "popularity_js_vs_train",
@@ -94,19 +103,19 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
     per (arm, control) pair (solid against the base arm, dashed against another control), with the paired
     95% interval over seeds (ci / control mean) as error bars."""
     with_gain = gains is not None and not gains.empty
-    fig = Figure(figsize=(12 if with_gain else 6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(14 if with_gain else 7.5, 4.5), layout="constrained")
     axes = fig.subplots(1, 2 if with_gain else 1, squeeze=False)[0]
     ax = axes[0]
     shown = _arms(arms, [*drops["arm"], *(gains["arm"] if with_gain else [])])
     for arm in (a for a in shown.order if a in set(drops["arm"])):
         d = drops.loc[drops["arm"] == arm].sort_values(x)
         ax.plot(d[x], 100 * d["rel_drop"], label=arm, linewidth=1.8, **_style(arm, shown))
-        _annotate_windows(ax, d.assign(rel_drop=100 * d["rel_drop"]), x, "rel_drop")
+    _name_windows(ax, drops, x)
     ax.set_xlabel(SHIFT_LABELS.get(x, x))
     ax.set_ylabel(f"drop of {metric_label(metric, k)} from validation (%)")
     ax.set_title("Drop vs shift size (higher = worse)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend_beside(ax)
     if with_gain:
         ax = axes[1]
         pairs = list(dict.fromkeys(zip(gains["arm"], gains["control"])))
@@ -119,14 +128,13 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
             ax.errorbar(d[x].to_numpy(dtype=float), y, yerr=[low, high], capsize=4, linewidth=1.8,
                         linestyle="-" if control == shown.base else "--", label=f"{arm} vs {control}",
                         **_style(arm, shown))
-        # the window names once, at the points of the last pair drawn (`d`; every pair has the same windows)
-        _annotate_windows(ax, d.assign(rel_gain=100 * d["rel_gain"]), x, "rel_gain")
+        _name_windows(ax, gains, x)
         ax.axhline(0, color="grey", linewidth=1)
         ax.set_xlabel(SHIFT_LABELS.get(x, x))
         ax.set_ylabel(f"relative gain in {metric_label(metric, k)} over the control (%)")
         ax.set_title("Gain vs shift size: paired by seed, 95% interval")
         ax.grid(alpha=0.3)
-        ax.legend()
+        _legend_beside(ax)
     return fig
 
 
@@ -158,6 +166,7 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     shown = _arms(arms, s["arm"])
+    counts = []  # (x, y, trials, arm's place, colour) of every point
     for i, arm in enumerate(shown.order):
         d = s.loc[s["arm"] == arm]
         if numeric:
@@ -170,14 +179,17 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
         style = _style(arm, shown)
         ax.errorbar(pos[:, 0], mean, xerr=[pos[:, 0] - pos[:, 1], pos[:, 2] - pos[:, 0]], capsize=3, linewidth=1.8,
                     label=arm, **style)
-        for x, y, n in zip(pos[:, 0], mean, count):
-            ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -12 - 10 * i), fontsize=8,
-                        color=style["color"])
+        counts += [(x, y, n, i, style["color"]) for x, y, n in zip(pos[:, 0], mean, count)]
     if log:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(list(categories.values()), list(categories))
     ax.margins(x=0.1)
+    middle = np.mean(ax.get_ylim())  # the limits once every line is drawn: the counts are placed inside them
+    for x, y, n, i, color in counts:
+        below = y > middle  # towards the middle of the axes, so a point at the edge keeps its count inside
+        ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -12 - 10 * i if below else 4 + 10 * i),
+                    fontsize=8, color=color)
     binned = bool(s["binned"].any())
     scale = " (log scale)" if log else ""
     ax.set_xlabel(f"{param}{scale}{'; bins drawn at their midpoints' if binned else ''}")

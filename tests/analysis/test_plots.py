@@ -69,6 +69,31 @@ def test_gain_vs_shift_plots_drop_and_paired_gains_with_intervals_against_js():
     assert [tuple(np.round(seg[:, 1], 6)) for seg in bars[0].get_segments()] == [(3, 7), (10, 20), (20, 30)]
     assert "JS divergence" in left.get_xlabel()
     assert len(P.gain_vs_shift(drops, gains.iloc[:0]).axes) == 1  # no pair: drop panel only
+    fig.canvas.draw()
+    for ax in (left, right):  # each window named once, on a top axis at its JS; the legend beside the lines
+        (top,) = ax.child_axes
+        assert [t.get_text() for t in top.get_xticklabels()] == ["w1", "w3", "w2"]
+        assert top.get_xticks() == pytest.approx([0.1, 0.2, 0.3])
+        assert not [t.get_text() for t in ax.texts if t.get_text() in {"w1", "w2", "w3"}]
+        assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
+
+
+def test_sensitivity_counts_stay_inside_the_axes():
+    """The trial counts of points at the top and bottom of the axes, of four arms, are drawn inside the axes
+    (a count below a point at the bottom fell under the x axis)."""
+    sens = pd.DataFrame([dict(study="s", arm=arm, param="dropout", value_or_bin=x, binned=False, log=False,
+                              mean=y + 0.001 * i, count=1)
+                         for i, arm in enumerate(("idea", "erm_ft", "dros", "erm"))
+                         for x, y in ((0.1, 0.0065), (0.2, 0.0095), (0.3, 0.008))])
+    fig = P.sensitivity_panel(sens, "dropout")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    box = ax.get_window_extent()
+    counts = [t for t in ax.texts if t.get_text() == "n=1"]
+    assert len(counts) == 12
+    for t in counts:
+        extent = t.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, t.get_position()
 
 
 def test_sensitivity_panel_draws_numbers_on_numeric_axes_log_where_searched_so():

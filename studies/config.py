@@ -16,6 +16,7 @@ first point against TrainConfig's own limits; a message names the file and key.
 from __future__ import annotations
 
 import datetime
+import difflib
 import functools
 import math
 import re
@@ -611,6 +612,8 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A study file's mapping with its `extends:` chain merged underneath (a base sits next to it)."""
     if not path.is_file():
         where = f" (extended by {seen[-1]})" if seen else ""
+        close = [] if seen else difflib.get_close_matches(path.stem, shipped_studies(), n=1)  # a misspelt name
+        where += f" (did you mean {close[0]}?)" if close else ""
         raise StudyConfigError(f"no study file {path}{where}; shipped studies: {shipped_studies()}")
     try:
         raw = yaml.load(path.read_text(), Loader=BoundedLoader)  # noqa: S506 (a SafeLoader)

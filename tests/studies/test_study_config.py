@@ -361,6 +361,14 @@ def test_unknown_study_name_lists_shipped_ones():
     assert set(shipped_studies()) == set(SHIPPED + OFFICIAL + OFFICIAL_CPU + ML100K_CPU + LONG + PROMO) and (CONFIG_DIR / "_base.yaml").is_file()
 
 
+def test_a_misspelt_study_name_gets_the_closest_shipped_one():
+    with pytest.raises(StudyConfigError, match=r"beuaty\.yaml \(did you mean beauty\?\); shipped studies: "):
+        load_study("beuaty")
+    with pytest.raises(StudyConfigError) as err:
+        load_study("no-such-study")
+    assert "did you mean" not in str(err.value)
+
+
 def test_cli_overrides_are_validated_like_the_file(tmp_path):
     study = load_study(write(tmp_path, VALID))
     assert study.with_overrides(num_samples=7).arms["erm"].num_samples == 7

@@ -76,6 +76,7 @@ def format_description(desc: dict) -> str:
             f"{p['name']:<6} {p['events']:>8,} {p['users']:>7,} {p['skipped_no_history']:>8,} "
             f"{p['cold_share']:>7.2%} {p['popularity_js_vs_train']:>7.4f}  {span}"
         )
-    lines.append("\ncold = share of targets whose item never occurs in training; JS = Jensen-Shannon divergence "
-                 "(bits) of target-item popularity vs training targets")
+    lines.append("\nskipped = targets with no earlier interaction of their user, which cannot be predicted (not in "
+                 "events); cold = share of targets whose item never occurs in training; JS = Jensen-Shannon "
+                 "divergence (bits) of target-item popularity vs training targets")
     return "\n".join(lines)

@@ -85,6 +85,8 @@ def test_describe_small_table():
     text = format_description(desc)
     assert "tiny: 2 users, 4 items, 5 interactions" in text
     assert "w1" in text and "100.00%" in text
+    for column in ("skipped", "cold", "JS"):  # every column beyond counts and the window is explained
+        assert f"\n{column} = " in text or f"; {column} = " in text, column
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,4 +81,5 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     summary = write_report(store, F.STUDY, tmp_path / "report").read_text()
     verdict = summary.split("\n**", 1)[1].split("**\n", 1)[0]
     assert f"**{verdict}**" in text
-    assert re.findall(r"compare-runs\?runs=(\[[^\]]*\])", text) == re.findall(r"compare-runs\?runs=(\[[^\]]*\])", summary)
+    linked = r"compare-runs\?runs=(\[[^\]]*\])"
+    assert re.findall(linked, text) == re.findall(linked, summary)

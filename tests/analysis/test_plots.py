@@ -92,8 +92,9 @@ def test_sensitivity_counts_stay_inside_the_axes():
     counts = [t for t in ax.texts if t.get_text() == "n=1"]
     assert len(counts) == 12
     for t in counts:
-        extent = t.get_window_extent()
-        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 and box.y0 <= extent.y0 and extent.y1 <= box.y1, t.get_position()
+        label = t.get_window_extent()
+        assert box.x0 <= label.x0 and label.x1 <= box.x1, t.get_position()
+        assert box.y0 <= label.y0 and label.y1 <= box.y1, t.get_position()
 
 
 def test_sensitivity_panel_draws_numbers_on_numeric_axes_log_where_searched_so():

@@ -27,9 +27,10 @@ from studies.data import without_tests
 from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
-from studies.interrupts import interrupted_by, stop_on_sigterm
+from studies.interrupts import interrupted_by, stop_on_signals
 from studies.oracle import run_oracle
 from studies.preflight import SUMMARY_FILE, Checked
+from studies.ray_groups import own_process_groups
 from studies.search import Selection, optuna_storage, run_search, select_best
 from studies.trainable import failed, remove_scratch
 from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
@@ -37,7 +38,7 @@ from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NO_RESULT_EXIT = 3  # the study ran to its end, but some arm has no result (time budget, every trial failed)
-INTERRUPTED_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
+INTERRUPTED_EXIT = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
 
 
 def init_ray(address: str | None) -> None:
@@ -50,7 +51,9 @@ def init_ray(address: str | None) -> None:
     result (the study records them as budget-stopped). Trial workers' own output is
     not forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a failed trial's
     traceback is in its error.txt, and the rest stays in Ray's session logs; without this, normal
-    shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line."""
+    shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line. A local
+    instance's processes lead process groups of their own (`studies.ray_groups`): a signal to the driver's
+    group reaches the driver alone, which stops the study gracefully."""
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
     # On Ctrl-C Tune advises `Tuner.restore(...)`; the study prints its own `--resume` line instead.
     logging.getLogger("ray.tune.tune").addFilter(lambda r: not r.getMessage().startswith("Experiment has been interrupted"))
@@ -66,7 +69,8 @@ def init_ray(address: str | None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        with own_process_groups():
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
         return
     try:
         ray.init(address=address, log_to_driver=False)
@@ -200,7 +204,7 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
 
 def track(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
           resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]] | None:
-    """`run` with the store kept consistent: on Ctrl-C or SIGTERM open runs end KILLED, tagged
+    """`run` with the store kept consistent: on Ctrl-C, SIGTERM or SIGHUP open runs end KILLED, tagged
     `interrupted` with the signal (None is returned), on an error FAILED; on success the artifacts are
     logged and the parent run ends FINISHED (tagged `arms_without_result` when some arm has none: a
     --resume would change nothing)."""
@@ -213,7 +217,7 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
         by = interrupted_by()
         study_run.client().set_tag(study_run.parent_run_id, Tag.INTERRUPTED, by)
         closed = study_run.close_open_runs("KILLED", tags={Tag.INTERRUPTED: by})
-        print(f"\n{'terminated (SIGTERM)' if by == 'SIGTERM' else 'interrupted'}: the study run and {closed} open "
+        print(f"\n{'interrupted' if by == 'SIGINT' else f'terminated ({by})'}: the study run and {closed} open "
               f"trial run(s) marked KILLED; Tune saved its state. Resume with:\n  {resume_command(sys.argv, resume)}",
               file=sys.stderr)
         return None
@@ -238,7 +242,7 @@ def track(study: StudyConfig, name: str, split: Split, resources: Resources, stu
 def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     """The whole study for parsed arguments that passed `studies.preflight.check_study`; returns the exit
     code (0, 2 bad input, 3 an arm without result, 75 a fault of the machine, 130 interrupted by Ctrl-C,
-    143 by SIGTERM)."""
+    143 by SIGTERM, 129 by SIGHUP)."""
     try:
         return run_checked(args, checked)
     except Exception as err:
@@ -280,7 +284,7 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
           f"folder {study_dir}", file=sys.stderr)
     try:
         init_ray(args.address)
-        stop_on_sigterm()
+        stop_on_signals()
         resources = pick_resources(args)  # before anything is written: a request that can never run
         lock = checked.folder.lock()
     except (ConnectionError, ValueError) as err:  # a cluster or flag problem, or another driver took the folder

@@ -1,12 +1,18 @@
 """SIGTERM, how SLURM and Kubernetes stop a job, is an interruption like Ctrl-C (issue 21, item 2): open
-runs end KILLED tagged with the signal, exit 143, the one --resume line, and --resume finishes the study."""
+runs end KILLED tagged with the signal, exit 143, the one --resume line, and --resume finishes the study.
+So are SIGHUP (a closed terminal) and a SIGTERM to the driver's whole process group (`timeout`, a shell's
+`kill -- -PGID`), which Ray's own processes, in groups of their own, do not receive (issue 34, item 1)."""
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 
+import pytest
+
 from analysis.report import main as report_main
-from tests.studies.study_cli import Store, run_study, start_study, tiny_study
+from tests.studies.study_cli import PROJECT_ROOT, Store, run_study, start_study, study_command, study_env, tiny_study
 
 STUDY = "terminated"
 TRIALS = 4  # --num-samples: one at a time, so later trials are still to run when the signal comes
@@ -71,3 +77,41 @@ def test_sigterm_stops_like_ctrl_c_and_the_study_resumes(tmp_path):
     assert len(store.nested("search", "erm", "FINISHED")) == TRIALS
     assert len(store.nested("final", "erm", "FINISHED")) == 1
     assert [r.info.status for r in store.runs("tags.stage = 'study'")] == ["FINISHED"]
+
+
+def assert_stopped_like_ctrl_c(code: int, text: str, study_dir, signal_name: str, exit_code: int) -> None:
+    """The exit code of the signal, its name in the one message with the one --resume line, no traceback, and
+    every run FINISHED or KILLED, the killed ones (the parent among them) tagged with the signal."""
+    assert code == exit_code, text[-3000:]
+    assert "Traceback" not in text and "Fatal Python error" not in text, text[-3000:]
+    assert text.count("--resume") == 1 and f"terminated ({signal_name})" in text, text[-3000:]
+    runs = Store(study_dir, STUDY).runs()
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+    killed = [r for r in runs if r.info.status == "KILLED"]
+    assert "study" in [r.data.tags["stage"] for r in killed], [(r.info.run_name, r.info.status) for r in runs]
+    assert all(r.data.tags.get("interrupted") == signal_name for r in killed), [r.data.tags for r in killed]
+
+
+@pytest.mark.parametrize("signal_name, exit_code, group", [("SIGHUP", 129, False), ("SIGTERM", 143, True)],
+                         ids=["sighup", "sigterm-to-the-process-group"])
+def test_sighup_and_a_group_sigterm_stop_like_ctrl_c(tmp_path, signal_name, exit_code, group):
+    args = (str(tiny_study(tmp_path / f"{STUDY}.yaml")), "--out", str(tmp_path), "--concurrency", "1",
+            "--num-samples", str(TRIALS))
+    study_dir, log = tmp_path / STUDY, tmp_path / "first.log"
+    with open(log, "w") as out:  # in its own process group, as a shell job or `timeout`'s child is
+        proc = subprocess.Popen(study_command(*args), cwd=PROJECT_ROOT, env=study_env(), stdout=out,
+                                stderr=subprocess.STDOUT, process_group=0)
+    try:
+        wait_for_a_finished_trial(study_dir, proc)
+        sent = time.monotonic()
+        if group:
+            os.killpg(proc.pid, getattr(signal, signal_name))
+        else:
+            proc.send_signal(getattr(signal, signal_name))
+        code = proc.wait(timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_stopped_like_ctrl_c(code, log.read_text(), study_dir, signal_name, exit_code)
+    assert took < 30, f"the driver took {took:.0f} s to stop"

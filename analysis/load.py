@@ -46,6 +46,7 @@ __all__ = [
     "load_arms",
     "load_shift",
     "final_run_ids",
+    "read_artifact",
 ]
 
 META_COLUMNS = ["study", "arm", "stage", "trial", "seed", "run_id", "run_name", "status"]
@@ -336,7 +337,7 @@ def _shift_frame(study: str, desc: dict, source: str) -> pd.DataFrame:
     return out
 
 
-def _artifact(client, run_id: str, name: str, tmp: str) -> str | None:
+def read_artifact(client, run_id: str, name: str, tmp: str) -> str | None:
     """Text of a top-level artifact of the run, None when absent (no download progress bar)."""
     if name not in {a.path for a in client.list_artifacts(run_id)}:
         return None
@@ -368,7 +369,7 @@ def load_shift(tracking_uri: str, study: str) -> pd.DataFrame:
         return _empty_shift("the study has no parent run (tag stage=study)")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            logged = _artifact(client, parents[0].info.run_id, "describe.json", tmp)
+            logged = read_artifact(client, parents[0].info.run_id, "describe.json", tmp)
         if logged is None:
             return _empty_shift("the parent run has no describe.json artifact (every study logs it at its start; "
                                 "for another store, log `python -m idea.data describe <dataset> --json` there)")

@@ -24,7 +24,7 @@ from analysis import plots
 from analysis import mechanism as M
 from analysis import summaries as S
 from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_history, load_shift, load_spaces, load_study,
-                           parent_tags)
+                           parent_tags, read_artifact)
 from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
 from idea.argparsing import StrictArgumentParser
 from idea.contract import TRUE, VALID, Arms, Stage, Tag
@@ -225,7 +225,8 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
     p = f"; {_p_words(r, 'paired p', family)}" if pd.notna(r["p_paired"]) else ""
     mde = f"; these seeds detect (power 0.8) only differences beyond ±{r['mde']:.{n}f}" if pd.notna(r["mde"]) else ""
     detail.append(f"{r['arm']} against {r['control']} on {part}: {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f}, "
-                  f"difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} seeds paired by seed{p}{mde}.")
+                  f"difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} seed{'s' if r['n_pairs'] != 1 else ''} "
+                  f"paired by seed{p}{mde}.")
     base = pair.loc[(pair["arm"] == r["arm"]) & (pair.index != pair.index[0])]
     if not base.empty:  # the same arm against the base arm (the pairs' second group)
         b = base.iloc[0]
@@ -405,7 +406,7 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
                                                                " (the driver stopped, or is still running)"))
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            spec = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "study.yaml", tmp)).read_text())
+            spec = yaml.safe_load(read_artifact(client, parent.info.run_id, "study.yaml", tmp))
             arms, seed, seeds = list(spec["arms"]), int(spec["seed"]), int(spec["seeds"])
             stages = Stage.RETRAINED if spec.get("oracle") else (Stage.FINAL,)
         except Exception as err:  # noqa: BLE001 (any unreadable artifact: say so, list what the runs show)

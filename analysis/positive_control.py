@@ -25,7 +25,7 @@ from analysis.plots import metric_label
 from idea.argparsing import StrictArgumentParser
 from idea.contract import VALID, Stage
 
-CLEAN, CONTROL = "clean", "erm_ft"
+CLEAN, CONTROL, BASE = "clean", "erm_ft", "erm"
 TEST = "test"  # the mean over the test windows, per seed
 COLUMNS = ["strength", "part", "arm", "n_seeds", "control_mean", "diff", "ci_low", "ci_high", "share", "share_low",
            "share_high"]
@@ -100,7 +100,8 @@ def words(rows: pd.DataFrame) -> list[str]:
                        "so no arm has anything to recover.")
             continue
         parts = []
-        for _, r in g.loc[~g["arm"].isin([CLEAN])].iterrows():
+        others = g.loc[~g["arm"].isin([CLEAN, BASE])]
+        for _, r in others.sort_values("arm", key=lambda a: a != "idea", kind="stable").iterrows():  # idea first
             if r["ci_low"] > 0:
                 found = f"finds {r['share']:.0%} of it (bootstrap 95% CI [{r['share_low']:.0%}, {r['share_high']:.0%}])"
             elif r["ci_high"] < 0:
@@ -109,6 +110,11 @@ def words(rows: pd.DataFrame) -> list[str]:
                 found = (f"finds no measurable part of it ({r['diff']:+.4f}, 95% CI [{r['ci_low']:+.4f}, "
                          f"{r['ci_high']:+.4f}])")
             parts.append(f"{r['arm']} {found}")
+        if (g["arm"] == BASE).any():  # whether plain fine-tuning already moved from its start
+            r = g.loc[g["arm"] == BASE].iloc[0]
+            moved = "gains" if r["ci_high"] < 0 else "loses" if r["ci_low"] > 0 else "shows no measurable change"
+            parts.append(f"erm_ft itself {moved} against its ERM start ({-r['diff']:+.4f}, 95% CI "
+                         f"[{-r['ci_high']:+.4f}, {-r['ci_low']:+.4f}])")
         out.append(f"Strength {strength:g}: masking the promotions gains {gain} over erm_ft on the test windows; "
                    + "; ".join(parts) + ".")
     return out

@@ -53,6 +53,8 @@ def test_words_claim_a_share_only_where_the_intervals_allow():
     (sentence,) = P.words(rows)
     assert sentence.startswith("Strength 1: masking the promotions gains +0.1000")
     assert "idea finds no measurable part of it" in sentence and not re.search(r"finds -?\d+%", sentence)
+    started = P.words(P.recovery(results({"erm_ft": FT, "clean": CLEAN, "erm": [f - 0.02 for f in FT]}), 1.0))[0]
+    assert started.endswith("erm_ft itself gains against its ERM start (+0.0200, 95% CI [+0.0200, +0.0200]).")
     none = P.recovery(results({"erm_ft": FT, "clean": FT, "idea": noisy}), 0.0)
     assert P.words(none) == [P.words(none)[0]] and "no gain available" in P.words(none)[0]
 

@@ -3,6 +3,7 @@ a target, they leave the rest of the data as it is, and the link they carry is s
 model given only the promotions scores far better before the first test day than after it, at strength 1,
 and no better than chance at strength 0."""
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -15,8 +16,14 @@ from idea.splits import SplitConfig, check_leakage, make_split, mask_side_items,
 SMALL = SyntheticConfig(n_users=1500, promo_rate=0.3, promo_link=1.0)
 
 
+@functools.lru_cache(maxsize=None)
+def generated(config: SyntheticConfig):
+    """The data of `config`, generated once per module run (each test reads it, none changes it)."""
+    return generate(config, "promo")
+
+
 def split_of(config: SyntheticConfig):
-    data = generate(config, "promo")
+    data = generated(config)
     return data, make_split(data, SplitConfig(), promo_cuts(config))
 
 
@@ -37,8 +44,8 @@ def promo_only_hits(split, part, k=10) -> float:
 
 def test_promotions_leave_the_other_events_unchanged():
     """Dropping the promotions gives back the data generated without them, event for event."""
-    data = generate(SMALL)
-    plain = generate(dataclasses.replace(SMALL, promo_rate=0.0))
+    data = generated(SMALL)
+    plain = generated(dataclasses.replace(SMALL, promo_rate=0.0))
     real = ~np.isin(data.item, data.side_items)
     assert len(data.side_items) == SMALL.n_topics and data.n_items == plain.n_items + SMALL.n_topics
     np.testing.assert_array_equal(data.user[real], plain.user)
@@ -51,7 +58,7 @@ def test_promotions_leave_the_other_events_unchanged():
 
 
 def test_a_promotion_comes_right_before_an_event_of_its_user_on_the_same_day():
-    data = generate(SMALL)
+    data = generated(SMALL)
     side = np.flatnonzero(np.isin(data.item, data.side_items))
     assert (side + 1 < len(data.item)).all()
     after = side + 1
@@ -103,11 +110,11 @@ def test_masking_keeps_events_and_hides_which_promotion():
 
 def test_leave_one_out_refuses_side_items():
     with pytest.raises(ValueError, match="side items.*protocol 'temporal'"):
-        make_split(generate(SMALL), SplitConfig(protocol="loo"))
+        make_split(generated(SMALL), SplitConfig(protocol="loo"))
 
 
 def test_a_user_sample_keeps_the_side_items():
-    data = generate(SMALL)
+    data = generated(SMALL)
     sample = subsample_users(data, 300, seed=0)
     assert 0 < len(sample.side_items) <= len(data.side_items)
     users = np.sort(np.random.default_rng(0).choice(data.n_users, 300, replace=False))  # subsample_users' draw

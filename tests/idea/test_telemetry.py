@@ -105,7 +105,7 @@ def test_an_epoch_records_the_telemetry(split):
     """Every IDEA epoch records the keep rate of each extractor, the disagreement, λ, the risk variance, the
     median share over every SHARE_EVERY-th step (its first included) and the extractor updates so far;
     pretraining epochs record none of it."""
-    config = TrainConfig(method="idea", K=3, T=2, epochs=3, pretrain_epochs=1, batch_size=64, device="cpu")
+    config = TrainConfig(method="idea", K=3, T=2, epochs=3, pretrain_epochs=1, batch_size=128, device="cpu")
     tr = Trainer(config, split)
     shares = []
     measure = tr.objective.idea_step
@@ -133,6 +133,6 @@ def test_an_epoch_records_the_telemetry(split):
 
 
 def test_no_exploration_means_no_extractor_steps(split):
-    tr = Trainer(TrainConfig(method="idea", explore=False, epochs=2, pretrain_epochs=1, batch_size=128,
+    tr = Trainer(TrainConfig(method="idea", explore=False, epochs=2, pretrain_epochs=1, batch_size=512,
                              device="cpu"), split)
     assert tr.fit()[-1].extra["extractor_steps"] == 0

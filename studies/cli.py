@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from idea.argparsing import StrictArgumentParser
 from studies.catalog import shipped_studies
+
+if TYPE_CHECKING:
+    from studies.preflight import Checked
 
 DESCRIPTION = ("Train the ERM backbone, fine-tune it with IDEA and with the plain loss (erm_ft) under Ray Tune + "
                "Optuna on train/validation, retrain each arm's best configuration with several seeds, evaluate "
@@ -70,10 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     from studies.preflight import check_study
 
     try:  # refusals that need no Ray, torch or MLflow come in well under a second
-        checked = check_study(args)
+        checked = check_study(args)  # takes the study folder's lock, before the data, Ray and the store
     except (ValueError, DataNotFoundError, DataFormatError) as err:  # StudyConfigError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        return run_driver(args, checked)
+    finally:
+        checked.folder.unlock(checked.lock)
+
+
+def run_driver(args: argparse.Namespace, checked: Checked) -> int:
+    """The study (studies/driver.py), once this driver holds the study folder's lock."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Keeping one checkpoint per trial makes Tune snapshot its state at every checkpoint, which is what a

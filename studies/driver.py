@@ -286,21 +286,19 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
         init_ray(args.address)
         stop_on_signals()
         resources = pick_resources(args)  # before anything is written: a request that can never run
-        lock = checked.folder.lock()
-    except (ConnectionError, ValueError) as err:  # a cluster or flag problem, or another driver took the folder
+    except (ConnectionError, ValueError) as err:  # a cluster or flag problem
         print(f"error: {err}", file=sys.stderr)
         ray.shutdown()
         return 2
     except BaseException:
         ray.shutdown()
         raise
-    with lock:  # held until the report is written
-        return run_locked(args, checked, resources)
+    return run_on_ray(args, checked, resources)
 
 
-def run_locked(args: argparse.Namespace, checked: Checked, resources: Resources) -> int:
-    """The study once this driver holds its folder's lock: Ray (started by `run_checked`) is shut down and the
-    study's temporary checkpoint folders are removed on every exit; then the summary and the report."""
+def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources) -> int:
+    """The study once Ray runs: Ray (started by `run_checked`) is shut down and the study's temporary
+    checkpoint folders are removed on every exit; then the summary and the report."""
     study, name, folder, tracking_uri = checked.study, checked.name, checked.folder, checked.tracking_uri
     data, split, study_dir = checked.data, checked.split, checked.folder.path
     try:

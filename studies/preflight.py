@@ -44,12 +44,14 @@ class Checked:
     tracking_uri: str
     data: Interactions
     split: Split
+    lock: TextIO  # the study folder's lock, held by this driver (`StudyFolder.unlock` releases it)
 
 
 def check_study(args: argparse.Namespace) -> Checked:
     """Every check of `python studies/run_study.py` that needs no Ray, torch or MLflow, in the order a user
     meets them; raises StudyConfigError (a ValueError), DataNotFoundError or DataFormatError, each naming
-    the problem and the fix. A folder in use is refused before any advice about what the folder holds."""
+    the problem and the fix. A folder in use is refused before any advice about what the folder holds, and
+    the folder's lock is taken before the data is read: a second driver stops within a second or two."""
     study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
     stem = resolve_path(args.study).stem
     name = check_name(args.study_name or (f"{stem}-smoke" if args.smoke else stem))
@@ -57,10 +59,15 @@ def check_study(args: argparse.Namespace) -> Checked:
     folder.check_not_in_use()
     tracking_uri = folder.check(study, args.resume, args.tracking_uri)
     check_writable(folder.path)
-    data, split = study_split(study, args.data_dir)
-    if args.resume:
-        folder.check_data(split)
-    return Checked(study, name, folder, tracking_uri, data, split)
+    lock = folder.lock()
+    try:
+        data, split = study_split(study, args.data_dir)
+        if args.resume:
+            folder.check_data(split)
+    except BaseException:
+        folder.unlock(lock)
+        raise
+    return Checked(study, name, folder, tracking_uri, data, split, lock)
 
 
 def check_writable(study_dir: Path) -> None:
@@ -107,6 +114,7 @@ class StudyFolder:
     def __init__(self, path: Path):
         self.path = path
         self._run: dict | None = None
+        self._created: Path | None = None  # the topmost folder `lock` created, to remove it if nothing else comes
 
     @property
     def run(self) -> dict:
@@ -198,8 +206,8 @@ class StudyFolder:
                        default_store=tracking_uri == sqlite_uri(self.path / "mlflow.db"))
 
     def check_not_in_use(self) -> None:
-        """Refuse a folder whose lock another driver holds (the lock itself is taken by `lock`, once the
-        study is about to run)."""
+        """Refuse a folder whose lock another driver holds, before any advice about what the folder holds (the
+        lock itself is taken by `lock`, once the folder is known to be usable)."""
         path = self.path / LOCK_FILE
         if not path.is_file():
             return
@@ -214,9 +222,9 @@ class StudyFolder:
                                 "it to end, or choose another --out or --study-name")
 
     def lock(self) -> TextIO:
-        """An exclusive lock on the folder, taken now: a second driver on the same study stops, naming the
-        holder, and touches nothing. Returns the open lock file, a context manager: closing it (the end of
-        its `with` block) releases the lock."""
+        """An exclusive lock on the folder, taken now, before Ray or the tracking store: a second driver on the
+        same study stops, naming the holder, and touches nothing. Returns the open lock file, for `unlock`."""
+        self._created = next((p for p in reversed((self.path, *self.path.parents)) if not p.exists()), None)
         self.path.mkdir(parents=True, exist_ok=True)
         handle = open(self.path / LOCK_FILE, "a+")
         try:
@@ -232,3 +240,18 @@ class StudyFolder:
                      f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}\n")
         handle.flush()
         return handle
+
+    def unlock(self, lock: TextIO) -> None:
+        """Release `lock`. A folder that `lock` created and that holds nothing else goes with it (and the
+        folders above it that `lock` created): a study refused before it wrote anything leaves nothing."""
+        try:
+            if self._created is not None and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+                (self.path / LOCK_FILE).unlink()
+                for folder in (self.path, *self.path.parents):
+                    folder.rmdir()  # fails if another driver has put its lock file there meanwhile: it stays
+                    if folder == self._created:
+                        break
+        except OSError:
+            pass
+        finally:
+            lock.close()

@@ -20,6 +20,7 @@ def started(tmp_path, digest: str | None):
     args = parse_args([str(study_file), "--out", str(tmp_path), "--resume"])
     checked = preflight.check_study(parse_args([str(study_file), "--out", str(tmp_path)]))
     checked.folder.create(checked.study, checked.tracking_uri, "cpu", digest or checked.split.data_sha256)
+    checked.folder.unlock(checked.lock)  # as the first run's driver does at its end
     if digest is None:
         run = dict(checked.folder.run)
         run.pop("data_sha256")

@@ -31,3 +31,20 @@ def test_the_lock_is_held_for_its_with_block_only(tmp_path):
     second.check_not_in_use()
     with second.lock():
         pass
+
+
+def test_unlock_removes_the_folders_the_lock_created_while_they_hold_nothing_else(tmp_path):
+    """The lock is taken before Ray starts; a study refused after that (a resource request the cluster cannot
+    grant) still leaves no study folder, nor an --out it created."""
+    refused = StudyFolder(tmp_path / "out" / "study")
+    refused.unlock(refused.lock())
+    assert list(tmp_path.iterdir()) == []
+    started = StudyFolder(tmp_path / "started")
+    lock = started.lock()
+    (started.path / "study.yaml").write_text("dataset: synthetic\n")
+    started.unlock(lock)
+    assert sorted(p.name for p in started.path.iterdir()) == [".driver.lock", "study.yaml"]
+    (started.path / "study.yaml").unlink()
+    existing = StudyFolder(started.path)  # there before its lock was taken: kept
+    existing.unlock(existing.lock())
+    assert [p.name for p in existing.path.iterdir()] == [".driver.lock"]

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from studies import preflight
+from studies.cli import parse_args
 from studies.config import load_study
 
 from tests.studies.study_cli import TINY_ARMS, Store, run_cli, run_study, start_study, tiny_study
@@ -139,6 +141,37 @@ def test_a_second_driver_on_the_same_study_stops_and_touches_nothing(tmp_path):
             first.wait(timeout=120)
         except Exception:
             first.kill()
+
+
+def test_two_resumes_at_once_the_loser_is_refused_before_ray_starts_and_the_winner_finishes(tmp_path):
+    """Two `--resume` drivers on one folder started 0.3 s apart (issue 34, item 5): the folder's lock is
+    taken before Ray starts, so the loser stops within seconds, naming the folder, having said nothing else."""
+    args = (str(tiny_study(tmp_path / "raced.yaml")), "--out", str(tmp_path))
+    checked = preflight.check_study(parse_args(list(args)))  # the folder as a first run leaves it before its store
+    checked.folder.create(checked.study, checked.tracking_uri, "cpu", checked.split.data_sha256)
+    checked.folder.unlock(checked.lock)
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    drivers = []
+    for log in logs:
+        drivers.append(start_study(*args, "--resume", log=log))
+        time.sleep(0.3)
+    try:
+        deadline = time.monotonic() + 120
+        while all(d.poll() is None for d in drivers):
+            assert time.monotonic() < deadline, "neither driver was refused"
+            time.sleep(0.05)
+        loser = next(i for i, d in enumerate(drivers) if d.poll() is not None)
+        winner, winner_log = drivers[1 - loser], logs[1 - loser].read_text()
+        text = logs[loser].read_text()
+        assert drivers[loser].returncode == 2 and f"{tmp_path / 'raced'} is in use by another driver" in text, text
+        assert text.startswith("error: ") and text.count("\n") == 1, text  # nothing else: it started nothing
+        assert "trials:" not in winner_log, winner_log  # refused before even the winner had started Ray
+        assert winner.wait(timeout=300) == 0, logs[1 - loser].read_text()[-3000:]
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+    assert [r.info.status for r in Store(tmp_path / "raced", "raced").runs("tags.stage = 'study'")] == ["FINISHED"]
 
 
 DAMAGED = {

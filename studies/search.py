@@ -16,6 +16,7 @@ from idea.splits import Split
 
 from studies.config import StudyConfig, spec_dict
 from studies.experiments import Resources, ended_trials, fit
+from studies.optuna_search import settle
 from studies.space import MODE, make_scheduler, make_searcher
 from studies.trainable import failed, scratch_key, search_trial
 from studies.tracking import MlflowTrialLogger, StudyRun, summary_metrics
@@ -78,6 +79,8 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
         tags={Tag.SEARCHED: searched, **study.roles().tags(arm)}))
     grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, Stage.SEARCH))
     close_budget_stopped(study_run, arm, Stage.SEARCH, grid)
+    selection = select_best(arm, grid, study.metric)  # the driver's selection: the same function, the same grid
+    settle(optuna_storage(ray_dir.parent), arm, grid, study.metric, selection and selection.trial_id)
     return grid
 
 

@@ -5,9 +5,9 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from studies.config import ArmSpace, Choice, ParamSpec, Range, StudyConfig
+from studies.optuna_search import ArmSearch
 
 MODE = "max"  # the selection metric (validation NDCG@10) is maximised
 
@@ -31,14 +31,15 @@ def make_searcher(study: StudyConfig, arm: ArmSpace, concurrency: int, storage: 
     """Seeded TPE whose first trial is the arm's `first` point (the paper-like defaults), at most
     `concurrency` trials in flight so TPE keeps learning from finished ones. With `storage` (an Optuna
     RDB URL) the search is also recorded there as the Optuna study named after the arm, for
-    optuna-dashboard; a stage built afresh starts that study afresh, as an in-memory one would."""
+    optuna-dashboard (`studies.optuna_search`); a stage built afresh starts that study afresh, as an
+    in-memory one would."""
     rdb = None
     if storage is not None:
         rdb = optuna.storages.RDBStorage(storage)
         if arm.name in {s.study_name for s in optuna.get_all_study_summaries(rdb)}:
             optuna.delete_study(study_name=arm.name, storage=rdb)
-    searcher = OptunaSearch(
-        space=optuna_space(arm), metric=study.metric, mode=MODE,
+    searcher = ArmSearch(
+        space=optuna_space(arm), metric=study.metric, max_epochs=study.epochs_of(arm.name), mode=MODE,
         points_to_evaluate=[dict(arm.first)] if arm.first else None,
         sampler=optuna.samplers.TPESampler(seed=study.seed), study_name=arm.name, storage=rdb,
     )

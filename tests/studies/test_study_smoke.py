@@ -298,6 +298,39 @@ def test_each_arms_search_is_an_optuna_study_for_optuna_dashboard(smoke):
         assert any(t.intermediate_values for t in trials)
 
 
+def test_optuna_db_agrees_with_the_selection(smoke):
+    """Each arm's Optuna study tells the search as the harness saw it: the objective named, the selected
+    trial recorded (and Optuna's best trial unless ASHA cut it: Optuna's best is among COMPLETE trials),
+    each trial's state from its MLflow run, its value the run's best_valid_ndcg_at_10, every epoch an
+    intermediate value."""
+    import optuna
+    from optuna.trial import TrialState
+
+    _, study_dir, store = smoke
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    for arm in ARMS:
+        study = optuna.load_study(study_name=arm, storage=storage)
+        assert study.metric_names == ["best_valid_ndcg_at_10"], arm
+        runs = {r.data.tags["trial_id"]: r for r in store.nested("search", arm)}
+        trials = {t.user_attrs.get("tune_trial_id"): t for t in study.trials}
+        assert set(trials) == set(runs), arm
+        (selected,) = {r.data.tags["selected_trial"] for r in store.nested("final", arm)}
+        assert study.user_attrs.get("selected_trial") == trials[selected].number, arm
+        if trials[selected].state == TrialState.COMPLETE:
+            assert study.best_trial.number == trials[selected].number, arm
+        for trial_id, trial in trials.items():
+            run, tags = runs[trial_id], runs[trial_id].data.tags
+            cut = tags.get("asha_stopped") == "true" or tags.get("budget_stopped") == "true"
+            state = (TrialState.FAIL if run.info.status == "FAILED" else TrialState.PRUNED if cut
+                     else TrialState.COMPLETE)
+            assert trial.state == state, (arm, trial_id, trial.state, state)
+            if state != TrialState.FAIL:
+                epochs = sorted(trial.intermediate_values)
+                assert epochs == sorted(store.steps(run)), (arm, trial_id, epochs, store.steps(run))
+                value = trial.value if state == TrialState.COMPLETE else trial.user_attrs["best_valid_ndcg_at_10"]
+                assert value == pytest.approx(run.data.metrics["best_valid_ndcg_at_10"], rel=1e-9), (arm, trial_id)
+
+
 LEAKS = ("Exception ignored in", "sigterm_handler", "Restored on", "(search_trial pid=", "(final_trial pid=",  # workers
          "Started a local Ray instance",  # Ray's driver
          "Creating initial MLflow database tables", "Updating database tables", "Downloading artifacts")  # MLflow's

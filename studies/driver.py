@@ -15,8 +15,8 @@ import optuna
 import pandas as pd
 import ray
 
+from analysis.atomic import atomic_path, write_text
 from analysis.mlflow_ui import UI_PORT, ui_command
-from analysis.report import write_report
 from analysis.summaries import per_window
 from idea.data.describe import describe
 from idea.contract import VALID, Tag
@@ -27,6 +27,7 @@ from studies.data import without_tests
 from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
+from studies.finish import REPORT_DIR, REPORT_FILE, unwritten, write_outputs
 from studies.interrupts import interrupted_by, stop_on_signals
 from studies.oracle import run_oracle
 from studies.preflight import SUMMARY_FILE, Checked
@@ -140,16 +141,16 @@ def resume_command(argv: list[str], resume: bool) -> str:
 def log_inputs(study_dir: Path, study_run: StudyRun, data: Interactions, split: Split) -> None:
     """At the start, on the parent run: the resolved study.yaml and describe.json (the split's shift
     diagnostics, `idea.data.describe`), so even an interrupted study says what it ran on."""
-    (study_dir / "describe.json").write_text(json.dumps(describe(data, split), indent=1) + "\n")
+    write_text(study_dir / "describe.json", json.dumps(describe(data, split), indent=1) + "\n")
     for name in ("study.yaml", "describe.json"):
         study_run.client().log_artifact(study_run.parent_run_id, str(study_dir / name))
 
 
 def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, results: pd.DataFrame) -> None:
-    """trials.csv and final_results.csv, in the study folder and on the parent run."""
-    trials.to_csv(study_dir / "trials.csv", index=False)
-    results.to_csv(study_dir / "final_results.csv", index=False)
-    for name in ("trials.csv", "final_results.csv"):
+    """trials.csv and final_results.csv, each written whole, in the study folder and on the parent run."""
+    for name, frame in (("trials.csv", trials), ("final_results.csv", results)):
+        with atomic_path(study_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
         study_run.client().log_artifact(study_run.parent_run_id, str(study_dir / name))
 
 
@@ -268,10 +269,13 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
     """`run_cli` without the handling of machine faults."""
     name, study_dir, tracking_uri, split = checked.name, checked.folder.path, checked.tracking_uri, checked.split
     try:  # what needs MLflow or Tune's state, before Ray starts
-        if args.resume and is_finished(tracking_uri, name) and (study_dir / SUMMARY_FILE).is_file():
-            print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
-            print_finished(study_dir, name, tracking_uri)
-            return 0
+        if args.resume and is_finished(tracking_uri, name):
+            if (missing := unwritten(study_dir)) is None:
+                print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
+                print_finished(study_dir, name, tracking_uri)
+                return 0
+            print(f"study {name} has finished, but its summary and report were not written in full ({missing}): "
+                  "writing them", file=sys.stderr)
         if args.resume:  # Tune's state files (run_search/run_final check them against the store)
             for experiment in sorted((study_dir / "ray").glob("*/tuner.pkl")):
                 check_state(experiment.parent)
@@ -343,9 +347,7 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
     smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""
     text = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
             f"retrained with seeds {study.final_seeds()}):{smoke}\n{summary_table(selections, trials, results)}\n")
-    (study_dir / SUMMARY_FILE).write_text(text)
-    report = write_report(tracking_uri, name, study_dir / "report")
-    study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), "report")
+    write_outputs(study_dir, name, tracking_uri, study_run, text)
     print_finished(study_dir, name, tracking_uri)
     if missing:
         print(f"\nstudy {name} ended without a result for arm(s) {', '.join(missing)}:\n"
@@ -360,7 +362,7 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
 def print_finished(study_dir: Path, name: str, tracking_uri: str) -> None:
     print("\n" + (study_dir / SUMMARY_FILE).read_text(), end="")
     print(f"\nMLflow: experiment {name!r}; open the UI with\n  {ui_hint(tracking_uri)}")
-    print(f"report: {study_dir / 'report' / 'summary.md'}")
+    print(f"report: {study_dir / REPORT_DIR / REPORT_FILE}")
     print(f"Optuna searches (one study per arm; pip install optuna-dashboard):\n  "
           f"{shlex.join(['optuna-dashboard', optuna_storage(study_dir)])}")
 

@@ -140,3 +140,24 @@ def test_writes_to_a_locked_store_are_retried_beyond_mlflows_busy_timeout(tmp_pa
         holder.kill()
         holder.wait()
     assert client.get_run(run.info.run_id).info.status == "RUNNING"
+
+
+def test_a_report_that_failed_to_be_written_is_written_by_the_resume(tmp_path):
+    """The report is part of finishing (issue 34, item 2): a full disk while the summary and report are written,
+    after the last trial (simulated by IDEA_STUDY_INJECT_REPORT_FAULT), stops the study with exit 75, and
+    `--resume` writes them, exit 0, instead of calling the study finished with an empty summary.txt and no
+    report; only then is it finished."""
+    args = (str(tiny_study(tmp_path / f"{STUDY}.yaml")), "--out", str(tmp_path), "--concurrency", "1",
+            "--num-samples", "1")
+    study_dir = tmp_path / STUDY
+    done = run_study(*args, timeout=300, IDEA_STUDY_INJECT_REPORT_FAULT="enospc")
+    assert_clean_stop(done.returncode, done.stderr, "no space left on the disk")
+    resumed = run_study(*args, "--resume", timeout=300)
+    assert resumed.returncode == 0 and "already finished" not in resumed.stderr, resumed.stderr[-3000:]
+    summary = (study_dir / "summary.txt").read_text()
+    assert summary.startswith(f"Study {STUDY} ") and summary in resumed.stdout, (summary, resumed.stdout[-3000:])
+    report = study_dir / "report" / "summary.md"
+    assert report.is_file() and "UNFINISHED" not in report.read_text().splitlines()[0]
+    assert [r.info.status for r in Store(study_dir, STUDY).runs("tags.stage = 'study'")] == ["FINISHED"]
+    again = run_study(*args, "--resume", timeout=120)
+    assert again.returncode == 0 and "already finished" in again.stderr and summary in again.stdout, again.stderr

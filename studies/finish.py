@@ -1,0 +1,42 @@
+"""The end of a study: its console summary (summary.txt) and report (report/) are part of finishing it. Each
+file is written whole (analysis.atomic) and summary.txt last, so a study whose parent run ended FINISHED is
+finished only when `unwritten` finds nothing missing. A report that failed to be written (a disk that filled
+up after the last trial) is then written by `--resume`; before, the resume called such a study finished,
+with an empty summary.txt and no report/."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from analysis.atomic import write_text
+from analysis.report import write_report
+from studies.preflight import SUMMARY_FILE
+from studies.tracking import StudyRun
+
+REPORT_DIR = "report"
+REPORT_FILE = "summary.md"  # the report's own summary
+# Test hook: "enospc" makes writing the summary and report fail at once, as a full disk would, so that what
+# such a failure leaves, and what --resume does with it, can be tested for real.
+REPORT_FAULT_ENV = "IDEA_STUDY_INJECT_REPORT_FAULT"
+
+
+def unwritten(study_dir: Path) -> str | None:
+    """What of a study's summary and report is missing, or None when both were written in full."""
+    summary, report = study_dir / SUMMARY_FILE, study_dir / REPORT_DIR / REPORT_FILE
+    if not summary.is_file():
+        return f"{summary} is missing"
+    if not summary.stat().st_size:
+        return f"{summary} is empty"
+    if not report.is_file():
+        return f"{report} is missing"
+    return None
+
+
+def write_outputs(study_dir: Path, name: str, tracking_uri: str, study_run: StudyRun, summary: str) -> None:
+    """The report (also logged on the parent run), then summary.txt, the last file a finished study gets."""
+    if os.environ.get(REPORT_FAULT_ENV) == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{REPORT_FAULT_ENV}=enospc")
+    report = write_report(tracking_uri, name, study_dir / REPORT_DIR)
+    study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), REPORT_DIR)
+    write_text(study_dir / SUMMARY_FILE, summary)

@@ -36,7 +36,8 @@ MIN_FREE_MB = 1024
 
 @dataclass(frozen=True)
 class Checked:
-    """What the checks found, for the driver: the study, its name, folder and tracking URI, and its data."""
+    """What the checks found, for the driver: the study, its name, folder and tracking URI, its data, and the
+    folder's lock, which this driver now holds."""
 
     study: StudyConfig
     name: str

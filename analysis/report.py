@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from analysis import plots
+from analysis.atomic import atomic_path, write_text
 from analysis import mechanism as M
 from analysis import summaries as S
 from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_history, load_shift, load_spaces, load_study,
@@ -463,13 +464,16 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
                           load_history(tracking_uri, study, keys=M.is_wanted))
     figures = build_figures(tables, metric, k, arms)
 
-    results.to_csv(out_dir / RESULTS_FILE, index=False)
+    with atomic_path(out_dir / RESULTS_FILE) as tmp:
+        results.to_csv(tmp, index=False)
     tags = parent_tags(tracking_uri, study)
-    (out_dir / ABOUT_FILE).write_text(json.dumps(about(study, tags, shift, arms), indent=1) + "\n")
+    write_text(out_dir / ABOUT_FILE, json.dumps(about(study, tags, shift, arms), indent=1) + "\n")
     for name, df in tables.items():
-        df.to_csv(out_dir / f"{name}.csv", index=False)
+        with atomic_path(out_dir / f"{name}.csv") as tmp:
+            df.to_csv(tmp, index=False)
     for name, fig in figures.items():
-        fig.savefig(out_dir / f"{name}.png", dpi=110)
+        with atomic_path(out_dir / f"{name}.png") as tmp:
+            fig.savefig(tmp, dpi=110)
 
     label = plots.metric_label(metric, k)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -502,7 +506,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
     md += _ui_section(tracking_uri, study, results, arms, out_dir, metric, k, ui_url)
     path = out_dir / "summary.md"
-    path.write_text("\n".join(md) + "\n")
+    write_text(path, "\n".join(md) + "\n")  # last: a summary.md means the report is whole
     return path
 
 

@@ -103,7 +103,8 @@ def words(rows: pd.DataFrame) -> list[str]:
         others = g.loc[~g["arm"].isin([CLEAN, BASE])]
         for _, r in others.sort_values("arm", key=lambda a: a != "idea", kind="stable").iterrows():  # idea first
             if r["ci_low"] > 0:
-                found = f"finds {r['share']:.0%} of it (bootstrap 95% CI [{r['share_low']:.0%}, {r['share_high']:.0%}])"
+                found = (f"finds {r['share']:.0%} of it ({r['diff']:+.4f}; bootstrap 95% CI of the share "
+                         f"[{r['share_low']:.0%}, {r['share_high']:.0%}])")
             elif r["ci_high"] < 0:
                 found = f"does worse than erm_ft ({r['share']:.0%} of the gain)"
             else:

@@ -276,7 +276,8 @@ def test_unknown_dataset_lists_names():
     assert "unknown dataset 'beuaty'" in msg
     for name in ("beauty", "sports", "yelp", "toys", "ml-100k", "synthetic"):
         assert repr(name) in msg
-    assert sorted(DATASETS) == ["beauty", "ml-100k", "sports", "synthetic", "toys", "yelp"]
+    assert sorted(DATASETS) == ["beauty", "ml-100k", "sports", "synthetic", "synthetic-promo0", "synthetic-promo100",
+                                "synthetic-promo50", "toys", "yelp"]
     with pytest.raises(ValueError, match="choose one of"):
         get_spec("nosuch")
 

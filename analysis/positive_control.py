@@ -82,9 +82,10 @@ def recovery(results: pd.DataFrame, strength: float, metric: str = "ndcg", k: in
                 idx = rng.integers(0, len(both), (draws, len(both)))  # seeds resampled, pairs kept
                 boot = diff[idx].mean(1) / gain[idx].mean(1)
                 lo, hi = np.percentile(boot, [2.5, 97.5])
+            ci_low, ci_high = _interval(diff)
             rows.append({"strength": strength, "part": part, "arm": arm, "n_seeds": len(both),
-                         "control_mean": both[CONTROL].mean(), "diff": diff.mean(), "ci_low": _interval(diff)[0],
-                         "ci_high": _interval(diff)[1], "share": share, "share_low": lo, "share_high": hi})
+                         "control_mean": both[CONTROL].mean(), "diff": diff.mean(), "ci_low": ci_low,
+                         "ci_high": ci_high, "share": share, "share_low": lo, "share_high": hi})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

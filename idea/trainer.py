@@ -173,7 +173,7 @@ class Trainer:
             self.init_digest = state_digest(self.model.state_dict())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         # The method's own parts (IDEA's extractors draw their initial weights here, after the backbone's, as always)
-        self.objective = METHOD_OBJECTS[config.method](config, split, self.device)
+        self.objective = METHOD_OBJECTS[config.method](config, self.split, self.device)
         tr = self.split.train
         if len(tr) == 0:
             raise ValueError(f"split of {split.dataset!r} has no training events; check the cuts")

@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from analysis.summaries import part_key
 from idea.contract import Arms
 
-__all__ = ["ARM_STYLES", "BASE_STYLE", "metric_label", "metric_vs_window", "gain_vs_shift", "sensitivity_panel",
-           "sensitivity_figures"]
+__all__ = ["ARM_STYLES", "BASE_STYLE", "arm_style", "metric_label", "metric_vs_window", "gain_vs_shift",
+           "sensitivity_panel", "sensitivity_figures"]
 
 BASE_STYLE = {"color": "#1f77b4", "marker": "s"}
 ARM_STYLES = ({"color": "#d62728", "marker": "o"}, {"color": "#2ca02c", "marker": "D"},
@@ -33,8 +33,9 @@ def metric_label(metric: str, k: int) -> str:
     return f"{metric.upper()}@{k}"
 
 
-def _style(arm: str, arms: Arms) -> dict:
-    """The base arm's style, else the next of ARM_STYLES by the arm's place among the other arms."""
+def arm_style(arm: str, arms: Arms) -> dict:
+    """The base arm's style, else the next of ARM_STYLES by the arm's place among the other arms (its colour is
+    also its runs' colour in MLflow's charts, `analysis.mlflow_ui.arm_colours`)."""
     if arm == arms.base:
         return BASE_STYLE
     others = [a for a in arms.order if a != arms.base]
@@ -67,7 +68,7 @@ def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10
         yerr = np.nan_to_num(d["std"].to_numpy(dtype=float))  # one seed: no bar
         n = int(d["n_seeds"].max())
         ax.errorbar(x, d["mean"].to_numpy(dtype=float), yerr=yerr, capsize=4, linewidth=1.8,
-                    label=f"{arm} ({n} seed{'s' if n != 1 else ''})", **_style(arm, shown))
+                    label=f"{arm} ({n} seed{'s' if n != 1 else ''})", **arm_style(arm, shown))
     if "valid" in x_of and len(parts) > 1:
         ax.axvline(x_of["valid"] + 0.5, color="grey", linestyle=":", linewidth=1)
         ax.text(x_of["valid"] + 0.52, 0.02, "test starts (t0)", transform=ax.get_xaxis_transform(), color="grey",
@@ -109,7 +110,7 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
     shown = _arms(arms, [*drops["arm"], *(gains["arm"] if with_gain else [])])
     for arm in (a for a in shown.order if a in set(drops["arm"])):
         d = drops.loc[drops["arm"] == arm].sort_values(x)
-        ax.plot(d[x], 100 * d["rel_drop"], label=arm, linewidth=1.8, **_style(arm, shown))
+        ax.plot(d[x], 100 * d["rel_drop"], label=arm, linewidth=1.8, **arm_style(arm, shown))
     _name_windows(ax, drops, x)
     ax.set_xlabel(SHIFT_LABELS.get(x, x))
     ax.set_ylabel(f"drop of {metric_label(metric, k)} from validation (%)")
@@ -127,7 +128,7 @@ def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str
             high = np.nan_to_num(100 * (d["ci_high"] - d["mean_diff"]).to_numpy(dtype=float) / base)
             ax.errorbar(d[x].to_numpy(dtype=float), y, yerr=[low, high], capsize=4, linewidth=1.8,
                         linestyle="-" if control == shown.base else "--", label=f"{arm} vs {control}",
-                        **_style(arm, shown))
+                        **arm_style(arm, shown))
         _name_windows(ax, gains, x)
         ax.axhline(0, color="grey", linewidth=1)
         ax.set_xlabel(SHIFT_LABELS.get(x, x))
@@ -176,7 +177,7 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
             pos = np.stack([x, x, x], axis=1)
         order = np.argsort(pos[:, 0], kind="stable")
         pos, mean, count = pos[order], d["mean"].to_numpy(dtype=float)[order], d["count"].to_numpy()[order]
-        style = _style(arm, shown)
+        style = arm_style(arm, shown)
         ax.errorbar(pos[:, 0], mean, xerr=[pos[:, 0] - pos[:, 1], pos[:, 2] - pos[:, 0]], capsize=3, linewidth=1.8,
                     label=arm, **style)
         counts += [(x, y, n, i, style["color"]) for x, y, n in zip(pos[:, 0], mean, count)]

@@ -26,11 +26,13 @@ from analysis import mechanism as M
 from analysis import summaries as S
 from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_history, load_shift, load_spaces, load_study,
                            parent_tags, read_artifact)
-from analysis.mlflow_ui import PORT, UI_PORT, compare_url, metric_url, runs_url, ui_base_url, ui_command
+from analysis.mlflow_ui import (UI_PORT, chart_view, compare_url, is_server, runs_url, share_view, ui_base_url,
+                                ui_command, view_url)
 from idea.argparsing import StrictArgumentParser
-from idea.contract import TRUE, VALID, Arms, Stage, Tag
+from idea.contract import TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name, shift_key
 
-__all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "missing_parts", "write_report", "main"]
+__all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "identical_runs", "missing_parts",
+           "register_chart_view", "link_runs", "write_report", "main"]
 
 # name -> (section title, one-line explanation); the order of summary.md
 TABLES = {
@@ -237,9 +239,9 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
 
 
 def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame,
-          arms: Arms | None = None) -> list[str]:
-    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...);
-    `arms` as for `build_tables`."""
+          arms: Arms | None = None, metric: str = "ndcg", k: int = 10) -> list[str]:
+    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...), and
+    final runs whose values coincide; `arms` as for `build_tables`."""
     out = []
     if results.empty:
         return ["No finished search or final runs in this study yet: there is nothing to summarise."]
@@ -262,6 +264,10 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
             out.append("No warm-target metrics (test_<window>_warm_*): warm tables and plot are skipped.")
         if not S.windows(final):
             out.append("No test windows w1..wm (leave-one-out study?): degradation and shift plots are skipped.")
+        label = plots.metric_label(metric, k)
+        for names, parts in identical_runs(final, metric, k):
+            out.append(f"Identical {label} on every part ({', '.join(parts)}): {' = '.join(f'`{n}`' for n in names)}; "
+                       "in MLflow's charts their lines and bars lie on one another, so only one shows.")
     if results.loc[results["stage"] == Stage.SEARCH].empty:
         out.append("No search trials: sensitivity and importances are skipped.")
     elif tables["sensitivity"].empty:
@@ -273,6 +279,19 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
         out.append(f"The shift diagnostics' windows {S.windows(shift)} differ from the study's {S.windows(final)}: "
                    f"they may describe another split ({shift.attrs.get('source')}).")
     return out
+
+
+def identical_runs(final: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> list[tuple[list[str], list[str]]]:
+    """Groups of final runs (names) with the same value on every part (all targets), and the parts."""
+    rows = final.loc[(final["subset"] == "all") & (final["metric"] == metric) & (final["k"] == k)]
+    if rows.empty:
+        return []
+    wide = rows.pivot_table(index="run_name", columns="part", values="value")
+    wide = wide[sorted(wide.columns, key=S.part_key)]
+    groups: dict[tuple, list[str]] = {}
+    for name, values in wide.round(12).fillna(-1.0).iterrows():
+        groups.setdefault(tuple(values), []).append(name)
+    return [(sorted(names), list(wide.columns)) for names in groups.values() if len(names) > 1]
 
 
 SIGNIFICANT = 4  # digits of a column's largest value; the rest of the column gets the same decimals
@@ -324,59 +343,66 @@ def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, arms: Arms, out_dir: Path, metric: str,
                 k: int, ui_url: str | None) -> list[str]:
+    """How to open the study in MLflow's UI: the links (their port, and how to rebuild them for another), the
+    click path, and the chart view of the final runs, which this registers in the store (`share_view`)."""
     base = ui_base_url(tracking_uri, ui_url)
-    cmd = ui_command(tracking_uri)
-    placeholder = PORT in base  # a local store, served wherever the reader chooses
     lines = ["## MLflow UI", ""]
-    if placeholder:
+    if is_server(tracking_uri):
+        lines += [f"The store is served at {base}.", ""]
+    else:
+        printed = " (the command the study printed)" if ui_url is None else ""
         rebuild = shlex.join(["python", "-m", "analysis.report", "--tracking-uri", tracking_uri, "--study", study,
                               "--out", str(out_dir), "--metric", metric, "--k", str(k),
-                              "--ui-url", f"http://127.0.0.1:{UI_PORT}"])
-        lines += [f"Serve the store on any free port: `{cmd}`. In the links below put that port for `{PORT}` (or, "
-                  f"for port {UI_PORT}, rebuild this report with `{rebuild}`).", ""]
-    elif cmd:
-        port = urlsplit(base).port or PORT
-        lines += [f"The links below expect the UI at {base}: `{ui_command(tracking_uri, port)}`.", ""]
-    else:
-        lines += [f"The store is served at {base}.", ""]
+                              "--ui-url", "http://127.0.0.1:<port>"])
+        lines += [f"The links expect the UI at {base}: `{ui_command(tracking_uri, urlsplit(base).port or UI_PORT)}`"
+                  f"{printed}. For the UI on another port, rebuild this report with `{rebuild}`.", ""]
     exp_id, runs = final_run_ids(tracking_uri, study)
+    name = metric_name(metric, k)
     lines += [f"Click path: **Experiments** → `{study}` (MLflow 3 opens it on its GenAI overview: click **Model "
-              "training** at the top left for the runs table) → search `tags.stage = 'final'`, expand the parent run "
-              f"(⊞), tick the final runs ({', '.join(f'`{n}`' for n, _ in runs) or 'none yet'}) → **Compare** → in "
-              f"the Metrics list (scroll), click `shift_{metric}_at_{k}` and choose X-axis **Step**: the metric against the window "
-              "(step 0 = validation, step i = window wi), one line per run."]
-
-    def link(text: str, url: str) -> str:
-        return f"- {text}: `{url}`" if placeholder else f"- {text}: <{url}>"
-
-    lines += ["", link("runs table", runs_url(base, exp_id))]
+              f"training** at the top left for the runs table) → search `tags.stage = 'final'`, sort by **Run Name** "
+              "(sorted by time, the final runs hide under their parent run) → the chart view (the chart icon left of "
+              f"the search box) → search the charts for `{shift_key(name)}` (step 0 = validation, step i = window "
+              "wi) or `test_`."]
+    lines += ["", f"- runs table: <{runs_url(base, exp_id)}>"]
+    if runs and (view := register_chart_view(tracking_uri, exp_id, results, metric, k)):
+        key, parts = view
+        steps = ", ".join(f"{i} = {'validation' if p == VALID else p}" for i, p in enumerate(parts))
+        lines += [f"- chart view of every final run: <{view_url(base, exp_id, key)}>. The list of runs at the left is "
+                  "the legend: each run in its arm's colour of the figures above (an arm's seeds share it). "
+                  f"`{key}` against the step (step {steps}), then a bar chart per part "
+                  f"({', '.join(f'`{best_state_key(p, name)}`' for p in parts)})."
+                  + (" Runs with identical values draw on top of each other: the notes name them."
+                     if identical_runs(results.loc[results["stage"] == Stage.FINAL], metric, k) else "")]
     if runs:
-        ids, one_seed = link_runs([i for _, i in runs], results, arms)
-        lines += [link("compare page", compare_url(base, exp_id, ids))]
-        if any(p != VALID for p in results.loc[results["stage"] == Stage.FINAL, "part"]):
-            key = f"shift_{metric}_at_{k}"
-            lines += [link(f"`{key}` against the window, per final run", metric_url(base, exp_id, ids, key)),
-                      link(f"`{key}` against the window, one seed per arm (a legend entry for every arm; MLflow "
-                           "picks the colours)", metric_url(base, exp_id, one_seed, key))]
+        lines += [f"- compare page: <{compare_url(base, exp_id, link_runs([i for _, i in runs], results, arms))}>"]
+    else:
+        lines += ["- chart view and compare page: none yet (no finished final runs)"]
     return lines
 
 
-def link_runs(run_ids: list[str], results: pd.DataFrame, arms: Arms) -> tuple[list[str], list[str]]:
-    """The final runs for the UI links, the base arm's first (MLflow's chart legend lists the runs in the
-    link's order and drops entries that do not fit: the baseline must not be the one left out), then each
-    arm's runs in display order; and one run per arm, of the lowest seed every arm has (else its own lowest)."""
+def register_chart_view(tracking_uri: str, experiment_id: str, results: pd.DataFrame, metric: str = "ndcg",
+                        k: int = 10) -> tuple[str, list[str]] | None:
+    """Store the chart view of the study's final runs (`analysis.mlflow_ui.chart_view`: `shift_<metric>_at_<k>`
+    against the step, then a bar chart per part) as the experiment's shared view; returns its key (for
+    `view_url`) and the parts, the line's steps; None without final runs."""
+    parts = sorted(set(results.loc[results["stage"] == Stage.FINAL, "part"]), key=S.part_key)
+    if not parts:
+        return None
+    name = metric_name(metric, k)
+    # the section's title names the line's steps (MLflow titles each chart by its metric key)
+    title = "Steps: " + ", ".join(f"{i} {p}" for i, p in enumerate(parts))
+    share_view(tracking_uri, experiment_id, shift_key(name),
+               chart_view(title, shift_key(name), [best_state_key(p, name) for p in parts]))
+    return shift_key(name), parts
+
+
+def link_runs(run_ids: list[str], results: pd.DataFrame, arms: Arms) -> list[str]:
+    """The final runs for the compare page: the base arm's first, then each arm's in display order, by seed."""
     final = results.loc[results["stage"] == Stage.FINAL, ["run_id", "arm", "seed"]].drop_duplicates("run_id")
     where = {r.run_id: (r.arm, int(r.seed)) for r in final.itertuples()}
     order = [arms.base] * (arms.base is not None) + [a for a in arms.order if a != arms.base]
     rank = {arm: i for i, arm in enumerate(order)}
-    ids = sorted(run_ids, key=lambda i: (rank.get(where.get(i, ("", 0))[0], len(rank)), where.get(i, ("", 0))[1]))
-    seeds = {arm: {s for a, s in where.values() if a == arm} for arm in order}
-    common = set.intersection(*[v for v in seeds.values() if v]) if any(seeds.values()) else set()
-    one = []
-    for arm in order:
-        pick = min(common) if common else min(seeds[arm], default=None)
-        one += [i for i in ids if where.get(i) == (arm, pick)][:1]
-    return ids, one
+    return sorted(run_ids, key=lambda i: (rank.get(where.get(i, ("", 0))[0], len(rank)), where.get(i, ("", 0))[1]))
 
 
 def missing_parts(tracking_uri: str, study: str) -> list[str]:
@@ -454,7 +480,8 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
     ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path. Missing pieces
     (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md. `ui_url` is
-    where the MLflow UI of a local store is served, for the links (default: a port placeholder)."""
+    where the MLflow UI of a local store is served, for the links (default: port `UI_PORT`, as a study's printed
+    command serves it). The chart view the links open is stored in the store, as an experiment tag."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = load_study(tracking_uri, study)
@@ -491,7 +518,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     if (lines := headline(tables, metric, k, arms)):
         md += [f"**{lines[0]}**", "", *([" ".join(lines[1:]), ""] if lines[1:] else [])]
     md += ["Runs:", "", _markdown(_runs_table(results)), ""]
-    if (ns := notes(results, tables, shift, arms)):
+    if (ns := notes(results, tables, shift, arms, metric, k)):
         md += ["## Notes", "", *[f"- {n}" for n in ns], ""]
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
@@ -517,8 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--ui-url", help="where you serve the MLflow UI of a local store (e.g. http://127.0.0.1:5001), "
-                                    "for the links in summary.md; default: a PORT placeholder")
+    p.add_argument("--ui-url", help="where you serve the MLflow UI of a local store, for the links in summary.md; "
+                                    f"default: http://127.0.0.1:{UI_PORT}, as the study's printed `mlflow ui` serves it")
     args = p.parse_args(argv)
     try:
         path = write_report(args.tracking_uri, args.study, args.out, args.metric, args.k, args.ui_url)

@@ -12,6 +12,7 @@ import pandas as pd
 from ray import tune
 from ray.tune import ResultGrid
 
+from analysis.mlflow_ui import RUN_COLOR_TAG, arm_colours
 from idea.contract import Result, Stage, Tag
 from idea.splits import Split
 
@@ -54,7 +55,9 @@ def run_final(study: StudyConfig, selection: Selection, split: Split, resources:
             run_config=run_config,
         )
 
-    tags = {**study.roles().tags(arm), Tag.SELECTED_TRIAL: selection.trial_id}
+    # the arm's colour in the report's figures, which MLflow's charts draw its runs in
+    tags = {**study.roles().tags(arm), Tag.SELECTED_TRIAL: selection.trial_id,
+            RUN_COLOR_TAG: arm_colours(study.roles())[arm]}
     run_config = resources.run_config(ray_dir, name, len(seeds), MlflowTrialLogger(
         study_run, arm, stage, fixed, study.epochs_of(arm), init, tags=tags))
     return fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, stage))

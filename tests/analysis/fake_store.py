@@ -9,8 +9,8 @@ every name comes from `idea.contract`, the module `studies/` writes by.
   ``erm-seed1``, ``erm-seed2`` with ``best_valid_*``, ``best_valid_warm_*`` and
   ``test_<w>[_warm]_*`` metrics for windows w1..w3 (and the same as ``shift_[warm_]*`` series, step 0 =
   validation, step i = wi), per-epoch ``valid_*`` whose latest value is NOT
-  the best one, ``train_loss`` and ``best_epoch``. Every nested run carries its arm's roles (`ROLES`: erm
-  the base arm, idea compared with it).
+  the best one, ``train_loss`` and ``best_epoch``, and their arm's colour (``mlflow.runColor``). Every
+  nested run carries its arm's roles (`ROLES`: erm the base arm, idea compared with it).
 - ``OTHER`` (``other-study``): a parent without ``describe.json``, and one final run with absurd
   values that must never leak into ``STUDY``; it predates the role tags (read by `Arms.legacy`).
   Its parent carries ``describe.json`` of the synthetic dataset's default split, as a study logs it.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from analysis.mlflow_ui import RUN_COLOR_TAG, arm_colours
 from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name,
                            shift_key, valid_key)
 
@@ -171,7 +172,8 @@ def make_fake_store(path: str | Path) -> str:
         for seed in SEEDS:
             cfg = {**configs[(arm, BEST_TRIAL[arm])], "seed": seed}
             tags = {**common, Tag.STUDY: STUDY, Tag.ARM: arm, Tag.METHOD: arm, Tag.SEED: seed, "data_sha256": sha,
-                    Tag.STAGE: Stage.FINAL, "mlflow.parentRunId": parent, **ROLES.tags(arm)}
+                    Tag.STAGE: Stage.FINAL, "mlflow.parentRunId": parent, **ROLES.tags(arm),
+                    RUN_COLOR_TAG: arm_colours(ROLES)[arm]}
             metrics = epochs(final_value(arm, seed, VALID, "all", "ndcg", 10)) + [("best_epoch", 2, 0)]
             for subset in SUBSETS:
                 for part in (VALID, *WINDOWS):

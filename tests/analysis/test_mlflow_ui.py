@@ -1,5 +1,5 @@
-"""The study as the MLflow UI shows it: `mlflow server` on the fake store, its REST API, and the compare
-page rendered by headless Chromium (Debian's `chromium` package)."""
+"""The study as the MLflow UI shows it: `mlflow server` on the fake store, its REST API, and the report's links
+(runs table, compare page, chart view) rendered by headless Chromium (Debian's `chromium` package)."""
 from __future__ import annotations
 
 import html
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from analysis.load import final_run_ids
-from analysis.mlflow_ui import compare_url, metric_url, runs_url, ui_base_url, ui_command
+from analysis.mlflow_ui import arm_colours, compare_url, runs_url, ui_base_url, ui_command, view_url
+from analysis.report import write_report
 from tests.analysis import fake_store as F
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -32,13 +33,12 @@ def get_json(url: str, body: dict | None = None) -> dict:
 def test_ui_links_have_the_3x_route_format():
     """Hash routes with JSON lists, as MLflow's own compare button builds them."""
     assert compare_url("http://h:1/", "7", ["a", "b"]) == 'http://h:1/#/compare-runs?runs=["a","b"]&experiments=["7"]'
-    assert metric_url("http://h:1", "7", ["a"], "shift_ndcg_at_10") == (
-        'http://h:1/#/metric?runs=["a"]&metric="shift_ndcg_at_10"&experiments=["7"]'
-        '&plot_metric_keys=["shift_ndcg_at_10"]&x_axis=step&show_point=true')
+    assert view_url("http://h:1/", "7", "shift_ndcg_at_10") == (
+        "http://h:1/#/experiments/7/runs?compareRunsMode=CHART&viewStateShareKey=shift_ndcg_at_10")
     assert runs_url("http://h:1/", "7") == "http://h:1/#/experiments/7/runs"
-    # a local store has no port of its own: a placeholder, or where the reader says the UI is
-    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db --host 127.0.0.1 --port PORT"
-    assert ui_base_url("sqlite:////x/mlflow.db") == "http://127.0.0.1:PORT"
+    # a local store: the port of the `mlflow ui` command a study prints, or where the reader says the UI is
+    assert ui_command("sqlite:////x/mlflow.db") == "mlflow ui --backend-store-uri sqlite:////x/mlflow.db --host 127.0.0.1 --port 5001"
+    assert ui_base_url("sqlite:////x/mlflow.db") == "http://127.0.0.1:5001"
     assert ui_base_url("sqlite:////x/mlflow.db", "http://127.0.0.1:5123/") == "http://127.0.0.1:5123"
     assert ui_command("http://srv:5000") is None and ui_base_url("http://srv:5000/") == "http://srv:5000"
 
@@ -77,12 +77,13 @@ def page_text(dom: str) -> str:
     return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
 
 
-def render(url: str, tmp: Path, name: str) -> tuple[str, Path]:
-    """Load `url` in headless Chromium: (text of the DOM after 15 s of virtual time, screenshot path)."""
+def render(url: str, tmp: Path, name: str, budget_ms: int = 15000) -> tuple[str, Path]:
+    """Load `url` in headless Chromium: (text of the DOM after `budget_ms` of virtual time, screenshot path); the DOM
+    itself is kept as <name>.html."""
     shot = tmp / f"{name}.png"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp / f'profile-{name}'}", "--virtual-time-budget=15000", "--window-size=1600,1000",
+           f"--user-data-dir={tmp / f'profile-{name}'}", f"--virtual-time-budget={budget_ms}", "--window-size=1600,1000",
            f"--screenshot={shot}", "--dump-dom", url]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -124,36 +125,29 @@ def test_compare_page_renders_idea_and_erm_side_by_side(mlflow_server, store, tm
     assert_real_screenshot(shot)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install -y chromium`; .ci/run does)")
-@pytest.mark.timeout(300)
-def test_metric_against_window_chart_draws_a_line_per_final_run(mlflow_server, store, tmp_path):
-    """The `shift_ndcg_at_10` page (the report's link; in the UI: Compare, the metric, X-axis Step) plots the
-    metric against the window (step 0 = validation, step i = wi) with one line per final run. Its screenshot
-    is docs/mlflow_shift_chart.png."""
-    exp_id, runs = final_run_ids(store, F.STUDY)
-    text, shot = render(metric_url(mlflow_server, exp_id, [i for _, i in runs], "shift_ndcg_at_10"), tmp_path, "shift")
-    assert "X-axis: Step" in text and " Step " in text.split("Download data", 1)[1]  # the step axis, titled
-    for name in FINAL:
-        assert f"{name} (shift_ndcg_at_10)" in text  # a line (legend entry) per run
-    # idea-seed1: 0.1 + 0.002 at validation (step 0), 0.1 * 0.85 + 0.002 on w3 (step 3); erm-seed2 0.099 -> 0.069
-    assert "idea-seed1 0.087 (step=3) 0.087 (step=3) 0.102 (step=0)" in text
-    assert "erm-seed2 0.069 (step=3) 0.069 (step=3) 0.099 (step=0)" in text
-    assert_real_screenshot(shot)
+LEGEND_ENTRY = re.compile(r'stroke: (rgb\([^)]*\));"></path></svg><span[^>]*>([\w-]+) \(shift_ndcg_at_10\)</span>')
+RUN_LIST_ENTRY = re.compile(r'value="(#[0-9a-f]{6})"></label><a [^>]*><span[^>]*>([\w-]+)</span>')  # colour, run name
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`apt-get install -y chromium`; .ci/run does)")
 @pytest.mark.timeout(300)
-def test_one_seed_per_arm_chart_labels_every_arm_baseline_first(mlflow_server, store, tmp_path):
-    """The report's one-seed-per-arm link: the chart's legend has an entry for every arm, the base arm's
-    (erm) before the others, so the baseline is never the entry a crowded legend drops."""
-    from analysis.load import load_arms, load_study
-    from analysis.report import link_runs
-
-    exp_id, runs = final_run_ids(store, F.STUDY)
-    ids, one = link_runs([i for _, i in runs], load_study(store, F.STUDY), load_arms(store, F.STUDY))
-    names = {i: n for n, i in runs}
-    assert [names[i] for i in one] == ["erm-seed1", "idea-seed1"]
-    text, shot = render(metric_url(mlflow_server, exp_id, one, "shift_ndcg_at_10"), tmp_path, "one-seed")
-    entries = [text.find(f"{names[i]} (shift_ndcg_at_10)") for i in one]
-    assert all(e >= 0 for e in entries) and entries == sorted(entries), entries  # every arm, baseline first
+def test_chart_view_draws_every_final_run_in_its_arms_colour(mlflow_server, store, tmp_path):
+    """The report's chart-view link opens the view the report stored in the experiment: every final run in the
+    legend of `shift_ndcg_at_10` against the step, each in its arm's colour (the runs' tag `mlflow.runColor`,
+    which MLflow's UI draws a run in), and so in the run list beside it, the arms' colours distinct; the section's
+    title names the steps, and a bar chart per part follows. Its screenshot on a real smoke study:
+    docs/screenshots/mlflow_chart_view.png."""
+    md = write_report(store, F.STUDY, tmp_path / "report", ui_url=mlflow_server).read_text()
+    (url,) = re.findall(r"<(http[^>]*viewStateShareKey=[^>]+)>", md)
+    text, shot = render(url, tmp_path, "chart-view", budget_ms=60000)  # MLflow draws the charts after ~30 s of it
+    dom = (tmp_path / "chart-view.html").read_text()
+    colours = arm_colours(F.ROLES)
+    assert len(set(colours.values())) == len(F.ARMS)  # each arm its own colour
+    listed = {name: colour for colour, name in RUN_LIST_ENTRY.findall(dom)}  # the run list: the page's legend
+    assert listed == {name: colours[name.split("-seed")[0]] for name in FINAL}, listed
+    drawn = {name: colour for colour, name in LEGEND_ENTRY.findall(dom)}  # the line chart's legend
+    rgb = {arm: "rgb({}, {}, {})".format(*(int(c[i:i + 2], 16) for i in (1, 3, 5))) for arm, c in colours.items()}
+    assert drawn == {name: rgb[name.split("-seed")[0]] for name in FINAL}, drawn
+    assert "Steps: 0 valid, 1 w1, 2 w2, 3 w3 (5)" in text  # the line and a bar chart per part; those in view drawn
+    assert "best_valid_ndcg_at_10" in text and "test_w1_ndcg_at_10" in text
     assert_real_screenshot(shot)

@@ -63,14 +63,16 @@ def test_summary_has_per_window_table_for_both_arms(report):
     assert "## Notes" not in md  # nothing missing in this study
     assert "#/compare-runs?runs=[" in md
     ui = md[md.index("## MLflow UI"):]
-    assert ":5000" not in ui and "--port PORT" in ui and "http://127.0.0.1:PORT/#/experiments/1/runs" in ui
-    assert '&metric="shift_ndcg_at_10"' in ui and "x_axis=step" in ui
+    # the port of the `mlflow ui` command a study prints (studies/driver.py), not a placeholder to fill in
+    assert ":5000" not in ui and "PORT" not in ui and "--port 5001`" in ui
+    assert "<http://127.0.0.1:5001/#/experiments/1/runs>" in ui
+    assert "<http://127.0.0.1:5001/#/experiments/1/runs?compareRunsMode=CHART&viewStateShareKey=shift_ndcg_at_10>" in ui
 
 
 def test_ui_links_use_the_given_ui_url(store, tmp_path):
     md = write_report(store, F.STUDY, tmp_path / "r", ui_url="http://127.0.0.1:5123").read_text()
     ui = md[md.index("## MLflow UI"):]
-    assert "PORT" not in ui and "--port 5123" in ui and "<http://127.0.0.1:5123/#/experiments/1/runs>" in ui
+    assert ":5001" not in ui and "--port 5123" in ui and "<http://127.0.0.1:5123/#/experiments/1/runs>" in ui
 
 
 def test_printed_commands_survive_a_path_with_a_space(store, tmp_path):
@@ -82,7 +84,7 @@ def test_printed_commands_survive_a_path_with_a_space(store, tmp_path):
     rebuild = next(c for c in commands if c[:3] == ["python", "-m", "analysis.report"])
     assert serve[serve.index("--backend-store-uri") + 1] == store
     assert rebuild[rebuild.index("--out") + 1] == str(out) and rebuild[rebuild.index("--tracking-uri") + 1] == store
-    assert rebuild[-2:] == ["--ui-url", "http://127.0.0.1:5001"] and "--metric" in rebuild and "hr" in rebuild
+    assert rebuild[-2:] == ["--ui-url", "http://127.0.0.1:<port>"] and "--metric" in rebuild and "hr" in rebuild
 
 
 def test_the_paired_section_pairs_the_arms_the_store_names(report):
@@ -179,7 +181,8 @@ def test_notes_on_a_hand_built_frame():
     from idea.contract import Arms
 
     rows = [dict(study="s", arm="idea", stage="final", trial=float("nan"), seed=1, part=p, subset="all",
-                 metric="ndcg", k=10, value=v, run_id="r1") for p, v in (("valid", 0.2), ("w1", 0.1), ("w2", 0.05))]
+                 metric="ndcg", k=10, value=v, run_id="r1", run_name="idea-seed1")
+            for p, v in (("valid", 0.2), ("w1", 0.1), ("w2", 0.05))]
     results = pd.DataFrame(rows)
     shift = pd.DataFrame({"study": "s", "part": ["valid", "w1"], "cold_share": 0.0, "popularity_js_vs_train": [0.1, 0.2]})
     shift.attrs["source"] = "test"
@@ -194,9 +197,8 @@ def test_notes_on_a_hand_built_frame():
     assert "differ" not in "\n".join(notes(results, build_tables(results, both, {}), both))
 
 
-def test_ui_links_put_the_base_arm_first_and_one_seed_per_arm():
-    """MLflow's chart legend lists runs in the link's order and drops what does not fit: the baseline first,
-    and a link with one run per arm (the lowest seed all arms have), so every arm gets a legend entry."""
+def test_compare_link_puts_the_base_arm_first():
+    """The compare page lists the runs in the link's order: the base arm's first, then the display order."""
     from analysis.report import link_runs
     from idea.contract import Arms
 
@@ -205,9 +207,24 @@ def test_ui_links_put_the_base_arm_first_and_one_seed_per_arm():
     results = pd.DataFrame([{"stage": "final", "run_id": i, "arm": a, "seed": s, "part": p}
                             for i, a, s in rows for p in ("valid", "w1")])
     arms = Arms(("idea", "erm_ft", "erm"), "erm", {"idea": "erm_ft"})
-    ids, one = link_runs([i for i, _, _ in rows], results, arms)
-    assert ids == ["r-erm-1", "r-erm-2", "r-erm-3", "r-idea-1", "r-idea-2", "r-ft-2", "r-ft-3"]
-    assert one == ["r-erm-2", "r-idea-2", "r-ft-2"]  # seed 2 is the one every arm has
+    assert link_runs([i for i, _, _ in rows], results, arms) == [
+        "r-erm-1", "r-erm-2", "r-erm-3", "r-idea-1", "r-idea-2", "r-ft-2", "r-ft-3"]
+
+
+def test_notes_name_final_runs_whose_values_coincide():
+    """Two final runs with the same value on every part draw one line in MLflow's charts: the notes name them (and
+    only them: a run equal to another on some parts only is not named)."""
+    from analysis.report import build_tables, notes
+
+    values = {"dros-seed1": (0.2, 0.1, 0.05), "erm_ft-seed1": (0.2, 0.1, 0.05), "idea-seed1": (0.2, 0.1, 0.06),
+              "erm-seed1": (0.21, 0.1, 0.05)}
+    results = pd.DataFrame([dict(study="s", arm=n.split("-")[0], stage="final", trial=float("nan"), seed=1, part=p,
+                                 subset="all", metric="ndcg", k=10, value=v, run_id=n, run_name=n)
+                            for n, vs in values.items() for p, v in zip(("valid", "w1", "w2"), vs)])
+    shift = pd.DataFrame({"study": "s", "part": ["w1", "w2"], "cold_share": 0.0, "popularity_js_vs_train": 0.1})
+    said = [n for n in notes(results, build_tables(results, shift, {}), shift) if n.startswith("Identical")]
+    assert said == ["Identical NDCG@10 on every part (valid, w1, w2): `dros-seed1` = `erm_ft-seed1`; in MLflow's "
+                    "charts their lines and bars lie on one another, so only one shows."]
 
 
 VERDICTS = ("gains over", "loses to", "shows no measurable difference from", "no interval")

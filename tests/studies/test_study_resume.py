@@ -5,6 +5,7 @@ The interrupted study is a tiny one (tests/studies/study_cli.py: tiny_study), on
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -81,6 +82,11 @@ def test_interrupt_then_resume(tmp_path):
     assert f"[erm-search] resuming from Tune's saved state: {erm_trials} of its {erm_trials} trial(s) ended" \
         in resumed.stderr
     assert "[idea-search] resuming from Tune's saved state: " in resumed.stderr
+    # then which trials continue from which epoch (a trial has one epoch here: one in flight starts from epoch 1)
+    ended = re.search(r"^\[idea-search\] resuming from Tune's saved state: (\d+) of", resumed.stderr, re.M)[1]
+    said = re.search(r"^\[idea-search\] resumed: (.*?) \| ", resumed.stderr, re.M)
+    assert said and re.fullmatch(rf"(trial \w+ starts from epoch 1; )*{ended} trial\(s\) had ended", said[1]), \
+        resumed.stderr[-3000:]
     assert "Restoring the run from the latest experiment state file" not in resumed.stderr  # Tune's own note
 
     gone = store.client.get_run(orphan)

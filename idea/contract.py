@@ -38,7 +38,7 @@ class Tag:
     BASE_ARM = "base_arm"  # the study's base arm (see `Arms`)
     CONTROL = "control"  # the run's arm's control
     ARM_RANK = "arm_rank"  # the run's arm's place in the display order
-    INTERRUPTED = "interrupted"  # SIGINT or SIGTERM: what stopped the study (parent) and its open runs
+    INTERRUPTED = "interrupted"  # SIGINT, SIGTERM, SIGHUP or a machine fault (disk full, ...): what stopped the study and its open runs
     RESUME_COMMAND = "resume_command"  # the parent run: the command line that continues the study
     ARMS_WITHOUT_RESULT = "arms_without_result"  # the parent run: arms with no completed trial, comma-separated
     SELECTED_TRIAL = "selected_trial"  # a final or oracle run: the search trial whose configuration it retrains

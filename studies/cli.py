@@ -97,6 +97,8 @@ def run_driver(args: argparse.Namespace, checked: Checked) -> int:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # nor MLflow's tqdm bar per artifact download (the report reads study.yaml and describe.json back)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # nor, with a tracking server, MLflow's two "View run ... at: <url>" lines on stdout at every run's end
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from studies.driver import run_cli  # Ray, MLflow, torch: imported once the study passed those checks
 
     return run_cli(args, checked)

@@ -31,10 +31,12 @@ from studies.finish import REPORT_DIR, REPORT_FILE, unwritten, write_outputs
 from studies.interrupts import interrupted_by, stop_on_signals
 from studies.oracle import run_oracle
 from studies.preflight import SUMMARY_FILE, Checked
+from studies.progress import begin, study_plan
 from studies.ray_groups import own_process_groups
 from studies.search import Selection, optuna_storage, run_search, select_best
 from studies.trainable import failed, remove_scratch
-from studies.tracking import StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study, trials_frame
+from studies.tracking import (StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study,
+                              relocate_artifacts, trials_frame)
 from studies.warm_start import save_starts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +177,7 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
     search_split = without_tests(split)
     selections, frames, starts, missing = {}, [], None, {}
     order = study.arm_order()
+    begin(study_plan(study), resources.concurrency, resources.time_budget_s)
     for i, arm in enumerate(order, start=1):
         finetunes = study.finetunes(arm)
         print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if finetunes else ""),
@@ -246,6 +249,12 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     143 by SIGTERM, 129 by SIGHUP)."""
     try:
         return run_checked(args, checked)
+    except KeyboardInterrupt:  # outside the stages, which `track` stops: setting up, or writing the report
+        by = interrupted_by()
+        print(f"\n{'interrupted' if by == 'SIGINT' else f'terminated ({by})'} outside the study's stages (while "
+              f"setting it up or writing its report); {continuation(checked.folder.path, args.resume)}",
+              file=sys.stderr)
+        return INTERRUPTED_EXIT[by]
     except Exception as err:
         fault = diagnose(err, checked.tracking_uri)
         if fault is None:
@@ -254,15 +263,21 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
         return ENVIRONMENT_EXIT
 
 
+def continuation(study_dir: Path, resume: bool) -> str:
+    """How to go on: the resume command once the study folder holds the study, else the same command."""
+    if (study_dir / "study.yaml").is_file():
+        return f"resume with:\n  {resume_command(sys.argv, resume)}"
+    return "the study had not started; run the same command again."
+
+
 def print_fault(fault: Fault, err: BaseException, study_dir: Path, resume: bool) -> None:
     """One message for a fault of the machine: its cause, the error's line that shows it, the fix, the resume
     command."""
     runs = (f"open runs it could end are KILLED, tagged interrupted={fault.kind!r}" if fault.closable
             else "open runs stay RUNNING until the resume continues them")
-    where = (f"Resume with:\n  {resume_command(sys.argv, resume)}" if (study_dir / "study.yaml").is_file()
-             else "The study had not started; run the same command again.")
-    print(f"\nerror: {fault.cause} ({fault.detail[:300]}).\nThe study stopped; {runs}. To continue: {fault.fix}. {where}",
-          file=sys.stderr)
+    where = continuation(study_dir, resume)
+    print(f"\nerror: {fault.cause} ({fault.detail[:300]}).\nThe study stopped; {runs}. To continue: {fault.fix}; "
+          f"{where}", file=sys.stderr)
 
 
 def run_checked(args: argparse.Namespace, checked: Checked) -> int:
@@ -305,6 +320,7 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
     checkpoint folders are removed on every exit; then the summary and the report."""
     study, name, folder, tracking_uri = checked.study, checked.name, checked.folder, checked.tracking_uri
     data, split, study_dir = checked.data, checked.split, checked.folder.path
+    study_run = None
     try:
         try:  # a flag or tracking-store problem
             remove_scratch(study_dir)  # left by an earlier driver of this study that died
@@ -324,6 +340,9 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
             ran = any((study_dir / "ray").glob("*/tuner.pkl"))  # trials ran against some parent run
             study_run = open_study(tracking_uri, name, tags, artifacts, resume=args.resume,
                                    parent_run_id=recorded, require_parent=ran)
+            if args.resume and folder.run.get("default_store"):  # recorded where the folder first ran: now here
+                folder.write_run(tracking_uri=tracking_uri)
+                relocate_artifacts(study_dir / "mlflow.db", name, artifacts)
             if recorded is None:
                 folder.write_run(parent_run_id=study_run.parent_run_id)
             # how to continue, for a report of an unfinished study (analysis reads MLflow only)
@@ -332,6 +351,11 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
         except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # while setting up the folder and the store: `run_cli` says so
+            if study_run is not None:
+                study_run.client().set_tag(study_run.parent_run_id, Tag.INTERRUPTED, interrupted_by())
+                study_run.close_open_runs("KILLED")
+            raise
         try:
             outcome = track(study, name, split, resources, study_dir, study_run, args.resume)
         except TuneStateError as err:

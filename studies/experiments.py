@@ -161,12 +161,14 @@ class RestoreCheck(tune.Callback):
 
 
 def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], tune.Tuner], run_config: tune.RunConfig,
-        logged: Callable[[], Iterable[str]] = tuple) -> ResultGrid:
+        logged: Callable[[], Iterable[str]] = tuple,
+        restored: Callable[[tune.TuneConfig], None] | None = None) -> ResultGrid:
     """Run one experiment: restored (finished trials kept, unfinished continued from their checkpoints,
     errored ones given another chance) when resuming and Tune saved it, else built fresh with `run_config`.
     A restore is checked first (`check_state`, against `logged()`, the trial ids the store ended runs for)
     and runs with the callbacks and failure settings of `run_config`: Tune would otherwise use the ones it
-    pickled with the experiment, bound to the study run (and tracking store) of the first driver."""
+    pickled with the experiment, bound to the study run (and tracking store) of the first driver; `restored`
+    gets the restored tune config before the stage runs (to point its searcher at this study folder)."""
     if resume and tune.Tuner.can_restore(str(path)):
         statuses = check_state(path, logged())
         if statuses is None:
@@ -176,9 +178,11 @@ def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], t
             print(f"[{path.name}] resuming from Tune's saved state: {ended} of its {len(statuses)} trial(s) ended",
                   file=sys.stderr, flush=True)
             tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-            restored = tuner._local_tuner.get_run_config()  # noqa: SLF001 (Tuner.restore takes no callbacks)
-            restored.callbacks = [*run_config.callbacks, RestoreCheck(path, set(statuses))]
-            restored.failure_config = run_config.failure_config
+            config = tuner._local_tuner.get_run_config()  # noqa: SLF001 (Tuner.restore takes no callbacks)
+            config.callbacks = [*run_config.callbacks, RestoreCheck(path, set(statuses))]
+            config.failure_config = run_config.failure_config
+            if restored is not None:
+                restored(tuner._local_tuner._tune_config)  # noqa: SLF001 (as above)
     else:
         tuner = build(run_config)
     grid = tuner.fit()

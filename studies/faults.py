@@ -1,8 +1,8 @@
 """Faults of the machine a study runs on, not of the study: a full disk, a read-only folder, a tracking
-store another process keeps locked. They stop the study cleanly and resumably (studies/driver.py: one
-message with the cause, the fix and the resume command, exit ENVIRONMENT_EXIT) instead of failing trials
-or leaving a wall of tracebacks; a locked store is first waited for (`RetryingClient`). Standard library
-and MLflow only."""
+store another process keeps locked, a tracking server that stays unreachable. They stop the study cleanly
+and resumably (studies/driver.py: one message with the cause, the fix and the resume command, exit
+ENVIRONMENT_EXIT) instead of failing trials or leaving a wall of tracebacks; a locked store is first waited
+for (`RetryingClient`), an unreachable server by MLflow's own retries. Standard library and MLflow only."""
 from __future__ import annotations
 
 import errno
@@ -17,6 +17,9 @@ ENVIRONMENT_EXIT = 75  # sysexits' EX_TEMPFAIL: fix the machine, then --resume
 STORE_RETRY_ENV = "IDEA_STUDY_STORE_RETRY_S"  # how long a locked store is retried, beyond MLflow's 20 s busy timeout
 STORE_RETRY_S = 120.0
 LOCKED = "database is locked"  # SQLite's message once its busy timeout ran out
+# MLflow's HTTP client once its retries of a request ran out: the server refused or dropped the connection, or
+# kept answering 5xx (its database down)
+UNREACHABLE = ("Max retries exceeded", "Failed to establish a new connection")
 
 
 class EnvironmentFault(RuntimeError):
@@ -35,6 +38,7 @@ class Fault:
 
 def _faults(store: str) -> tuple[tuple[set[int], tuple[str, ...], Fault], ...]:
     retry = os.environ.get(STORE_RETRY_ENV, f"{STORE_RETRY_S:g}")
+    http_retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
     return (
         ({errno.ENOSPC, errno.EDQUOT}, ("No space left on device", "database or disk is full", "Disk quota exceeded"),
          Fault("disk full", "no space left on the disk (or quota) of the study folder or the tracking store",
@@ -42,6 +46,11 @@ def _faults(store: str) -> tuple[tuple[set[int], tuple[str, ...], Fault], ...]:
         ({errno.EROFS, errno.EACCES, errno.EPERM}, ("Read-only file system", "readonly database", "Permission denied"),
          Fault("not writable", "the study folder or the tracking store is read-only or not writable",
                "make it writable again, then resume", True)),
+        (set(), UNREACHABLE,
+         Fault("server unreachable", f"the tracking server {store} did not answer, also after MLflow's client "
+                                     f"retried the request {http_retries} times ($MLFLOW_HTTP_REQUEST_MAX_RETRIES; "
+                                     "the default 7 take about 4 minutes)",
+               "start the server again (or fix the network)", False)),
         (set(), (LOCKED,),
          Fault("store locked", f"the tracking store {store} stayed locked by another process (each write waited "
                                f"MLflow's 20 s busy timeout, and was retried for {retry} s, ${STORE_RETRY_ENV})",

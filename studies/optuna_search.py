@@ -1,9 +1,12 @@
 """Ray's OptunaSearch, recording in Optuna what the harness selects on, so that optuna.db (and
 optuna-dashboard) agrees with the report: every epoch's validation value as an intermediate value, each
-trial's best-epoch value as its objective, ASHA's cuts as PRUNED, errors as FAIL."""
+trial's best-epoch value as its objective, ASHA's cuts as PRUNED, errors as FAIL. Its pickled state
+(Tune's tuner.pkl and searcher-state-*.pkl) names no storage, so a moved or copied study folder records its
+search in its own optuna.db (`ArmSearch.attach`)."""
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 from typing import Any
 
@@ -17,6 +20,7 @@ from idea.contract import VALID, Result, best_key, best_state_key
 TUNE_TRIAL_ID = "tune_trial_id"  # every Optuna trial's user attribute: its Tune trial id
 STOPPED_BY = "stopped_by"  # a PRUNED trial's user attribute: "asha" or "time_budget"
 SELECTED = "selected_trial"  # the Optuna study's user attribute: the number of the trial the harness selected
+BOUND = ("_storage", "_storage_url", "_ot_study", "_ot_trials")  # an ArmSearch's attributes tied to one optuna.db
 
 
 class ArmSearch(OptunaSearch):
@@ -30,13 +34,59 @@ class ArmSearch(OptunaSearch):
         self._value_name = best_state_key(VALID, metric)  # MLflow's name of the same value
         self._max_epochs = max_epochs
         self._reported: dict[str, int] = {}  # Tune trial id -> last epoch told to Optuna (pickled for resume)
+        storage = kwargs.get("storage")  # `restore` reopens it, or the one `attach` names
+        self._storage_url = storage.url if isinstance(storage, optuna.storages.RDBStorage) else None
         super().__init__(metric=metric, **kwargs)
 
     def _setup_study(self, mode: str) -> None:
         super()._setup_study(mode)
+        self._name_metric()
+
+    def _name_metric(self) -> None:
         with warnings.catch_warnings():  # set_metric_names is experimental in Optuna 4
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names([self._value_name])
+
+    def __getstate__(self) -> dict:
+        """The state without the storage and the objects bound to it (their URL is the absolute path of the
+        folder the study first ran in): Optuna's trials are kept by their ids, for `attach`."""
+        state = {k: v for k, v in self.__dict__.items() if k not in BOUND}
+        state["_ot_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._storage = self._storage_url = self._ot_study = None
+        self._ot_trials = {}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__getstate__(), handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved state, reopened in the storage `attach` named (a state saved by an earlier version
+        of this class held its storage: only its trial ids are kept)."""
+        with open(checkpoint_path, "rb") as handle:
+            state = pickle.load(handle)
+        if "_ot_trial_ids" not in state:
+            state["_ot_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in state["_ot_trials"].items()}
+        self.__dict__.update({k: v for k, v in state.items() if k not in BOUND})
+        if self._storage_url is None:
+            raise RuntimeError("ArmSearch.restore needs a storage: build it with one, or call attach(url) first")
+        self.attach(self._storage_url)
+
+    def attach(self, storage_url: str) -> None:
+        """After unpickling (a restored stage): record into the Optuna study named after the arm in
+        `storage_url`, the optuna.db of the study folder being resumed, continuing the trials it holds."""
+        self._storage_url = storage_url
+        self._storage = optuna.storages.RDBStorage(storage_url)
+        self._ot_study = optuna.create_study(storage=self._storage, sampler=self._sampler,
+                                             pruner=optuna.pruners.NopPruner(), study_name=self._study_name,
+                                             load_if_exists=True,
+                                             direction="minimize" if self._mode == "min" else "maximize")
+        self._name_metric()
+        self._ot_trials = {tune_id: optuna.Trial(self._ot_study, trial_id)
+                           for tune_id, trial_id in self._ot_trial_ids.items()}
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
@@ -45,10 +95,19 @@ class ArmSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
         return config
 
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        """The trial as optuna.db holds it. A study stopped by an error (an unreachable tracking server) between
+        this searcher's write and Tune's next snapshot of it resumes with the storage ahead of the searcher:
+        what the storage has must not be told twice (Optuna refuses to tell a finished trial)."""
+        return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)  # noqa: SLF001
+
     def _report(self, trial_id: str, result: dict) -> bool:
         """Tell the result's epoch as an intermediate value unless told already; True if it was new."""
         epoch = int(result.get(Result.EPOCH, 0))
         if Result.PERMANENT_ERROR in result or epoch <= self._reported.get(trial_id, 0):
+            return False
+        stored = self._stored(trial_id)
+        if stored.state.is_finished() or epoch in stored.intermediate_values:
             return False
         self._ot_trials[trial_id].report(float(result[self._metric]), epoch)
         self._reported[trial_id] = epoch
@@ -60,6 +119,9 @@ class ArmSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
+            return
+        if self._stored(trial_id).state.is_finished():  # told before the study stopped (see `_stored`)
+            self._completed_trials.add(trial_id)
             return
         result = result or {}
         cut = self._report(trial_id, result) and int(result[Result.EPOCH]) < self._max_epochs

@@ -6,6 +6,7 @@ standard library, yaml and the project's data and config modules (numpy, pandas)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -13,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from idea.splits import Split
 from studies.catalog import resolve_path
 from studies.config import StudyConfig, StudyConfigError, from_dict, load_study
 from studies.data import study_split
+from studies.server import shown, unreachable
 
 RUN_FILE = "run.json"  # how the study runs: tracking URI and trial device, which a resume must keep
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -59,6 +62,7 @@ def check_study(args: argparse.Namespace) -> Checked:
     folder = StudyFolder((Path(args.out) / name).resolve())
     folder.check_not_in_use()
     tracking_uri = folder.check(study, args.resume, args.tracking_uri)
+    check_tracking_server(tracking_uri)
     check_writable(folder.path)
     lock = folder.lock()
     try:
@@ -69,6 +73,15 @@ def check_study(args: argparse.Namespace) -> Checked:
         folder.unlock(lock)
         raise
     return Checked(study, name, folder, tracking_uri, data, split, lock)
+
+
+def check_tracking_server(tracking_uri: str) -> None:
+    """A tracking store on a server (MLflow's, or a database's) answers now: else the study is refused here,
+    naming it, rather than after Ray started and MLflow's client spent minutes retrying."""
+    problem = unreachable(tracking_uri)
+    if problem is not None:
+        raise StudyConfigError(f"the tracking server {shown(tracking_uri)} cannot be reached ({problem}): start it, or "
+                               "check the URI and the network, then run the same command again; nothing was written")
 
 
 def check_writable(study_dir: Path) -> None:
@@ -93,6 +106,16 @@ def check_writable(study_dir: Path) -> None:
         raise StudyConfigError(f"only {free:,.0f} MiB free on the disk of {base}; a study needs at least {minimum:,.0f} "
                                f"MiB (${MIN_FREE_ENV}) for its checkpoints and store: free space there, or choose "
                                "another --out")
+
+
+def sqlite_damage(path: Path) -> str | None:
+    """Why SQLite cannot read the database file `path` whole (opened read-only; `PRAGMA quick_check`), or None."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            problems = [row[0] for row in con.execute("PRAGMA quick_check") if row[0] != "ok"]
+    except sqlite3.DatabaseError as err:
+        return str(err)
+    return "; ".join(problems[:3]) or None
 
 
 def sqlite_uri(path: Path) -> str:
@@ -162,7 +185,23 @@ class StudyFolder:
         recorded = self.store_uri()
         if tracking_uri and tracking_uri != recorded:
             raise StudyConfigError(f"--resume with --tracking-uri {tracking_uri}, but the study tracks to {recorded}")
+        self.check_stores()
         return recorded
+
+    def check_stores(self) -> None:
+        """Before a resume opens them: the study folder's SQLite stores read whole. Neither can be rebuilt by a
+        resume (the runs are only in mlflow.db; TPE continues from the trials in optuna.db), so a damaged one
+        is named with what can be done, rather than failing in MLflow or Optuna with a traceback."""
+        stores = {"optuna.db": "the arms' searches, from which the searcher continues"}
+        if self.run.get("default_store"):
+            stores = {"mlflow.db": "the study's runs, metrics and tags", **stores}
+        for name, holds in stores.items():
+            path = self.path / name
+            if path.is_file() and (problem := sqlite_damage(path)):
+                raise StudyConfigError(
+                    f"{path} is damaged ({problem}): it holds {holds}, and --resume cannot rebuild it. Put it back "
+                    "from a copy of the study folder and repeat --resume, or start the study again under another "
+                    "--study-name; nothing was changed")
 
     def store_uri(self) -> str:
         """The study's tracking URI. The default store is the study folder's own mlflow.db wherever the folder
@@ -200,11 +239,13 @@ class StudyFolder:
 
     def create(self, study: StudyConfig, tracking_uri: str, device: str, data_sha256: str) -> None:
         """The folder with the resolved settings, tracking URI, device and data digest, which --resume
-        checks against."""
+        checks against; study.yaml last, whole (renamed into place): a folder holding it holds the study."""
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "study.yaml").write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
         self.write_run(tracking_uri=tracking_uri, device=device, data_sha256=data_sha256,
                        default_store=tracking_uri == sqlite_uri(self.path / "mlflow.db"))
+        tmp = self.path / ".study.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(study.to_dict(), sort_keys=False))
+        os.replace(tmp, self.path / "study.yaml")
 
     def check_not_in_use(self) -> None:
         """Refuse a folder whose lock another driver holds, before any advice about what the folder holds (the

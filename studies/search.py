@@ -77,7 +77,11 @@ def run_search(study: StudyConfig, arm: str, split: Split, resources: Resources,
     run_config = resources.run_config(ray_dir, name, study.arms[arm].num_samples, MlflowTrialLogger(
         study_run, arm, Stage.SEARCH, fixed, study.epochs_of(arm), init,
         tags={Tag.SEARCHED: searched, **study.roles().tags(arm)}))
-    grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, Stage.SEARCH))
+    def attach(tune_config: tune.TuneConfig) -> None:  # Tune pickled the searcher without its storage
+        tune_config.search_alg.searcher.attach(optuna_storage(ray_dir.parent))
+
+    grid = fit(ray_dir / name, trainable, resume, build, run_config, lambda: ended_trials(study_run, arm, Stage.SEARCH),
+               attach)
     close_budget_stopped(study_run, arm, Stage.SEARCH, grid)
     selection = select_best(arm, grid, study.metric)  # the driver's selection: the same function, the same grid
     settle(optuna_storage(ray_dir.parent), arm, grid, study.metric, selection and selection.trial_id)

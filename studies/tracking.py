@@ -9,6 +9,8 @@ are closed by the driver, so no run is ever left RUNNING.
 """
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -152,6 +154,24 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
     return StudyRun(tracking_uri, experiment_id, run_id, dict(tags))
 
 
+def relocate_artifacts(db: Path, study: str, artifact_dir: Path) -> bool:
+    """Point the study's experiment and runs in the SQLite store `db` at `artifact_dir` (the study folder's
+    mlartifacts where the folder is now). MLflow records artifact locations as absolute URIs and has no call
+    to change them, so a moved or copied study folder would log its artifacts into the old place: the rows
+    are rewritten here, in MLflow's own tables, before anything is logged. True if they pointed elsewhere."""
+    new = artifact_dir.resolve().as_uri()
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        row = con.execute("SELECT experiment_id, artifact_location FROM experiments WHERE name = ?", (study,)).fetchone()
+        if row is None or row[1] == new:
+            return False
+        experiment_id, old = row
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, experiment_id))
+        con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                    "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                    (new, len(old) + 1, experiment_id, len(old), old))
+    return True
+
+
 def is_finished(tracking_uri: str, study: str) -> bool:
     """Did the study's parent run end FINISHED (every stage done, results and report written)?"""
     client = RetryingClient(tracking_uri)
@@ -248,7 +268,7 @@ class MlflowTrialLogger(tune.Callback):
             return run_id
         start = self.starts.get(trial.config.get("seed"), self.starts.get(None))
         config = TrainConfig.from_dict({**self.fixed, **trial.config,
-                                        **({"init_from": start.path} if start is not None else {})})
+                                        **({"init_from": start.logged} if start is not None else {})})
         tags = {**self.study_run.tags, **self.tags, MLFLOW_PARENT_RUN_ID: self.study_run.parent_run_id,
                 Tag.ARM: self.arm, Tag.METHOD: config.method, Tag.SEED: str(config.seed), Tag.STAGE: self.stage,
                 Tag.TRIAL_ID: trial.trial_id}

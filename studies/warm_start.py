@@ -20,8 +20,9 @@ from studies.tracking import StudyRun
 class Start:
     """A trained base-arm model a fine-tuning arm starts from: its checkpoint file and MLflow run."""
 
-    path: str
+    path: str  # where the trials read it (absolute)
     run_id: str | None
+    logged: str  # what the runs' `init_from` param says: the path within the study folder, which may move
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,14 @@ class Starts:
     seeds: dict[int, Start]
 
 
-def _copy(checkpoint_dir: str, dest: Path) -> str:
+def _copy(checkpoint_dir: str, dest: Path, run_id: str | None) -> Start:
     """Copy a trial's trainer checkpoint (its best state is the start) out of Tune's folders, which
     keep only the latest checkpoint and may be pruned."""
     source = Path(checkpoint_dir) / CHECKPOINT_FILE
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(source, tmp)
     tmp.replace(dest)
-    return str(dest)
+    return Start(str(dest), run_id, f"{dest.parent.name}/{dest.name}")
 
 
 def save_starts(study_dir: Path, selection: Selection, final: ResultGrid, study_run: StudyRun) -> Starts:
@@ -51,11 +52,11 @@ def save_starts(study_dir: Path, selection: Selection, final: ResultGrid, study_
     if selection.checkpoint is None:
         raise RuntimeError(f"the selected {base} trial {selection.trial_id} left no checkpoint to start from")
     run_ids = {r.data.tags.get(Tag.TRIAL_ID): r.info.run_id for r in study_run.nested_runs(base)}
-    search = Start(_copy(selection.checkpoint, folder / f"{base}-search.pt"), run_ids.get(selection.trial_id))
+    search = _copy(selection.checkpoint, folder / f"{base}-search.pt", run_ids.get(selection.trial_id))
     seeds = {}
     for result in final:
         if not failed(result) and result.checkpoint is not None:
             seed = int(result.config["seed"])
-            seeds[seed] = Start(_copy(result.checkpoint.path, folder / f"{base}-seed{seed}.pt"),
+            seeds[seed] = _copy(result.checkpoint.path, folder / f"{base}-seed{seed}.pt",
                                 run_ids.get(result.metrics.get(Result.TRIAL_ID)))
     return Starts(search, dict(sorted(seeds.items())))

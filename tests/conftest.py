@@ -16,8 +16,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Test files that run whole studies (Ray, MLflow, several driver processes), longest first. They are
 # collected first, so under `pytest -n 2 --dist loadfile` both workers start on them and the quick
 # files fill the gaps, instead of a long study file starting last.
-STUDY_FILES_FIRST = ("test_study_resume.py", "test_study_smoke.py", "test_study_state.py",
-                     "test_study_address.py", "test_study_config.py")
+STUDY_FILES_FIRST = ("test_study_environment.py", "test_study_signals.py", "test_study_state.py",
+                     "test_study_resume.py", "test_study_smoke.py", "test_tracking_server.py", "test_study_oracle.py",
+                     "test_study_repeat.py", "test_study_address.py", "test_mlflow_ui.py", "test_study_config.py",
+                     "test_study_budget.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -80,3 +80,49 @@ def test_settle_prunes_what_the_time_budget_stopped_and_records_the_selection(st
     assert budget.state == TrialState.PRUNED and budget.intermediate_values == {1: .4}
     assert budget.user_attrs == {"tune_trial_id": "budget", "stopped_by": "time_budget", "best_valid_ndcg_at_10": .4}
     assert study.user_attrs == {"selected_trial": budget.number}
+
+
+def test_what_optuna_db_holds_already_is_not_told_again(storage):
+    """A study stopped by an error (a tracking server that stayed unreachable) between the searcher's write to
+    optuna.db and Tune's next snapshot resumes with a searcher behind the storage: Tune reruns the trial, and
+    its epoch and its end, already in optuna.db, are not told again (Optuna warns on the one, refuses the other)."""
+    import warnings
+
+    search = searcher(storage)
+    search.suggest("ahead")
+    ahead = search._ot_trials["ahead"]  # noqa: SLF001 (what the stopped driver wrote: the epoch, then the end)
+    ahead.report(.4, 1)
+    search._ot_study.tell(ahead, .4)  # noqa: SLF001
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        search.on_trial_result("ahead", result("ahead", 1, .4, .4))
+        search.on_trial_complete("ahead", result("ahead", 1, .4, .4, done=True))
+    (trial,) = optuna.load_study(study_name="arm", storage=storage).trials
+    assert trial.state == TrialState.COMPLETE and trial.value == .4 and trial.intermediate_values == {1: .4}
+
+
+def test_a_pickled_searcher_names_no_storage_and_records_where_it_is_attached(tmp_path):
+    """Tune pickles the searcher (tuner.pkl, searcher-state-*.pkl) with the study folder; a copied folder's
+    resume must record into its own optuna.db, and the original's must stay as it was."""
+    import pickle
+    import shutil
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    search = searcher(f"sqlite:///{original / 'optuna.db'}")
+    search.suggest("t1")
+    search.on_trial_result("t1", result("t1", 1, .1, .1))
+    search.save(str(original / "searcher.pkl"))
+    pickled = pickle.dumps(search)
+    for state in (pickled, (original / "searcher.pkl").read_bytes()):
+        assert str(original).encode() not in state
+    shutil.copytree(original, copy)
+    before = (original / "optuna.db").read_bytes()
+    resumed = pickle.loads(pickled)  # as Tuner.restore unpickles tuner.pkl, then attaches and restores
+    resumed.attach(f"sqlite:///{copy / 'optuna.db'}")
+    resumed.restore(str(copy / "searcher.pkl"))
+    resumed.on_trial_result("t1", result("t1", 2, .3, .3))
+    resumed.on_trial_complete("t1", result("t1", 3, .2, .3))
+    assert (original / "optuna.db").read_bytes() == before
+    (trial,) = optuna.load_study(study_name="arm", storage=f"sqlite:///{copy / 'optuna.db'}").trials
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values == {1: .1, 2: .3, 3: .2}

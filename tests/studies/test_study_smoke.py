@@ -36,7 +36,7 @@ METHOD = {"erm": "erm", "idea": "idea", "erm_ft": "erm", "dros": "dros"}
 def smoke(tmp_path_factory):
     """(completed process, study folder, store) of `run_study.py synthetic --smoke`."""
     out = tmp_path_factory.mktemp("smoke")
-    proc = run_study("synthetic", "--smoke", "--out", str(out), "--max-failures", "1", timeout=400,
+    proc = run_study("synthetic", "--smoke", "--out", str(out), "--max-failures", "1", timeout=600,
                      IDEA_STUDY_INJECT_FAULT=json.dumps(FAULTS))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc, out / STUDY, Store(out / STUDY, STUDY)
@@ -159,9 +159,10 @@ def test_fine_tuning_arms_start_from_the_erm_models_they_name(smoke):
         for run in store.nested("search", arm, "FINISHED"):
             assert run.data.tags["init_run_id"] == selected.info.run_id
             assert run.data.tags["init_digest"] == search_digest  # the weights it actually loaded
-            assert run.data.params["init_from"] == str(study_dir / "starts" / "erm-search.pt")
+            assert run.data.params["init_from"] == "starts/erm-search.pt"  # within the study folder, which may move
         for run in store.nested("final", arm):
             source = erm_final[run.data.tags["seed"]]  # seed s starts from ERM seed s: paired
+            assert run.data.params["init_from"] == f"starts/erm-seed{run.data.tags['seed']}.pt"
             assert run.data.tags["init_run_id"] == source.info.run_id
             assert run.data.tags["init_digest"] == _best_state_digest(study_dir, "erm-final", source.data.tags["trial_id"])
     assert {r.data.params["pretrain_epochs"] for r in store.nested("final", "idea")} == {"0"}
@@ -249,10 +250,34 @@ def test_cli_prints_summary_and_mlflow_ui_command(smoke):
     assert list((study_dir / "ray" / "erm-search").glob("*/result.json"))  # Tune's own JSON logs are kept
     assert "== arm 2/4: idea (fine-tunes the trained ERM models)" in err
     assert "== arm 4/4: dros (fine-tunes the trained ERM models)" in err
-    assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running, "
-                     r"\d+m\d\ds elapsed", err), err[-3000:]
-    assert re.search(r"\[idea-search\] trial \w+ (finished|stopped by ASHA after epoch \d of 2) \| 3/3 done, 0 running",
+    assert re.search(r"\[idea-search\] trial \w+ epoch 1 \[idea\] valid ndcg@10 0\.\d{4}.*\| \d/3 done, \d running \| "
+                     r"study: \d+/\d+ epochs, \d+m\d\ds elapsed, ~\d+m\d\ds left \(estimate\)$", err, re.M), err[-3000:]
+    assert re.search(r"\[idea-search\] trial \w+ (finished|stopped by ASHA after epoch \d of 2) \| 3/3 done, 0 running \|",
                      err), err[-3000:]
+
+
+def _seconds(text: str) -> int:
+    """`studies.progress.duration`'s text ("4m05s", "1h02m") in seconds."""
+    h, m, s = re.fullmatch(r"(?:(\d+)h)?(\d+)m(?:(\d\d)s)?", text).groups()
+    return 3600 * int(h or 0) + 60 * int(m) + int(s or 0)
+
+
+def test_progress_lines_tell_the_whole_studys_epochs_elapsed_time_and_time_left(smoke):
+    """Every progress line ends with the study's epochs done out of those still planned (ASHA's cuts and early
+    stopping shrink the plan), the time since the study started, which never restarts with a stage, and the
+    time left, labelled an estimate; the study's last line has every epoch done: as many as its runs logged."""
+    proc, _, store = smoke
+    lines = re.findall(r"^\[[\w-]+\] .*\| study: (\d+)/(\d+) epochs, (\S+) elapsed, (.*)$", proc.stderr, re.M)
+    stages = re.findall(r"^\[([\w-]+)\] .*\| study: ", proc.stderr, re.M)
+    assert list(dict.fromkeys(stages)) == [f"{a}-{s}" for a in ARMS for s in ("search", "final")]
+    done, planned = [int(d) for d, *_ in lines], [int(p) for _, p, *_ in lines]
+    elapsed = [_seconds(e) for *_, e, _ in lines]
+    assert done == sorted(done) and planned == sorted(planned, reverse=True) and elapsed == sorted(elapsed)
+    assert planned[0] <= sum((SMOKE_TRIALS[a] + len(SMOKE_SEEDS)) * SMOKE_EPOCHS[a] for a in ARMS)
+    logged = sum(len(store.steps(r)) for stage in ("search", "final") for r in store.nested(stage))
+    assert done[-1] == planned[-1] == logged and lines[-1][3] == "~0m00s left (estimate)", (lines[-1], logged)
+    assert all(re.fullmatch(r"~\S+ left \(estimate\)|time left estimated after the first epoch", left)
+               for *_, left in lines)
 
 
 def test_final_runs_log_metric_against_window_series(smoke):
@@ -265,6 +290,37 @@ def test_final_runs_log_metric_against_window_series(smoke):
             assert by_step[0] == pytest.approx(run.data.metrics[f"best_valid_{infix}ndcg_at_10"])
             for i, w in enumerate(WINDOWS, 1):
                 assert by_step[i] == pytest.approx(run.data.metrics[f"test_{w}_{infix}ndcg_at_10"])
+
+
+def test_every_arm_is_in_the_chart_views_runs_each_arm_in_a_colour_of_its_own(smoke):
+    """summary.md links the chart view on the port of the `mlflow ui` command the study printed; the view (an
+    experiment tag, how MLflow shares one) selects every final run and shows them all, each arm's runs in one
+    colour (their tag `mlflow.runColor`, which MLflow draws a run in), a different one per arm; runs whose values
+    coincide, whose lines would hide each other, are named in the notes."""
+    proc, study_dir, store = smoke
+    md = (study_dir / "report" / "summary.md").read_text()
+    (port,) = set(re.findall(r"mlflow ui --backend-store-uri \S+ --host 127\.0\.0\.1 --port (\d+)", proc.stdout))
+    links = re.findall(r"<(http[^>]+)>", md)
+    assert links and all(link.startswith(f"http://127.0.0.1:{port}/#/") for link in links), links
+    (view_link,) = [link for link in links if "viewStateShareKey=" in link]
+    key = view_link.split("viewStateShareKey=", 1)[1]
+    view = json.loads(store.client.get_experiment(store.experiment_id).tags[f"mlflow.sharedViewState.{key}"])
+    shown = store.runs(view["searchFilter"])
+    assert sorted(r.info.run_name for r in shown) == sorted(f"{a}-seed{s}" for a in ARMS for s in SMOKE_SEEDS)
+    assert view["runsHiddenMode"] == "SHOW_ALL"  # else MLflow draws the first 10 runs only
+    colours = {}
+    for run in shown:
+        colours.setdefault(run.data.tags["arm"], set()).add(run.data.tags["mlflow.runColor"])
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == len(ARMS), colours
+    assert [c["metricKey"] for c in view["compareRunCharts"]] == [
+        "shift_ndcg_at_10", "best_valid_ndcg_at_10", *(f"test_{w}_ndcg_at_10" for w in WINDOWS)]
+    series = {r.info.run_name: tuple(round(m.value, 12) for m in sorted(
+        store.client.get_metric_history(r.info.run_id, "shift_ndcg_at_10"), key=lambda m: m.step)) for r in shown}
+    twins = {tuple(sorted(n for n in series if series[n] == v)) for v in series.values()} - {(n,) for n in series}
+    notes = [line for line in md.splitlines() if line.startswith("- Identical NDCG@10 on every part")]
+    assert sorted(notes) == sorted(f"- Identical NDCG@10 on every part (valid, w1, w2, w3): "
+                                   f"{' = '.join(f'`{n}`' for n in group)}; in MLflow's charts their lines and bars "
+                                   "lie on one another, so only one shows." for group in twins), (notes, series)
 
 
 def test_smoke_output_is_labelled_as_such(smoke):

@@ -5,13 +5,18 @@ copied per test. A resume either continues in the study's own store or stops wit
 wrong, and never hangs (pytest-timeout)."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import shutil
+import sqlite3
+import subprocess
+import sys
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.studies.study_cli import Store, run_cli, run_study, tiny_study
+from tests.studies.study_cli import PROJECT_ROOT, Store, run_cli, run_study, study_env, tiny_study
 
 STUDY = "state"
 # The ERM arm's first trial (its `first` point) crashes in the first run, never retried (--max-failures 0):
@@ -112,14 +117,20 @@ def test_a_recreated_store_is_refused_naming_the_missing_parent_run(base, tmp_pa
     assert client.get_experiment_by_name(STUDY) is None  # nothing written in its place
 
 
+def digests(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.timeout(200)
 def test_a_copied_study_folder_resumes_into_its_own_store(base, tmp_path):
     study_file, out, study_dir = copy_study(base, tmp_path)
     original = Store(base[1], STUDY)
-    before = statuses(original)
+    before, files = statuses(original), digests(base[1])
     proc = run_study(*args(study_file, out, "--resume"), timeout=190)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert statuses(original) == before  # the original's store untouched
+    assert digests(base[1]) == files  # and every other file of it (Tune's state, optuna.db, checkpoints)
     copy = Store(study_dir, STUDY)
     runs = copy.nested("search", "erm")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]  # the crashed trial ran again, here
@@ -145,3 +156,96 @@ def test_a_restore_tune_gives_up_on_stops_before_the_stage_restarts(base, tmp_pa
     last = proc.stderr.strip().splitlines()[-1]  # Tune's own log above it holds its traceback
     assert last.startswith("error: Tune did not restore 2 of the 2 trials saved in") and str(state.parent) in last
     assert statuses(store) == before
+
+
+def read_on_resume(study_dir) -> dict[str, bytes]:
+    """What a resume reads of a study folder that this project writes or Tune rewrites, as text: run.json,
+    both stores (their SQL, not their pages, where old rows may linger), and the newest experiment state and
+    searcher state of each stage (older snapshots stay on disk unread). Not tuner.pkl (Tune's pickle of the
+    first run's settings: `Tuner.restore` recomputes its storage path from the folder it is given, and `fit`
+    replaces its callbacks), nor Tune's trial-generator states, which keep the first run's storage path for
+    trials a stage had yet to create (a known gap, studies/README.md)."""
+    files = {"run.json": (study_dir / "run.json").read_bytes()}
+    for store in ("mlflow.db", "optuna.db"):
+        with contextlib.closing(sqlite3.connect(study_dir / store)) as con:
+            files[store] = "\n".join(con.iterdump()).encode()
+    for stage in (study_dir / "ray").iterdir():
+        for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
+            newest = sorted(stage.glob(pattern))[-1:]
+            files.update({str(f.relative_to(study_dir)): f.read_bytes() for f in newest})
+    return files
+
+
+@pytest.mark.timeout(200)
+def test_a_moved_study_folder_resumes_on_its_own_files_and_keeps_no_path_of_its_old_place(base, tmp_path):
+    """Copied, then moved (nothing left where the copy was): the resume finishes on the folder it is given,
+    writes nothing where the folder was or where it first ran, and afterwards nothing a resume reads names
+    either place."""
+    study_file, out, study_dir = copy_study(base, tmp_path)
+    first = digests(base[1])
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(study_dir, moved / STUDY)
+    proc = run_study(*args(study_file, moved, "--resume"), timeout=190)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert not study_dir.exists() and digests(base[1]) == first
+    store = Store(moved / STUDY, STUDY)
+    assert sorted(r.info.status for r in store.nested("search", "erm")) == ["FINISHED", "FINISHED"]
+    places = [str(place).encode() for place in (base[1], study_dir)]
+    naming = [name for name, text in read_on_resume(moved / STUDY).items() if any(p in text for p in places)]
+    assert naming == [], naming
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("store", ["mlflow.db", "optuna.db"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_store_is_named_with_what_can_be_done(base, tmp_path, store, damage):
+    """Refused before the store is opened (exit 2, no traceback): the file, that a resume cannot rebuild it,
+    and the way forward; the file is left as it was."""
+    study_file, out, study_dir = copy_study(base, tmp_path)
+    path = study_dir / store
+    data = path.read_bytes()
+    path.write_bytes(b"not a database\n" * 500 if damage == "garbage" else data[: len(data) // 3])
+    damaged = path.read_bytes()
+    proc = run_cli(*args(study_file, out, "--resume"))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: {path} is damaged (") and "--resume cannot rebuild it" in error, error
+    assert "Put it back from a copy of the study folder" in error and "another --study-name" in error
+    assert "Traceback" not in proc.stderr
+    assert path.read_bytes() == damaged
+
+
+# A real signal while the driver creates a new study's MLflow store (its schema migrations): the driver's
+# own signal, sent from inside MLflow's migration step, so that it lands there and nowhere else.
+SIGNAL_IN_STORE_CREATION = """
+import os, signal, sys
+import mlflow.store.db.utils as db
+migrate = db._upgrade_db
+def signalled(engine):
+    os.kill(os.getpid(), signal.{name})
+    migrate(engine)
+db._upgrade_db = signalled
+from studies.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("name", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_while_the_store_is_created_stops_cleanly_and_the_resume_completes_the_store(tmp_path, name, code):
+    study_file = tiny_study(tmp_path / f"{STUDY}.yaml")
+    first = args(study_file, tmp_path / "out")
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_IN_STORE_CREATION.format(name=name), *first], cwd=PROJECT_ROOT,
+                          env=study_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == code, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    assert proc.stderr.count("--resume") == 1 and "outside the study's stages" in proc.stderr, proc.stderr[-3000:]
+    study_dir = tmp_path / "out" / STUDY
+    assert not (study_dir / "ray").exists()  # no stage began
+    if name == "SIGTERM":
+        return  # the same path; one resume is enough
+    proc = run_study(*args(study_file, tmp_path / "out", "--resume"), timeout=200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    store = Store(study_dir, STUDY)
+    assert sorted(r.info.status for r in store.runs()) == ["FINISHED"] * 4  # parent, 2 search trials, 1 final seed

@@ -220,6 +220,7 @@ def test_a_damaged_store_is_named_with_what_can_be_done(base, tmp_path, store, d
 # own signal, sent from inside MLflow's migration step, so that it lands there and nowhere else.
 SIGNAL_IN_STORE_CREATION = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if this test's runner ignores it
 import mlflow.store.db.utils as db
 migrate = db._upgrade_db
 def signalled(engine):

@@ -23,6 +23,11 @@ SELECTED = "selected_trial"  # the Optuna study's user attribute: the number of 
 BOUND = ("_storage", "_storage_url", "_ot_study", "_ot_trials")  # an ArmSearch's attributes tied to one optuna.db
 
 
+def trial_ids(trials: dict[str, optuna.Trial]) -> dict[str, int]:
+    """Optuna's trial ids by Tune trial id: what a pickled searcher keeps of its trials (`ArmSearch.attach`)."""
+    return {tune_id: trial._trial_id for tune_id, trial in trials.items()}  # noqa: SLF001 (no public id)
+
+
 class ArmSearch(OptunaSearch):
     """Intermediate values are Tune's per-epoch `metric` (what ASHA stops on); the value told at completion
     is the trial's best epoch's (`best_key(metric)`), named as MLflow names it. Tune passes the result a
@@ -51,7 +56,7 @@ class ArmSearch(OptunaSearch):
         """The state without the storage and the objects bound to it (their URL is the absolute path of the
         folder the study first ran in): Optuna's trials are kept by their ids, for `attach`."""
         state = {k: v for k, v in self.__dict__.items() if k not in BOUND}
-        state["_ot_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in self._ot_trials.items()}
+        state["_ot_trial_ids"] = trial_ids(self._ot_trials)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -69,7 +74,7 @@ class ArmSearch(OptunaSearch):
         with open(checkpoint_path, "rb") as handle:
             state = pickle.load(handle)
         if "_ot_trial_ids" not in state:
-            state["_ot_trial_ids"] = {tune_id: trial._trial_id for tune_id, trial in state["_ot_trials"].items()}
+            state["_ot_trial_ids"] = trial_ids(state["_ot_trials"])
         self.__dict__.update({k: v for k, v in state.items() if k not in BOUND})
         if self._storage_url is None:
             raise RuntimeError("ArmSearch.restore needs a storage: build it with one, or call attach(url) first")

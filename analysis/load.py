@@ -306,6 +306,15 @@ def parent_tags(tracking_uri: str, study: str) -> dict[str, str]:
     return dict(parents[0].data.tags) if parents else {}
 
 
+def retrained_runs(tracking_uri: str, study: str) -> list[tuple[str, str, str]]:
+    """(run name, why, id of the run it replaces) of each run that `--retrain-damaged` trained again from
+    its start, by name."""
+    client = _client(tracking_uri)
+    runs = _search(client, _experiment(client, tracking_uri, study).experiment_id)
+    return sorted((r.info.run_name, r.data.tags[Tag.RETRAINED_DAMAGED], r.data.tags.get(Tag.REPLACES, ""))
+                  for r in runs if Tag.RETRAINED_DAMAGED in r.data.tags)
+
+
 def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, str]]]:
     """(experiment id, [(run name, run id), ...]) of the study's FINISHED final runs, arms in display order."""
     client = _client(tracking_uri)

@@ -14,6 +14,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
+from typing import Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -25,7 +26,7 @@ from analysis.atomic import atomic_path, write_text
 from analysis import mechanism as M
 from analysis import summaries as S
 from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_history, load_shift, load_spaces, load_study,
-                           parent_tags, read_artifact)
+                           parent_tags, read_artifact, retrained_runs)
 from analysis.mlflow_ui import (UI_PORT, chart_view, compare_url, is_server, runs_url, share_view, ui_base_url,
                                 ui_command, view_url)
 from idea.argparsing import StrictArgumentParser
@@ -239,12 +240,15 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
 
 
 def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame,
-          arms: Arms | None = None, metric: str = "ndcg", k: int = 10) -> list[str]:
-    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...), and
-    final runs whose values coincide; `arms` as for `build_tables`."""
-    out = []
+          arms: Arms | None = None, metric: str = "ndcg", k: int = 10,
+          retrained: Sequence[tuple[str, str, str]] = ()) -> list[str]:
+    """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...), final
+    runs whose values coincide, and runs trained again after a damaged checkpoint (`retrained`, as
+    `load.retrained_runs` lists them); `arms` as for `build_tables`."""
+    out = [f"Run `{name}` was trained again from its start: {why}. The run it replaces, {old}, is in MLflow's "
+           "trash." for name, why, old in retrained]
     if results.empty:
-        return ["No finished search or final runs in this study yet: there is nothing to summarise."]
+        return [*out, "No finished search or final runs in this study yet: there is nothing to summarise."]
     final = results.loc[results["stage"] == Stage.FINAL]
     if final.empty:
         out.append("No final runs yet (the study has not reached its test-window evaluation): per-window tables, "
@@ -518,7 +522,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     if (lines := headline(tables, metric, k, arms)):
         md += [f"**{lines[0]}**", "", *([" ".join(lines[1:]), ""] if lines[1:] else [])]
     md += ["Runs:", "", _markdown(_runs_table(results)), ""]
-    if (ns := notes(results, tables, shift, arms, metric, k)):
+    if (ns := notes(results, tables, shift, arms, metric, k, retrained_runs(tracking_uri, study))):
         md += ["## Notes", "", *[f"- {n}" for n in ns], ""]
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],

@@ -43,6 +43,10 @@ class Tag:
     ARMS_WITHOUT_RESULT = "arms_without_result"  # the parent run: arms with no completed trial, comma-separated
     SELECTED_TRIAL = "selected_trial"  # a final or oracle run: the search trial whose configuration it retrains
     SAME_AS = "same_as"  # an oracle run whose pick was the validation pick: the final run it copies (not retrained)
+    # --retrain-damaged: why a trial was trained again from its start, on its new run and on the run it
+    # replaces (deleted: in the store's trash, restorable); REPLACES names that deleted run on the new one
+    RETRAINED_DAMAGED = "retrained_damaged"
+    REPLACES = "replaces_run"
 
 
 TRUE = "true"  # the value of a flag tag (smoke, asha_stopped, budget_stopped, orphan)

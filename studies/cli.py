@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<out>/<study>/mlflow.db)")
     p.add_argument("--address", help="join an existing Ray cluster (host:port of its head) instead of a local one")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study (same flags as its first run)")
+    p.add_argument("--retrain-damaged", action="store_true",
+                   help="with --resume: train each trial whose checkpoint is damaged again from its start (its MLflow "
+                        "run is replaced, and the report says so) instead of refusing to resume")
     p.add_argument("--smoke", action="store_true", help="the study file's tiny variant: few trials, epochs, seeds, users")
     p.add_argument("--data-dir", help="data folder (default: $IDEA_DATA_DIR, else ./data)")
     return p.parse_args(argv)

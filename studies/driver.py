@@ -25,6 +25,7 @@ from idea.splits import Split
 from studies.config import StudyConfig
 from studies.data import without_tests
 from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
+from studies.retrain import retrain_damaged
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
 from studies.finish import REPORT_DIR, REPORT_FILE, unwritten, write_outputs
@@ -136,8 +137,9 @@ def ui_hint(tracking_uri: str) -> str:
 
 
 def resume_command(argv: list[str], resume: bool) -> str:
-    """The command line that continues an interrupted study: this one, with --resume, shell-quoted."""
-    return shlex.join([sys.executable, *argv] + ([] if resume else ["--resume"]))
+    """The command line that continues an interrupted study: this one, with --resume, shell-quoted (without
+    --retrain-damaged: retraining is asked for each time, once damage has been seen)."""
+    return shlex.join([sys.executable, *(a for a in argv if a != "--retrain-damaged")] + ([] if resume else ["--resume"]))
 
 
 def log_inputs(study_dir: Path, study_run: StudyRun, data: Interactions, split: Split) -> None:
@@ -294,7 +296,8 @@ def run_checked(args: argparse.Namespace, checked: Checked) -> int:
         if args.resume:  # Tune's state files (run_search/run_final check them against the store)
             for experiment in sorted((study_dir / "ray").glob("*/tuner.pkl")):
                 check_state(experiment.parent)
-                check_checkpoints(experiment.parent)
+                if not args.retrain_damaged:  # else set back to their start once the store is open
+                    check_checkpoints(experiment.parent)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -348,6 +351,8 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
             # how to continue, for a report of an unfinished study (analysis reads MLflow only)
             study_run.client().set_tag(study_run.parent_run_id, Tag.RESUME_COMMAND, resume_command(sys.argv, args.resume))
             log_inputs(study_dir, study_run, data, split)
+            if args.retrain_damaged:
+                retrain_damaged(study_dir / "ray", study_run)
         except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -3,6 +3,7 @@ the run config every stage's experiment gets, building or restoring one experime
 of Tune's saved state before a resume relies on it."""
 from __future__ import annotations
 
+import copy
 import json
 import pickletools
 import sys
@@ -12,7 +13,9 @@ from typing import Any, Callable, Iterable
 
 from ray import tune
 from ray.tune import ResultGrid
+from ray.train._internal.storage import StorageContext, _FilesystemSyncer
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, SearchGenerator
 
 from idea.contract import TRUE, Tag
 from idea.trainer import CheckpointError, read_checkpoint
@@ -126,18 +129,38 @@ def check_state(path: Path, logged: Iterable[str] = ()) -> dict[str, str] | None
     return statuses
 
 
-def check_checkpoints(path: Path) -> None:
-    """Before a resume relies on them: every trial checkpoint of the experiment at `path` is a readable
-    trainer checkpoint. Tune restores a trial from its checkpoint, and the warm start copies the selected
-    trial's; a damaged one would fail that trial on resume (or move the selection to the second best)."""
+@dataclass(frozen=True)
+class DamagedCheckpoint:
+    """A trial checkpoint that cannot be read back: the file, its trial's folder and the reason."""
+
+    file: Path
+    trial_dir: str  # the trial's folder under its experiment (Tune's `relative_logdir`)
+    error: str
+
+
+def damaged_checkpoints(path: Path) -> list[DamagedCheckpoint]:
+    """The trial checkpoints of the experiment at `path` that are not readable trainer checkpoints."""
+    damaged = []
     for file in sorted(path.glob(f"*/checkpoint_*/{CHECKPOINT_FILE}")):
         try:
             read_checkpoint(file)
         except CheckpointError as err:
-            raise TuneStateError(
-                f"a trial checkpoint is damaged ({err}). Put {file} back from a backup (or a copy of the study "
-                "folder) and repeat --resume, or start the study again under another --study-name; nothing was "
-                "changed") from None
+            damaged.append(DamagedCheckpoint(file, file.parent.parent.name, str(err)))
+    return damaged
+
+
+def check_checkpoints(path: Path) -> None:
+    """Before a resume relies on them: every trial checkpoint of the experiment at `path` is a readable
+    trainer checkpoint. Tune restores a trial from its checkpoint, and the warm start copies the selected
+    trial's; a damaged one would fail that trial on resume (or move the selection to the second best)."""
+    if damaged := damaged_checkpoints(path):
+        first = damaged[0]
+        more = f" (and {len(damaged) - 1} more in {path})" if len(damaged) > 1 else ""
+        raise TuneStateError(
+            f"a trial checkpoint is damaged ({first.error}){more}. Put {first.file} back from a backup (or a copy "
+            "of the study folder) and repeat --resume; or repeat --resume with --retrain-damaged to train each "
+            "trial whose checkpoint is damaged again from its start (its MLflow run is replaced, and the report "
+            "says so); or start the study again under another --study-name; nothing was changed")
 
 
 class RestoreCheck(tune.Callback):
@@ -160,6 +183,63 @@ class RestoreCheck(tune.Callback):
                 "from a backup and repeat --resume, or start the study again under another --study-name")
 
 
+def _moved(storage: StorageContext, path: Path) -> StorageContext:
+    """`storage` (the one a stage's trial generator pickled in its first run) for the experiment folder at
+    `path`, where the study folder is now: as Tune repoints the trials it restores, not those still to create."""
+    storage = copy.copy(storage)
+    storage.storage_fs_path, storage.experiment_dir_name = path.parent.as_posix(), path.name
+    storage.syncer = _FilesystemSyncer(  # a new one, as StorageContext makes: the old one recalls its last upload
+        storage_filesystem=storage.storage_filesystem, sync_period=storage.sync_config.sync_period,
+        sync_timeout=storage.sync_config.sync_timeout)
+    return storage
+
+
+class MovedSearch(SearchGenerator):
+    """A restored search stage's trial generator, creating its new trials in the experiment folder at
+    `path` (the saved state names the folder where the stage first ran, which may have moved)."""
+
+    def __init__(self, searcher, path: Path):
+        super().__init__(searcher)
+        self._path = path
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._experiment.spec["storage"] = self._experiment.storage = _moved(self._experiment.storage, self._path)
+
+
+class MovedVariants(BasicVariantGenerator):
+    """Likewise for a stage without a searcher (final and oracle seeds). Its saved state is its `__dict__`."""
+
+    def __init__(self, path: Path, max_concurrent: int):
+        super().__init__(max_concurrent=max_concurrent)
+        self._path = path
+
+    def get_state(self):
+        state = super().get_state()
+        return {k: v for k, v in state.items() if k != "_path"} if state else state
+
+    def set_state(self, state: dict) -> None:
+        path = self._path
+        super().set_state({k: v for k, v in state.items() if k != "_path"})
+        self._path = path
+        for iterator in self._iterators:
+            iterator.unresolved_spec["storage"] = _moved(iterator.unresolved_spec["storage"], path)
+
+
+def _create_where_restored(config: tune.TuneConfig, path: Path) -> None:
+    """A restored stage's trial generator, replaced by one that creates its new trials in `path` (Tune would
+    create them where the stage first ran: a moved study folder's trials would fail on a missing folder)."""
+    alg, limit = config.search_alg, config.max_concurrent_trials
+    if alg is None:
+        config.search_alg = MovedVariants(path, max_concurrent=limit or 0)
+    else:
+        searcher = alg.searcher if isinstance(alg, SearchGenerator) else alg
+        if limit and not isinstance(searcher, ConcurrencyLimiter):
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=limit)
+        config.search_alg = MovedSearch(searcher, path)
+    config.max_concurrent_trials = None
+
+
 def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], tune.Tuner], run_config: tune.RunConfig,
         logged: Callable[[], Iterable[str]] = tuple,
         restored: Callable[[tune.TuneConfig], None] | None = None) -> ResultGrid:
@@ -168,7 +248,8 @@ def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], t
     A restore is checked first (`check_state`, against `logged()`, the trial ids the store ended runs for)
     and runs with the callbacks and failure settings of `run_config`: Tune would otherwise use the ones it
     pickled with the experiment, bound to the study run (and tracking store) of the first driver; `restored`
-    gets the restored tune config before the stage runs (to point its searcher at this study folder)."""
+    gets the restored tune config before the stage runs (to point its searcher at this study folder), and
+    the trials a restored stage has yet to create are created in `path` (`MovedSearch`, `MovedVariants`)."""
     if resume and tune.Tuner.can_restore(str(path)):
         statuses = check_state(path, logged())
         if statuses is None:
@@ -181,8 +262,10 @@ def fit(path: Path, trainable, resume: bool, build: Callable[[tune.RunConfig], t
             config = tuner._local_tuner.get_run_config()  # noqa: SLF001 (Tuner.restore takes no callbacks)
             config.callbacks = [*run_config.callbacks, RestoreCheck(path, set(statuses))]
             config.failure_config = run_config.failure_config
+            tune_config = tuner._local_tuner._tune_config  # noqa: SLF001 (as above)
             if restored is not None:
-                restored(tuner._local_tuner._tune_config)  # noqa: SLF001 (as above)
+                restored(tune_config)
+            _create_where_restored(tune_config, path)
     else:
         tuner = build(run_config)
     grid = tuner.fit()

@@ -56,6 +56,8 @@ def check_study(args: argparse.Namespace) -> Checked:
     meets them; raises StudyConfigError (a ValueError), DataNotFoundError or DataFormatError, each naming
     the problem and the fix. A folder in use is refused before any advice about what the folder holds, and
     the folder's lock is taken before the data is read: a second driver stops within a second or two."""
+    if args.retrain_damaged and not args.resume:
+        raise StudyConfigError("--retrain-damaged retrains trials of a study being resumed: add --resume")
     study = load_study(args.study, smoke=args.smoke).with_overrides(args.num_samples, args.max_epochs, args.seeds)
     stem = resolve_path(args.study).stem
     name = check_name(args.study_name or (f"{stem}-smoke" if args.smoke else stem))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
@@ -91,19 +91,35 @@ class StudyRun:
     def client(self) -> RetryingClient:
         return RetryingClient(self.tracking_uri)
 
-    def runs(self, filter_string: str = "") -> Iterator:
-        """All runs of the study's experiment matching `filter_string` (every page)."""
+    def runs(self, filter_string: str = "", view: int = ViewType.ACTIVE_ONLY) -> Iterator:
+        """All runs of the study's experiment matching `filter_string` (every page); `view` DELETED_ONLY for
+        the runs in the store's trash."""
         client, token = self.client(), None
         while True:
-            page = client.search_runs([self.experiment_id], filter_string, max_results=1000, page_token=token)
+            page = client.search_runs([self.experiment_id], filter_string, view, max_results=1000, page_token=token)
             yield from page
             token = page.token
             if not token:
                 return
 
-    def nested_runs(self, arm: str | None = None, stage: str | None = None, status: str | None = None) -> list:
+    def nested_runs(self, arm: str | None = None, stage: str | None = None, status: str | None = None,
+                    view: int = ViewType.ACTIVE_ONLY) -> list:
         return list(self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=arm or None,
-                                    tag_stage=stage or None, status=status or None)))
+                                    tag_stage=stage or None, status=status or None), view))
+
+    def replace_run(self, arm: str, stage: str, trial_id: str, reason: str) -> str | None:
+        """Before a trial is trained again from its start (`studies.retrain`): its run, if any, ends KILLED
+        (when still RUNNING), is tagged with `reason` and deleted (MLflow keeps it in the trash), so the
+        retraining logs its epochs in a new run (`MlflowTrialLogger` tags that one); returns its id."""
+        client = self.client()
+        for run in self.nested_runs(arm, stage):
+            if run.data.tags.get(Tag.TRIAL_ID) == trial_id:
+                if run.info.status == "RUNNING":
+                    client.set_terminated(run.info.run_id, "KILLED")
+                client.set_tag(run.info.run_id, Tag.RETRAINED_DAMAGED, reason)
+                client.delete_run(run.info.run_id)
+                return run.info.run_id
+        return None
 
     def close_open_runs(self, status: str, tags: Mapping[str, str] | None = None, parent: bool = True) -> int:
         """End every RUNNING run of the study (nested, and the parent if `parent`); returns how many."""
@@ -237,11 +253,12 @@ class MlflowTrialLogger(tune.Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}  # trial_id -> last epoch logged (resume must not log twice)
         self._running: set[str] = set()  # trial_ids whose run this session has (re)opened
+        self._replaced: dict[str, Any] = {}  # trial_id -> its deleted run, for a trial retrained from its start
 
     def __getstate__(self) -> dict:
         """Tune pickles callbacks with the experiment; the client and run index are rebuilt in setup."""
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _last_step={}, _running=set())
+        state.update(_client=None, _runs={}, _last_step={}, _running=set(), _replaced={})
         return state
 
     def setup(self, **info) -> None:
@@ -251,6 +268,9 @@ class MlflowTrialLogger(tune.Callback):
             self._runs[trial_id] = run.info.run_id
             history = self._client.get_metric_history(run.info.run_id, valid_key(metric_name("ndcg", 10)))
             self._last_step[trial_id] = max((m.step for m in history), default=0)
+        for run in self.study_run.nested_runs(self.arm, self.stage, view=ViewType.DELETED_ONLY):
+            if Tag.RETRAINED_DAMAGED in run.data.tags:
+                self._replaced[run.data.tags.get(Tag.TRIAL_ID)] = run
 
     # ----- runs ---------------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:
@@ -274,6 +294,9 @@ class MlflowTrialLogger(tune.Callback):
                 Tag.TRIAL_ID: trial.trial_id}
         if start is not None and start.run_id:
             tags[Tag.INIT_RUN_ID] = start.run_id  # the base arm's run whose best state this run fine-tunes
+        if (replaced := self._replaced.get(trial.trial_id)) is not None:  # retrained from its start
+            tags.update({Tag.RETRAINED_DAMAGED: replaced.data.tags[Tag.RETRAINED_DAMAGED],
+                         Tag.REPLACES: replaced.info.run_id})
         run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),
                                          tags=tags).info.run_id
         params = [Param(k, str(v)) for k, v in config.used().items()]  # only what its method reads

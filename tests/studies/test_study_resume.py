@@ -1,11 +1,13 @@
 """Ctrl-C during the IDEA stage (after the ERM arm and while IDEA fine-tunes its models) leaves a
-resumable study and a consistent store; `--resume` finishes it without rerunning finished trials
-(same MLflow runs, untouched Tune results, no extra trials from a reset searcher) or losing any.
+resumable study and a consistent store; `--resume` finishes it, in the folder's new place when it was moved,
+without rerunning finished trials (same MLflow runs, untouched Tune results, no extra trials from a reset
+searcher) or losing any.
 The interrupted study is a tiny one (tests/studies/study_cli.py: tiny_study), one trial at a time."""
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import time
 
@@ -76,7 +78,16 @@ def test_interrupt_then_resume(tmp_path):
         **{k: finished_run.data.tags[k] for k in ("study", "mlflow.parentRunId", "dataset", "backbone", "git_sha",
                                                    "data_sha256")},
         "arm": "idea", "method": "idea", "stage": "search", "seed": "0", "trial_id": "orphan_00099"}).info.run_id
+
+    # The folder is moved before the resume (say, to a bigger disk): the trials the IDEA stage has yet to
+    # create are written in its new place too, and nothing where it was.
+    first_place, study_dir = study_dir, tmp_path / "moved" / RESUMED
+    study_dir.parent.mkdir()
+    shutil.move(first_place, study_dir)
+    args = (args[0], "--out", str(study_dir.parent), *args[3:])
+    store = Store(study_dir, RESUMED)
     resumed = run_study(*args, "--resume", timeout=300)
+    assert not first_place.exists()
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     erm_trials = TRIALS_PER_ARM["erm"]
     assert f"[erm-search] resuming from Tune's saved state: {erm_trials} of its {erm_trials} trial(s) ended" \

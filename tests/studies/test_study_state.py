@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from tests.studies.study_cli import PROJECT_ROOT, Store, run_cli, run_study, study_env, tiny_study
@@ -86,8 +87,44 @@ def test_a_damaged_trial_checkpoint_is_named_before_ray_starts(base, tmp_path):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
     error = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and str(checkpoint) in error[0] and "trial checkpoint is damaged" in error[0], proc.stderr
+    assert "--retrain-damaged" in error[0] and "weights_only" not in proc.stderr  # no advice to run the pickle
     assert "Traceback" not in proc.stderr
     assert statuses(store) == before
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("stage", ["search", "final"])
+def test_retrain_damaged_trains_the_trial_again_from_its_start_in_a_new_run_the_report_names(base, tmp_path, stage):
+    """A finished trial's checkpoint truncated, resumed with --retrain-damaged: Tune trains that trial again
+    (same trial id and config) from its start, its epochs go to a new run tagged with why and with the run it
+    replaces (deleted, in MLflow's trash), its checkpoint is whole again, and the report says so."""
+    study_file, out, study_dir = copy_study(base, tmp_path)
+    checkpoint = sorted((study_dir / "ray" / f"erm-{stage}").glob("*/checkpoint_*/trainer.pt"))[-1]
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    store = Store(study_dir, STUDY)
+    (old,) = [r for r in store.nested(stage, "erm", status="FINISHED") if r.data.tags["trial_id"] in str(checkpoint)]
+    proc = run_study(*args(study_file, out, "--resume", "--retrain-damaged"), timeout=190)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert f"trial {old.data.tags['trial_id']} will be trained again from its start" in proc.stderr
+    (new,) = [r for r in store.nested(stage, "erm") if r.data.tags["trial_id"] == old.data.tags["trial_id"]]
+    assert new.info.run_id != old.info.run_id and new.info.status == "FINISHED"
+    assert new.data.tags["replaces_run"] == old.info.run_id and "damaged" in new.data.tags["retrained_damaged"]
+    assert new.data.params == old.data.params and store.steps(new) == [1]  # its epochs once, from the first
+    gone = store.client.get_run(old.info.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.data.tags["retrained_damaged"] == new.data.tags["retrained_damaged"]
+    (again,) = sorted((study_dir / "ray" / f"erm-{stage}").glob(f"*{old.data.tags['trial_id']}*/checkpoint_*/trainer.pt"))
+    torch.load(again, weights_only=True)  # whole again
+    summary = (study_dir / "report" / "summary.md").read_text()
+    assert f"Run `{new.info.run_name}` was trained again from its start: its checkpoint was damaged" in summary
+    (parent,) = store.runs("tags.stage = 'study'")
+    assert parent.info.status == "FINISHED" and "--retrain-damaged" not in parent.data.tags["resume_command"]
+
+
+def test_retrain_damaged_needs_resume(base, tmp_path):
+    study_file, out, _ = copy_study(base, tmp_path)
+    proc = run_cli(*args(study_file, tmp_path / "new", "--retrain-damaged"))
+    assert proc.returncode == 2 and "--retrain-damaged retrains trials of a study being resumed: add --resume" \
+        in proc.stderr, proc.stderr
 
 
 @pytest.mark.timeout(150)
@@ -160,17 +197,17 @@ def test_a_restore_tune_gives_up_on_stops_before_the_stage_restarts(base, tmp_pa
 
 def read_on_resume(study_dir) -> dict[str, bytes]:
     """What a resume reads of a study folder that this project writes or Tune rewrites, as text: run.json,
-    both stores (their SQL, not their pages, where old rows may linger), and the newest experiment state and
-    searcher state of each stage (older snapshots stay on disk unread). Not tuner.pkl (Tune's pickle of the
-    first run's settings: `Tuner.restore` recomputes its storage path from the folder it is given, and `fit`
-    replaces its callbacks), nor Tune's trial-generator states, which keep the first run's storage path for
-    trials a stage had yet to create (a known gap, studies/README.md)."""
+    both stores (their SQL, not their pages, where old rows may linger), and the newest experiment state,
+    searcher state and trial-generator state of each stage (older snapshots stay on disk unread). Not
+    tuner.pkl (Tune's pickle of the first run's settings: `Tuner.restore` recomputes its storage path from
+    the folder it is given, `fit` replaces its callbacks and its trial generator)."""
     files = {"run.json": (study_dir / "run.json").read_bytes()}
     for store in ("mlflow.db", "optuna.db"):
         with contextlib.closing(sqlite3.connect(study_dir / store)) as con:
             files[store] = "\n".join(con.iterdump()).encode()
     for stage in (study_dir / "ray").iterdir():
-        for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
+        for pattern in ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json",
+                        "basic-variant-state-*.json"):
             newest = sorted(stage.glob(pattern))[-1:]
             files.update({str(f.relative_to(study_dir)): f.read_bytes() for f in newest})
     return files

@@ -17,7 +17,6 @@ PAIR_DRAWS = ("distinct", "with_replacement")
 ALIGNS = ("right", "left")  # the extractors' position reading: idea/environments.py
 ITEM_INITS = ("backbone", "normal")
 SOFTMAX_ROWS = ("items", "all")
-SELECT_METRIC = "ndcg_at_10"  # early stopping, best state and study selection, on validation
 # The fields only one method reads; every other field is read by every method. A study rejects a
 # method's field in another method's arm, and MLflow runs log only the fields their method reads.
 METHOD_FIELDS = {

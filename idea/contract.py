@@ -43,6 +43,12 @@ class Tag:
     ARMS_WITHOUT_RESULT = "arms_without_result"  # the parent run: arms with no completed trial, comma-separated
     SELECTED_TRIAL = "selected_trial"  # a final or oracle run: the search trial whose configuration it retrains
     SAME_AS = "same_as"  # an oracle run whose pick was the validation pick: the final run it copies (not retrained)
+    # the parent run's (and, but RAY_CLUSTER, every nested run's): what the study ran on
+    DATASET = "dataset"
+    BACKBONE = "backbone"
+    GIT_SHA = "git_sha"
+    DATA_SHA256 = "data_sha256"
+    RAY_CLUSTER = "ray_cluster"  # the parent run: the address of the Ray instance the trials ran on
     # --retrain-damaged: why a trial was trained again from its start, on its new run and on the run it
     # replaces (deleted: in the store's trash, restorable); REPLACES names that deleted run on the new one
     RETRAINED_DAMAGED = "retrained_damaged"
@@ -77,6 +83,30 @@ class Result:
     TRIAL_ID = "trial_id"  # Tune's own
 
 
+# ----- run names -------------------------------------------------------------------------------------
+
+def run_name(arm: str, stage: str, seed: object = None, trial_id: str | None = None) -> str:
+    """A nested run's name: `<arm>-trial-<trial id>` (search), `<arm>-seed<s>` (final), `<arm>-oracle-seed<s>`."""
+    if stage == Stage.SEARCH:
+        return f"{arm}-trial-{trial_id}"
+    return f"{arm}{'' if stage == Stage.FINAL else f'-{stage}'}-seed{seed}"
+
+
+# ----- parts ------------------------------------------------------------------------------------------
+
+VALID = "valid"  # the part name of validation
+
+
+def window_name(i: int) -> str:
+    """The i-th test window (1-based) of the temporal protocol: w1, w2, ..."""
+    return f"w{i}"
+
+
+def window_index(part: str) -> int | None:
+    """The index of a window name (`window_name`), else None (valid, leave-one-out's test)."""
+    return int(part[1:]) if part[:1] == "w" and part[1:].isdigit() else None
+
+
 # ----- metric keys ------------------------------------------------------------------------------------
 #   valid_<m>_at_<k>                     per epoch (step = epoch)
 #   best_valid_[warm_]<m>_at_<k>         the best state on validation
@@ -85,7 +115,6 @@ class Result:
 # Tune results name the epoch's metric <m>_at_<k> and the best so far best_<m>_at_<k> (`best_key`), which
 # MLflow records as best_valid_<m>_at_<k>.
 
-VALID = "valid"  # the part name of validation
 SUBSETS = ("all", "warm")  # all targets | targets whose item occurs in training
 # IDEA's mechanism telemetry, per epoch (idea/methods.py): the penalty's share of the recommender's gradient
 # (median over measured steps), extractor updates so far, the views' disagreement and the dominant mixing weight,
@@ -120,6 +149,19 @@ def is_mechanism_metric(key: str) -> bool:
 def metric_name(metric: str, k: int) -> str:
     """``ndcg``, 10 -> ``ndcg_at_10`` (a Tune result key, and the tail of every MLflow metric key)."""
     return f"{metric}_at_{k}"
+
+
+METRICS = ("hr", "ndcg", "mrr")  # every ranking metric evaluation computes (idea/metrics.py), at each cutoff in KS
+KS = (5, 10, 20)
+METRIC_NAMES = tuple(metric_name(m, k) for m in METRICS for k in KS)
+SELECTION = ("ndcg", 10)  # what early stopping, the best state and a study's selection maximise, on validation
+SELECT_METRIC = metric_name(*SELECTION)
+
+
+def oracle_key(window: str, name: str) -> str:
+    """The metric of a search run scored by the oracle selection (studies/oracle.py): `name` of its best state
+    on the selection window."""
+    return f"oracle_{window}_{name}"
 
 
 def best_key(name: str) -> str:

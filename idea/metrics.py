@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["KS", "METRICS", "pessimistic_ranks", "rank_events", "metrics_frame", "summary"]
+from idea.contract import KS, METRICS, metric_name
 
-KS: tuple[int, ...] = (5, 10, 20)
-METRICS: tuple[str, ...] = ("hr", "ndcg", "mrr")
+__all__ = ["pessimistic_ranks", "rank_events", "metrics_frame", "summary"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -182,4 +181,4 @@ def summary(frame: pd.DataFrame, part: str | None = None, subset: str = "all") -
     rows = frame[(frame["part"] == part) & (frame["subset"] == subset)]
     if rows.empty:
         raise KeyError(f"no rows for part={part!r}, subset={subset!r}")
-    return {f"{m}_at_{int(k)}": float(v) for m, k, v in zip(rows["metric"], rows["k"], rows["value"])}
+    return {metric_name(m, int(k)): float(v) for m, k, v in zip(rows["metric"], rows["k"], rows["value"])}

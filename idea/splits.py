@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from idea.contract import VALID, window_name
+
 if TYPE_CHECKING:  # annotations only: idea.data imports this module to split datasets by name
     from idea.data.interactions import Interactions
 
@@ -156,7 +158,7 @@ def temporal_split(data: Interactions, cuts, max_len: int = 50) -> Split:
     ts, pos = data.timestamp, data.position
     t_val, t0, ends = t[0], t[1], t[2:]
     warm_items = _item_mask(data, np.flatnonzero(ts < t_val))
-    names = ["train", "valid"] + [f"w{i + 1}" for i in range(len(ends))]
+    names = ["train", VALID] + [window_name(i + 1) for i in range(len(ends))]
     bounds = dict(zip(names, [(None, t_val), (t_val, t0)] + list(zip([t0, *ends[:-1]], ends))))
     target = ~np.isin(data.item, data.side_items)  # [M] side items are never predicted
     parts, skipped = {}, {}

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from idea.config import RUNTIME_FIELDS, SELECT_METRIC, TrainConfig
+from idea.config import RUNTIME_FIELDS, TrainConfig
+from idea.contract import SELECT_METRIC
 from idea.methods import METHOD_OBJECTS
 from idea.metrics import metrics_frame, rank_events, summary
 from idea.precision import exact_float32, resolve_precision, set_tensor_cores

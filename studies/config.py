@@ -27,7 +27,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from idea.config import BACKBONE_NAMES, METHOD_FIELDS, METHODS, SELECT_METRIC, TrainConfig
+from idea.config import BACKBONE_NAMES, METHOD_FIELDS, METHODS, TrainConfig
+from idea.contract import SELECT_METRIC
 from idea.contract import Arms
 from idea.data import DATASETS
 from idea.splits import PROTOCOLS, SplitConfig

@@ -22,19 +22,19 @@ from idea.data.describe import describe
 from idea.contract import VALID, Tag
 from idea.data.interactions import Interactions
 from idea.splits import Split
-from studies.config import StudyConfig
-from studies.data import without_tests
 from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
 from studies.retrain import retrain_damaged
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
-from studies.finish import REPORT_DIR, REPORT_FILE, unwritten, write_outputs
+from studies.finish import unwritten, write_outputs
+from studies.folder import StudyFolder
 from studies.interrupts import interrupted_by, stop_on_signals
 from studies.oracle import run_oracle
-from studies.preflight import SUMMARY_FILE, Checked
+from studies.plan import Selection, StageContext
+from studies.preflight import Checked
 from studies.progress import begin, study_plan
 from studies.ray_groups import own_process_groups
-from studies.search import Selection, optuna_storage, run_search, select_best
+from studies.search import run_search, select_best
 from studies.trainable import failed, remove_scratch
 from studies.tracking import (StudyExistsError, StudyRun, StudyStoreError, git_sha, is_finished, open_study,
                               relocate_artifacts, trials_frame)
@@ -142,20 +142,20 @@ def resume_command(argv: list[str], resume: bool) -> str:
     return shlex.join([sys.executable, *(a for a in argv if a != "--retrain-damaged")] + ([] if resume else ["--resume"]))
 
 
-def log_inputs(study_dir: Path, study_run: StudyRun, data: Interactions, split: Split) -> None:
+def log_inputs(folder: StudyFolder, study_run: StudyRun, data: Interactions, split: Split) -> None:
     """At the start, on the parent run: the resolved study.yaml and describe.json (the split's shift
     diagnostics, `idea.data.describe`), so even an interrupted study says what it ran on."""
-    write_text(study_dir / "describe.json", json.dumps(describe(data, split), indent=1) + "\n")
-    for name in ("study.yaml", "describe.json"):
-        study_run.client().log_artifact(study_run.parent_run_id, str(study_dir / name))
+    write_text(folder.describe_file, json.dumps(describe(data, split), indent=1) + "\n")
+    for path in (folder.study_file, folder.describe_file):
+        study_run.client().log_artifact(study_run.parent_run_id, str(path))
 
 
-def write_results(study_dir: Path, study_run: StudyRun, trials: pd.DataFrame, results: pd.DataFrame) -> None:
+def write_results(folder: StudyFolder, study_run: StudyRun, trials: pd.DataFrame, results: pd.DataFrame) -> None:
     """trials.csv and final_results.csv, each written whole, in the study folder and on the parent run."""
-    for name, frame in (("trials.csv", trials), ("final_results.csv", results)):
-        with atomic_path(study_dir / name) as tmp:
+    for path, frame in ((folder.trials_csv, trials), (folder.final_results_csv, results)):
+        with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)
-        study_run.client().log_artifact(study_run.parent_run_id, str(study_dir / name))
+        study_run.client().log_artifact(study_run.parent_run_id, str(path))
 
 
 # ----- the study ------------------------------------------------------------------------------------
@@ -169,17 +169,15 @@ def no_result(arm: str, grid, budget: float | None) -> str:
     return f"no {arm} trial completed an epoch ({len(grid) - crashed} {stopped} before their first, {crashed} failed)"
 
 
-def run(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
-        resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]]:
+def run(ctx: StageContext) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]]:
     """Per arm (the base arm first when the others fine-tune its models): search, select on validation,
     retrain the selection with the final seeds and test it (with `oracle: true`, also the selection on the
     first test window, studies/oracle.py); returns selections, trials, results and, per arm without a
     result, why."""
-    ray_dir = study_dir / "ray"
-    search_split = without_tests(split)
+    study = ctx.study
     selections, frames, starts, missing = {}, [], None, {}
     order = study.arm_order()
-    begin(study_plan(study), resources.concurrency, resources.time_budget_s)
+    begin(study_plan(study), ctx.resources.concurrency, ctx.resources.time_budget_s)
     for i, arm in enumerate(order, start=1):
         finetunes = study.finetunes(arm)
         print(f"\n== arm {i}/{len(order)}: {arm}" + (" (fine-tunes the trained ERM models)" if finetunes else ""),
@@ -189,34 +187,32 @@ def run(study: StudyConfig, name: str, split: Split, resources: Resources, study
             missing[arm] = f"not run: it fine-tunes the {study.base()} arm's models, and {study.base()} has none"
             print(f"warning: {arm} {missing[arm]}", file=sys.stderr)
             continue
-        search = run_search(study, arm, search_split, resources, ray_dir, study_run, resume,
-                            starts.search if finetunes else None)
+        plan = ctx.plan(arm, starts if finetunes else None)
+        search = run_search(ctx, plan)
         selections[arm] = selection = select_best(arm, search, study.metric)
         if selection is None:
-            missing[arm] = no_result(arm, search, resources.time_budget_s)
+            missing[arm] = no_result(arm, search, ctx.resources.time_budget_s)
             print(f"warning: {missing[arm]}; no final runs for this arm", file=sys.stderr)
             continue
-        final = run_final(study, selection, split, resources, ray_dir, study_run, resume,
-                          starts.seeds if finetunes else None)
-        frames.append(final_results(name, arm, study.arms[arm].method, final, study_run))
+        final = run_final(ctx, plan, selection)
+        frames.append(final_results(ctx, plan, final))
         if study.oracle:
-            frames.append(run_oracle(study, arm, name, search, selection, frames[-1], split, resources, ray_dir,
-                                     study_run, resume, starts if finetunes else None))
+            frames.append(run_oracle(ctx, plan, search, selection, frames[-1]))
         if arm == study.base() and any(study.finetunes(a) for a in order):
-            starts = save_starts(study_dir, selection, final, study_run)
+            starts = save_starts(ctx.folder, selection, final, ctx.study_run)
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return selections, trials_frame(study_run), results, missing
+    return selections, trials_frame(ctx.study_run), results, missing
 
 
-def track(study: StudyConfig, name: str, split: Split, resources: Resources, study_dir: Path, study_run: StudyRun,
-          resume: bool) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]] | None:
+def track(ctx: StageContext) -> tuple[dict[str, Selection | None], pd.DataFrame, pd.DataFrame, dict[str, str]] | None:
     """`run` with the store kept consistent: on Ctrl-C, SIGTERM or SIGHUP open runs end KILLED, tagged
     `interrupted` with the signal (None is returned), on an error FAILED; on success the artifacts are
     logged and the parent run ends FINISHED (tagged `arms_without_result` when some arm has none: a
     --resume would change nothing)."""
+    study_run, resume = ctx.study_run, ctx.resume
     try:
-        outcome = run(study, name, split, resources, study_dir, study_run, resume)
-        write_results(study_dir, study_run, *outcome[1:3])
+        outcome = run(ctx)
+        write_results(ctx.folder, study_run, *outcome[1:3])
         if outcome[3]:
             study_run.client().set_tag(study_run.parent_run_id, Tag.ARMS_WITHOUT_RESULT, ",".join(outcome[3]))
     except KeyboardInterrupt:
@@ -254,56 +250,56 @@ def run_cli(args: argparse.Namespace, checked: Checked) -> int:
     except KeyboardInterrupt:  # outside the stages, which `track` stops: setting up, or writing the report
         by = interrupted_by()
         print(f"\n{'interrupted' if by == 'SIGINT' else f'terminated ({by})'} outside the study's stages (while "
-              f"setting it up or writing its report); {continuation(checked.folder.path, args.resume)}",
+              f"setting it up or writing its report); {continuation(checked.folder, args.resume)}",
               file=sys.stderr)
         return INTERRUPTED_EXIT[by]
     except Exception as err:
         fault = diagnose(err, checked.tracking_uri)
         if fault is None:
             raise
-        print_fault(fault, err, checked.folder.path, args.resume)
+        print_fault(fault, err, checked.folder, args.resume)
         return ENVIRONMENT_EXIT
 
 
-def continuation(study_dir: Path, resume: bool) -> str:
+def continuation(folder: StudyFolder, resume: bool) -> str:
     """How to go on: the resume command once the study folder holds the study, else the same command."""
-    if (study_dir / "study.yaml").is_file():
+    if folder.study_file.is_file():
         return f"resume with:\n  {resume_command(sys.argv, resume)}"
     return "the study had not started; run the same command again."
 
 
-def print_fault(fault: Fault, err: BaseException, study_dir: Path, resume: bool) -> None:
+def print_fault(fault: Fault, err: BaseException, folder: StudyFolder, resume: bool) -> None:
     """One message for a fault of the machine: its cause, the error's line that shows it, the fix, the resume
     command."""
     runs = (f"open runs it could end are KILLED, tagged interrupted={fault.kind!r}" if fault.closable
             else "open runs stay RUNNING until the resume continues them")
-    where = continuation(study_dir, resume)
+    where = continuation(folder, resume)
     print(f"\nerror: {fault.cause} ({fault.detail[:300]}).\nThe study stopped; {runs}. To continue: {fault.fix}; "
           f"{where}", file=sys.stderr)
 
 
 def run_checked(args: argparse.Namespace, checked: Checked) -> int:
     """`run_cli` without the handling of machine faults."""
-    name, study_dir, tracking_uri, split = checked.name, checked.folder.path, checked.tracking_uri, checked.split
+    name, folder, tracking_uri, split = checked.name, checked.folder, checked.tracking_uri, checked.split
     try:  # what needs MLflow or Tune's state, before Ray starts
         if args.resume and is_finished(tracking_uri, name):
-            if (missing := unwritten(study_dir)) is None:
+            if (missing := unwritten(folder)) is None:
                 print(f"study {name} has already finished; nothing to resume, nothing changed", file=sys.stderr)
-                print_finished(study_dir, name, tracking_uri)
+                print_finished(folder, name, tracking_uri)
                 return 0
             print(f"study {name} has finished, but its summary and report were not written in full ({missing}): "
                   "writing them", file=sys.stderr)
         if args.resume:  # Tune's state files (run_search/run_final check them against the store)
-            for experiment in sorted((study_dir / "ray").glob("*/tuner.pkl")):
-                check_state(experiment.parent)
+            for experiment in folder.experiments():
+                check_state(experiment)
                 if not args.retrain_damaged:  # else set back to their start once the store is open
-                    check_checkpoints(experiment.parent)
+                    check_checkpoints(experiment)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"study {name}: {split.dataset} ({split.protocol}), {len(split.train):,} training events, "
           f"{len(split.valid):,} validation, tests {', '.join(f'{k}={len(v):,}' for k, v in split.tests.items())}; "
-          f"folder {study_dir}", file=sys.stderr)
+          f"folder {folder.path}", file=sys.stderr)
     try:
         init_ray(args.address)
         stop_on_signals()
@@ -322,37 +318,37 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
     """The study once Ray runs: Ray (started by `run_checked`) is shut down and the study's temporary
     checkpoint folders are removed on every exit; then the summary and the report."""
     study, name, folder, tracking_uri = checked.study, checked.name, checked.folder, checked.tracking_uri
-    data, split, study_dir = checked.data, checked.split, checked.folder.path
+    data, split = checked.data, checked.split
     study_run = None
     try:
         try:  # a flag or tracking-store problem
-            remove_scratch(study_dir)  # left by an earlier driver of this study that died
+            remove_scratch(folder.scratch_key)  # left by an earlier driver of this study that died
             print(f"trials: {resources.concurrency} at a time, {resources.cpus_per_trial:g} CPU and "
                   f"{resources.gpus_per_trial:g} GPU each (device {resources.device})", file=sys.stderr)
             if args.resume:
                 folder.check_device(resources.device)
             else:
                 folder.create(study, tracking_uri, resources.device, split.data_sha256)
-            tags = {"study": name, "dataset": study.dataset, "backbone": study.backbone,
-                    "git_sha": git_sha(PROJECT_ROOT), "data_sha256": split.data_sha256,
-                    "ray_cluster": ray.get_runtime_context().gcs_address, "smoke": str(args.smoke).lower()}
+            tags = {Tag.STUDY: name, Tag.DATASET: study.dataset, Tag.BACKBONE: study.backbone,
+                    Tag.GIT_SHA: git_sha(PROJECT_ROOT), Tag.DATA_SHA256: split.data_sha256,
+                    Tag.RAY_CLUSTER: ray.get_runtime_context().gcs_address, Tag.SMOKE: str(args.smoke).lower()}
             # a server keeps its own artifacts; a local store's go in the study folder, never ./mlruns
             server = tracking_uri.startswith(("http://", "https://"))
-            artifacts = None if server else study_dir / "mlartifacts"
+            artifacts = None if server else folder.artifacts
             recorded = folder.run.get("parent_run_id")  # None for a new study
-            ran = any((study_dir / "ray").glob("*/tuner.pkl"))  # trials ran against some parent run
+            ran = bool(folder.experiments())  # trials ran against some parent run
             study_run = open_study(tracking_uri, name, tags, artifacts, resume=args.resume,
                                    parent_run_id=recorded, require_parent=ran)
             if args.resume and folder.run.get("default_store"):  # recorded where the folder first ran: now here
                 folder.write_run(tracking_uri=tracking_uri)
-                relocate_artifacts(study_dir / "mlflow.db", name, artifacts)
+                relocate_artifacts(folder.mlflow_db, name, artifacts)
             if recorded is None:
                 folder.write_run(parent_run_id=study_run.parent_run_id)
             # how to continue, for a report of an unfinished study (analysis reads MLflow only)
             study_run.client().set_tag(study_run.parent_run_id, Tag.RESUME_COMMAND, resume_command(sys.argv, args.resume))
-            log_inputs(study_dir, study_run, data, split)
+            log_inputs(folder, study_run, data, split)
             if args.retrain_damaged:
-                retrain_damaged(study_dir / "ray", study_run)
+                retrain_damaged(folder, study_run)
         except (ConnectionError, ValueError, StudyExistsError, StudyStoreError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -362,13 +358,13 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
                 study_run.close_open_runs("KILLED")
             raise
         try:
-            outcome = track(study, name, split, resources, study_dir, study_run, args.resume)
+            outcome = track(StageContext(study, name, split, resources, folder, study_run, args.resume))
         except TuneStateError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     finally:
         ray.shutdown()
-        remove_scratch(study_dir)  # this driver's study: folders of trials Ray stopped or killed
+        remove_scratch(folder.scratch_key)  # this driver's study: folders of trials Ray stopped or killed
     if outcome is None:
         return INTERRUPTED_EXIT[interrupted_by()]
 
@@ -376,8 +372,8 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
     smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""
     text = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
             f"retrained with seeds {study.final_seeds()}):{smoke}\n{summary_table(selections, trials, results)}\n")
-    write_outputs(study_dir, name, tracking_uri, study_run, text)
-    print_finished(study_dir, name, tracking_uri)
+    write_outputs(folder, name, tracking_uri, study_run, text)
+    print_finished(folder, name, tracking_uri)
     if missing:
         print(f"\nstudy {name} ended without a result for arm(s) {', '.join(missing)}:\n"
               + "".join(f"  {arm}: {why}\n" for arm, why in missing.items())
@@ -388,10 +384,10 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
     return 0
 
 
-def print_finished(study_dir: Path, name: str, tracking_uri: str) -> None:
-    print("\n" + (study_dir / SUMMARY_FILE).read_text(), end="")
+def print_finished(folder: StudyFolder, name: str, tracking_uri: str) -> None:
+    print("\n" + folder.summary_file.read_text(), end="")
     print(f"\nMLflow: experiment {name!r}; open the UI with\n  {ui_hint(tracking_uri)}")
-    print(f"report: {study_dir / REPORT_DIR / REPORT_FILE}")
+    print(f"report: {folder.report_summary}")
     print(f"Optuna searches (one study per arm; pip install optuna-dashboard):\n  "
-          f"{shlex.join(['optuna-dashboard', optuna_storage(study_dir)])}")
+          f"{shlex.join(['optuna-dashboard', folder.optuna_uri])}")
 

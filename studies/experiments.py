@@ -56,12 +56,13 @@ class Resources:
         return tune.with_resources(tune.with_parameters(trainable, **shared),
                                    {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial})
 
-    def run_config(self, ray_dir: Path, name: str, total: int, logger: tune.Callback) -> tune.RunConfig:
-        """Every stage's: Ctrl-C stops the study (`WatchSigint`), `logger` tracks the trials, and Tune's own
-        console table is replaced by one line per trial event (`studies.progress`)."""
+    def run_config(self, path: Path, total: int, logger: tune.Callback) -> tune.RunConfig:
+        """Every stage's, for its experiment folder `path`: Ctrl-C stops the study (`WatchSigint`), `logger`
+        tracks the trials, and Tune's own console table is replaced by one line per trial event
+        (`studies.progress`)."""
         return tune.RunConfig(
-            name=name, storage_path=str(ray_dir),
-            callbacks=[WatchSigint(), logger, ProgressPrinter(name, total, self.concurrency, logger.max_epochs),
+            name=path.name, storage_path=str(path.parent),
+            callbacks=[WatchSigint(), logger, ProgressPrinter(path.name, total, self.concurrency, logger.max_epochs),
                        JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=self.max_failures),

@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
 
 from analysis.atomic import write_text
 from analysis.report import write_report
-from studies.preflight import SUMMARY_FILE
+from studies.folder import StudyFolder
 from studies.tracking import StudyRun
 
-REPORT_DIR = "report"
-REPORT_FILE = "summary.md"  # the report's own summary
 # Test hook: "enospc" makes writing the summary and report fail at once, as a full disk would, so that what
 # such a failure leaves, and what --resume does with it, can be tested for real.
 REPORT_FAULT_ENV = "IDEA_STUDY_INJECT_REPORT_FAULT"
 
 
-def unwritten(study_dir: Path) -> str | None:
+def unwritten(folder: StudyFolder) -> str | None:
     """What of a study's summary and report is missing, or None when both were written in full."""
-    summary, report = study_dir / SUMMARY_FILE, study_dir / REPORT_DIR / REPORT_FILE
+    summary, report = folder.summary_file, folder.report_summary
     if not summary.is_file():
         return f"{summary} is missing"
     if not summary.stat().st_size:
@@ -33,10 +30,10 @@ def unwritten(study_dir: Path) -> str | None:
     return None
 
 
-def write_outputs(study_dir: Path, name: str, tracking_uri: str, study_run: StudyRun, summary: str) -> None:
+def write_outputs(folder: StudyFolder, name: str, tracking_uri: str, study_run: StudyRun, summary: str) -> None:
     """The report (also logged on the parent run), then summary.txt, the last file a finished study gets."""
     if os.environ.get(REPORT_FAULT_ENV) == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{REPORT_FAULT_ENV}=enospc")
-    report = write_report(tracking_uri, name, study_dir / REPORT_DIR)
-    study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), REPORT_DIR)
-    write_text(study_dir / SUMMARY_FILE, summary)
+    write_report(tracking_uri, name, folder.report)
+    study_run.client().log_artifacts(study_run.parent_run_id, str(folder.report), folder.report.name)
+    write_text(folder.summary_file, summary)

@@ -23,22 +23,19 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray.tune import ResultGrid
 
 from idea.config import TrainConfig
-from idea.contract import Result, Stage, Tag
+from idea.contract import Result, Stage, Tag, oracle_key, run_name
 from idea.metrics import summary
 from idea.splits import Events, Split
 from idea.trainer import Trainer
 
-from studies.config import StudyConfig
 from studies.data import without_tests
 from studies.experiments import Resources
 from studies.final import RESULT_COLUMNS, final_results, run_final
-from studies.search import Selection
+from studies.plan import ArmPlan, Selection, StageContext
 from studies.trainable import CHECKPOINT_FILE, failed, prepare_worker
-from studies.tracking import StudyRun, retrained_run_name
+from studies.tracking import StudyRun
 
 PARAMS_PER_BATCH, METRICS_PER_BATCH = 100, 1000  # MLflow's limits on one log_batch call
-
-SCORE_KEY = "oracle_{window}_{metric}"  # metric of each search run: its best state on the selection window
 
 
 def selection_window(split: Split) -> str:
@@ -121,7 +118,7 @@ def copy_run(study_run: StudyRun, run: Any, stage: str) -> str:
     source = run.info.run_id
     kept = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == MLFLOW_PARENT_RUN_ID}
     new_tags = {**kept, Tag.STAGE: stage, Tag.SAME_AS: source}
-    name = retrained_run_name(new_tags[Tag.ARM], stage, new_tags[Tag.SEED])
+    name = run_name(new_tags[Tag.ARM], stage, new_tags[Tag.SEED])
     run_id = client.create_run(study_run.experiment_id, run_name=name, tags=new_tags,
                                start_time=run.info.start_time).info.run_id
     params = [Param(k, v) for k, v in run.data.params.items()]
@@ -147,30 +144,28 @@ def reuse_final(study_run: StudyRun, arm: str, final: pd.DataFrame) -> pd.DataFr
     return final.assign(stage=Stage.ORACLE, run_id=final["run_id"].map(copies))
 
 
-def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid, validation: Selection,
-               final: pd.DataFrame, split: Split, resources: Resources, ray_dir: Path, study_run: StudyRun,
-               resume: bool, starts: Any = None) -> pd.DataFrame:
-    """Score `arm`'s search trials on the first test window, retrain the best with the final seeds and test
+def run_oracle(ctx: StageContext, plan: ArmPlan, search: ResultGrid, validation: Selection,
+               final: pd.DataFrame) -> pd.DataFrame:
+    """Score the arm's search trials on the first test window, retrain the best with the final seeds and test
     it; returns the tidy results, stage `oracle`. When the best is the validation pick (`validation`), the
     arm's final runs and results (`final`) are the oracle's instead (`reuse_final`), unless an earlier run of
     this study already began retraining it (its Tune experiment exists), which then continues. A resume keeps
     the first run's choice the other way too: once final runs were copied, a re-scoring that now ties
-    differently does not retrain beside them. A fine-tuning arm's `starts` (`studies.warm_start.Starts`) are
-    the ones its search and validation pick used: the oracle chooses the arm's configuration, not the ERM
-    model it starts from."""
-    window = selection_window(split)
-    fixed = {**study.fixed(arm), "device": resources.device}
-    if starts is not None:  # the search trials' configuration, so their checkpoints load
-        fixed["init_from"] = starts.search.path
-    scores = score_search(search, split, fixed, study.metric, resources)
-    log_scores(study_run, arm, scores, SCORE_KEY.format(window=window, metric=study.metric))
+    differently does not retrain beside them. A fine-tuning arm starts from the same models as its search
+    and validation pick (`plan.starts`): the oracle chooses the arm's configuration, not the ERM model it
+    starts from."""
+    study, arm, study_run = ctx.study, plan.arm, ctx.study_run
+    window = selection_window(ctx.split)
+    # the search trials' own fixed fields (a fine-tuning arm's start included), so their checkpoints load
+    scores = score_search(search, ctx.split, plan.search_fixed, study.metric, ctx.resources)
+    log_scores(study_run, arm, scores, oracle_key(window, study.metric))
     selection = select_oracle(arm, scores)
     if selection is None:
         print(f"warning: [{arm}-oracle] no search trial could be scored on {window}; no oracle runs", file=sys.stderr)
         return pd.DataFrame(columns=RESULT_COLUMNS)
     pick = f"[{arm}-oracle] {window} {study.metric} {selection.value:.4f}: trial {selection.trial_id}"
     same_pick = selection.trial_id == validation.trial_id
-    retraining = (ray_dir / f"{arm}-{Stage.ORACLE}").exists()
+    retraining = ctx.folder.experiment(arm, Stage.ORACLE).exists()
     copied = any(r.data.tags.get(Tag.SAME_AS) for r in study_run.nested_runs(arm, Stage.ORACLE))
     if not retraining and (same_pick or copied):
         if same_pick:
@@ -185,7 +180,5 @@ def run_oracle(study: StudyConfig, arm: str, study_name: str, search: ResultGrid
     same = " (the validation pick too)" if same_pick else f" (validation picked {validation.trial_id})"
     print(f"{pick}{same}; retrained with seeds {study.final_seeds()}, reported on the windows after {window} only",
           file=sys.stderr, flush=True)
-    grid = run_final(study, selection, split, resources, ray_dir, study_run, resume,
-                     starts.seeds if starts is not None else None, stage=Stage.ORACLE)
-    return final_results(study_name, arm, study.arms[arm].method, grid, study_run, stage=Stage.ORACLE)
-
+    grid = run_final(ctx, plan, selection, stage=Stage.ORACLE)
+    return final_results(ctx, plan, grid, stage=Stage.ORACLE)

@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 
 from ray import tune
 
-from idea.contract import Result, Stage, best_key
+from idea.contract import SELECT_METRIC, SELECTION, Result, Stage, best_key
 
 HEARTBEAT_S = 30.0  # the longest silence while trials run
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial that will not run again in this experiment
@@ -218,10 +218,10 @@ class ProgressPrinter(tune.Callback):
         self.since[trial.trial_id] = now
         self.epochs[trial.trial_id] = result[Result.EPOCH]
         self.study.epoch(self.stage, trial.trial_id, result[Result.EPOCH], None if since is None else now - since)
-        best = result.get(best_key("ndcg_at_10"))
+        best = result.get(best_key(SELECT_METRIC))
         best_text = f" (best {best:.4f} at epoch {result.get(Result.BEST_EPOCH)})" if best is not None else ""
-        self._say(f"trial {trial.trial_id} epoch {result[Result.EPOCH]} [{result.get('phase', '')}] valid ndcg@10 "
-                  f"{result.get('ndcg_at_10', float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
+        self._say(f"trial {trial.trial_id} epoch {result[Result.EPOCH]} [{result.get('phase', '')}] valid {SELECTION[0]}@{SELECTION[1]} "
+                  f"{result.get(SELECT_METRIC, float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.study.end(self.stage, trial.trial_id)

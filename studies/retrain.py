@@ -15,9 +15,8 @@ from pathlib import Path
 from ray.train._internal.checkpoint_manager import _CheckpointManager
 from ray.tune.trainable.metadata import _TrainingRunMetadata
 
-from idea.contract import Stage
-
 from studies.experiments import DamagedCheckpoint, damaged_checkpoints
+from studies.folder import StudyFolder
 from analysis.atomic import write_text
 from studies.tracking import StudyRun
 
@@ -50,23 +49,15 @@ def reset_trials(path: Path, trial_dirs: set[str]) -> dict[str, str]:
     return ids
 
 
-def _arm_stage(path: Path) -> tuple[str, str]:
-    """An experiment folder's arm and stage: `ray/<arm>-<stage>` (studies/search.py, studies/final.py)."""
-    arm, _, stage = path.name.rpartition("-")
-    if not arm or stage not in Stage.NESTED:
-        raise ValueError(f"{path} is not a study stage's experiment folder (<arm>-<stage>)")
-    return arm, stage
-
-
-def retrain_damaged(ray_dir: Path, study_run: StudyRun) -> list[DamagedCheckpoint]:
-    """Every stage of the study whose Tune folder is `ray_dir`: its trials with a damaged checkpoint set
-    back to their start, their runs replaced; returns the damaged checkpoints it found."""
+def retrain_damaged(folder: StudyFolder, study_run: StudyRun) -> list[DamagedCheckpoint]:
+    """Every stage of the study in `folder`: its trials with a damaged checkpoint set back to their start,
+    their runs replaced; returns the damaged checkpoints it found."""
     found = []
-    for experiment in sorted(p.parent for p in ray_dir.glob("*/tuner.pkl")):
+    for experiment in folder.experiments():
         damaged = damaged_checkpoints(experiment)
         if not damaged:
             continue
-        arm, stage = _arm_stage(experiment)
+        arm, stage = folder.arm_stage(experiment)
         reasons = {d.trial_dir: f"its checkpoint was damaged ({d.error[:300]}); trained again from its start by "
                                 "--retrain-damaged" for d in damaged}
         for folder, trial_id in reset_trials(experiment, set(reasons)).items():

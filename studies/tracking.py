@@ -24,13 +24,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
 from idea.config import TrainConfig
-from idea.contract import (SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key, best_state_key, is_epoch_metric,
-                           metric_name, parse_metric_key, shift_key, valid_key)
-from idea.metrics import KS, METRICS
+from idea.contract import (METRIC_NAMES, SELECT_METRIC, SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key,
+                           best_state_key, is_epoch_metric, parse_metric_key, run_name, shift_key, valid_key,
+                           window_index)
 from studies.faults import EnvironmentFault, RetryingClient, diagnose
 from studies.interrupts import INTERRUPTED
-
-METRIC_NAMES = tuple(metric_name(m, k) for m in METRICS for k in KS)
 
 
 class StudyExistsError(RuntimeError):
@@ -213,7 +211,7 @@ def shift_series(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
     window: step 0 = validation, step i = the i-th test window (w1..wm; `test` for leave-one-out);
     keys `shift_<m>_at_<k>` (all targets) and `shift_warm_<m>_at_<k>`."""
     parts = sorted({key.part for k in result if (key := parse_metric_key(k)) and key.kind == "test"},
-                   key=lambda p: int(p[1:]) if p[1:].isdigit() else 0)
+                   key=lambda p: window_index(p) or 0)
     steps: dict[int, dict[str, float]] = {}
     for step, part in enumerate([VALID, *parts]):
         for subset in SUBSETS:
@@ -230,12 +228,6 @@ def _last_error_line(trial) -> str:
     text = local.read_text() if local is not None and local.is_file() else (trial.get_error() or "")
     lines = [line for line in str(text).splitlines() if line.strip()]
     return lines[-1][:500] if lines else "unknown error"
-
-
-def retrained_run_name(arm: str, stage: str, seed: Any) -> str:
-    """The run name of a final (`<arm>-seed<s>`) or oracle (`<arm>-oracle-seed<s>`) run (docs/conventions.md)."""
-    infix = "" if stage == Stage.FINAL else f"-{stage}"
-    return f"{arm}{infix}-seed{seed}"
 
 
 class MlflowTrialLogger(tune.Callback):
@@ -266,7 +258,7 @@ class MlflowTrialLogger(tune.Callback):
         for run in self.study_run.nested_runs(self.arm, self.stage):
             trial_id = run.data.tags.get(Tag.TRIAL_ID)
             self._runs[trial_id] = run.info.run_id
-            history = self._client.get_metric_history(run.info.run_id, valid_key(metric_name("ndcg", 10)))
+            history = self._client.get_metric_history(run.info.run_id, valid_key(SELECT_METRIC))
             self._last_step[trial_id] = max((m.step for m in history), default=0)
         for run in self.study_run.nested_runs(self.arm, self.stage, view=ViewType.DELETED_ONLY):
             if Tag.RETRAINED_DAMAGED in run.data.tags:
@@ -274,9 +266,7 @@ class MlflowTrialLogger(tune.Callback):
 
     # ----- runs ---------------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:
-        if self.stage in Stage.RETRAINED:
-            return retrained_run_name(self.arm, self.stage, trial.config["seed"])
-        return f"{self.arm}-trial-{trial.trial_id}"
+        return run_name(self.arm, self.stage, trial.config.get("seed"), trial.trial_id)
 
     def _open(self, trial) -> str:
         """The trial's run: reopened if it exists (retry, resume), else created with tags and params once."""

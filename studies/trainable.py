@@ -11,7 +11,6 @@ import errno
 import functools
 import json
 import logging
-import hashlib
 import os
 import shutil
 import tempfile
@@ -24,8 +23,8 @@ import torch
 from ray import tune
 
 from idea.config import TrainConfig
-from idea.contract import SUBSETS, Result, best_key, best_state_key, metric_name
-from idea.metrics import KS, METRICS, summary
+from idea.contract import METRIC_NAMES, SUBSETS, Result, best_key, best_state_key
+from idea.metrics import summary
 from idea.splits import Split
 from idea.trainer import CheckpointError, NonFiniteLossError, Trainer
 
@@ -77,24 +76,18 @@ def _stop_on_permanent_errors(run: Callable[..., None]) -> Callable[..., None]:
             run(*args, **kwargs)
         except PERMANENT_ERRORS as err:
             nan = float("nan")
-            names = [metric_name(m, k) for m in METRICS for k in KS]
-            tune.report({Result.EPOCH: 0, **{n: nan for n in names}, **{best_key(n): nan for n in names},
+            tune.report({Result.EPOCH: 0, **{n: nan for n in METRIC_NAMES}, **{best_key(n): nan for n in METRIC_NAMES},
                          Result.PERMANENT_ERROR: f"{type(err).__name__}: {err}"})
 
     return guarded
 
 
-def scratch_key(study_dir: Path) -> str:
-    """The study's part of its trials' temporary folder names (idea-ckpt-<key>-*, idea-final-<key>-*), so the
-    driver finds them: the folder name and a digest of its path, as two studies may share a name."""
-    return f"{study_dir.name}-{hashlib.sha256(str(study_dir).encode()).hexdigest()[:8]}"
-
-
-def remove_scratch(study_dir: Path) -> int:
-    """Remove the study's temporary checkpoint folders on this machine; returns how many. A trial Ray stops
-    or kills (Ctrl-C, ASHA, the time budget, a driver killed with -9) never leaves its `with` block, so its
-    folder (about 14 MB for Beauty) stays behind; the driver calls this at its start and at its end."""
-    paths = [p for kind in ("ckpt", "final") for p in Path(tempfile.gettempdir()).glob(f"idea-{kind}-{scratch_key(study_dir)}-*")]
+def remove_scratch(scratch: str) -> int:
+    """Remove the temporary checkpoint folders of the study whose `StudyFolder.scratch_key` is `scratch` on
+    this machine; returns how many. A trial Ray stops or kills (Ctrl-C, ASHA, the time budget, a driver killed
+    with -9) never leaves its `with` block, so its folder (about 14 MB for Beauty) stays behind; the driver
+    calls this at its start and at its end."""
+    paths = [p for kind in ("ckpt", "final") for p in Path(tempfile.gettempdir()).glob(f"idea-{kind}-{scratch}-*")]
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
     return len(paths)
@@ -138,7 +131,7 @@ def _train(config: dict[str, Any], split: Split, fixed: dict[str, Any], scratch:
 @_stop_on_permanent_errors
 def search_trial(config: dict[str, Any], split: Split, fixed: dict[str, Any], scratch: str) -> None:
     """One search trial: train on `split` (no test windows), reporting validation metrics per epoch;
-    `scratch` (`scratch_key`) names its temporary folder."""
+    `scratch` (`StudyFolder.scratch_key`) names its temporary folder."""
     if split.tests:
         raise ValueError("search trials must not receive test windows; pass studies.data.without_tests(split)")
     _train(config, split, fixed, scratch)

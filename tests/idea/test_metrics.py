@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from idea.metrics import KS, METRICS, metrics_frame, pessimistic_ranks, rank_events, summary
+from idea.contract import KS, METRICS
+from idea.metrics import metrics_frame, pessimistic_ranks, rank_events, summary
 
 NAN = float("nan")
 INF = float("inf")

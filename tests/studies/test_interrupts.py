@@ -23,7 +23,7 @@ def test_every_stage_records_ctrl_c_whatever_its_logger(tmp_path):
     tune_saw = []
     before = signal.signal(signal.SIGINT, lambda signum, frame: tune_saw.append(signum))  # stands in for Tune's
     try:
-        for callback in Resources().run_config(tmp_path, "arm-search", 1, PlainLogger()).callbacks:
+        for callback in Resources().run_config(tmp_path / "arm-search", 1, PlainLogger()).callbacks:
             callback.setup()
         assert not INTERRUPTED.is_set()
         signal.getsignal(signal.SIGINT)(signal.SIGINT, None)

@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 
 from analysis.load import parse_metric_key
-from idea.contract import Arms, Tag, best_key, parse_metric_key as parse_key, valid_key
-from idea.metrics import KS, METRICS
+from idea.contract import KS, METRIC_NAMES, METRICS, Arms, Tag, best_key, parse_metric_key as parse_key, valid_key
 from studies.config import load_study
-from studies.tracking import METRIC_NAMES, shift_series, summary_metrics
+from studies.tracking import shift_series, summary_metrics
 from studies.trainable import final_metrics
 
 

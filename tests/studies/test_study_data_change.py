@@ -9,6 +9,7 @@ import pytest
 from studies import preflight
 from studies.cli import parse_args
 from studies.config import StudyConfigError
+from studies.folder import StudyFolder
 
 from tests.studies.study_cli import run_cli, tiny_study
 
@@ -24,7 +25,7 @@ def started(tmp_path, digest: str | None):
     if digest is None:
         run = dict(checked.folder.run)
         run.pop("data_sha256")
-        (checked.folder.path / preflight.RUN_FILE).write_text(json.dumps(run))
+        checked.folder.run_file.write_text(json.dumps(run))
     return args, checked
 
 
@@ -42,6 +43,6 @@ def test_resume_on_changed_data_is_refused_naming_both_digests(tmp_path):
 def test_resume_on_the_same_data_passes_and_old_folders_without_a_digest_too(tmp_path):
     args, checked = started(tmp_path, None)
     assert preflight.check_study(args).split.data_sha256 == checked.split.data_sha256
-    assert "data_sha256" not in preflight.StudyFolder(checked.folder.path).run
-    preflight.StudyFolder(checked.folder.path).write_run(data_sha256=checked.split.data_sha256)
+    assert "data_sha256" not in StudyFolder(checked.folder.path).run
+    StudyFolder(checked.folder.path).write_run(data_sha256=checked.split.data_sha256)
     assert preflight.check_study(args).folder.path == checked.folder.path

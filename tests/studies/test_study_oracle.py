@@ -16,21 +16,22 @@ import yaml
 from analysis.compare import compare
 from analysis.load import load_study as load_results
 from idea.config import TrainConfig
-from idea.contract import Stage, Tag
+from idea.contract import Stage, Tag, oracle_key
 from idea.metrics import summary
 from idea.trainer import Trainer, read_checkpoint
 from studies.config import load_study
 from studies.data import study_split, without_tests
 import studies.oracle as oracle_stage
-from studies.oracle import SCORE_KEY, OracleScore, reuse_final, run_oracle, selection_window
+from studies.oracle import OracleScore, reuse_final, run_oracle, selection_window
 from studies.experiments import Resources
-from studies.search import Selection
+from studies.folder import StudyFolder
+from studies.plan import Selection, StageContext
 from studies.tracking import StudyRun
 from tests.studies.study_cli import PROJECT_ROOT, TINY_ARMS, Store, study_env, tiny_study
 
 STUDY = "oracle-tiny"
 SEEDS = (1, 2)
-KEY = SCORE_KEY.format(window="w1", metric="ndcg_at_10")
+KEY = oracle_key("w1", "ndcg_at_10")
 
 
 # The study's CLI with erm's oracle made to retrain even if its pick is the validation pick (the oracle is told
@@ -39,10 +40,10 @@ RETRAIN_ERM = """
 import dataclasses, sys
 import studies.driver as driver
 real = driver.run_oracle
-def run_oracle(study, arm, name, search, validation, *rest):
-    if arm == "erm":
+def run_oracle(ctx, plan, search, validation, *rest):
+    if plan.arm == "erm":
         validation = dataclasses.replace(validation, trial_id="another")
-    return real(study, arm, name, search, validation, *rest)
+    return real(ctx, plan, search, validation, *rest)
 driver.run_oracle = run_oracle
 from studies.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -208,8 +209,8 @@ def test_a_resume_whose_rescoring_picks_another_trial_keeps_the_copies(oracle, t
         raise AssertionError("the oracle retrained beside its copies")
 
     monkeypatch.setattr(oracle_stage, "run_final", retrain)
-    out = run_oracle(study, "idea", STUDY, None, validation, final, split, Resources(), study_dir / "ray", study_run,
-                     True)
+    ctx = StageContext(study, STUDY, split, Resources(), StudyFolder(study_dir), study_run, True)
+    out = run_oracle(ctx, ctx.plan("idea"), None, validation, final)
     assert {r.info.run_id for r in copied.nested(Stage.ORACLE, "idea")} == before
     assert set(out["run_id"]) == before and set(out["stage"]) == {Stage.ORACLE}
     assert not (study_dir / "ray" / "idea-oracle").exists()

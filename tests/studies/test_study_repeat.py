@@ -1,7 +1,7 @@
 """What studies/README.md claims about reproducibility: at --concurrency 1 the same study file gives the
 same search (configurations, in order) and the same final numbers, run after run. The first run also shows
 that a study leaves no temporary checkpoint folders (issue 21, item 8): trials' folders carry their study's
-name (`studies.trainable.scratch_key`), and the driver removes its study's at its start (left by an earlier
+name (`studies.folder.StudyFolder.scratch_key`), and the driver removes its study's at its start (left by an earlier
 driver that died) and at its end, and no other study's."""
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from studies.trainable import scratch_key
+from studies.folder import StudyFolder
 from tests.studies.study_cli import run_study, tiny_study
 
 
 def seed_leftovers(tmp: Path, study_dir: Path) -> Path:
     """Folders a driver killed with -9 leaves for `study_dir`, and another study's running one; returns the latter."""
-    key = scratch_key(study_dir.resolve())
-    other = tmp / f"idea-ckpt-{scratch_key(study_dir.parent / 'other' / study_dir.name)}-running"  # kept
+    key = StudyFolder(study_dir.resolve()).scratch_key
+    other = tmp / f"idea-ckpt-{StudyFolder(study_dir.parent / 'other' / study_dir.name).scratch_key}-running"  # kept
     for path in (tmp / f"idea-ckpt-{key}-stale", tmp / f"idea-final-{key}-stale", other):
         path.mkdir()
         (path / "trainer.pt").write_bytes(b"x")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from studies.driver import summary_table
-from studies.search import Selection
+from studies.plan import Selection
 
 
 def test_summary_table_shows_the_reports_per_window_means():

@@ -14,9 +14,10 @@ from ray.tune import ResultGrid
 from idea.contract import TRUE, Result, Stage, Tag, best_key
 from idea.splits import Split
 
-from studies.config import StudyConfig, spec_dict
+from studies.config import StudyConfig
 from studies.experiments import Resources, ended_trials, fit
 from studies.optuna_search import settle
+from studies.ranges import spec_dict
 from studies.space import MODE, make_scheduler, make_searcher
 from studies.trainable import failed, scratch_key, search_trial
 from studies.tracking import MlflowTrialLogger, StudyRun, summary_metrics

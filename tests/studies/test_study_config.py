@@ -14,10 +14,11 @@ from idea.data.synthetic import SyntheticConfig, generate
 from idea.splits import SplitConfig, make_split
 from studies.catalog import CONFIG_DIR, shipped_studies
 from studies.cli import parse_args
-from studies.config import FloatRange, IntRange, StudyConfigError, load_study
+from studies.config import StudyConfigError, load_study
 from idea.data.interactions import subsample_users
 from studies.data import without_tests
 from studies.experiments import Resources
+from studies.ranges import FloatRange, IntRange
 from studies.space import optuna_space
 from studies.trainable import search_trial
 from tests.studies.study_cli import run_cli, run_study
@@ -293,7 +294,7 @@ def test_base_arm_and_controls_are_data(tmp_path):
 
 
 def test_int_and_float_ranges_are_one_class():
-    from studies.config import Range
+    from studies.ranges import Range
     assert IntRange(2, 5) == Range("int", 2, 5) and FloatRange(0.1, 1.0, log=True) == Range("float", 0.1, 1.0, True)
     assert IntRange(2, 5).contains(3) and not IntRange(2, 5).contains(3.0) and FloatRange(0.1, 1.0).contains(1)
     assert IntRange(2, 5).ends() == (2, 5) and FloatRange(1, 2).ends() == (1.0, 2.0)

@@ -7,8 +7,8 @@ with a name, a method (erm | idea | dros), fixed fields and a space, e.g. `erm_f
 (method erm), `dros`, or ablations such as an `idea` arm with `mixup: false`. The base
 arm (`base_arm`, default `erm`) is the one every other arm is compared with; with
 `idea_init: erm` (the default) it runs first and every other arm fine-tunes its trained
-models. Each arm's `control` is the arm it is compared with first (default: the base arm,
-and for `idea` the arm `erm_ft` when there is one). Everything is checked before Ray starts: unknown keys,
+models. Each arm's `control` is the arm it is compared with first (default: the base arm;
+`_base.yaml` sets `idea`'s to `erm_ft`). Everything is checked before Ray starts: unknown keys,
 a field the arm's method does not read,
 empty or inverted ranges, non-positive counts, and every range end and the
 first point against TrainConfig's own limits; a message names the file and key.
@@ -68,7 +68,7 @@ class ArmSpace:
     first: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)  # this arm's fixed fields, over the study's `train`
     asha: "AshaConfig | None" = None  # None: the study's
-    control: str | None = None  # the arm this one is compared with first; None: `StudyConfig.control_of`'s default
+    control: str | None = None  # the arm this one is compared with first; None: the base arm
 
     def __post_init__(self) -> None:
         _check_arm_name(self.name)
@@ -245,12 +245,9 @@ class StudyConfig:
         return self.idea_init == "erm" and arm != self.base()
 
     def control_of(self, arm: str) -> str | None:
-        """The arm `arm` is compared with first: its `control`, else erm_ft for idea (the same fine-tuning
-        without the penalty, when the study has it), else the base arm; None for the base arm itself."""
+        """The arm `arm` is compared with first: its `control`, else the base arm; None for the base arm itself."""
         if self.arms[arm].control is not None:
             return self.arms[arm].control
-        if arm == "idea" and "erm_ft" in self.arms:
-            return "erm_ft"
         return self.base() if arm != self.base() else None
 
     def roles(self) -> Arms:

@@ -1,4 +1,4 @@
-"""Study files (`studies/configs/<dataset>.yaml`) validated into frozen dataclasses.
+"""The study schema: a study file (`studies/configs/<dataset>.yaml`) validated into frozen dataclasses.
 
 A study file holds the fixed settings of every trial (dataset, protocol,
 backbone, epochs, patience, metric, other TrainConfig fields) and, per arm,
@@ -7,25 +7,21 @@ with a name, a method (erm | idea | dros), fixed fields and a space, e.g. `erm_f
 (method erm), `dros`, or ablations such as an `idea` arm with `mixup: false`. The base
 arm (`base_arm`, default `erm`) is the one every other arm is compared with; with
 `idea_init: erm` (the default) it runs first and every other arm fine-tunes its trained
-models. Each arm's `control` is the arm it is compared with first (default: the base arm,
-and for `idea` the arm `erm_ft` when there is one). Everything is checked before Ray starts: unknown keys,
+models. Each arm's `control` is the arm it is compared with first (default: the base arm;
+`_base.yaml` sets `idea`'s to `erm_ft`). Everything is checked before Ray starts: unknown keys,
 a field the arm's method does not read,
 empty or inverted ranges, non-positive counts, and every range end and the
 first point against TrainConfig's own limits; a message names the file and key.
+Reading the file safely and its `extends` chain is `studies/study_yaml.py`; the search-space
+entries are `studies/ranges.py`.
 """
 from __future__ import annotations
 
 import datetime
-import difflib
-import functools
-import math
 import re
-import reprlib
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
-
-import yaml
 
 from idea.config import BACKBONE_NAMES, METHOD_FIELDS, METHODS, TrainConfig
 from idea.contract import SELECT_METRIC
@@ -33,7 +29,9 @@ from idea.contract import Arms
 from idea.data import DATASETS
 from idea.splits import PROTOCOLS, SplitConfig
 
-from studies.catalog import resolve_path, shipped_studies
+from studies.catalog import resolve_path
+from studies.ranges import SPEC_TYPES, Choice, ParamSpec, Range, spec_dict
+from studies.study_yaml import StudyFileError, clip, excerpt, merge, number, positive, read_study_file, short
 
 INIT_MODES = ("erm", "scratch")  # idea_init: fine-tune the base arm's (ERM) models, or train from scratch
 # TrainConfig fields the study sets itself (top-level keys, the arm's method, the seed, the warm start, the device).
@@ -45,189 +43,6 @@ TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig)}
 
 class StudyConfigError(ValueError):
     """A study file or override is invalid; the message names the file and the key."""
-
-
-# A study file is untrusted input: what a refusal echoes of it is bounded, and so is what YAML builds from it.
-EXCERPT = 80  # characters of a value a message shows
-MAX_DEPTH = 40  # nesting levels of a study file (the shipped ones use 5)
-MAX_ALIAS_VALUES = 10_000  # values that YAML aliases may add, counted as if each alias were written out
-_EXCERPT = reprlib.Repr()
-_EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother, _EXCERPT.maxlist, _EXCERPT.maxdict = 3, EXCERPT, EXCERPT, 6, 4
-_LONG_RUN = re.compile(r"\S{%d,}" % (2 * EXCERPT + 1))  # an excerpt, quoted or listed, stays whole
-
-
-def excerpt(value: Any) -> str:
-    """repr(value), at most about EXCERPT characters, built without expanding the whole value."""
-    return _short(_EXCERPT.repr(value))
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= EXCERPT else text[:EXCERPT] + "..."
-
-
-def clip(message: str) -> str:
-    """A refusal with every long run cut to an excerpt: the last guard for messages from TrainConfig and
-    SplitConfig, which echo values whole."""
-    return _LONG_RUN.sub(lambda m: f"{m.group()[:EXCERPT]}... ({len(m.group()):,} characters)", message)
-
-
-class StudyFileRefused(yaml.YAMLError):
-    """The YAML itself is refused before it is built: nested too deep, or aliases expanding without bound."""
-
-
-class BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses, while composing and before anything is built, nesting deeper than
-    MAX_DEPTH and aliases adding more than MAX_ALIAS_VALUES values (an alias bomb: a few lines whose
-    aliases expand to billions of values, which any echo, copy or walk of the value would expand)."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._path: list[str] = []  # the mapping keys and list positions down to the node being composed
-        self._sizes: dict[int, int] = {}  # id(node) -> values under it, aliases written out
-        self._aliased = 0
-
-    def _where(self) -> str:
-        keys = ".".join(p for p in self._path if p and not p.startswith("["))
-        return _short(keys) if keys else "the top level"
-
-    def _size(self, node: yaml.Node) -> int:
-        if id(node) not in self._sizes:
-            self._sizes[id(node)] = 0  # an alias of a node inside itself: counted when it closes
-            children = node.value if isinstance(node, yaml.SequenceNode) else \
-                [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
-            self._sizes[id(node)] = 1 + sum(self._size(child) for child in children)
-        return self._sizes[id(node)]
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            target = self.anchors.get(event.anchor)
-            self._aliased += self._size(target) if target is not None and target.end_mark else MAX_ALIAS_VALUES + 1
-            if self._aliased > MAX_ALIAS_VALUES:
-                raise StudyFileRefused(
-                    f"{self._where()}: YAML aliases (*{_short(event.anchor)}, line {event.start_mark.line + 1}) "
-                    f"expand to more than {MAX_ALIAS_VALUES:,} values, or refer to the list or mapping holding them: "
-                    "an alias bomb. Write the values out, or use fewer aliases")
-            return super().compose_node(parent, index)
-        label = None if parent is None else f"[{index}]" if isinstance(index, int) else \
-            "[key]" if index is None else str(index.value) if isinstance(index, yaml.ScalarNode) else "[complex key]"
-        self._path.append(label or "")
-        try:
-            if len(self._path) > MAX_DEPTH:
-                raise StudyFileRefused(f"{self._where()}: nested deeper than {MAX_DEPTH} levels "
-                                       f"(line {self.peek_event().start_mark.line + 1}); a study file needs a few")
-            return super().compose_node(parent, index)
-        finally:
-            self._path.pop()
-
-
-def _number(value: Any, key: str, integer: bool = False) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        kind = "an integer" if integer else "a number"
-        numeric = isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip())
-        hint = " (YAML reads 1e-4 as a string; write 1.0e-4)" if numeric else ""
-        raise ValueError(f"{key} must be {kind}, got {excerpt(value)}{hint}")
-    return value
-
-
-def _positive(value: Any, key: str) -> int:
-    if _number(value, key, integer=True) < 1:
-        raise ValueError(f"{key} must be a positive integer, got {excerpt(value)}")
-    return value
-
-
-# ----- search-space entries ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Range:
-    """Numbers in [low, high]: integers (`type` int) or reals (float); log: sampled on a log scale (for
-    scale parameters like tau, beta, lr). The field order is the study file's entry (`spec_dict`)."""
-
-    type: str  # int | float
-    low: float
-    high: float
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        if self.type not in ("int", "float"):
-            raise ValueError(f"a range's type must be int or float, got {self.type!r}")
-        _number(self.low, "low", integer=self.integer)
-        _number(self.high, "high", integer=self.integer)
-        _check_range(self.low, self.high, self.log)
-
-    @property
-    def integer(self) -> bool:
-        return self.type == "int"
-
-    def contains(self, value: Any) -> bool:
-        kinds = int if self.integer else (int, float)
-        return isinstance(value, kinds) and not isinstance(value, bool) and self.low <= value <= self.high
-
-    def ends(self) -> tuple:
-        return (self.low, self.high) if self.integer else (float(self.low), float(self.high))
-
-
-IntRange = functools.partial(Range, "int")
-FloatRange = functools.partial(Range, "float")
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One of a fixed list of values (e.g. T in 1, 2, 5, 10, 20)."""
-
-    values: tuple
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.values, tuple) or len(self.values) == 0:
-            raise ValueError(f"values must be a non-empty list, got {excerpt(self.values)}")
-        for i, value in enumerate(self.values):
-            if not isinstance(value, (bool, int, float, str)):
-                raise ValueError(f"values[{i}] must be a number, string or boolean, got {excerpt(value)}")
-        if len(set(self.values)) != len(self.values):
-            raise ValueError(f"values must be distinct, got {list(self.values)}")
-
-    def contains(self, value: Any) -> bool:
-        return value in self.values
-
-    def ends(self) -> tuple:
-        return self.values
-
-
-ParamSpec = Range | Choice
-SPEC_TYPES = {"int": IntRange, "float": FloatRange, "choice": Choice}
-
-
-def spec_dict(spec: ParamSpec) -> dict[str, Any]:
-    """A search-space entry as the study file writes it (also the `searched` tag of search runs)."""
-    return {"type": "choice", "values": list(spec.values)} if isinstance(spec, Choice) else _plain(spec)
-
-
-def _plain(value: Any) -> Any:
-    """A config value in the study file's terms: a dataclass as the mapping of its fields (an arm without
-    its name, which is its key), a search-space entry by `spec_dict`, tuples as lists."""
-    if isinstance(value, Choice):
-        return spec_dict(value)
-    if is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)
-                if not (isinstance(value, ArmSpace) and f.name == "name")}
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _check_range(low, high, log: bool) -> None:
-    if not isinstance(log, bool):
-        raise ValueError(f"log must be true or false, got {excerpt(log)}")
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"low and high must be finite, got {low}, {high}")
-    if low > high:
-        raise ValueError(f"low > high ({low} > {high})")
-    if low == high:
-        raise ValueError(f"the range {low}..{high} is empty (one value): fix the value under `train` instead")
-    if log and low <= 0:
-        raise ValueError(f"a log range needs low > 0, got {low}")
 
 
 # ----- arms and the study -----------------------------------------------------------------------------
@@ -254,7 +69,7 @@ class ArmSpace:
     first: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)  # this arm's fixed fields, over the study's `train`
     asha: "AshaConfig | None" = None  # None: the study's
-    control: str | None = None  # the arm this one is compared with first; None: `StudyConfig.control_of`'s default
+    control: str | None = None  # the arm this one is compared with first; None: the base arm
 
     def __post_init__(self) -> None:
         _check_arm_name(self.name)
@@ -263,7 +78,7 @@ class ArmSpace:
             raise ValueError(f"{where}.method must be a string, one of {list(METHODS)}, got {excerpt(self.method)}")
         if self.method not in METHODS:
             raise ValueError(f"{where}.method: unknown method {excerpt(self.method)}; methods are {list(METHODS)}")
-        _positive(self.num_samples, f"{where}.num_samples")
+        positive(self.num_samples, f"{where}.num_samples")
         if not self.space:
             raise ValueError(f"{where}.space is empty: an arm needs at least one searched parameter")
         for name, spec in self.space.items():
@@ -292,7 +107,7 @@ class ArmSpace:
             if name not in self.space:
                 raise ValueError(f"{where}.first.{name}: not a searched parameter of this arm")
             if not isinstance(self.space[name], Choice):
-                _number(value, f"{where}.first.{name}", integer=self.space[name].integer)
+                number(value, f"{where}.first.{name}", integer=self.space[name].integer)
             if not self.space[name].contains(value):
                 raise ValueError(f"{where}.first.{name} = {excerpt(value)} lies outside its space {self.space[name]}")
 
@@ -311,8 +126,8 @@ class AshaConfig:
     reduction_factor: int = 2
 
     def __post_init__(self) -> None:
-        _positive(self.grace_period, "asha.grace_period")
-        if _number(self.reduction_factor, "asha.reduction_factor", integer=True) < 2:
+        positive(self.grace_period, "asha.grace_period")
+        if number(self.reduction_factor, "asha.reduction_factor", integer=True) < 2:
             raise ValueError(f"asha.reduction_factor must be an integer >= 2, got {excerpt(self.reduction_factor)}")
 
 
@@ -352,10 +167,10 @@ class StudyConfig:
             raise ValueError(f"metric must be {SELECT_METRIC!r}, got {excerpt(self.metric)}: the trainer early-stops and keeps "
                              "its best state on it, so selecting on another metric would mix two criteria")
         for key in ("max_len", "epochs", "patience", "seeds"):
-            _positive(getattr(self, key), key)
+            positive(getattr(self, key), key)
         if self.max_users is not None:
-            _positive(self.max_users, "max_users")
-        if _number(self.seed, "seed", integer=True) < 0:
+            positive(self.max_users, "max_users")
+        if number(self.seed, "seed", integer=True) < 0:
             raise ValueError(f"seed must be an integer >= 0, got {excerpt(self.seed)}")
         try:
             SplitConfig(self.protocol, self.max_len, self.cuts)
@@ -431,12 +246,9 @@ class StudyConfig:
         return self.idea_init == "erm" and arm != self.base()
 
     def control_of(self, arm: str) -> str | None:
-        """The arm `arm` is compared with first: its `control`, else erm_ft for idea (the same fine-tuning
-        without the penalty, when the study has it), else the base arm; None for the base arm itself."""
+        """The arm `arm` is compared with first: its `control`, else the base arm; None for the base arm itself."""
         if self.arms[arm].control is not None:
             return self.arms[arm].control
-        if arm == "idea" and "erm_ft" in self.arms:
-            return "erm_ft"
         return self.base() if arm != self.base() else None
 
     def roles(self) -> Arms:
@@ -504,6 +316,21 @@ class StudyConfig:
         return out
 
 
+def _plain(value: Any) -> Any:
+    """A config value in the study file's terms: a dataclass as the mapping of its fields (an arm without
+    its name, which is its key), a search-space entry by `spec_dict`, tuples as lists."""
+    if isinstance(value, Choice):
+        return spec_dict(value)
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)
+                if not (isinstance(value, ArmSpace) and f.name == "name")}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
 # ----- parsing ---------------------------------------------------------------------------------------
 
 STUDY_KEYS = {f.name for f in fields(StudyConfig)}
@@ -520,7 +347,7 @@ def _no_unknown(values: dict, known: set, key: str) -> None:
     unknown = sorted(set(values) - known, key=str)  # YAML keys may be numbers too
     if unknown:
         where = f"{key}: " if key else ""
-        raise ValueError(f"{where}unknown key(s) {[_short(str(k)) for k in unknown[:5]]}; allowed: {sorted(known)}")
+        raise ValueError(f"{where}unknown key(s) {[short(str(k)) for k in unknown[:5]]}; allowed: {sorted(known)}")
 
 
 def _param_spec(raw: Any, key: str) -> ParamSpec:
@@ -601,46 +428,15 @@ def _cuts(raw: Any) -> tuple:
     return tuple(cuts)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    """Deep merge of mappings: `over` wins; applies `extends` bases and the `smoke` section."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
-    """A study file's mapping with its `extends:` chain merged underneath (a base sits next to it)."""
-    if not path.is_file():
-        where = f" (extended by {seen[-1]})" if seen else ""
-        close = [] if seen else difflib.get_close_matches(path.stem, shipped_studies(), n=1)  # a misspelt name
-        where += f" (did you mean {close[0]}?)" if close else ""
-        raise StudyConfigError(f"no study file {path}{where}; shipped studies: {shipped_studies()}")
-    try:
-        raw = yaml.load(path.read_text(), Loader=BoundedLoader)  # noqa: S506 (a SafeLoader)
-    except StudyFileRefused as err:
-        raise StudyConfigError(f"{path}: {err}") from None
-    except yaml.YAMLError as err:
-        raise StudyConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise StudyConfigError(f"{path}: must hold a mapping of study settings, got {type(raw).__name__}")
-    base = raw.pop("extends", None)
-    if base is None:
-        return raw
-    if not isinstance(base, str) or not base:
-        raise StudyConfigError(f"{path}: extends must name a study file next to it (e.g. _base), got {excerpt(base)}")
-    parent = (path.parent / base).with_suffix(".yaml") if not base.endswith((".yaml", ".yml")) else path.parent / base
-    if parent.resolve() in seen or parent.resolve() == path.resolve():
-        raise StudyConfigError(f"{path}: extends {excerpt(base)} makes a cycle")
-    return _merge(_read(parent, (*seen, path.resolve())), raw)
-
-
 def load_study(name_or_path: str | Path, smoke: bool = False) -> StudyConfig:
     """Load and validate a study file (over the files it `extends`); with `smoke`, its `smoke` section is
     merged over it first. Both variants are validated either way, so a broken smoke section fails every
     run, not only smoke ones."""
     path = resolve_path(name_or_path)
-    raw = _read(path)
+    try:
+        raw = read_study_file(path)
+    except StudyFileError as err:
+        raise StudyConfigError(str(err)) from None
     overrides = raw.pop("smoke", None) or {}
     try:
         full = from_dict(raw)
@@ -651,7 +447,7 @@ def load_study(name_or_path: str | Path, smoke: bool = False) -> StudyConfig:
             raise ValueError(f"must be a mapping, got {excerpt(overrides)}")
         if "dataset" in overrides:
             raise ValueError("dataset cannot change in smoke mode")
-        small = from_dict(_merge(raw, overrides))
+        small = from_dict(merge(raw, overrides))
     except ValueError as err:
         raise StudyConfigError(f"{path}: smoke: {clip(str(err))}") from None
     return small if smoke else full

@@ -10,9 +10,9 @@ from ray.tune import ResultGrid
 
 from idea.contract import TRUE, Result, Stage, Tag, best_key
 
-from studies.config import spec_dict
 from studies.experiments import ended_trials, fit
 from studies.optuna_search import settle
+from studies.ranges import spec_dict
 from studies.space import MODE, make_scheduler, make_searcher
 from studies.plan import ArmPlan, Selection, StageContext
 from studies.trainable import failed, search_trial

@@ -6,8 +6,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from studies.config import ArmSpace, Choice, ParamSpec, Range, StudyConfig
+from studies.config import ArmSpace, StudyConfig
 from studies.optuna_search import ArmSearch
+from studies.ranges import Choice, ParamSpec, Range
 
 MODE = "max"  # the selection metric (validation NDCG@10) is maximised
 

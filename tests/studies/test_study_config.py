@@ -14,10 +14,11 @@ from idea.data.synthetic import SyntheticConfig, generate
 from idea.splits import SplitConfig, make_split
 from studies.catalog import CONFIG_DIR, shipped_studies
 from studies.cli import parse_args
-from studies.config import FloatRange, IntRange, StudyConfigError, load_study
+from studies.config import StudyConfigError, load_study
 from idea.data.interactions import subsample_users
 from studies.data import without_tests
 from studies.experiments import Resources
+from studies.ranges import FloatRange, IntRange
 from studies.space import optuna_space
 from studies.trainable import search_trial
 from tests.studies.study_cli import run_cli, run_study
@@ -272,13 +273,17 @@ def test_arms_are_data(tmp_path):
 
 
 def test_base_arm_and_controls_are_data(tmp_path):
-    """Defaults reproduce the shipped studies (base erm; idea against erm_ft, the rest against erm); a file may
-    name another base arm (it starts the others and runs first) and any arm's control."""
-    study = load_study(write(tmp_path, WARM))
-    assert (study.base(), study.control_of("idea"), study.control_of("erm_ft"), study.control_of("erm")) == \
-        ("erm", "erm_ft", "erm", None)
+    """By default every arm is compared with the base arm (erm), idea too: no arm name is special; a file may
+    name another base arm (it starts the others and runs first) and any arm's control, as _base.yaml names
+    idea's (erm_ft)."""
+    default = load_study(write(tmp_path, WARM))
+    assert (default.base(), default.control_of("idea"), default.control_of("erm_ft"), default.control_of("erm")) == \
+        ("erm", "erm", "erm", None)
+    controlled = WARM.replace("    num_samples: 3\n", "    num_samples: 3\n    control: erm_ft\n")
+    study = load_study(write(tmp_path, controlled))
+    assert (study.control_of("idea"), study.control_of("erm_ft")) == ("erm_ft", "erm")
     assert study.roles().order == ("idea", "erm_ft", "erm") and study.roles().pairs()[0] == ("idea", "erm_ft")
-    renamed = WARM.replace("  erm:\n", "  plain:\n    method: erm\n").replace("epochs: 6", "epochs: 6\nbase_arm: plain")
+    renamed = controlled.replace("  erm:\n", "  plain:\n    method: erm\n").replace("epochs: 6", "epochs: 6\nbase_arm: plain")
     custom = load_study(write(tmp_path, renamed.replace("    train: {epochs: 3}\n", "    train: {epochs: 3}\n    control: idea\n")))
     assert custom.arm_order() == ["plain", "idea", "erm_ft"] and not custom.finetunes("plain")
     assert custom.fixed("idea")["pretrain_epochs"] == 0 and custom.control_of("erm_ft") == "idea"
@@ -287,13 +292,25 @@ def test_base_arm_and_controls_are_data(tmp_path):
     assert from_dict(custom.to_dict()) == custom
     for text, message in ((renamed.replace("base_arm: plain", "base_arm: nobody"), "base_arm: 'nobody' is not an arm"),
                           (WARM.replace("    train: {epochs: 3}\n", "    train: {epochs: 3}\n    control: erm_ft\n"),
-                           "arms.erm_ft.control: 'erm_ft' must name another arm")):
+                           "arms.erm_ft.control: 'erm_ft' must name another arm"),
+                          (controlled[:controlled.index("  erm_ft:")],  # idea's control, but no erm_ft arm
+                           "arms.idea.control: 'erm_ft' must name another arm")):
         with pytest.raises(StudyConfigError, match=re.escape(message)):
             load_study(write(tmp_path, text))
 
 
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_shipped_study_compares_idea_with_erm_ft_first(smoke):
+    """What control_of special-cased by name until _base.yaml (and _loo-official.yaml) said it: in every shipped
+    study, which all have erm_ft, idea's control is erm_ft; the base arm is erm, compared with nothing."""
+    for name in shipped_studies():
+        roles = load_study(name, smoke=smoke).roles()
+        assert "erm_ft" in roles.order and roles.controls["idea"] == "erm_ft", name
+        assert roles.base == "erm" and roles.order[-1] == "erm" and "erm" not in roles.controls, name
+
+
 def test_int_and_float_ranges_are_one_class():
-    from studies.config import Range
+    from studies.ranges import Range
     assert IntRange(2, 5) == Range("int", 2, 5) and FloatRange(0.1, 1.0, log=True) == Range("float", 0.1, 1.0, True)
     assert IntRange(2, 5).contains(3) and not IntRange(2, 5).contains(3.0) and FloatRange(0.1, 1.0).contains(1)
     assert IntRange(2, 5).ends() == (2, 5) and FloatRange(1, 2).ends() == (1.0, 2.0)

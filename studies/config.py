@@ -412,6 +412,17 @@ def from_dict(raw: Any) -> StudyConfig:
     return StudyConfig(arms=arms, **raw)
 
 
+def with_implied_controls(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A study.yaml saved before the idea arm's control was written in the study files, as then meant: its
+    `control: null` for an arm named idea stood for erm_ft when the study had that arm. A resume compares the
+    study file with the saved settings, so a study started before the change resumes after it."""
+    arms = saved.get("arms")
+    idea = arms.get("idea") if isinstance(arms, Mapping) else None
+    if not isinstance(idea, Mapping) or idea.get("control") is not None or "erm_ft" not in arms:
+        return dict(saved)
+    return {**saved, "arms": {**arms, "idea": {**idea, "control": "erm_ft"}}}
+
+
 def _cuts(raw: Any) -> tuple:
     """Temporal cuts as SplitConfig takes them: 'YYYY-MM-DD' strings (YAML reads an unquoted date as a date)
     or Unix seconds."""

@@ -19,7 +19,7 @@ import yaml
 
 from idea.contract import Stage
 from idea.splits import Split
-from studies.config import StudyConfig, StudyConfigError, from_dict
+from studies.config import StudyConfig, StudyConfigError, from_dict, with_implied_controls
 
 
 def sqlite_damage(path: Path) -> str | None:
@@ -178,7 +178,7 @@ class StudyFolder:
             raise StudyConfigError(f"nothing to resume: {saved} does not exist"
                                    + (f" ({missing} does not exist: check --out and --study-name)" if missing else ""))
         try:
-            before = from_dict(yaml.safe_load(saved.read_text())).to_dict()
+            before = from_dict(with_implied_controls(yaml.safe_load(saved.read_text()))).to_dict()
         except (yaml.YAMLError, ValueError, TypeError) as err:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise StudyConfigError(f"{saved} is damaged ({first}): the study's resolved settings cannot be read, so "

@@ -3,6 +3,7 @@ step with its writes, and the driver's lock is a context manager that a second d
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from studies.config import StudyConfigError, load_study
 from studies.folder import StudyFolder
@@ -19,6 +20,22 @@ def test_run_json_is_parsed_once_and_follows_the_drivers_writes(tmp_path):
     folder.check_device("cpu")
     with pytest.raises(StudyConfigError, match="is damaged"):
         StudyFolder(folder.path).run  # another driver's object reads the file
+
+
+def test_a_study_saved_when_ideas_control_was_implied_resumes_and_other_changes_are_still_refused(tmp_path):
+    """study.yaml files written before `control: erm_ft` was in _base.yaml saved idea's control as null (then
+    meaning erm_ft, the study having that arm): the same study file resumes them; a real change does not."""
+    study = load_study("synthetic", smoke=True)
+    folder = StudyFolder(tmp_path / "study")
+    folder.create(study, "sqlite:///elsewhere.db", "cpu", "d" * 64)
+    saved = yaml.safe_load(folder.study_file.read_text())
+    saved["arms"]["idea"]["control"] = None
+    folder.study_file.write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert folder.check(study, resume=True, tracking_uri=None) == "sqlite:///elsewhere.db"
+    saved["arms"]["idea"]["control"] = "erm"  # written by hand: a different study
+    folder.study_file.write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(StudyConfigError, match=r"different study settings \(\['arms'\]\)"):
+        folder.check(study, resume=True, tracking_uri=None)
 
 
 def test_the_lock_is_held_for_its_with_block_only(tmp_path):

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from analysis.atomic import write_text
+from analysis.load import read_study
 from analysis.report import write_report
 from studies.preflight import SUMMARY_FILE
 from studies.tracking import StudyRun
@@ -37,6 +38,6 @@ def write_outputs(study_dir: Path, name: str, tracking_uri: str, study_run: Stud
     """The report (also logged on the parent run), then summary.txt, the last file a finished study gets."""
     if os.environ.get(REPORT_FAULT_ENV) == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{REPORT_FAULT_ENV}=enospc")
-    report = write_report(tracking_uri, name, study_dir / REPORT_DIR)
+    report = write_report(read_study(tracking_uri, name), study_dir / REPORT_DIR)
     study_run.client().log_artifacts(study_run.parent_run_id, str(report.parent), REPORT_DIR)
     write_text(study_dir / SUMMARY_FILE, summary)

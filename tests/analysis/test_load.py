@@ -141,6 +141,25 @@ def test_spaces_reads_each_arms_search_space_from_its_runs(store):
     assert L.read_study(store, F.OTHER).spaces() == {}
 
 
+def test_read_study_reads_every_page_once(store, monkeypatch):
+    """The runs come page by page (here 3 a page): each run once, the same runs one page gives, and the frames
+    from them equal."""
+    from mlflow.tracking import MlflowClient
+
+    whole = L.read_study(store, F.STUDY)
+    real, pages = MlflowClient.search_runs, []
+
+    def small_pages(self, *args, **kwargs):
+        pages.append(real(self, *args, **{**kwargs, "max_results": 3}))
+        return pages[-1]
+
+    monkeypatch.setattr(MlflowClient, "search_runs", small_pages)
+    paged = L.read_study(store, F.STUDY)
+    assert len(pages) == -(-len(whole.runs) // 3) > 1
+    assert [r.info.run_id for r in paged.runs] == [r.info.run_id for r in whole.runs]
+    pd.testing.assert_frame_equal(paged.results(), whole.results())
+
+
 def test_read_study_unknown_study_lists_experiments(store):
     """A wrong study name says which studies the store holds."""
     with pytest.raises(L.StudyNotFoundError, match="no-such-study") as err:

@@ -166,6 +166,25 @@ def test_report_on_a_study_without_runs(store, tmp_path):
     assert "none yet" in md  # no final runs to compare in the UI
 
 
+def test_a_report_reads_the_study_from_mlflow_once(store, tmp_path, monkeypatch):
+    """`python -m analysis.report` pages the study's runs once (the fake store fits one page) and downloads
+    each parent file once, however many tables, notes and checks of completeness use them."""
+    from collections import Counter
+
+    from mlflow.tracking import MlflowClient
+
+    from analysis.report import main
+
+    calls = Counter()
+    for name in ("search_runs", "download_artifacts"):
+        def counted(self, *args, _real=getattr(MlflowClient, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(MlflowClient, name, counted)
+    assert main(["--tracking-uri", store, "--study", F.STUDY, "--out", str(tmp_path / "report")]) == 0
+    assert calls == {"search_runs": 1, "download_artifacts": 2}  # study.yaml and describe.json
+
+
 def test_cli_unknown_study_exits_2_with_the_experiments(store, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "analysis.report", "--tracking-uri", store, "--study", "typo", "--out", str(tmp_path)],

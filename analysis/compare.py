@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import summaries as S
-from analysis.load import StudyNotFoundError, load_arms, load_shift, load_study, parent_tags
+from analysis.load import StudyNotFoundError, read_study
 from analysis.plots import metric_label
 from analysis.report import ABOUT_FILE, RESULTS_FILE
 from idea.argparsing import StrictArgumentParser
@@ -58,14 +58,15 @@ class StudyData:
 
 
 def from_store(tracking_uri: str, study: str) -> StudyData:
-    """A study as its MLflow store holds it."""
-    tags = parent_tags(tracking_uri, study)
-    return StudyData(load_study(tracking_uri, study), load_arms(tracking_uri, study).pairs(), tags.get("dataset"),
-                     load_shift(tracking_uri, study).attrs.get("protocol"), tags.get("backbone"))
+    """A study as its MLflow store holds it (`read_study`: its runs read once)."""
+    read = read_study(tracking_uri, study)
+    tags = read.parent_tags()
+    return StudyData(read.results(), read.arms().pairs(), tags.get("dataset"), read.shift().attrs.get("protocol"),
+                     tags.get("backbone"))
 
 
 def from_report(folder: Path) -> StudyData:
-    """A study as its report folder keeps it: `results.csv` (the frame `load_study` gave) and `study.json`."""
+    """A study as its report folder keeps it: `results.csv` (the frame `StudyRead.results` gave) and `study.json`."""
     folder = Path(folder)
     for name in (RESULTS_FILE, ABOUT_FILE):
         if not (folder / name).is_file():

@@ -1,17 +1,22 @@
-"""Read a study's MLflow runs into tidy pandas frames (naming contract: docs/conventions.md).
+"""Read a study's MLflow runs once into tidy pandas frames (naming contract: docs/conventions.md).
 
-- `load_study`: one row per (run, part, subset, metric, k) of the *selection* metrics:
+`read_study(tracking_uri, study)` pages the study's runs once and fetches its parent run's ``study.yaml`` and
+``describe.json``: a `StudyRead`, from which every frame comes without reading the store again:
+
+- `StudyRead.results`: one row per (run, part, subset, metric, k) of the *selection* metrics:
   ``best_valid_[warm_]<m>_at_<k>`` (part ``valid``) and ``test_<window>_[warm_]<m>_at_<k>``
   (part = the window, e.g. ``w1``, or ``test`` under leave-one-out), with the run's tags
   (study, arm, stage, trial, seed) and its params typed back from MLflow's strings. Per-epoch
   ``valid_*`` metrics are left out: their latest value is the last epoch's, not the selected one.
-- `load_history`: per-epoch metric history (learning curves) of a study's runs.
-- `load_arms`: the study's arms as the driver tagged them (display order, base arm, controls).
-- `load_shift`: shift diagnostics per part (cold-item share, JS divergence of target popularity
-  against training), from the parent run's ``describe.json`` artifact. `analysis` reads MLflow
-  only: it imports neither torch nor `idea`, bar its standard-library argument parser and contract.
+- `StudyRead.arms`: the study's arms as the driver tagged them (display order, base arm, controls);
+  `spaces`, each arm's search space; `parent_tags`, `final_run_ids`, `retrained_runs`.
+- `StudyRead.shift`: shift diagnostics per part (cold-item share, JS divergence of target popularity
+  against training), from the parent run's ``describe.json`` artifact.
+- `StudyRead.history`: per-epoch metric history (learning curves), the one read that goes back to the
+  store (a request per run and metric).
 
-Tag names, stages and the metric-key grammar come from `idea.contract`, the module `studies` writes by.
+`analysis` reads MLflow only: it imports neither torch nor `idea`, bar its standard-library argument parser and
+contract. Tag names, stages and the metric-key grammar come from `idea.contract`, the module `studies` writes by.
 
 Everything goes through an ``MlflowClient`` bound to the given tracking URI (any URI MLflow
 accepts: ``sqlite:///...``, ``http://host:port``, ``file:...``) rather than `mlflow.search_runs`,
@@ -23,8 +28,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,16 +44,13 @@ __all__ = [
     "TIDY_COLUMNS",
     "HISTORY_COLUMNS",
     "SHIFT_FRAME_COLUMNS",
+    "PARENT_FILES",
     "StudyNotFoundError",
+    "Artifact",
+    "StudyRead",
+    "read_study",
     "parse_metric_key",
     "type_params",
-    "load_study",
-    "load_spaces",
-    "load_history",
-    "load_arms",
-    "load_shift",
-    "final_run_ids",
-    "read_artifact",
 ]
 
 META_COLUMNS = ["study", "arm", "stage", "trial", "seed", "run_id", "run_name", "status"]
@@ -139,6 +143,24 @@ def _arms(runs) -> Arms:
 # ----------------------------------------------------------------------------
 
 
+PARENT_FILES = ("study.yaml", "describe.json")  # the parent run's artifacts a report reads
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A top-level artifact of the parent run: its text, None when the run has none of that name or it could not
+    be read (then `error` says why)."""
+
+    text: str | None
+    error: Exception | None = None
+
+    def checked(self) -> str | None:
+        """The text; the error that kept it from being read is raised here, where the file is used."""
+        if self.error is not None:
+            raise self.error
+        return self.text
+
+
 def _client(tracking_uri: str):
     """MlflowClient for the URI; a ``sqlite:///`` file that does not exist is an error here (MLflow
     would silently create an empty store)."""
@@ -152,36 +174,55 @@ def _client(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
+def _every_page(search: Callable[..., list]) -> list:
+    """Every item of an MLflow search (`search(page_token=...)`, a paged list): all pages."""
+    items, token = [], None
+    while True:
+        page = search(page_token=token)
+        items.extend(page)
+        token = page.token
+        if not token:
+            return items
+
+
 def _experiment(client, tracking_uri: str, study: str):
     exp = client.get_experiment_by_name(study)
     if exp is None or exp.lifecycle_stage != "active":
-        names, token = [], None
-        while True:
-            page = client.search_experiments(max_results=1000, page_token=token)
-            names += [e.name for e in page]
-            token = page.token
-            if not token:
-                break
+        names = [e.name for e in _every_page(partial(client.search_experiments, max_results=1000))]
         raise StudyNotFoundError(
             f"no study (MLflow experiment) named {study!r} at {tracking_uri}; experiments there: {sorted(names)}"
         )
     return exp
 
 
-def _search(client, experiment_id: str, filter_string: str = "") -> list:
-    """Every active run of the experiment (all pages)."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def _download(client, run_id: str, name: str, tmp: str) -> str:
+    """Text of an artifact of the run (no download progress bar)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        return Path(client.download_artifacts(run_id, name, dst_path=tmp)).read_text()
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
-def _parents(client, experiment_id: str) -> list:
-    """The study's parent run(s): tagged stage=study."""
-    return _search(client, experiment_id, f"tags.`{Tag.STAGE}` = '{Stage.STUDY}'")
+def _parent_files(client, run_id: str) -> dict[str, Artifact]:
+    """`PARENT_FILES` of the parent run; an unreadable one holds its error (neither may sink the report)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            present = {a.path for a in client.list_artifacts(run_id)}
+            return {name: Artifact(_download(client, run_id, name, tmp) if name in present else None)
+                    for name in PARENT_FILES}
+        except Exception as err:  # noqa: BLE001 (a server's artifact store down: say so where the file is used)
+            return {name: Artifact(None, err) for name in PARENT_FILES}
+
+
+def _parent(runs):
+    """The first run tagged stage=study (a study has one), None without one."""
+    return next((r for r in runs if r.data.tags.get(Tag.STAGE) == Stage.STUDY), None)
 
 
 def _meta(run, study: str) -> dict:
@@ -197,12 +238,6 @@ def _meta(run, study: str) -> dict:
         "run_name": run.info.run_name,
         "status": run.info.status,
     }
-
-
-def _nested_runs(client, experiment_id: str, stages: Sequence[str], statuses: Sequence[str] | None) -> list:
-    """The experiment's runs tagged with one of ``stages`` whose status is in ``statuses`` (None: any)."""
-    runs = _search(client, experiment_id)
-    return [r for r in runs if r.data.tags.get(Tag.STAGE) in stages and (statuses is None or r.info.status in statuses)]
 
 
 def _runs_frame(runs, study: str) -> pd.DataFrame:
@@ -230,100 +265,138 @@ def _sorted(df: pd.DataFrame, extra: Sequence[str]) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------
-# public loaders
+# a study, read once
 # ----------------------------------------------------------------------------
 
 
-def load_study(tracking_uri: str, study: str, statuses: Sequence[str] | None = ("FINISHED",)) -> pd.DataFrame:
-    """A study's search and final runs as one tidy frame (the input of `analysis.summaries`).
+@dataclass(frozen=True)
+class StudyRead:
+    """A study as its MLflow store holds it, read once by `read_study`: every active run of its experiment and the
+    parent run's `PARENT_FILES`. Its frames come from these without reading the store again (bar `history`), so a
+    report pages the runs once and its tables describe one moment of a study that may still be running."""
 
-    Columns: META_COLUMNS (study, arm, stage, trial, seed, run_id, run_name, status), the runs' params
-    typed back (the searched ones first, in the order of the arms' spaces, then the rest alphabetically;
-    "None" -> NaN, "True"/"False" -> bool), then part, subset, metric, k,
-    value. Only runs tagged ``stage`` search|final whose status is in ``statuses`` (None: any; the
-    default keeps FINISHED runs, ASHA-stopped ones included, and drops FAILED/KILLED ones). Raises
-    StudyNotFoundError, listing the experiments present, when the study is not in the store.
-    """
+    tracking_uri: str
+    name: str
+    experiment_id: str
+    runs: tuple  # mlflow.entities.Run, in MLflow's search order
+    parent_files: Mapping[str, Artifact]
+
+    @property
+    def parent(self):
+        """The study's parent run (tagged stage=study), None without one."""
+        return _parent(self.runs)
+
+    def nested(self, stages: Sequence[str], statuses: Sequence[str] | None = None) -> list:
+        """The runs tagged with one of ``stages`` whose status is in ``statuses`` (None: any)."""
+        return [r for r in self.runs
+                if r.data.tags.get(Tag.STAGE) in stages and (statuses is None or r.info.status in statuses)]
+
+    def results(self, statuses: Sequence[str] | None = ("FINISHED",)) -> pd.DataFrame:
+        """The search and final runs as one tidy frame (the input of `analysis.summaries`).
+
+        Columns: META_COLUMNS (study, arm, stage, trial, seed, run_id, run_name, status), the runs' params
+        typed back (the searched ones first, in the order of the arms' spaces, then the rest alphabetically;
+        "None" -> NaN, "True"/"False" -> bool), then part, subset, metric, k, value. Only runs tagged ``stage``
+        search|final whose status is in ``statuses`` (None: any; the default keeps FINISHED runs, ASHA-stopped
+        ones included, and drops FAILED/KILLED ones).
+        """
+        runs = self.nested(Stage.NESTED, statuses)
+        metric_rows = [
+            (r.info.run_id, *parsed, float(v))
+            for r in runs
+            for key, v in r.data.metrics.items()
+            if (parsed := parse_metric_key(key)) is not None
+        ]
+        if not metric_rows:
+            return pd.DataFrame({c: pd.Series(dtype="object") for c in META_COLUMNS + TIDY_COLUMNS})
+        metrics = pd.DataFrame(metric_rows, columns=["run_id", *TIDY_COLUMNS])
+        metrics = metrics.astype({"k": "int64", "value": "float64"})
+        out = _runs_frame(runs, self.name).merge(metrics, on="run_id", how="inner")
+        return _sorted(out, ["subset", "metric", "k"])
+
+    def spaces(self) -> dict[str, dict[str, dict]]:
+        """Each arm's search space, {arm: {param: entry}}, entries as the study file writes them
+        (``{"type": "float", "low": 1e-4, "high": 1e-2, "log": true}``, ``{"type": "choice", "values": [...]}``),
+        from the ``searched`` tag of the arm's search runs. Arms without the tag are left out."""
+        return _spaces(self.nested((Stage.SEARCH,)))
+
+    def arms(self) -> Arms:
+        """The study's arms (`idea.contract.Arms`): display order, base arm and each arm's control, from the
+        tags its runs carry, so the report pairs and orders arms without knowing their names."""
+        return _arms(self.nested(Stage.NESTED))
+
+    def parent_tags(self) -> dict[str, str]:
+        """Tags of the parent run: smoke, git_sha, data_sha256, ...; empty without one."""
+        return dict(self.parent.data.tags) if self.parent is not None else {}
+
+    def retrained_runs(self) -> list[tuple[str, str, str]]:
+        """(run name, why, id of the run it replaces) of each run that `--retrain-damaged` trained again from
+        its start, by name."""
+        return sorted((r.info.run_name, r.data.tags[Tag.RETRAINED_DAMAGED], r.data.tags.get(Tag.REPLACES, ""))
+                      for r in self.runs if Tag.RETRAINED_DAMAGED in r.data.tags)
+
+    def final_run_ids(self) -> list[tuple[str, str]]:
+        """[(run name, run id), ...] of the FINISHED final runs, arms in display order, then by seed."""
+        runs = self.nested((Stage.FINAL,), ("FINISHED",))
+        rank = {arm: i for i, arm in enumerate(_arms(runs).order)}
+        runs.sort(key=lambda r: (rank.get(r.data.tags.get(Tag.ARM), len(rank)), int(r.data.tags.get(Tag.SEED, 0)),
+                                 r.info.run_name))
+        return [(r.info.run_name, r.info.run_id) for r in runs]
+
+    def shift(self) -> pd.DataFrame:
+        """Shift diagnostics per part (train, valid, w1..wm) of the study's split, from the parent run's
+        ``describe.json`` artifact (``python -m idea.data describe --json`` output, logged by every study
+        at its start).
+
+        Columns: study, part, events, users, cold_share, popularity_js_vs_train, start, end. Never raises:
+        without the artifact it returns an empty frame whose ``attrs["reason"]`` says why (``attrs["source"]``
+        says where non-empty ones came from).
+        """
+        if self.parent is None:
+            return _empty_shift("the study has no parent run (tag stage=study)")
+        logged = self.parent_files["describe.json"]
+        if logged.error is None and logged.text is None:
+            return _empty_shift("the parent run has no describe.json artifact (every study logs it at its start; "
+                                "for another store, log `python -m idea.data describe <dataset> --json` there)")
+        try:
+            return _shift_frame(self.name, json.loads(logged.checked()), "describe.json artifact of the parent run")
+        except Exception as err:  # an unreadable or malformed artifact must not sink the report
+            return _empty_shift(f"could not read the parent run's describe.json: {type(err).__name__}: {err}")
+
+    def history(
+        self,
+        keys: Sequence[str] | Callable[[str], bool] = (valid_key(metric_name("ndcg", 10)), "train_loss"),
+        stages: Sequence[str] = (Stage.FINAL,),
+    ) -> pd.DataFrame:
+        """Per-epoch history (step = epoch) of the given metric keys (or of every key a predicate accepts, such
+        as `idea.contract.is_mechanism_metric`) for the runs of ``stages``, for learning curves: read from the
+        store now, one request per run and key. Columns: HISTORY_COLUMNS."""
+        client = _client(self.tracking_uri)
+        wanted = keys if callable(keys) else set(keys).__contains__
+        rows = []
+        for r in self.nested(stages):
+            meta = _meta(r, self.name)
+            for key in sorted(k for k in r.data.metrics if wanted(k)):
+                history = client.get_metric_history(r.info.run_id, key)
+                rows += [{**meta, "key": key, "step": m.step, "value": m.value} for m in history]
+        out = pd.DataFrame(rows, columns=META_COLUMNS + ["key", "step", "value"])
+        if out.empty:
+            return out[HISTORY_COLUMNS]
+        out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
+        return _sorted(out, ["key", "step"])[HISTORY_COLUMNS]
+
+
+def read_study(tracking_uri: str, study: str) -> StudyRead:
+    """The study's runs (every page, once) and its parent run's `PARENT_FILES`. Raises StudyNotFoundError,
+    listing the experiments present, when the store has no such study, and FileNotFoundError for a
+    ``sqlite:///`` file that does not exist."""
     client = _client(tracking_uri)
-    runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, Stage.NESTED, statuses)
-    metric_rows = [
-        (r.info.run_id, *parsed, float(v))
-        for r in runs
-        for key, v in r.data.metrics.items()
-        if (parsed := parse_metric_key(key)) is not None
-    ]
-    if not metric_rows:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in META_COLUMNS + TIDY_COLUMNS})
-    metrics = pd.DataFrame(metric_rows, columns=["run_id", *TIDY_COLUMNS]).astype({"k": "int64", "value": "float64"})
-    out = _runs_frame(runs, study).merge(metrics, on="run_id", how="inner")
-    return _sorted(out, ["subset", "metric", "k"])
-
-
-def load_spaces(tracking_uri: str, study: str) -> dict[str, dict[str, dict]]:
-    """Each arm's search space, {arm: {param: entry}}, entries as the study file writes them
-    (``{"type": "float", "low": 1e-4, "high": 1e-2, "log": true}``, ``{"type": "choice", "values": [...]}``),
-    from the ``searched`` tag of the arm's search runs. Arms without the tag are left out."""
-    client = _client(tracking_uri)
-    return _spaces(_nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, (Stage.SEARCH,), None))
-
-
-def load_arms(tracking_uri: str, study: str) -> Arms:
-    """The study's arms (`idea.contract.Arms`): display order, base arm and each arm's control, from the
-    tags its runs carry, so the report pairs and orders arms without knowing their names."""
-    client = _client(tracking_uri)
-    return _arms(_nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, Stage.NESTED, None))
-
-
-def load_history(
-    tracking_uri: str,
-    study: str,
-    keys: Sequence[str] | Callable[[str], bool] = (valid_key(metric_name("ndcg", 10)), "train_loss"),
-    stages: Sequence[str] = (Stage.FINAL,),
-) -> pd.DataFrame:
-    """Per-epoch history (step = epoch) of the given metric keys (or of every key a predicate accepts, such
-    as `idea.contract.is_mechanism_metric`) for the study's runs of ``stages``, for learning curves.
-    Columns: study, arm, stage, trial, seed, run_id, run_name, key, step, value."""
-    client = _client(tracking_uri)
-    runs = _nested_runs(client, _experiment(client, tracking_uri, study).experiment_id, stages, None)
-    wanted = keys if callable(keys) else set(keys).__contains__
-    rows = []
-    for r in runs:
-        meta = _meta(r, study)
-        for key in sorted(k for k in r.data.metrics if wanted(k)):
-            history = client.get_metric_history(r.info.run_id, key)
-            rows += [{**meta, "key": key, "step": m.step, "value": m.value} for m in history]
-    out = pd.DataFrame(rows, columns=META_COLUMNS + ["key", "step", "value"])
-    if out.empty:
-        return out[HISTORY_COLUMNS]
-    out["seed"] = pd.to_numeric(out["seed"], errors="coerce")
-    return _sorted(out, ["key", "step"])[HISTORY_COLUMNS]
-
-
-def parent_tags(tracking_uri: str, study: str) -> dict[str, str]:
-    """Tags of the study's parent run (stage=study): smoke, git_sha, data_sha256, ...; empty without one."""
-    client = _client(tracking_uri)
-    parents = _parents(client, _experiment(client, tracking_uri, study).experiment_id)
-    return dict(parents[0].data.tags) if parents else {}
-
-
-def retrained_runs(tracking_uri: str, study: str) -> list[tuple[str, str, str]]:
-    """(run name, why, id of the run it replaces) of each run that `--retrain-damaged` trained again from
-    its start, by name."""
-    client = _client(tracking_uri)
-    runs = _search(client, _experiment(client, tracking_uri, study).experiment_id)
-    return sorted((r.info.run_name, r.data.tags[Tag.RETRAINED_DAMAGED], r.data.tags.get(Tag.REPLACES, ""))
-                  for r in runs if Tag.RETRAINED_DAMAGED in r.data.tags)
-
-
-def final_run_ids(tracking_uri: str, study: str) -> tuple[str, list[tuple[str, str]]]:
-    """(experiment id, [(run name, run id), ...]) of the study's FINISHED final runs, arms in display order."""
-    client = _client(tracking_uri)
-    exp = _experiment(client, tracking_uri, study)
-    runs = _nested_runs(client, exp.experiment_id, (Stage.FINAL,), ("FINISHED",))
-    rank = {arm: i for i, arm in enumerate(_arms(runs).order)}
-    runs.sort(key=lambda r: (rank.get(r.data.tags.get(Tag.ARM), len(rank)), int(r.data.tags.get(Tag.SEED, 0)),
-                             r.info.run_name))
-    return exp.experiment_id, [(r.info.run_name, r.info.run_id) for r in runs]
+    exp_id = _experiment(client, tracking_uri, study).experiment_id
+    runs = tuple(_every_page(partial(client.search_runs, [exp_id], max_results=1000)))
+    parent = _parent(runs)
+    files = ({name: Artifact(None) for name in PARENT_FILES} if parent is None
+             else _parent_files(client, parent.info.run_id))
+    return StudyRead(tracking_uri, study, exp_id, runs, files)
 
 
 # ----------------------------------------------------------------------------
@@ -344,44 +417,3 @@ def _shift_frame(study: str, desc: dict, source: str) -> pd.DataFrame:
     out[["cold_share", "popularity_js_vs_train"]] = out[["cold_share", "popularity_js_vs_train"]].astype("float64")
     out.attrs.update(source=source, reason=None, protocol=desc.get("protocol"))
     return out
-
-
-def read_artifact(client, run_id: str, name: str, tmp: str) -> str | None:
-    """Text of a top-level artifact of the run, None when absent (no download progress bar)."""
-    if name not in {a.path for a in client.list_artifacts(run_id)}:
-        return None
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        return Path(client.download_artifacts(run_id, name, dst_path=tmp)).read_text()
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
-def load_shift(tracking_uri: str, study: str) -> pd.DataFrame:
-    """Shift diagnostics per part (train, valid, w1..wm) of the study's split, from the parent run's
-    ``describe.json`` artifact (``python -m idea.data describe --json`` output, logged by every study
-    at its start).
-
-    Columns: study, part, events, users, cold_share, popularity_js_vs_train, start, end. Never raises
-    for a study that exists: without the artifact it returns an empty frame whose ``attrs["reason"]``
-    says why (``attrs["source"]`` says where non-empty ones came from).
-    """
-    client = _client(tracking_uri)
-    exp = _experiment(client, tracking_uri, study)
-    parents = _parents(client, exp.experiment_id)
-    if not parents:
-        return _empty_shift("the study has no parent run (tag stage=study)")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            logged = read_artifact(client, parents[0].info.run_id, "describe.json", tmp)
-        if logged is None:
-            return _empty_shift("the parent run has no describe.json artifact (every study logs it at its start; "
-                                "for another store, log `python -m idea.data describe <dataset> --json` there)")
-        return _shift_frame(study, json.loads(logged), "describe.json artifact of the parent run")
-    except Exception as err:  # a malformed artifact must not sink the report
-        return _empty_shift(f"could not read the parent run's describe.json: {type(err).__name__}: {err}")

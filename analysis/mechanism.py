@@ -25,13 +25,13 @@ MECHANISM_COLUMNS = ["study", "arm", "n_seeds", "epochs_run", "best_epoch", "ext
 
 
 def is_wanted(key: str) -> bool:
-    """The metric keys `epochs` reads (the `keys` of `analysis.load.load_history`)."""
+    """The metric keys `epochs` reads (the `keys` of `analysis.load.StudyRead.history`)."""
     return is_mechanism_metric(key) or key == Result.BEST_EPOCH
 
 
 def epochs(history: pd.DataFrame) -> pd.DataFrame:
     """One row per (study, arm, seed, epoch) of the IDEA epochs of the runs that logged telemetry, from
-    `load_history(..., keys=is_wanted)`: each telemetry key a column, keep_mean and keep_spread (max - min)
+    `StudyRead.history(keys=is_wanted)`: each telemetry key a column, keep_mean and keep_spread (max - min)
     over the extractors' keep rates, and the run's best_epoch (logged once, at its end)."""
     empty = pd.DataFrame(columns=["study", "arm", "seed", "epoch", "best_epoch"])
     if history.empty:

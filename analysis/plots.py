@@ -2,7 +2,7 @@
 
 Each function takes a table from `analysis.summaries` and returns a matplotlib ``Figure`` built
 without pyplot: no global figure state and no GUI backend, so the report saves it (Agg) and a
-notebook displays it inline. ``arms`` (`analysis.load.load_arms`) orders the lines and picks their
+notebook displays it inline. ``arms`` (`analysis.load.StudyRead.arms`) orders the lines and picks their
 styles: the base arm blue squares, the other arms `ARM_STYLES` in display order; without it, arms
 come in the table's order with no base arm.
 """

@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
@@ -25,8 +24,7 @@ from analysis import plots
 from analysis.atomic import atomic_path, write_text
 from analysis import mechanism as M
 from analysis import summaries as S
-from analysis.load import (StudyNotFoundError, final_run_ids, load_arms, load_history, load_shift, load_spaces, load_study,
-                           parent_tags, read_artifact, retrained_runs)
+from analysis.load import StudyNotFoundError, StudyRead, read_study
 from analysis.mlflow_ui import (UI_PORT, chart_view, compare_url, is_server, runs_url, share_view, ui_base_url,
                                 ui_command, view_url)
 from idea.argparsing import StrictArgumentParser
@@ -103,9 +101,9 @@ SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few 
 
 def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, dict], metric: str = "ndcg",
                  k: int = 10, arms: Arms | None = None, history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """Every summary table of the report (keys of TABLES), from `load_study`, `load_shift`, `load_spaces`
-    and `load_arms` output (without `arms`, `summaries.paired`'s pairs), and the IDEA runs' telemetry from
-    `load_history(..., keys=mechanism.is_wanted)` (without it, an empty mechanism table)."""
+    """Every summary table of the report (keys of TABLES), from a `StudyRead`'s `results`, `shift`, `spaces`
+    and `arms` (without `arms`, `summaries.paired`'s pairs), and the IDEA runs' telemetry from its
+    `history(keys=mechanism.is_wanted)` (without it, an empty mechanism table)."""
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),
@@ -132,7 +130,7 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
 def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
                   arms: Arms | None = None) -> dict:
     """The report's figures, keyed by PNG file stem: metric_vs_window_all/_warm, gain_vs_js,
-    sensitivity_<param>; `arms` (`load_arms`) orders and styles the arms. A figure whose table is empty is
+    sensitivity_<param>; `arms` (`StudyRead.arms`) orders and styles the arms. A figure whose table is empty is
     left out (`notes` says why)."""
     figs = {}
     for subset in ("all", "warm"):
@@ -244,7 +242,7 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
           retrained: Sequence[tuple[str, str, str]] = ()) -> list[str]:
     """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...), final
     runs whose values coincide, and runs trained again after a damaged checkpoint (`retrained`, as
-    `load.retrained_runs` lists them); `arms` as for `build_tables`."""
+    `StudyRead.retrained_runs` lists them); `arms` as for `build_tables`."""
     out = [f"Run `{name}` was trained again from its start: {why}. The run it replaces, {old}, is in MLflow's "
            "trash." for name, why, old in retrained]
     if results.empty:
@@ -345,10 +343,11 @@ def _runs_table(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"runs": g["run_id"].nunique(), "seeds": g["seed"].nunique()}).reset_index()
 
 
-def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, arms: Arms, out_dir: Path, metric: str,
-                k: int, ui_url: str | None) -> list[str]:
+def _ui_section(read: StudyRead, results: pd.DataFrame, arms: Arms, out_dir: Path, metric: str, k: int,
+                ui_url: str | None) -> list[str]:
     """How to open the study in MLflow's UI: the links (their port, and how to rebuild them for another), the
     click path, and the chart view of the final runs, which this registers in the store (`share_view`)."""
+    tracking_uri, study, exp_id = read.tracking_uri, read.name, read.experiment_id
     base = ui_base_url(tracking_uri, ui_url)
     lines = ["## MLflow UI", ""]
     if is_server(tracking_uri):
@@ -360,7 +359,7 @@ def _ui_section(tracking_uri: str, study: str, results: pd.DataFrame, arms: Arms
                               "--ui-url", "http://127.0.0.1:<port>"])
         lines += [f"The links expect the UI at {base}: `{ui_command(tracking_uri, urlsplit(base).port or UI_PORT)}`"
                   f"{printed}. For the UI on another port, rebuild this report with `{rebuild}`.", ""]
-    exp_id, runs = final_run_ids(tracking_uri, study)
+    runs = read.final_run_ids()
     name = metric_name(metric, k)
     lines += [f"Click path: **Experiments** → `{study}` (MLflow 3 opens it on its GenAI overview: click **Model "
               f"training** at the top left for the runs table) → search `tags.stage = 'final'`, sort by **Run Name** "
@@ -409,41 +408,28 @@ def link_runs(run_ids: list[str], results: pd.DataFrame, arms: Arms) -> list[str
     return sorted(run_ids, key=lambda i: (rank.get(where.get(i, ("", 0))[0], len(rank)), where.get(i, ("", 0))[1]))
 
 
-def missing_parts(tracking_uri: str, study: str) -> list[str]:
+def missing_parts(read: StudyRead) -> list[str]:
     """What keeps the study from being complete, from MLflow alone (empty when complete): its parent run
     not FINISHED, final seeds missing per arm of its study.yaml (an artifact of the parent run), runs
     still RUNNING, arms without a result; and how to continue. A report must not read as final when
     the driver was stopped, or ran out of budget, before the end."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(study)  # load_study has refused a missing one
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], max_results=5000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
-    parents = [r for r in runs if r.data.tags.get(Tag.STAGE) == Stage.STUDY]
-    if not parents:
+    parent = read.parent
+    if parent is None:
         return ["the study's parent run (stage=study) is missing from the store"]
-    parent = parents[0]
-    ours = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    ours = [r for r in read.runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     out = []
     if parent.info.status != "FINISHED":
         by = parent.data.tags.get(Tag.INTERRUPTED)
         out.append(f"the study run is {parent.info.status}" + (f" (stopped by {by})" if by else
                                                                " (the driver stopped, or is still running)"))
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            spec = yaml.safe_load(read_artifact(client, parent.info.run_id, "study.yaml", tmp))
-            arms, seed, seeds = list(spec["arms"]), int(spec["seed"]), int(spec["seeds"])
-            stages = Stage.RETRAINED if spec.get("oracle") else (Stage.FINAL,)
-        except Exception as err:  # noqa: BLE001 (any unreadable artifact: say so, list what the runs show)
-            out.append(f"the parent run's study.yaml could not be read ({type(err).__name__}), so the arms and "
-                       "final seeds it expects are unknown")
-            arms, seed, seeds, stages = [], 0, 0, ()
+    try:
+        spec = yaml.safe_load(read.parent_files["study.yaml"].checked())
+        arms, seed, seeds = list(spec["arms"]), int(spec["seed"]), int(spec["seeds"])
+        stages = Stage.RETRAINED if spec.get("oracle") else (Stage.FINAL,)
+    except Exception as err:  # noqa: BLE001 (any unreadable artifact: say so, list what the runs show)
+        out.append(f"the parent run's study.yaml could not be read ({type(err).__name__}), so the arms and "
+                   "final seeds it expects are unknown")
+        arms, seed, seeds, stages = [], 0, 0, ()
     no_result = [a for a in parent.data.tags.get(Tag.ARMS_WITHOUT_RESULT, "").split(",") if a]
     for arm, stage in ((a, s) for a in arms for s in stages):
         done = {int(r.data.tags.get(Tag.SEED, -1)) for r in ours if r.data.tags.get(Tag.ARM) == arm
@@ -467,7 +453,7 @@ def missing_parts(tracking_uri: str, study: str) -> list[str]:
     return out
 
 
-RESULTS_FILE = "results.csv"  # the tidy frame every table comes from (`load_study`)
+RESULTS_FILE = "results.csv"  # the tidy frame every table comes from (`StudyRead.results`)
 ABOUT_FILE = "study.json"  # what the study is (dataset, protocol, backbone, arm roles): analysis.compare reads both
 
 
@@ -479,25 +465,25 @@ def about(study: str, tags: dict[str, str], shift: pd.DataFrame, arms: Arms) -> 
             "arms": {"order": list(arms.order), "base": arms.base, "controls": dict(arms.controls)}}
 
 
-def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "ndcg", k: int = 10,
+def write_report(read: StudyRead, out_dir: Path, metric: str = "ndcg", k: int = 10,
                  ui_url: str | None = None) -> Path:
-    """Load the study, write ``out_dir/summary.md``, ``<table>.csv`` for every table (plus the tidy
-    ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path. Missing pieces
-    (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md. `ui_url` is
-    where the MLflow UI of a local store is served, for the links (default: port `UI_PORT`, as a study's printed
-    command serves it). The chart view the links open is stored in the store, as an experiment tag."""
+    """Write the report of a study read once (`read_study`): ``out_dir/summary.md``, ``<table>.csv`` for every
+    table (plus the tidy ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path.
+    Missing pieces (no final runs, one seed, no trials, no shift diagnostics) become notes in summary.md. `ui_url`
+    is where the MLflow UI of a local store is served, for the links (default: port `UI_PORT`, as a study's
+    printed command serves it). The chart view the links open is stored in the store, as an experiment tag."""
+    tracking_uri, study = read.tracking_uri, read.name
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = load_study(tracking_uri, study)
-    shift = load_shift(tracking_uri, study)
-    arms = load_arms(tracking_uri, study)
-    tables = build_tables(results, shift, load_spaces(tracking_uri, study), metric, k, arms,
-                          load_history(tracking_uri, study, keys=M.is_wanted))
+    results = read.results()
+    shift = read.shift()
+    arms = read.arms()
+    tables = build_tables(results, shift, read.spaces(), metric, k, arms, read.history(keys=M.is_wanted))
     figures = build_figures(tables, metric, k, arms)
 
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
         results.to_csv(tmp, index=False)
-    tags = parent_tags(tracking_uri, study)
+    tags = read.parent_tags()
     write_text(out_dir / ABOUT_FILE, json.dumps(about(study, tags, shift, arms), indent=1) + "\n")
     for name, df in tables.items():
         with atomic_path(out_dir / f"{name}.csv") as tmp:
@@ -508,7 +494,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
 
     label = plots.metric_label(metric, k)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    missing = missing_parts(tracking_uri, study)
+    missing = missing_parts(read)
     state = f" (UNFINISHED: {len(missing)} item(s) under \"What is missing\")" if missing else ""
     md = [f"# Shift robustness of study `{study}`{state}", "",
           f"Tracking URI `{tracking_uri}` · metric {label} · generated {now}. "
@@ -522,7 +508,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
     if (lines := headline(tables, metric, k, arms)):
         md += [f"**{lines[0]}**", "", *([" ".join(lines[1:]), ""] if lines[1:] else [])]
     md += ["Runs:", "", _markdown(_runs_table(results)), ""]
-    if (ns := notes(results, tables, shift, arms, metric, k, retrained_runs(tracking_uri, study))):
+    if (ns := notes(results, tables, shift, arms, metric, k, read.retrained_runs())):
         md += ["## Notes", "", *[f"- {n}" for n in ns], ""]
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
@@ -535,7 +521,7 @@ def write_report(tracking_uri: str, study: str, out_dir: Path, metric: str = "nd
             md += [f"Source: {shift.attrs['source']}.", ""]
         md += [_markdown(tables[name]), ""]
         md += [f"![{f}]({f}.png)\n" for f in figure_after.get(name, []) if f in figures]
-    md += _ui_section(tracking_uri, study, results, arms, out_dir, metric, k, ui_url)
+    md += _ui_section(read, results, arms, out_dir, metric, k, ui_url)
     path = out_dir / "summary.md"
     write_text(path, "\n".join(md) + "\n")  # last: a summary.md means the report is whole
     return path
@@ -552,12 +538,13 @@ def main(argv: list[str] | None = None) -> int:
                                     f"default: http://127.0.0.1:{UI_PORT}, as the study's printed `mlflow ui` serves it")
     args = p.parse_args(argv)
     try:
-        path = write_report(args.tracking_uri, args.study, args.out, args.metric, args.k, args.ui_url)
+        read = read_study(args.tracking_uri, args.study)
+        path = write_report(read, args.out, args.metric, args.k, args.ui_url)
     except (StudyNotFoundError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"report: {path}")
-    if missing_parts(args.tracking_uri, args.study):
+    if missing_parts(read):
         print(f"note: study {args.study} is unfinished; summary.md lists what is missing", file=sys.stderr)
     return 0
 

@@ -320,7 +320,7 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
     t-test (NaN with fewer than 2 pairs). p_holm is p_paired after Holm's correction (`holm`) over one family
     per study: every tested row of this table (each pair on each part, validation included) for the one
     metric, k and subset asked for, since a report reads them all at once. Pairs whose arms are absent are
-    left out. `pairs` is the study's own (`analysis.load.load_arms(...).pairs()`); without it, the arms in
+    left out. `pairs` is the study's own (`analysis.load.StudyRead.arms().pairs()`); without it, the arms in
     `df` are paired by the rule of stores that predate arm roles (`Arms.legacy`), so a hand-built frame
     still gets today's pairs.
     """
@@ -419,7 +419,7 @@ def sensitivity(
 ) -> pd.DataFrame:
     """Marginal effect of each searched hyperparameter on the validation metric (search stage).
 
-    ``spaces`` maps an arm to its search space (``analysis.load.load_spaces``: param -> the study
+    ``spaces`` maps an arm to its search space (``analysis.load.StudyRead.spaces``: param -> the study
     file's entry, with ``log`` for log-scale ranges); an arm without one gets no rows. Per study, arm
     and searched param that varies among that arm's trials: the mean and count of the trials'
     validation metric per observed value. A param with more than ``max_levels`` distinct values is
@@ -456,7 +456,7 @@ IMPORTANCE_COLUMNS = ["study", "param", "importance"]
 
 
 def _distribution(spec: Mapping):
-    """The Optuna distribution of a search-space entry as the study file writes it (``load_spaces``)."""
+    """The Optuna distribution of a search-space entry as the study file writes it (``StudyRead.spaces``)."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if spec["type"] == "choice":

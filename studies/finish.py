@@ -9,6 +9,7 @@ import errno
 import os
 
 from analysis.atomic import write_text
+from analysis.load import read_study
 from analysis.report import write_report
 from studies.folder import StudyFolder
 from studies.tracking import StudyRun
@@ -34,6 +35,6 @@ def write_outputs(folder: StudyFolder, name: str, tracking_uri: str, study_run: 
     """The report (also logged on the parent run), then summary.txt, the last file a finished study gets."""
     if os.environ.get(REPORT_FAULT_ENV) == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{REPORT_FAULT_ENV}=enospc")
-    write_report(tracking_uri, name, folder.report)
+    write_report(read_study(tracking_uri, name), folder.report)
     study_run.client().log_artifacts(study_run.parent_run_id, str(folder.report), folder.report.name)
     write_text(folder.summary_file, summary)

@@ -9,7 +9,7 @@ import pytest
 
 from analysis import compare as C
 from analysis import summaries as S
-from analysis.load import load_arms, load_study
+from analysis.load import read_study
 from analysis.report import write_report
 from tests.analysis import fake_store as F
 
@@ -19,7 +19,8 @@ def test_a_store_of_several_studies_gives_one_row_per_study_pair_and_part(store)
     assert C.study_names(store, "synthetic*") == [F.STUDY]
     table = C.compare([(store, name) for name in C.study_names(store)])
     mine = table[table["study"] == F.STUDY].reset_index(drop=True)
-    expected = S.paired(load_study(store, F.STUDY), pairs=load_arms(store, F.STUDY).pairs())
+    read = read_study(store, F.STUDY)
+    expected = S.paired(read.results(), pairs=read.arms().pairs())
     assert len(mine) == len(expected) > 0
     for col in ("mean_diff", "ci_low", "ci_high", "p_paired", "p_holm", "mde", "mde_rel"):
         pd.testing.assert_series_equal(mine[col], expected[col], check_names=False)
@@ -41,7 +42,7 @@ def test_cli_writes_table_markdown_and_forest(store, tmp_path):
 def test_a_report_folder_compares_as_its_store_does(store, tmp_path):
     """Committed reports keep no store: `--report-dir` reads their results.csv and study.json instead, and
     must give the store's table exactly (labels and arm roles included)."""
-    write_report(store, F.STUDY, tmp_path / "report")
+    write_report(read_study(store, F.STUDY), tmp_path / "report")
     about = json.loads((tmp_path / "report" / "study.json").read_text())
     assert (about["dataset"], about["protocol"], about["backbone"]) == ("synthetic", "temporal", "gru4rec")
     assert about["arms"] == {"order": list(F.ROLES.order), "base": "erm", "controls": {"idea": "erm"}}

@@ -16,7 +16,7 @@ from tests.analysis import fake_store as F
 
 @pytest.fixture(scope="module")
 def results(store) -> pd.DataFrame:
-    return L.load_study(store, F.STUDY)
+    return L.read_study(store, F.STUDY).results()
 
 
 def one(df: pd.DataFrame, **where) -> pd.Series:
@@ -68,10 +68,10 @@ def test_type_params_per_column():
     assert t["tau"].dtype == np.float64 and t["tau"].tolist() == [1.0, 0.5]
 
 
-# ---------------------------------------------------------------- load_study
+# ---------------------------------------------------------------- results
 
 
-def test_load_study_columns_and_row_counts(results):
+def test_results_columns_and_row_counts(results):
     """One row per (run, part, subset, metric, k); FAILED trials, other studies and per-epoch metrics left out."""
     cols = list(results.columns)
     assert cols[:8] == L.META_COLUMNS
@@ -91,7 +91,7 @@ def test_load_study_columns_and_row_counts(results):
     assert not results.duplicated(["run_id", "part", "subset", "metric", "k"]).any()
 
 
-def test_load_study_exact_values(results):
+def test_results_exact_values(results):
     """Values are the logged selection metrics (hand-computed from fake_store's formulas)."""
     # idea-seed1 w2 NDCG@10: 0.1 * (1 - 0.05*2) + 0.002 = 0.092; warm: 0.1 * 0.9 * 1.2 + 0.002 = 0.110
     r = one(results, run_name="idea-seed1", part="w2", subset="all", metric="ndcg", k=10)
@@ -107,7 +107,7 @@ def test_load_study_exact_values(results):
     assert one(results, trial="a0001_00002", metric="hr", k=20)["value"] == pytest.approx(0.33)
 
 
-def test_load_study_typed_params(results):
+def test_results_typed_params(results):
     """Params are typed back per column: ints, floats with NaN for "None", bools, strings."""
     assert results["K"].dtype == np.int64 and results["T"].dtype == np.int64
     assert results["seed"].dtype == np.int64
@@ -121,7 +121,7 @@ def test_load_study_typed_params(results):
     assert math.isnan(results.loc[results["trial"] == "b0002_00000", "dropout"].iloc[0])
 
 
-def test_load_study_feeds_the_summaries(results):
+def test_results_feeds_the_summaries(results):
     """The loaded frame is what summaries expect: per-window means and IDEA's gain as hand-computed."""
     pw = S.per_window(results)
     w3 = pw.loc[pw["part"] == "w3"].set_index("arm")["mean"]
@@ -133,42 +133,61 @@ def test_load_study_feeds_the_summaries(results):
     assert (k2["mean"], k2["count"]) == (pytest.approx((0.090 + 0.080) / 2), 2)  # trials 00000 and 00003
 
 
-def test_load_spaces_reads_each_arms_search_space_from_its_runs(store):
+def test_spaces_reads_each_arms_search_space_from_its_runs(store):
     """The tag `searched` of the search runs, per arm (IDEA first); a study without search runs has none."""
-    spaces = L.load_spaces(store, F.STUDY)
+    spaces = L.read_study(store, F.STUDY).spaces()
     assert list(spaces) == ["idea", "erm"] and spaces == F.SPACES
     assert spaces["idea"]["tau"]["log"] is True and spaces["idea"]["T"]["values"] == [1, 2, 5, 10, 20]
-    assert L.load_spaces(store, F.OTHER) == {}
+    assert L.read_study(store, F.OTHER).spaces() == {}
 
 
-def test_load_study_unknown_study_lists_experiments(store):
+def test_read_study_reads_every_page_once(store, monkeypatch):
+    """The runs come page by page (here 3 a page): each run once, the same runs one page gives, and the frames
+    from them equal."""
+    from mlflow.tracking import MlflowClient
+
+    whole = L.read_study(store, F.STUDY)
+    real, pages = MlflowClient.search_runs, []
+
+    def small_pages(self, *args, **kwargs):
+        pages.append(real(self, *args, **{**kwargs, "max_results": 3}))
+        return pages[-1]
+
+    monkeypatch.setattr(MlflowClient, "search_runs", small_pages)
+    paged = L.read_study(store, F.STUDY)
+    assert len(pages) == -(-len(whole.runs) // 3) > 1
+    assert [r.info.run_id for r in paged.runs] == [r.info.run_id for r in whole.runs]
+    pd.testing.assert_frame_equal(paged.results(), whole.results())
+
+
+def test_read_study_unknown_study_lists_experiments(store):
     """A wrong study name says which studies the store holds."""
     with pytest.raises(L.StudyNotFoundError, match="no-such-study") as err:
-        L.load_study(store, "no-such-study")
+        L.read_study(store, "no-such-study")
     for name in (F.STUDY, F.OTHER, F.LOGGED):
         assert name in str(err.value)
 
 
-def test_load_study_missing_sqlite_file_is_an_error_not_a_new_store(tmp_path):
+def test_read_study_missing_sqlite_file_is_an_error_not_a_new_store(tmp_path):
     """A mistyped sqlite path must fail instead of silently creating an empty store."""
     db = tmp_path / "nope" / "mlflow.db"
     with pytest.raises(FileNotFoundError, match="no MLflow store"):
-        L.load_study(f"sqlite:///{db}", F.STUDY)
+        L.read_study(f"sqlite:///{db}", F.STUDY)
     assert not db.exists()
 
 
-def test_load_study_statuses_filter(store):
+def test_results_statuses_filter(store):
     """statuses=None keeps the FAILED trial that the default (FINISHED only) drops."""
-    allruns = L.load_study(store, F.STUDY, statuses=None)
+    allruns = L.read_study(store, F.STUDY).results(statuses=None)
     failed = allruns.loc[allruns["trial"] == "a0001_00004"]
     assert len(failed) == 9 and set(failed["status"]) == {"FAILED"}
     assert one(failed, metric="ndcg", k=10)["value"] == pytest.approx(0.5)
     assert len(allruns) == 8 * 9 + 4 * 4 * 2 * 9
 
 
-def test_load_history_learning_curves(store):
+def test_history_learning_curves(store):
     """Per-epoch history is the full series (the epoch-2 peak and the lower last epoch), per final run."""
-    h = L.load_history(store, F.STUDY)
+    h = L.read_study(store, F.STUDY).history()
     assert list(h.columns) == L.HISTORY_COLUMNS
     assert set(h["run_name"]) == {"idea-seed1", "idea-seed2", "erm-seed1", "erm-seed2"}
     v = h.loc[(h["run_name"] == "idea-seed1") & (h["key"] == "valid_ndcg_at_10")]
@@ -181,17 +200,18 @@ def test_load_history_learning_curves(store):
 
 def test_final_run_ids_idea_first(store):
     """Final runs of the study only, IDEA before ERM, seeds in order."""
-    exp_id, runs = L.final_run_ids(store, F.STUDY)
+    read = L.read_study(store, F.STUDY)
+    exp_id, runs = read.experiment_id, read.final_run_ids()
     assert [n for n, _ in runs] == ["idea-seed1", "idea-seed2", "erm-seed1", "erm-seed2"]
     assert len({i for _, i in runs}) == 4 and exp_id
 
 
-# ---------------------------------------------------------------- load_shift
+# ---------------------------------------------------------------- shift
 
 
-def test_load_shift_reads_the_logged_describe_json(store):
+def test_shift_reads_the_logged_describe_json(store):
     """The study's shift diagnostics are its parent run's describe.json, part by part."""
-    shift = L.load_shift(store, F.STUDY)
+    shift = L.read_study(store, F.STUDY).shift()
     assert shift.attrs["reason"] is None and "describe.json" in shift.attrs["source"]
     assert list(shift.columns) == L.SHIFT_FRAME_COLUMNS
     assert shift["part"].tolist() == ["train", "valid", "w1", "w2", "w3"]
@@ -201,18 +221,18 @@ def test_load_shift_reads_the_logged_describe_json(store):
     assert shift.loc[shift["part"] == "train", "popularity_js_vs_train"].item() == 0.0
 
 
-def test_load_shift_prefers_logged_describe_json(store):
+def test_shift_prefers_logged_describe_json(store):
     """A parent run's describe.json is used as logged (no recomputation, whatever its data_sha256)."""
-    shift = L.load_shift(store, F.LOGGED)
+    shift = L.read_study(store, F.LOGGED).shift()
     assert "describe.json" in shift.attrs["source"]
     got = shift.set_index("part")[["cold_share", "popularity_js_vs_train"]]
     for part, (cold, js) in F.LOGGED_SHIFT.items():
         assert tuple(got.loc[part]) == pytest.approx((cold, js))
 
 
-def test_load_shift_without_describe_json_gives_reason(store):
+def test_shift_without_describe_json_gives_reason(store):
     """A parent without describe.json gives an empty frame and the reason, not an exception."""
-    shift = L.load_shift(store, F.OTHER)
+    shift = L.read_study(store, F.OTHER).shift()
     assert shift.empty and list(shift.columns) == L.SHIFT_FRAME_COLUMNS
     assert "no describe.json" in shift.attrs["reason"]
 
@@ -222,19 +242,20 @@ def test_analysis_imports_neither_ray_nor_idea_nor_torch(store, tmp_path):
     loads neither Ray nor the idea library (bar its standard-library argument parser and naming contract)
     nor torch."""
     code = ("import sys; import analysis.load, analysis.plots, analysis.report, analysis.mlflow_ui; "
-            f"analysis.report.write_report({store!r}, {F.STUDY!r}, {str(tmp_path / 'report')!r}); "
+            f"read = analysis.load.read_study({store!r}, {F.STUDY!r}); "
+            f"analysis.report.write_report(read, {str(tmp_path / 'report')!r}); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'torch', 'idea') and m not in ('idea', 'idea.argparsing', 'idea.contract')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert "## " in (tmp_path / "report" / "summary.md").read_text()
 
 
-def test_load_arms_reads_the_roles_the_runs_carry(store):
+def test_arms_reads_the_roles_the_runs_carry(store):
     """A study's arms come from its runs' tags (the fake store tags idea's control erm, erm the base arm); a
     store whose runs predate those tags is read by the legacy rule rather than refused."""
     from idea.contract import Arms
 
-    assert L.load_arms(store, F.STUDY) == F.ROLES
-    assert L.load_arms(store, F.OTHER) == Arms.legacy(["idea"])
-    ids = [name for name, _ in L.final_run_ids(store, F.STUDY)[1]]
+    assert L.read_study(store, F.STUDY).arms() == F.ROLES
+    assert L.read_study(store, F.OTHER).arms() == Arms.legacy(["idea"])
+    ids = [name for name, _ in L.read_study(store, F.STUDY).final_run_ids()]
     assert ids == ["idea-seed1", "idea-seed2", "erm-seed1", "erm-seed2"]  # display order from the tags

@@ -6,7 +6,7 @@ from analysis import mechanism as M
 
 
 def history(arm: str, seed: int, shares, keeps, disagreement, best: int) -> list[dict]:
-    """A run's rows as `load_history` returns them: per epoch the telemetry of two extractors, then best_epoch."""
+    """A run's rows as `StudyRead.history` returns them: per epoch the telemetry of two extractors, then best_epoch."""
     rows = []
     for epoch, (share, (k0, k1), d) in enumerate(zip(shares, keeps, disagreement), 1):
         values = {"penalty_share": share, "keep_rate_0": k0, "keep_rate_1": k1, "mask_disagreement": d,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.load import final_run_ids
+from analysis.load import read_study
 from analysis.mlflow_ui import arm_colours, compare_url, runs_url, ui_base_url, ui_command, view_url
 from analysis.report import write_report
 from tests.analysis import fake_store as F
@@ -110,7 +110,8 @@ def assert_real_screenshot(path: Path) -> None:
 def test_compare_page_renders_idea_and_erm_side_by_side(mlflow_server, store, tmp_path):
     """The compare page of the final runs shows the four run names, their params and metrics; the runs link
     opens the experiment's runs table, not MLflow 3's GenAI overview."""
-    exp_id, runs = final_run_ids(store, F.STUDY)
+    read = read_study(store, F.STUDY)
+    exp_id, runs = read.experiment_id, read.final_run_ids()
     ids = [i for _, i in runs]
     text, shot = render(compare_url(mlflow_server, exp_id, ids), tmp_path, "compare")
     assert "Comparing 4 Runs from 1 Experiment" in text
@@ -137,7 +138,7 @@ def test_chart_view_draws_every_final_run_in_its_arms_colour(mlflow_server, stor
     which MLflow's UI draws a run in), and so in the run list beside it, the arms' colours distinct; the section's
     title names the steps, and a bar chart per part follows. Its screenshot on a real smoke study:
     docs/screenshots/mlflow_chart_view.png."""
-    md = write_report(store, F.STUDY, tmp_path / "report", ui_url=mlflow_server).read_text()
+    md = write_report(read_study(store, F.STUDY), tmp_path / "report", ui_url=mlflow_server).read_text()
     (url,) = re.findall(r"<(http[^>]*viewStateShareKey=[^>]+)>", md)
     text, shot = render(url, tmp_path, "chart-view", budget_ms=60000)  # MLflow draws the charts after ~30 s of it
     dom = (tmp_path / "chart-view.html").read_text()

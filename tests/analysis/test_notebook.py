@@ -55,7 +55,7 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     the notebook's command) runs from the project root: every figure the report would draw appears
     inline as a valid PNG, no cell errors, and it opens with summary.md's verdict and links the runs in
     summary.md's order."""
-    from analysis.load import load_shift, load_spaces, load_study
+    from analysis.load import read_study
     from analysis.report import build_figures, build_tables, write_report
 
     out = tmp_path / "executed.ipynb"  # kept for inspection when the test fails
@@ -70,15 +70,15 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     pngs = [base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert all(p[:8] == PNG_MAGIC and len(p) > 5000 for p in pngs)
 
-    expected = build_figures(build_tables(load_study(store, F.STUDY), load_shift(store, F.STUDY),
-                                        load_spaces(store, F.STUDY)))
+    read = read_study(store, F.STUDY)
+    expected = build_figures(build_tables(read.results(), read.shift(), read.spaces()))
     assert len(expected) == 11  # metric vs window (all, warm), gain vs JS, 8 sensitivity panels
     assert len(pngs) == len(expected)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "+21.4%" in text  # the headline (IDEA vs ERM on w3) is shown
     assert "#/compare-runs?runs=[" in text and "#/experiments/1/runs" in text and "shift_ndcg_at_10" in text
     # the arms in summary.md's order (the base arm first): the same verdict and the same runs in the links
-    summary = write_report(store, F.STUDY, tmp_path / "report").read_text()
+    summary = write_report(read, tmp_path / "report").read_text()
     verdict = summary.split("\n**", 1)[1].split("**\n", 1)[0]
     assert f"**{verdict}**" in text
     linked = r"compare-runs\?runs=(\[[^\]]*\])"

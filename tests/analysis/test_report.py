@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.load import read_study
 from analysis.report import write_report
 from tests.analysis import fake_store as F
 
@@ -70,7 +71,7 @@ def test_summary_has_per_window_table_for_both_arms(report):
 
 
 def test_ui_links_use_the_given_ui_url(store, tmp_path):
-    md = write_report(store, F.STUDY, tmp_path / "r", ui_url="http://127.0.0.1:5123").read_text()
+    md = write_report(read_study(store, F.STUDY), tmp_path / "r", ui_url="http://127.0.0.1:5123").read_text()
     ui = md[md.index("## MLflow UI"):]
     assert ":5001" not in ui and "--port 5123" in ui and "<http://127.0.0.1:5123/#/experiments/1/runs>" in ui
 
@@ -78,7 +79,7 @@ def test_ui_links_use_the_given_ui_url(store, tmp_path):
 def test_printed_commands_survive_a_path_with_a_space(store, tmp_path):
     """The serve and rebuild commands in summary.md are shell-quoted: pasted, each path stays one argument."""
     out = tmp_path / "my report"
-    md = write_report(store, F.STUDY, out, metric="hr", k=5).read_text()
+    md = write_report(read_study(store, F.STUDY), out, metric="hr", k=5).read_text()
     commands = [shlex.split(c) for c in re.findall(r"`((?:mlflow ui|python -m analysis\.report) [^`]+)`", md)]
     serve = next(c for c in commands if c[:2] == ["mlflow", "ui"])
     rebuild = next(c for c in commands if c[:3] == ["python", "-m", "analysis.report"])
@@ -146,7 +147,7 @@ def test_plots_are_valid_pngs(report):
 
 def test_report_notes_instead_of_crashing(store, tmp_path):
     """One arm, one seed, no search trials, no shift diagnostics: notes, and no plot that needs them."""
-    md = write_report(store, F.OTHER, tmp_path / "other").read_text()
+    md = write_report(read_study(store, F.OTHER), tmp_path / "other").read_text()
     notes = md.split("## Notes\n", 1)[1].split("\n## ", 1)[0]
     assert "Only one seed for idea" in notes
     assert "the paired comparisons are skipped" in notes
@@ -159,10 +160,29 @@ def test_report_notes_instead_of_crashing(store, tmp_path):
 
 def test_report_on_a_study_without_runs(store, tmp_path):
     """A study with only its parent run (nothing finished yet) still gets a summary saying so."""
-    md = write_report(store, F.LOGGED, tmp_path / "empty").read_text()
+    md = write_report(read_study(store, F.LOGGED), tmp_path / "empty").read_text()
     assert "nothing to summarise" in md
     assert not list((tmp_path / "empty").glob("*.png"))
     assert "none yet" in md  # no final runs to compare in the UI
+
+
+def test_a_report_reads_the_study_from_mlflow_once(store, tmp_path, monkeypatch):
+    """`python -m analysis.report` pages the study's runs once (the fake store fits one page) and downloads
+    each parent file once, however many tables, notes and checks of completeness use them."""
+    from collections import Counter
+
+    from mlflow.tracking import MlflowClient
+
+    from analysis.report import main
+
+    calls = Counter()
+    for name in ("search_runs", "download_artifacts"):
+        def counted(self, *args, _real=getattr(MlflowClient, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(MlflowClient, name, counted)
+    assert main(["--tracking-uri", store, "--study", F.STUDY, "--out", str(tmp_path / "report")]) == 0
+    assert calls == {"search_runs": 1, "download_artifacts": 2}  # study.yaml and describe.json
 
 
 def test_cli_unknown_study_exits_2_with_the_experiments(store, tmp_path):
@@ -175,7 +195,7 @@ def test_cli_unknown_study_exits_2_with_the_experiments(store, tmp_path):
 
 
 def test_notes_on_a_hand_built_frame():
-    """notes() flags a single seed, a missing arm (one the study pairs, from `load_arms`), missing warm
+    """notes() flags a single seed, a missing arm (one the study pairs, from `StudyRead.arms`), missing warm
     metrics, no trials, and shift diagnostics whose windows are not the study's."""
     from analysis.report import build_tables, notes
     from idea.contract import Arms

@@ -237,7 +237,7 @@ def test_every_arm_is_paired_with_erm():
 
 
 def test_paired_follows_the_given_pairs_seed_by_seed():
-    """The study's own pairs (`load_arms(...).pairs()`) decide what is compared, whatever the arms' names."""
+    """The study's own pairs (`StudyRead.arms().pairs()`) decide what is compared, whatever the arms' names."""
     out = S.paired(frame(_gain_rows()), pairs=[("idea", "erm")])
     assert out["part"].tolist() == ["valid", "w1", "w2", "w3"]
     w1 = out.iloc[1]

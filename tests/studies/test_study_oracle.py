@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from analysis.compare import compare
-from analysis.load import load_study as load_results
+from analysis.load import read_study
 from idea.config import TrainConfig
 from idea.contract import Stage, Tag, oracle_key
 from idea.metrics import summary
@@ -118,7 +118,7 @@ def test_a_trial_score_is_its_best_state_on_w1_and_no_other_window(oracle):
 def test_analysis_reports_the_oracle_only_after_the_first_window(oracle):
     _, study_dir, _ = oracle
     uri = f"sqlite:///{study_dir / 'mlflow.db'}"
-    results = load_results(uri, STUDY)
+    results = read_study(uri, STUDY).results()
     assert set(results.loc[results["stage"] == Stage.ORACLE, "part"]) == {"valid", "w1", "w2", "w3"}  # all stored
     table = compare([(uri, STUDY)])
     oracle_rows = table[table["selection"] == "oracle"]

@@ -275,16 +275,16 @@ def test_the_server_holds_what_the_sqlite_store_holds(scenario, tmp_path):
     """The same study file on the default SQLite store (its twin): the same runs, tags, params, metrics (to
     the last bit), per-epoch histories, tidy frames and artifacts; only ids, times, the study folder and
     where it ran differ."""
-    from analysis.load import load_history, load_study
+    from analysis.load import read_study
 
     views = {}
     for study in (scenario.near, scenario.twin):
         assert study.code == 0, study.log[-5000:]
         client, runs = _client(scenario, study), _runs(scenario, study)
         labels = _labels(runs, study.folder)
-        frames = [_tidy(load(client.tracking_uri), labels) for load in (
-            lambda uri: load_study(uri, NEAR, statuses=None),
-            lambda uri: load_history(uri, NEAR, keys=lambda key: key not in TIMES, stages=("search", "final")))]
+        read = read_study(client.tracking_uri, NEAR)
+        frames = [_tidy(frame, labels) for frame in (
+            read.results(statuses=None), read.history(keys=lambda key: key not in TIMES, stages=("search", "final")))]
         views[study.folder.parent.name] = (_store_view(runs, labels), frames,
                                            _artifacts(client, runs, labels, tmp_path / study.folder.parent.name))
     (runs, frames, files), (twin_runs, twin_frames, twin_files) = views["server"], views["sqlite"]

@@ -28,7 +28,7 @@ from analysis.load import StudyNotFoundError, read_study
 from analysis.plots import metric_label
 from analysis.report import ABOUT_FILE, RESULTS_FILE
 from idea.argparsing import StrictArgumentParser
-from idea.contract import VALID, Arms, Stage, Tag
+from idea.contract import KS, METRICS, SELECTION, VALID, Arms, Stage, Tag
 
 COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "selection", "arm", "control", "part", "control_mean",
                    "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "p_holm", "n_pairs", "mde", "mde_rel"]
@@ -61,8 +61,8 @@ def from_store(tracking_uri: str, study: str) -> StudyData:
     """A study as its MLflow store holds it (`read_study`: its runs read once)."""
     read = read_study(tracking_uri, study)
     tags = read.parent_tags()
-    return StudyData(read.results(), read.arms().pairs(), tags.get("dataset"), read.shift().attrs.get("protocol"),
-                     tags.get("backbone"))
+    return StudyData(read.results(), read.arms().pairs(), tags.get(Tag.DATASET), read.shift().attrs.get("protocol"),
+                     tags.get(Tag.BACKBONE))
 
 
 def from_report(folder: Path) -> StudyData:
@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-dir", action="append", default=[],
                    help="a report folder (results.csv and study.json, as analysis.report writes it); repeatable")
     p.add_argument("--out", required=True, help="folder for compare.csv, compare.md and forest.png")
-    p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
-    p.add_argument("--k", type=int, default=10, choices=(5, 10, 20))
+    p.add_argument("--metric", default=SELECTION[0], choices=METRICS)
+    p.add_argument("--k", type=int, default=SELECTION[1], choices=KS)
     args = p.parse_args(argv)
     studies = []
     for folder in args.study_dir:

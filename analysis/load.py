@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.summaries import part_key
-from idea.contract import Arms, Stage, Tag, metric_name, parse_metric_key as parse_key, valid_key
+from idea.contract import SELECT_METRIC, Arms, Stage, Tag, parse_metric_key as parse_key, valid_key
 
 __all__ = [
     "META_COLUMNS",
@@ -365,7 +365,7 @@ class StudyRead:
 
     def history(
         self,
-        keys: Sequence[str] | Callable[[str], bool] = (valid_key(metric_name("ndcg", 10)), "train_loss"),
+        keys: Sequence[str] | Callable[[str], bool] = (valid_key(SELECT_METRIC), "train_loss"),
         stages: Sequence[str] = (Stage.FINAL,),
     ) -> pd.DataFrame:
         """Per-epoch history (step = epoch) of the given metric keys (or of every key a predicate accepts, such

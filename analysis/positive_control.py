@@ -23,7 +23,7 @@ from scipy import stats
 from analysis.compare import from_report
 from analysis.plots import metric_label
 from idea.argparsing import StrictArgumentParser
-from idea.contract import VALID, Stage
+from idea.contract import KS, METRICS, SELECTION, VALID, Stage
 
 CLEAN, CONTROL, BASE = "clean", "erm_ft", "erm"
 TEST = "test"  # the mean over the test windows, per seed
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-dir", action="append", required=True,
                    help="the report folder of one promo-* study (results.csv and study.json); repeatable")
     p.add_argument("--out", required=True, help="folder for positive_control.csv, .md and .png")
-    p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
-    p.add_argument("--k", type=int, default=10, choices=(5, 10, 20))
+    p.add_argument("--metric", default=SELECTION[0], choices=METRICS)
+    p.add_argument("--k", type=int, default=SELECTION[1], choices=KS)
     args = p.parse_args(argv)
     try:
         path = write([Path(f) for f in args.report_dir], Path(args.out), args.metric, args.k)

@@ -28,7 +28,8 @@ from analysis.load import StudyNotFoundError, StudyRead, read_study
 from analysis.mlflow_ui import (UI_PORT, chart_view, compare_url, is_server, runs_url, share_view, ui_base_url,
                                 ui_command, view_url)
 from idea.argparsing import StrictArgumentParser
-from idea.contract import TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name, shift_key
+from idea.contract import (KS, METRICS, SELECTION, TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name,
+                           shift_key)
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "identical_runs", "missing_parts",
            "register_chart_view", "link_runs", "write_report", "main"]
@@ -460,8 +461,8 @@ ABOUT_FILE = "study.json"  # what the study is (dataset, protocol, backbone, arm
 def about(study: str, tags: dict[str, str], shift: pd.DataFrame, arms: Arms) -> dict:
     """The study's labels (from its parent run's `tags`) and arm roles, so a report folder can be compared
     without its store."""
-    return {"study": study, "dataset": tags.get("dataset"), "protocol": shift.attrs.get("protocol"),
-            "backbone": tags.get("backbone"), "git_sha": tags.get("git_sha"),
+    return {"study": study, "dataset": tags.get(Tag.DATASET), "protocol": shift.attrs.get("protocol"),
+            "backbone": tags.get(Tag.BACKBONE), "git_sha": tags.get(Tag.GIT_SHA),
             "arms": {"order": list(arms.order), "base": arms.base, "controls": dict(arms.controls)}}
 
 
@@ -532,8 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///<abs path>/mlflow.db")
     p.add_argument("--study", required=True, help="study name (= MLflow experiment name)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    p.add_argument("--metric", default="ndcg", choices=("hr", "ndcg", "mrr"))
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--metric", default=SELECTION[0], choices=METRICS)
+    p.add_argument("--k", type=int, default=SELECTION[1], choices=KS)
     p.add_argument("--ui-url", help="where you serve the MLflow UI of a local store, for the links in summary.md; "
                                     f"default: http://127.0.0.1:{UI_PORT}, as the study's printed `mlflow ui` serves it")
     args = p.parse_args(argv)

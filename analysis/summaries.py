@@ -21,7 +21,6 @@ Conventions shared by all functions:
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Iterable, Mapping, Sequence
 
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, optimize, stats
 
-from idea.contract import Arms, Stage
+from idea.contract import Arms, Stage, window_name, window_number
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -50,7 +49,6 @@ __all__ = [
 
 REQUIRED_COLUMNS = ("study", "arm", "stage", "seed", "part", "subset", "metric", "k", "value")
 
-_WINDOW_RE = re.compile(r"^w(\d+)$")
 
 
 # ----------------------------------------------------------------------------
@@ -60,14 +58,14 @@ _WINDOW_RE = re.compile(r"^w(\d+)$")
 
 def window_index(part: str) -> int:
     """Index of a test window (``"w3"`` -> 3); raises ValueError for other parts such as ``valid``."""
-    m = _WINDOW_RE.match(str(part))
-    if m is None:
+    number = window_number(str(part))
+    if number is None:
         raise ValueError(f"part {part!r} is not a test window (expected 'w<integer>', e.g. 'w1')")
-    return int(m.group(1))
+    return number
 
 
 def _is_window(part) -> bool:
-    return isinstance(part, str) and _WINDOW_RE.match(part) is not None
+    return isinstance(part, str) and window_number(part) is not None
 
 
 def part_key(part) -> tuple:
@@ -257,7 +255,7 @@ def worst_window(
                 "worst_part": modal,
                 "worst_part_share": counts[modal] / len(g),
                 "min_of_mean": float(curve.min()),
-                "min_of_mean_part": f"w{int(curve.idxmin())}",
+                "min_of_mean_part": window_name(int(curve.idxmin())),
             }
         )
     return pd.DataFrame(rows, columns=WORST_COLUMNS)

@@ -102,7 +102,7 @@ def window_name(i: int) -> str:
     return f"w{i}"
 
 
-def window_index(part: str) -> int | None:
+def window_number(part: str) -> int | None:
     """The index of a window name (`window_name`), else None (valid, leave-one-out's test)."""
     return int(part[1:]) if part[:1] == "w" and part[1:].isdigit() else None
 

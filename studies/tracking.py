@@ -26,7 +26,7 @@ from ray import tune
 from idea.config import TrainConfig
 from idea.contract import (METRIC_NAMES, SELECT_METRIC, SUBSETS, TRUE, VALID, Result, Stage, Tag, best_key,
                            best_state_key, is_epoch_metric, parse_metric_key, run_name, shift_key, valid_key,
-                           window_index)
+                           window_number)
 from studies.faults import EnvironmentFault, RetryingClient, diagnose
 from studies.interrupts import INTERRUPTED
 
@@ -211,7 +211,7 @@ def shift_series(result: Mapping[str, Any]) -> dict[int, dict[str, float]]:
     window: step 0 = validation, step i = the i-th test window (w1..wm; `test` for leave-one-out);
     keys `shift_<m>_at_<k>` (all targets) and `shift_warm_<m>_at_<k>`."""
     parts = sorted({key.part for k in result if (key := parse_metric_key(k)) and key.kind == "test"},
-                   key=lambda p: window_index(p) or 0)
+                   key=lambda p: window_number(p) or 0)
     steps: dict[int, dict[str, float]] = {}
     for step, part in enumerate([VALID, *parts]):
         for subset in SUBSETS:

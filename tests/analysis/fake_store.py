@@ -27,7 +27,7 @@ from pathlib import Path
 
 from analysis.mlflow_ui import RUN_COLOR_TAG, arm_colours
 from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name,
-                           shift_key, valid_key)
+                           run_name, shift_key, valid_key)
 
 STUDY = "synthetic-smoke"
 OTHER = "other-study"
@@ -167,7 +167,7 @@ def make_fake_store(path: str | Path) -> str:
             metrics = epochs(best) + [(n, search_value(best, m, k), 0)
                                       for n, m, k in _names(lambda name: best_state_key(VALID, name))]
             metrics.append(("best_epoch", 2, 0))
-            run(exp, f"{arm}-trial-{trial_id}", tags, cfg, metrics, status)
+            run(exp, run_name(arm, Stage.SEARCH, trial_id=trial_id), tags, cfg, metrics, status)
     for arm in ARMS:
         for seed in SEEDS:
             cfg = {**configs[(arm, BEST_TRIAL[arm])], "seed": seed}
@@ -183,7 +183,7 @@ def make_fake_store(path: str | Path) -> str:
                 for step, part in enumerate((VALID, *WINDOWS)):
                     metrics += [(n, final_value(arm, seed, part, subset, m, k), step)
                                 for n, m, k in _names(lambda name: shift_key(name, subset))]
-            run(exp, f"{arm}-seed{seed}", tags, cfg, metrics)
+            run(exp, run_name(arm, Stage.FINAL, seed), tags, cfg, metrics)
 
     # ---- a second study in the same store, with absurd values and a data_sha256 that matches nothing
     exp = experiment(OTHER)

@@ -3,11 +3,15 @@ logs parses back, by analysis's reader, into the numbers it came from (a rename 
 rather than only in the slow smoke study); and an arm's roles survive the trip through run tags."""
 from __future__ import annotations
 
+import importlib
+
+import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.load import parse_metric_key
 from idea.contract import KS, METRIC_NAMES, METRICS, Arms, Tag, best_key, parse_metric_key as parse_key, valid_key
+from idea.metrics import metrics_frame
 from studies.config import load_study
 from studies.tracking import shift_series, summary_metrics
 from studies.trainable import final_metrics
@@ -58,3 +62,21 @@ def test_arm_roles_survive_the_run_tags(name):
     assert read == roles
     assert read.pairs()[0] == ("idea", "erm_ft")  # IDEA against the same fine-tuning without the penalty first
     assert Arms.from_tags({arm: {Tag.ARM: arm} for arm in roles.order}) == Arms.legacy(roles.order)  # an old store
+
+
+def test_evaluation_computes_exactly_the_contracts_metrics():
+    """A metric is added in idea/metrics.py and named in idea/contract.py (docs/design.md): the two agree."""
+    frame = metrics_frame(np.array([0, 3, 30]), np.array([True, False, True]), "valid")
+    assert set(zip(frame["metric"], frame["k"])) == {(m, k) for m in METRICS for k in KS}
+
+
+@pytest.mark.parametrize("module", ["analysis.report", "analysis.compare", "analysis.positive_control"])
+def test_the_commands_offer_the_contracts_metrics_and_cutoffs(module, monkeypatch, capsys):
+    """Their --metric and --k choices come from the contract: a metric added there is offered at once."""
+    command = importlib.import_module(module)
+    monkeypatch.setattr(command, "METRICS", (*METRICS, "auc"))
+    for flag, value, offered in (("--metric", "nosuch", (*METRICS, "auc")), ("--k", "7", KS)):
+        with pytest.raises(SystemExit):
+            command.main([flag, value])
+        error = capsys.readouterr().err
+        assert f"choose from {', '.join(repr(str(v)) if flag == '--metric' else str(v) for v in offered)}" in error, error

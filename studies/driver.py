@@ -17,9 +17,8 @@ import ray
 
 from analysis.atomic import atomic_path, write_text
 from analysis.mlflow_ui import UI_PORT, ui_command
-from analysis.summaries import per_window
 from idea.data.describe import describe
-from idea.contract import VALID, Tag
+from idea.contract import SELECTION, VALID, Tag
 from idea.data.interactions import Interactions
 from idea.splits import Split
 from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
@@ -109,11 +108,9 @@ def fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
 
 
-def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame, results: pd.DataFrame,
-                  metric: str = "ndcg", k: int = 10) -> str:
+def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame, windows: pd.DataFrame) -> str:
     """Per arm: trials run, best validation NDCG@10 and its configuration, and test NDCG@10 per window
-    (all targets) as mean ± std over the final seeds (`analysis.summaries.per_window`, as in the report)."""
-    windows = per_window(results, metric, k, "all") if len(results) else pd.DataFrame(columns=["arm", "part"])
+    (all targets) as mean ± std over the final seeds, from the report's per-window table (`windows`)."""
     rows = []
     for arm, sel in selections.items():
         arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
@@ -122,7 +119,7 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
                                       f"{int((arm_trials['status'] == 'FAILED').sum())} failed"
                                       + (f" / {unfinished} stopped by the budget before an epoch" if unfinished else "")
                                       if len(arm_trials) else "0",
-               f"best valid {metric.upper()}@{k}": f"{sel.value:.4f}" if sel else "-",
+               f"best valid {SELECTION[0].upper()}@{SELECTION[1]}": f"{sel.value:.4f}" if sel else "-",
                "configuration": fmt_params(sel.params) if sel else "no completed trial"}
         for w in windows[(windows["arm"] == arm) & (windows["part"] != VALID)].itertuples():
             std = f"{w.std:.4f}" if w.n_seeds > 1 else "-"
@@ -368,11 +365,12 @@ def run_on_ray(args: argparse.Namespace, checked: Checked, resources: Resources)
     if outcome is None:
         return INTERRUPTED_EXIT[interrupted_by()]
 
-    selections, trials, results, missing = outcome
+    selections, trials, _, missing = outcome
     smoke = " SMOKE RUN: it checks that every stage works; its numbers are not results." if args.smoke else ""
-    text = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
-            f"retrained with seeds {study.final_seeds()}):{smoke}\n{summary_table(selections, trials, results)}\n")
-    write_outputs(folder, name, tracking_uri, study_run, text)
+    head = (f"Study {name} (selection on validation {study.metric}; test metrics of the selected configurations "
+            f"retrained with seeds {study.final_seeds()}):{smoke}\n")
+    write_outputs(folder, name, tracking_uri, study_run,
+                  lambda windows: f"{head}{summary_table(selections, trials, windows)}\n")
     print_finished(folder, name, tracking_uri)
     if missing:
         print(f"\nstudy {name} ended without a result for arm(s) {', '.join(missing)}:\n"

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Callable
+
+import pandas as pd
 
 from analysis.atomic import write_text
 from analysis.load import read_study
@@ -31,10 +34,12 @@ def unwritten(folder: StudyFolder) -> str | None:
     return None
 
 
-def write_outputs(folder: StudyFolder, name: str, tracking_uri: str, study_run: StudyRun, summary: str) -> None:
-    """The report (also logged on the parent run), then summary.txt, the last file a finished study gets."""
+def write_outputs(folder: StudyFolder, name: str, tracking_uri: str, study_run: StudyRun,
+                  summary: Callable[[pd.DataFrame], str]) -> None:
+    """The report (also logged on the parent run), then summary.txt, the last file a finished study gets:
+    `summary` of the report's own per-window table, so the console and summary.md show the same numbers."""
     if os.environ.get(REPORT_FAULT_ENV) == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"{REPORT_FAULT_ENV}=enospc")
     write_report(read_study(tracking_uri, name), folder.report)
     study_run.client().log_artifacts(study_run.parent_run_id, str(folder.report), folder.report.name)
-    write_text(folder.summary_file, summary)
+    write_text(folder.summary_file, summary(pd.read_csv(folder.report_table("per_window_all"))))

@@ -139,6 +139,10 @@ class StudyFolder:
     def report_summary(self) -> Path:
         return self.report / "summary.md"
 
+    def report_table(self, name: str) -> Path:
+        """One of the report's tables (`analysis.report.TABLES`), as its CSV."""
+        return self.report / f"{name}.csv"
+
     @property
     def scratch_key(self) -> str:
         """The study's part of its trials' temporary folder names (studies.trainable), so the driver finds them:

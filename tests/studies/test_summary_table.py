@@ -1,9 +1,10 @@
-"""The driver's console table takes its per-window numbers from `analysis.summaries.per_window`, the
-computation the report shows, so the console and summary.md cannot disagree."""
+"""The driver's console table shows the report's own per-window table (studies/finish.py reads it back from
+the report it has just written), so the console and summary.md cannot disagree."""
 from __future__ import annotations
 
 import pandas as pd
 
+from analysis.summaries import per_window
 from studies.driver import summary_table
 from studies.plan import Selection
 
@@ -17,10 +18,11 @@ def test_summary_table_shows_the_reports_per_window_means():
     trials = pd.DataFrame({"arm": ["erm", "erm", "idea"], "status": ["FINISHED", "FAILED", "FINISHED"],
                            "budget_stopped": [False, False, False]})  # as studies.tracking.trials_frame has it
     selections = {"erm": Selection("erm", "t1", {"lr": 0.001}, 0.3), "idea": Selection("idea", "t2", {"K": 2}, 0.4)}
-    lines = summary_table(selections, trials, pd.DataFrame(rows)).splitlines()
+    lines = summary_table(selections, trials, per_window(pd.DataFrame(rows), "ndcg", 10, "all")).splitlines()
     assert lines[0].split() == ["arm", "trials", "best", "valid", "NDCG@10", "configuration", "w1", "(n=2)", "w1",
                                 "(n=1)"]
     assert lines[1].split()[-4:] == ["0.1100", "±", "0.0141", "-"]  # erm: mean and std over seeds 1 and 2
     assert "0.2000 ± -" in lines[2] and "1 ok / 1 failed" in lines[1]
-    assert summary_table({"erm": None}, trials, pd.DataFrame()).splitlines()[1].split()[-3:] == ["no", "completed",
+    none = per_window(pd.DataFrame(rows).iloc[:0], "ndcg", 10, "all")
+    assert summary_table({"erm": None}, trials, none).splitlines()[1].split()[-3:] == ["no", "completed",
                                                                                                   "trial"]

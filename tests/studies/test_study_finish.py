@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 
 from analysis.atomic import atomic_path, write_text  # noqa: E402
 from studies.finish import unwritten  # noqa: E402
+from studies.folder import StudyFolder  # noqa: E402
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
@@ -42,11 +43,12 @@ def test_a_written_file_keeps_its_format_and_the_usual_permissions(tmp_path):
 
 
 def test_a_study_is_finished_only_with_a_whole_summary_and_a_report(tmp_path):
-    assert unwritten(tmp_path) == f"{tmp_path / 'summary.txt'} is missing"
+    folder = StudyFolder(tmp_path)
+    assert unwritten(folder) == f"{tmp_path / 'summary.txt'} is missing"
     (tmp_path / "summary.txt").write_text("")  # what a full disk left before the writes were atomic
-    assert unwritten(tmp_path) == f"{tmp_path / 'summary.txt'} is empty"
+    assert unwritten(folder) == f"{tmp_path / 'summary.txt'} is empty"
     (tmp_path / "summary.txt").write_text("Study s (selection on validation ndcg_at_10; ...):\n")
-    assert unwritten(tmp_path) == f"{tmp_path / 'report' / 'summary.md'} is missing"
+    assert unwritten(folder) == f"{tmp_path / 'report' / 'summary.md'} is missing"
     (tmp_path / "report").mkdir()
     (tmp_path / "report" / "summary.md").write_text("# Shift robustness of study `s`\n")
-    assert unwritten(tmp_path) is None
+    assert unwritten(folder) is None

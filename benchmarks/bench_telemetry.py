@@ -27,7 +27,7 @@ def step_seconds(trainer: Trainer, batches: list, measure: bool) -> float:
     start = time.perf_counter()
     for i, (idx, width) in enumerate(batches):
         history, lengths, target = trainer.batch(idx, width)
-        trainer.objective.idea_step(trainer, history, lengths, target, explore=(i + 1) % trainer.config.T == 0,
+        trainer.objective.idea_step(trainer.step_context(), history, lengths, target, explore=(i + 1) % trainer.config.T == 0,
                                     measure_share=measure)
     return (time.perf_counter() - start) / len(batches)
 

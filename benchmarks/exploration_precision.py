@@ -31,7 +31,7 @@ def rel_error(got, ref) -> float:
 
 def minus_var_grad(trainer: Trainer, batch, seed: int):
     torch.manual_seed(seed)
-    risks = trainer.objective.idea_forward(trainer, *batch)[0]
+    risks = trainer.objective.idea_forward(trainer.step_context(), *batch)[0]
     return torch.autograd.grad(-vrex(risks)[1], list(trainer.objective.extractors.parameters())), risks.detach()
 
 
@@ -62,7 +62,7 @@ def main() -> None:
             batch = t32.batch(idx)
             ref, risks = minus_var_grad(t64, batch, seed=i)
             torch.manual_seed(i)
-            _, got, _ = t32.objective.idea_gradients(t32, *batch, recommend=True, explore=True)
+            _, got, _ = t32.objective.idea_gradients(t32.step_context(), *batch, recommend=True, explore=True)
             a = 1.0 / cfg.N + 2.0 * beta * (risks - risks.mean()) / cfg.N
             fallbacks += int((a.abs() < 0.1 / cfg.N).any())
             ours.append(rel_error(got, ref))

@@ -47,7 +47,7 @@ def risk_moments(trainer: Trainer, batch: int, draws: int, seed: int) -> tuple[f
     with torch.no_grad():
         for _ in range(draws):
             idx = torch.randperm(len(trainer.train_target), generator=g)[:batch]
-            risks = trainer.objective.idea_forward(trainer, *trainer.batch(idx))[0]
+            risks = trainer.objective.idea_forward(trainer.step_context(), *trainer.batch(idx))[0]
             mean, var = vrex(risks)
             variances.append(float(var))
             means.append(float(mean))
@@ -68,7 +68,7 @@ def epoch_scales(trainer: Trainer) -> dict[str, np.ndarray]:
     for idx in trainer.permutation(1).split(trainer.config.batch_size):
         batch = trainer.batch(idx)
         state = torch.get_rng_state()
-        mean, var = vrex(trainer.objective.idea_forward(trainer, *batch)[0])
+        mean, var = vrex(trainer.objective.idea_forward(trainer.step_context(), *batch)[0])
         rows["mean"].append(float(mean.detach()))
         rows["var"].append(float(var.detach()))
         rows["grad_mean"].append(grad_norm(mean, params))

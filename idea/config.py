@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+# idea.models.BACKBONES's keys, kept here so this module (and a study file's check) loads without torch;
+# tests/idea/test_models.py keeps the two equal
 BACKBONE_NAMES = ("gru4rec", "sasrec", "mamba4rec")
 # Where and how fast: a checkpoint resumes under other values (precision changes rounding, not the model).
 RUNTIME_FIELDS = ("device", "eval_batch_size", "precision", "buckets")

@@ -1,9 +1,9 @@
 """One object per training method (RecBole's `calculate_loss` idea), so the Trainer runs any of them
 without asking which: ERM, IDEA and DROS share ERM's interface.
 
-- `step(trainer, phase, history, lengths, target)`: one optimisation step on one batch; statistics out.
+- `step(ctx, phase, history, lengths, target)`: one optimisation step on one batch; statistics out.
 - `phase(epoch)`: the name of an epoch's phase, and `selectable(phase)`: may it give the best state.
-- `per_example_loss(trainer, user, target)`: the method's loss per row.
+- `per_example_loss(ctx, user, target)`: the method's loss per row.
 - `state_dict()` / `load_state_dict(state)`: what the method owns, at the top level of the trainer's
   checkpoint (IDEA: `extractors`, `ext_opt`, `step`), where checkpoints have always kept it.
 - `epoch_telemetry()`: statistics of the epoch just trained that are not means over its steps (IDEA:
@@ -11,12 +11,11 @@ without asking which: ERM, IDEA and DROS share ERM's interface.
 
 A method reads its configuration from the TrainConfig it was built with; the fields only it reads are
 `idea.config.METHOD_FIELDS[name]` (tests/idea/test_methods.py checks both ways). The Trainer owns the
-recommender, its optimiser (`trainer.opt`), the precision, the loop, early stopping, checkpoints and
-evaluation; a method takes them from the trainer at each call.
+recommender, its optimiser, the precision, the loop, early stopping, checkpoints and evaluation; a method
+sees only the `StepContext` (idea/step_context.py) it is passed at each call: the recommender, its
+optimiser, the precision, the device and the item count. This module never imports the trainer.
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +27,7 @@ from idea.environments import SubsequenceExtractors, make_environments, vrex
 from idea.objectives import bce_loss, bce_scale_gradient, ce_scale_gradient, dros_loss, dros_propensity, irmv1
 from idea.precision import forward_precision
 from idea.splits import Split
-
-if TYPE_CHECKING:  # the trainer imports this module
-    from idea.trainer import Trainer
+from idea.step_context import StepContext
 
 
 class ERM:
@@ -54,29 +51,29 @@ class ERM:
         """Config fields besides lr to lower when the loss of `phase` diverges."""
         return ()
 
-    def per_example_loss(self, trainer: Trainer, user: Tensor, target: Tensor,
+    def per_example_loss(self, ctx: StepContext, user: Tensor, target: Tensor,
                          scale_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Loss [M] per row: full-softmax CE over items 1..n (softmax_over "all": over every row of the
         table, padding and fake rows too, as the official code), or BCE with one sampled negative, plus
         the method's `extra_loss`. With `scale_grad`, also each row's derivative [M] with respect to a
         scale w = 1 on its logits (IRMv1's dummy classifier)."""
         c = self.config
-        table = trainer.item_table()
+        table = ctx.item_table()
         first = 0 if c.softmax_over == "all" else 1  # item id scored by logit column 0
         # "all": the padding row is scored (logit 0) but kept out of training, so it stays the zero vector
-        scored = torch.cat([table[:1].detach(), trainer.model.item_emb.weight[1:]]) if first == 0 else table[1:]  # [R, d]
+        scored = torch.cat([table[:1].detach(), ctx.model.item_emb.weight[1:]]) if first == 0 else table[1:]  # [R, d]
         logits = user @ scored.T if c.loss == "ce" or self.scores_all_items else None  # [M, R]
         if c.loss == "ce":
             loss = F.cross_entropy(logits, target - first, reduction="none")  # [M]
             grad = ce_scale_gradient(logits, target + 1 - first) if scale_grad else None  # 1-based column
         else:
-            negative = torch.randint(1, trainer.n_items + 1, target.shape, device=target.device)  # [M]
+            negative = torch.randint(1, ctx.n_items + 1, target.shape, device=target.device)  # [M]
             pos = (user * table[target]).sum(-1)  # [M]
             neg = (user * table[negative]).sum(-1)  # [M]
             loss = bce_loss(pos, neg)  # [M]
             grad = bce_scale_gradient(pos, neg) if scale_grad else None
         if self.scores_all_items:
-            items = logits[:, 1 - first: trainer.n_items + 1 - first]  # [M, n] items 1..n
+            items = logits[:, 1 - first: ctx.n_items + 1 - first]  # [M, n] items 1..n
             extra = self.extra_loss(items, target)  # [M] or None
             loss = loss if extra is None else loss + extra
         return (loss, grad) if scale_grad else loss
@@ -86,13 +83,13 @@ class ERM:
         called only when `scores_all_items`."""
         return None
 
-    def step(self, trainer: Trainer, phase: str, history: Tensor, lengths: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def step(self, ctx: StepContext, phase: str, history: Tensor, lengths: Tensor, target: Tensor) -> dict[str, Tensor]:
         """One plain step of the recommender on the batch's mean loss."""
-        with forward_precision(trainer.precision, trainer.device):
-            loss = self.per_example_loss(trainer, trainer.model(history, lengths), target).mean()
-        trainer.opt.zero_grad(set_to_none=True)
+        with forward_precision(ctx.precision, ctx.device):
+            loss = self.per_example_loss(ctx, ctx.model(history, lengths), target).mean()
+        ctx.opt.zero_grad(set_to_none=True)
         loss.backward()
-        trainer.opt.step()
+        ctx.opt.step()
         return {"loss": loss.detach()}
 
     def epoch_telemetry(self) -> dict[str, float]:
@@ -154,16 +151,16 @@ class IDEA(ERM):
     def unstable_fields(self, phase: str) -> tuple[str, ...]:
         return ("beta",) if phase == "idea" else ()
 
-    def step(self, trainer: Trainer, phase: str, history: Tensor, lengths: Tensor, target: Tensor) -> dict[str, Tensor]:
+    def step(self, ctx: StepContext, phase: str, history: Tensor, lengths: Tensor, target: Tensor) -> dict[str, Tensor]:
         """A plain ERM step outside the IDEA phase; in it, IDEA steps count `steps`, and every T-th of them
         also moves the extractors (unless explore is off)."""
         if phase != "idea":
-            return super().step(trainer, phase, history, lengths, target)
+            return super().step(ctx, phase, history, lengths, target)
         self.steps += 1
         c = self.config
         measure = self._epoch_steps % self.SHARE_EVERY == 0
         self._epoch_steps += 1
-        stats = self.idea_step(trainer, history, lengths, target, explore=c.explore and self.steps % c.T == 0,
+        stats = self.idea_step(ctx, history, lengths, target, explore=c.explore and self.steps % c.T == 0,
                                measure_share=measure)
         if measure:
             self._shares.append(stats.pop("penalty_share"))
@@ -182,13 +179,13 @@ class IDEA(ERM):
         self._shares, self._epoch_steps = [], 0
         return {"penalty_share": share, "extractor_steps": float(self.extractor_steps())}
 
-    def idea_forward(self, trainer: Trainer, history: Tensor, lengths: Tensor,
+    def idea_forward(self, ctx: StepContext, history: Tensor, lengths: Tensor,
                      target: Tensor) -> tuple[Tensor, Tensor | None, Tensor, dict[str, Tensor]]:
         """Risks [E] of the environments built from one batch (one forward pass for all of them), their
         IRMv1 scale gradients [E] (None under V-REx), the environment batch env_x [E*B, L, d] and the
         views' statistics (`view_telemetry`)."""
         c = self.config
-        x = trainer.model.embed(history)  # [B, L, d]
+        x = ctx.model.embed(history)  # [B, L, d]
         # Detached by default: the extractors read x but the recommender's loss never trains the item table
         # through the masks; extractor_input_grad lets it (official). Extractor steps move extractors only.
         masks = self.extractors(x if c.extractor_input_grad else x.detach(), lengths, c.tau)  # [K, B, L]
@@ -198,13 +195,13 @@ class IDEA(ERM):
             lambda_low=c.lambda_low, lambda_high=c.lambda_high, pair_draw=c.pair_draw, lambda_fold=c.lambda_fold,
         )  # [E*B, L, d], [E*B], [E*B], [E*B] or None
         seen = view_telemetry(masks, lengths, lam)
-        user = trainer.model.encode(env_x, env_len)  # [E*B, d]
+        user = ctx.model.encode(env_x, env_len)  # [E*B, d]
         if c.penalty == "irmv1":
-            loss, grad = self.per_example_loss(trainer, user, env_tgt, scale_grad=True)  # [E*B], [E*B]
+            loss, grad = self.per_example_loss(ctx, user, env_tgt, scale_grad=True)  # [E*B], [E*B]
             return loss.view(-1, len(target)).mean(1), grad.view(-1, len(target)).mean(1), env_x, seen  # [E], [E]
-        return self.per_example_loss(trainer, user, env_tgt).view(-1, len(target)).mean(1), None, env_x, seen  # [E]
+        return self.per_example_loss(ctx, user, env_tgt).view(-1, len(target)).mean(1), None, env_x, seen  # [E]
 
-    def idea_gradients(self, trainer: Trainer, history: Tensor, lengths: Tensor, target: Tensor,
+    def idea_gradients(self, ctx: StepContext, history: Tensor, lengths: Tensor, target: Tensor,
                        recommend: bool = True, explore: bool = False,
                        measure_share: bool = False) -> tuple[tuple | None, tuple | None, dict[str, Tensor]]:
         """(recommender grads of mean(R) + β·penalty, extractor grads of -penalty, step statistics)
@@ -227,12 +224,12 @@ class IDEA(ERM):
         through the backbone is taken instead, as it always is for IRMv1 (whose penalty is not a
         function of the risks alone).
         """
-        with forward_precision(trainer.precision, trainer.device):
-            risks, scale_grads, env_x, seen = self.idea_forward(trainer, history, lengths, target)  # risks in float32
+        with forward_precision(ctx.precision, ctx.device):
+            risks, scale_grads, env_x, seen = self.idea_forward(ctx, history, lengths, target)  # risks in float32
         mean, var = vrex(risks, self.config.unbiased_var)
         penalty = var if scale_grads is None else irmv1(scale_grads)
         rec_loss = mean + self.config.beta * penalty
-        rec_params = [p for p in trainer.model.parameters() if p.requires_grad]
+        rec_params = [p for p in ctx.model.parameters() if p.requires_grad]
         ext_params = list(self.extractors.parameters())
         rec_grads = ext_grads = pen_grads = None
         if measure_share and recommend:
@@ -260,12 +257,12 @@ class IDEA(ERM):
             stats["penalty_share"] = penalty_share(rec_grads, pen_grads)
         return rec_grads, ext_grads, stats
 
-    def idea_step(self, trainer: Trainer, history: Tensor, lengths: Tensor, target: Tensor,
+    def idea_step(self, ctx: StepContext, history: Tensor, lengths: Tensor, target: Tensor,
                   recommend: bool = True, explore: bool = False, measure_share: bool = False) -> dict[str, Tensor]:
         """Apply `idea_gradients`: both are taken before either update, then each optimiser steps."""
-        rec_grads, ext_grads, stats = self.idea_gradients(trainer, history, lengths, target, recommend, explore,
+        rec_grads, ext_grads, stats = self.idea_gradients(ctx, history, lengths, target, recommend, explore,
                                                           measure_share)
-        for opt, module, grads in ((trainer.opt, trainer.model, rec_grads), (self.ext_opt, self.extractors, ext_grads)):
+        for opt, module, grads in ((ctx.opt, ctx.model, rec_grads), (self.ext_opt, self.extractors, ext_grads)):
             if grads is not None:
                 params = [p for p in module.parameters() if p.requires_grad]
                 for p, g in zip(params, grads):

@@ -27,8 +27,9 @@ from idea.methods import METHOD_OBJECTS
 from idea.metrics import metrics_frame, rank_events, summary
 from idea.precision import exact_float32, resolve_precision, set_tensor_cores
 from idea.models import build_backbone
-from idea.models.base import real_positions
+from idea.models.base import real_item_table, real_positions
 from idea.splits import Events, Split, mask_side_items
+from idea.step_context import StepContext
 
 PROGRESS_EVERY = 50  # batches between the progress bar's loss readings (each waits for the device)
 
@@ -195,9 +196,12 @@ class Trainer:
         return self.objective.phase(epoch)
 
     def item_table(self, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """[n_items + 1, d] embeddings of the real items of `model` (default: the trained one);
-        evaluation never ranks fake noise ids (training does only with softmax_over "all")."""
-        return (model or self.model).item_emb.weight[: self.n_items + 1]
+        """[n_items + 1, d] embeddings of the real items of `model` (default: the trained one)."""
+        return real_item_table(model or self.model, self.n_items)
+
+    def step_context(self) -> StepContext:
+        """What the method's steps may use, from the trainer's state now (a test may change the precision)."""
+        return StepContext(self.model, self.opt, self.precision, self.device, self.n_items)
 
     def batch(self, idx: torch.Tensor, width: int | None = None, noisy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training rows `idx` ordered by length (a batch is a set; the order lets the backbone
@@ -215,7 +219,7 @@ class Trainer:
         """One optimisation step of the method's `phase` on one batch (the method's `step`)."""
         if self.device.type == "cuda":
             set_tensor_cores(self.precision)  # per step: process-wide switches, which evaluation turns off
-        return self.objective.step(self, phase, history, lengths, target)
+        return self.objective.step(self.step_context(), phase, history, lengths, target)
 
     # ----- epochs ---------------------------------------------------------------------------
     def permutation(self, epoch: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from .gru4rec import GRU4Rec
 from .mamba4rec import Mamba4Rec
 from .sasrec import SASRec
 
+# A new backbone: its module here, its name here and in idea.config.BACKBONE_NAMES (docs/design.md)
 BACKBONES: dict[str, type[Backbone]] = {"gru4rec": GRU4Rec, "sasrec": SASRec, "mamba4rec": Mamba4Rec}
 
 

@@ -22,6 +22,12 @@ def real_positions(lengths: Tensor, T: int) -> Tensor:
     return torch.arange(T, device=lengths.device) >= (T - lengths).unsqueeze(1)
 
 
+def real_item_table(model: Backbone, n_items: int) -> Tensor:
+    """[n_items + 1, d] rows of padding and the real items 1..n_items of `model`'s table; the fake noise
+    ids after them are never ranked (training scores them only with softmax_over "all")."""
+    return model.item_emb.weight[: n_items + 1]
+
+
 class Backbone(nn.Module, abc.ABC):
     """Item table + encoder: `forward(history, lengths) -> user vector`; scores are `user @ item_emb.weight.T`
     (the trainer ranks the real items' rows only; fake noise ids enter a training softmax only when asked)."""

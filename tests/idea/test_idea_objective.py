@@ -49,12 +49,12 @@ def gradients(tr, seed, recommend=True, explore=False, **config):
     """`idea_gradients` on the first batch with the draws of `seed` (and config fields replaced)."""
     tr.objective.config = dataclasses.replace(tr.objective.config, **config)
     torch.manual_seed(seed)
-    return tr.objective.idea_gradients(tr, *batch(tr), recommend=recommend, explore=explore)
+    return tr.objective.idea_gradients(tr.step_context(), *batch(tr), recommend=recommend, explore=explore)
 
 
 def risks_of(tr, seed):
     torch.manual_seed(seed)
-    return tr.objective.idea_forward(tr, *batch(tr))[0]
+    return tr.objective.idea_forward(tr.step_context(), *batch(tr))[0]
 
 
 # ----- the recommender's gradient ---------------------------------------------------------------
@@ -96,7 +96,7 @@ def test_extractor_input_grad_adds_the_path_through_the_masks_to_the_item_table(
     views = tr.objective.extractors(x_in, lengths, tr.config.tau).unsqueeze(-1) * x.unsqueeze(0)  # [K, B, L, d]
     env_x, env_len, env_tgt, _ = make_environments(views, lengths, target, N=N, pairing="same_user", mixup=True,
                                                 alpha=None, lambda_low=0.9, lambda_high=1.0)
-    risks = tr.objective.per_example_loss(tr, tr.model.encode(env_x, env_len), env_tgt).view(N, -1).mean(1)  # [N]
+    risks = tr.objective.per_example_loss(tr.step_context(), tr.model.encode(env_x, env_len), env_tgt).view(N, -1).mean(1)  # [N]
     mean, var = vrex(risks)
     *want, through_masks = torch.autograd.grad(mean + beta * var, rec_params(tr) + [x_in], allow_unused=True)
     table = tr.model.item_emb.weight
@@ -157,7 +157,7 @@ def test_exploration_steps_raise_the_risk_variance_on_a_fixed_batch(split):
     for _ in range(5):
         variances.append(float(risks_of(tr, seed=4).detach().var(unbiased=False)))
         torch.manual_seed(4)
-        tr.objective.idea_step(tr, *batch(tr), recommend=False, explore=True)
+        tr.objective.idea_step(tr.step_context(), *batch(tr), recommend=False, explore=True)
     variances.append(float(risks_of(tr, seed=4).detach().var(unbiased=False)))
     assert all(b > a for a, b in zip(variances, variances[1:])), variances
     assert variances[-1] > 2 * variances[0], variances
@@ -172,7 +172,7 @@ def test_recommend_only_leaves_extractors_and_explore_only_leaves_the_recommende
     assert rec is None and all(g.abs().sum() > 0 for g in ext)
     before = [p.detach().clone() for p in tr.model.parameters()]
     torch.manual_seed(5)
-    tr.objective.idea_step(tr, *batch(tr), recommend=False, explore=True)  # an extractor step moves the extractors only
+    tr.objective.idea_step(tr.step_context(), *batch(tr), recommend=False, explore=True)  # an extractor step moves the extractors only
     assert all(torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
 
 

@@ -207,7 +207,7 @@ def test_an_exploring_idea_step_runs_through_the_compiled_readout(monkeypatch, b
     def gradients(devices):
         monkeypatch.setattr(mamba, "COMPILED_READOUT_DEVICES", devices)
         torch.manual_seed(0)  # the same extractor noise and mixup draws on both paths
-        rec, ext, _ = trainer.objective.idea_gradients(trainer, *batch, explore=True)
+        rec, ext, _ = trainer.objective.idea_gradients(trainer.step_context(), *batch, explore=True)
         return [g for g in (*rec, *ext) if g is not None]
 
     compiled, eager = gradients(("cpu",)), gradients(())

@@ -1,5 +1,8 @@
 """The method objects (idea/methods.py): every configurable method has one, each reads exactly the
-config fields METHOD_FIELDS gives it (the MLflow runs log only those), and checkpoints keep their keys."""
+config fields METHOD_FIELDS gives it (the MLflow runs log only those), each steps on a StepContext without
+the trainer, and checkpoints keep their keys."""
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -9,6 +12,7 @@ from idea.config import METHOD_FIELDS, METHODS, TrainConfig
 from idea.data.synthetic import SyntheticConfig, generate
 from idea.methods import METHOD_OBJECTS
 from idea.splits import SplitConfig, make_split
+from idea.step_context import StepContext
 from idea.trainer import NonFiniteLossError, Trainer
 
 CHECKPOINT_KEYS = {"config", "epoch", "step", "model", "opt", "best_value", "best_epoch", "best_state", "bad_epochs",
@@ -33,6 +37,27 @@ class ReadLog:
 
 def test_every_method_has_an_object():
     assert set(METHOD_OBJECTS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_method_steps_on_its_context_alone(split, method):
+    """A step needs no trainer: a StepContext built by hand trains the model it holds."""
+    tr = Trainer(TrainConfig(method=method, T=1, dros_alpha=0.1, device="cpu"), split)
+    model = copy.deepcopy(tr.model)
+    ctx = StepContext(model, torch.optim.Adam(model.parameters()), "fp32", torch.device("cpu"), split.n_items)
+    before = [p.detach().clone() for p in model.parameters()]
+    phase = tr.phase(tr.config.pretrain_epochs + 1)
+    out = tr.objective.step(ctx, phase, *tr.batch(torch.arange(64)))
+    assert torch.isfinite(out["loss"])
+    assert any(not torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("change,match", [(dict(precision="auto"), "precision = 'auto'"),
+                                          (dict(n_items=0), "n_items = 0"), (dict(device="cpu"), "torch.device")])
+def test_a_step_context_is_checked_on_construction(split, change, match):
+    tr = Trainer(TrainConfig(device="cpu"), split)
+    with pytest.raises((ValueError, TypeError), match=match):
+        dataclasses.replace(tr.step_context(), **change)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from idea.config import BACKBONE_NAMES
 from idea.models import BACKBONES, Backbone, GRU4Rec, SASRec, build_backbone
 from idea.models.base import real_positions
 from idea.models.sasrec import attention_mask
@@ -160,6 +161,12 @@ def test_build_backbone_dropout_override(name):
 def test_build_backbone_unknown_name_lists_choices():
     with pytest.raises(ValueError, match="gru4rec.*sasrec"):
         build_backbone("bert4rec", N_ITEMS, 10)
+
+
+def test_the_config_knows_every_registered_backbone_in_its_order():
+    """idea/config.py keeps the names without importing torch (a study file is checked before torch loads);
+    this keeps them the registry's: the CLI's choices and a study's check offer exactly the backbones built."""
+    assert BACKBONE_NAMES == tuple(BACKBONES)
 
 
 def test_backbone_is_abstract():

@@ -68,10 +68,10 @@ def test_dros_method_adds_alpha_times_l_dro(split):
     counts = np.bincount(split.train.target, minlength=split.n_items + 1)[1:] + 1.0
     p = torch.tensor((counts / counts.sum()) ** 0.05)
     want = ce + 0.3 * dros_loss(logits, target, p, 2.0)
-    torch.testing.assert_close(tr.objective.per_example_loss(tr, user, target), want)
+    torch.testing.assert_close(tr.objective.per_example_loss(tr.step_context(), user, target), want)
     assert (want - ce).abs().min() > 1e-3
     off = trainer64(split, method="dros", dros_alpha=0.0)
-    plain = off.objective.per_example_loss(off, user, target)
+    plain = off.objective.per_example_loss(off.step_context(), user, target)
     torch.testing.assert_close(plain, ce)  # the reference's default: plain ERM
     assert tr.phase(1) == "dros" and not hasattr(tr.objective, "extractors")
     tr.fit()
@@ -91,10 +91,10 @@ def test_scale_gradient_equals_finite_difference(split, loss):
 
     def at(w):
         torch.manual_seed(7)  # the same sampled negatives at every w
-        return tr.objective.per_example_loss(tr, user * w, target)
+        return tr.objective.per_example_loss(tr.step_context(), user * w, target)
 
     torch.manual_seed(7)
-    _, grad = tr.objective.per_example_loss(tr, user, target, scale_grad=True)
+    _, grad = tr.objective.per_example_loss(tr.step_context(), user, target, scale_grad=True)
     fd = (at(1 + H) - at(1 - H)) / (2 * H)
     torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-8)
     assert grad.abs().max() > 1e-2
@@ -124,7 +124,7 @@ def irm_reference(tr, seed):
                                                 lambda_low=c.lambda_low, lambda_high=c.lambda_high)
     user = tr.model.encode(env_x, env_len)
     w = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    risks = tr.objective.per_example_loss(tr, user * w, env_tgt).view(c.N, -1).mean(1)
+    risks = tr.objective.per_example_loss(tr.step_context(), user * w, env_tgt).view(c.N, -1).mean(1)
     grads = torch.stack([torch.autograd.grad(risks[e], w, create_graph=True)[0] for e in range(c.N)])
     return risks, grads.square().mean()
 
@@ -135,7 +135,7 @@ def test_irmv1_gradients_equal_the_double_backward_reference(split):
         tr.model.item_emb.weight.mul_(10.0)  # scores far from zero: environments with distinct gradients
     history, lengths, target = tr.batch(torch.arange(96))
     torch.manual_seed(5)
-    rec, ext, stats = tr.objective.idea_gradients(tr, history, lengths, target, recommend=True, explore=True)
+    rec, ext, stats = tr.objective.idea_gradients(tr.step_context(), history, lengths, target, recommend=True, explore=True)
     risks, penalty = irm_reference(tr, seed=5)
     torch.testing.assert_close(stats["irm_penalty"], penalty.detach(), rtol=1e-10, atol=0)
     params = [p for p in tr.model.parameters() if p.requires_grad]
@@ -177,7 +177,7 @@ def test_softmax_over_all_rows_scores_padding_and_fake_rows(split):
     user = tr.model(history, lengths).detach()  # [M, d]
     logits = user @ table.detach().T  # [M, n + 41]
     score_t = logits.gather(1, target[:, None]).squeeze(1)  # [M]
-    loss, scale = tr.objective.per_example_loss(tr, user, target, scale_grad=True)
+    loss, scale = tr.objective.per_example_loss(tr.step_context(), user, target, scale_grad=True)
     torch.testing.assert_close(loss, torch.logsumexp(logits, 1) - score_t, rtol=1e-12, atol=0)
     p = logits.softmax(1)  # [M, n + 41]
     torch.testing.assert_close(scale, (p * logits).sum(1) - score_t, rtol=1e-12, atol=1e-12)  # IRMv1's dR/dw
@@ -189,7 +189,7 @@ def test_softmax_over_all_rows_scores_padding_and_fake_rows(split):
     assert (grad[fake].norm(dim=1) > 1e-6).all()
     items = trainer64(split, fake_items=40)
     items.model.load_state_dict(tr.model.state_dict())
-    plain = items.objective.per_example_loss(items, user, target)
+    plain = items.objective.per_example_loss(items.step_context(), user, target)
     assert (loss - plain).min() > 1e-3  # the extra rows raise every row's loss
     assert not torch.autograd.grad(plain.mean(), items.model.item_emb.weight)[0][fake].any()
 
@@ -202,4 +202,4 @@ def test_softmax_over_all_keeps_dros_on_the_real_items(split):
     logits = user @ tr.model.item_emb.weight.T  # [M, n + 41]
     ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
     l_dro = dros_loss(logits[:, 1: split.n_items + 1], target, tr.objective.propensity.double(), 1.0)
-    torch.testing.assert_close(tr.objective.per_example_loss(tr, user, target), ce + 0.3 * l_dro)
+    torch.testing.assert_close(tr.objective.per_example_loss(tr.step_context(), user, target), ce + 0.3 * l_dro)

@@ -28,7 +28,7 @@ def split():
 def measured_share(tr, seed, **config) -> float:
     tr.objective.config = dataclasses.replace(tr.objective.config, **config)
     torch.manual_seed(seed)
-    _, _, stats = tr.objective.idea_gradients(tr, *batch(tr), recommend=True, explore=True, measure_share=True)
+    _, _, stats = tr.objective.idea_gradients(tr.step_context(), *batch(tr), recommend=True, explore=True, measure_share=True)
     return float(stats["penalty_share"])
 
 
@@ -37,7 +37,7 @@ def reference_share(tr, seed) -> tuple[float, float, float]:
     same draws."""
     c = tr.objective.config
     torch.manual_seed(seed)
-    risks, scale_grads, _, _ = tr.objective.idea_forward(tr, *batch(tr))
+    risks, scale_grads, _, _ = tr.objective.idea_forward(tr.step_context(), *batch(tr))
     mean, var = vrex(risks, c.unbiased_var)
     penalty = var if scale_grads is None else irmv1(scale_grads)
     params = rec_params(tr)
@@ -75,9 +75,9 @@ def test_measuring_the_share_leaves_the_step_unchanged(split):
     """The extra backward pass takes no draws and changes no gradient: a measured step is the plain step."""
     tr = idea64(split)
     torch.manual_seed(5)
-    plain = tr.objective.idea_gradients(tr, *batch(tr), recommend=True, explore=True)
+    plain = tr.objective.idea_gradients(tr.step_context(), *batch(tr), recommend=True, explore=True)
     torch.manual_seed(5)
-    measured = tr.objective.idea_gradients(tr, *batch(tr), recommend=True, explore=True, measure_share=True)
+    measured = tr.objective.idea_gradients(tr.step_context(), *batch(tr), recommend=True, explore=True, measure_share=True)
     for got, want in ((measured[0], plain[0]), (measured[1], plain[1])):
         for g, w in zip(got, want):
             assert (g is None and w is None) or torch.equal(g, w)

@@ -44,7 +44,7 @@ def first_batch(trainer):
 def test_recommender_step_moves_only_the_recommender(split, backbone):
     tr = Trainer(small(method="idea", backbone=backbone), split)
     rec, ext = snapshot(tr.model), snapshot(tr.objective.extractors)
-    tr.objective.idea_step(tr, *first_batch(tr), recommend=True, explore=False)
+    tr.objective.idea_step(tr.step_context(), *first_batch(tr), recommend=True, explore=False)
     assert any(changed(rec, tr.model))
     assert not any(changed(ext, tr.objective.extractors))
 
@@ -53,16 +53,16 @@ def test_recommender_step_moves_only_the_recommender(split, backbone):
 def test_exploration_step_moves_only_the_extractors(split, backbone):
     tr = Trainer(small(method="idea", backbone=backbone), split)
     rec, ext = snapshot(tr.model), snapshot(tr.objective.extractors)
-    tr.objective.idea_step(tr, *first_batch(tr), recommend=False, explore=True)
+    tr.objective.idea_step(tr.step_context(), *first_batch(tr), recommend=False, explore=True)
     assert not any(changed(rec, tr.model))
     assert all(changed(ext, tr.objective.extractors))
 
 
 def test_idea_risks_are_one_per_environment(split):
     tr = Trainer(small(method="idea", N=5), split)
-    assert tr.objective.idea_forward(tr, *first_batch(tr))[0].shape == (5,)
+    assert tr.objective.idea_forward(tr.step_context(), *first_batch(tr))[0].shape == (5,)
     tr = Trainer(small(method="idea", K=4, mixup=False), split)
-    assert tr.objective.idea_forward(tr, *first_batch(tr))[0].shape == (4,)
+    assert tr.objective.idea_forward(tr.step_context(), *first_batch(tr))[0].shape == (4,)
 
 
 def test_explore_false_never_updates_extractors(split):
@@ -198,7 +198,7 @@ def test_idea_options_reach_the_environments_and_extractors(split, monkeypatch):
 
     monkeypatch.setattr(methods_module, "make_environments", spy)
     tr = Trainer(small(method="idea", pair_draw="with_replacement", alpha=0.1, lambda_fold=False), split)
-    tr.objective.idea_forward(tr, *first_batch(tr))
+    tr.objective.idea_forward(tr.step_context(), *first_batch(tr))
     assert seen["pair_draw"] == "with_replacement" and seen["lambda_fold"] is False
     assert (tr.objective.extractors.b2 == 2.0).all()
     official = Trainer(small(method="idea", extractor_keep_logit=None, extractor_hidden=128), split).objective.extractors

@@ -23,6 +23,7 @@ import yaml
 from analysis import plots
 from analysis.atomic import atomic_path, write_text
 from analysis import mechanism as M
+from analysis import stopping as ST
 from analysis import summaries as S
 from analysis.load import StudyNotFoundError, StudyRead, read_study
 from analysis.mlflow_ui import (UI_PORT, chart_view, compare_url, is_server, runs_url, share_view, ui_base_url,
@@ -32,7 +33,7 @@ from idea.contract import (KS, METRICS, SELECTION, TRUE, VALID, Arms, Stage, Tag
                            shift_key)
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "identical_runs", "missing_parts",
-           "register_chart_view", "link_runs", "write_report", "main"]
+           "history_keys", "register_chart_view", "link_runs", "write_report", "main"]
 
 # name -> (section title, one-line explanation); the order of summary.md
 TABLES = {
@@ -52,7 +53,8 @@ TABLES = {
                "paired t-test; mde is the minimum detectable effect, the smallest true difference this many seeds "
                "would find with a two-sided test at 0.05 and power 0.8, from the SD of the per-seed differences "
                "(mde_rel: over the control's mean): a difference within ±mde is what these seeds cannot tell from "
-               "none. p_holm is p_paired after Holm's correction for reading every row of this table at once (the "
+               f"none; seeds_for_3pct is how many seeds the same spread of differences would need for an mde of "
+               f"{100 * S.MDE_TARGET_REL:.0f}% of the control's mean. p_holm is p_paired after Holm's correction for reading every row of this table at once (the "
                "family: each tested pair on each part, validation included, for this one metric). IDEA against "
                "the same fine-tuning without the penalty isolates IDEA's effect from a restart of training."),
     "mechanism": ("Did IDEA's mechanism act?",
@@ -65,6 +67,11 @@ TABLES = {
                   "|m_i - m_j| between extractors' masks. The verdict: the penalty is negligible under "
                   f"{M.PENALTY_NEGLIGIBLE:.0%} and acting from {M.PENALTY_ACTING:.0%}; the masks moved when the keep "
                   f"rate or the disagreement changed by {M.MASKS_MOVED} or more; active = both."),
+    "stopping": ("How each final run ended",
+                 "Per final run: the epochs it trained, its best epoch (the state tested), its epoch cap and patience, "
+                 f"and what ended it: {ST.EARLY_STOPPING} (patience epochs without a validation gain), the "
+                 f"{ST.EPOCH_CAP} (still improving when it was cut off), or {ST.CUT_SHORT} (a "
+                 "time budget, or stopped from outside). A fine-tuning arm's epochs count from its warm start."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
@@ -96,6 +103,12 @@ TABLES = {
 }
 
 
+
+def history_keys(key: str) -> bool:
+    """The per-epoch metric keys `build_tables` reads from `StudyRead.history`: the mechanism's and stopping's."""
+    return M.is_wanted(key) or ST.is_wanted(key)
+
+
 SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few trials, epochs and seeds). "
               "Its numbers are not results.")
 
@@ -104,14 +117,17 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
                  k: int = 10, arms: Arms | None = None, history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every summary table of the report (keys of TABLES), from a `StudyRead`'s `results`, `shift`, `spaces`
     and `arms` (without `arms`, `summaries.paired`'s pairs), and the IDEA runs' telemetry from its
-    `history(keys=mechanism.is_wanted)` (without it, an empty mechanism table)."""
+    `history(keys=history_keys)` (without it, empty mechanism and stopping tables)."""
+    has_history = history is not None and not history.empty
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),
         "degradation": S.degradation(results, metric, k, "all"),
         "worst_window": S.worst_window(results, metric, k, "all"),
         "paired": S.paired(results, metric, k, "all", arms.pairs() if arms is not None else None),
-        "mechanism": M.mechanism(M.epochs(history if history is not None else pd.DataFrame())),
+        "mechanism": M.mechanism(M.epochs(history.loc[history["key"].map(M.is_wanted)] if has_history
+                                          else pd.DataFrame())),
+        "stopping": ST.stopping(history if has_history else pd.DataFrame(), results),
         "warm_gap": S.warm_gap(results, metric, k),
         "shift": shift,
     }
@@ -230,6 +246,9 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
     detail.append(f"{r['arm']} against {r['control']} on {part}: {r['arm_mean']:.{n}f} vs {r['control_mean']:.{n}f}, "
                   f"difference {r['mean_diff']:+.{n}f}{ci} over {r['n_pairs']} seed{'s' if r['n_pairs'] != 1 else ''} "
                   f"paired by seed{p}{mde}.")
+    if pd.notna(r["mde"]) and r["mde_rel"] > S.MDE_TARGET_REL:
+        detail.append(f"That is {100 * r['mde_rel']:.1f}% of {r['control']}'s mean; about {r['seeds_for_3pct']:.0f} "
+                      f"seeds would bring it to {100 * S.MDE_TARGET_REL:.0f}%.")
     base = pair.loc[(pair["arm"] == r["arm"]) & (pair.index != pair.index[0])]
     if not base.empty:  # the same arm against the base arm (the pairs' second group)
         b = base.iloc[0]
@@ -267,6 +286,9 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
             out.append("No warm-target metrics (test_<window>_warm_*): warm tables and plot are skipped.")
         if not S.windows(final):
             out.append("No test windows w1..wm (leave-one-out study?): degradation and shift plots are skipped.")
+        if (cut := ST.not_early_stopped(tables.get("stopping", pd.DataFrame(columns=ST.STOPPING_COLUMNS)))):
+            out.append(f"{len(cut)} final run(s) did not end by early stopping, so their arm was compared at a budget "
+                       f"that bound ({ST.EPOCH_CAP}) or was cut: {', '.join(cut)}.")
         label = plots.metric_label(metric, k)
         for names, parts in identical_runs(final, metric, k):
             out.append(f"Identical {label} on every part ({', '.join(parts)}): {' = '.join(f'`{n}`' for n in names)}; "
@@ -297,6 +319,7 @@ def identical_runs(final: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> li
     return [(sorted(names), list(wide.columns)) for names in groups.values() if len(names) > 1]
 
 
+WHOLE_COLUMNS = {"seeds_for_3pct", "epochs_run", "best_epoch", "epochs", "patience"}  # counts, NaN-able
 SIGNIFICANT = 4  # digits of a column's largest value; the rest of the column gets the same decimals
 
 
@@ -309,14 +332,16 @@ def decimals(values) -> int:
 
 
 def _column(name: str, values: pd.Series) -> pd.Series:
-    """One column as text: shares (rel_*) in percent, p-values and t-statistics with fixed decimals,
-    other numbers with one precision per column (`decimals`), NaN blank."""
+    """One column as text: counts (WHOLE_COLUMNS) whole, shares (rel_*) in percent, p-values and t-statistics
+    with fixed decimals, other numbers with one precision per column (`decimals`), NaN blank."""
     if name == "value_or_bin":  # values of different hyperparameters: each to its own precision
         return values.map(lambda v: f"({v.left:.4g}, {v.right:.4g}]" if isinstance(v, pd.Interval) else f"{v:.4g}"
                           if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
     if not pd.api.types.is_float_dtype(values):
         return values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-    if name.startswith("rel_"):
+    if name in WHOLE_COLUMNS:
+        fmt = "{:.0f}"
+    elif name.startswith("rel_"):
         fmt = "{:+.1f}%"
         values = 100 * values
     elif name.startswith("p_"):
@@ -479,7 +504,7 @@ def write_report(read: StudyRead, out_dir: Path, metric: str = "ndcg", k: int = 
     results = read.results()
     shift = read.shift()
     arms = read.arms()
-    tables = build_tables(results, shift, read.spaces(), metric, k, arms, read.history(keys=M.is_wanted))
+    tables = build_tables(results, shift, read.spaces(), metric, k, arms, read.history(keys=history_keys))
     figures = build_figures(tables, metric, k, arms)
 
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
@@ -514,8 +539,8 @@ def write_report(read: StudyRead, out_dir: Path, metric: str = "ndcg", k: int = 
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
                     "sensitivity": [f for f in figures if f.startswith("sensitivity_")]}
-    shown = {n: v for n, v in TABLES.items()  # oracle: true only; the mechanism of IDEA arms only
-             if not ((n.startswith("oracle_") or n == "mechanism") and tables[n].empty)}
+    shown = {n: v for n, v in TABLES.items()  # oracle: true only; the mechanism of IDEA arms only; stopping with history
+             if not ((n.startswith("oracle_") or n in ("mechanism", "stopping")) and tables[n].empty)}
     for i, (name, (title, what)) in enumerate(shown.items(), 1):
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):

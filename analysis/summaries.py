@@ -26,7 +26,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import integrate, optimize, stats
+from scipy import integrate, optimize, special, stats
 
 from idea.contract import Arms, Stage, window_name, window_number
 
@@ -267,9 +267,10 @@ def worst_window(
 
 PAIRED_COLUMNS = [
     "study", "arm", "control", "part", "arm_mean", "control_mean", "rel_gain", "n_pairs", "mean_diff",
-    "ci_low", "ci_high", "t_paired", "p_paired", "p_holm", "mde", "mde_rel",
+    "ci_low", "ci_high", "t_paired", "p_paired", "p_holm", "mde", "mde_rel", "seeds_for_3pct",
 ]
 MDE_ALPHA, MDE_POWER = 0.05, 0.8  # two-sided test level and power of the minimum detectable effect
+MDE_TARGET_REL = 0.03  # the MDE, over the control's mean, whose seeds `paired` reports (column seeds_for_3pct)
 
 
 def min_detectable_effect(sd_diff: float, n: int, alpha: float = MDE_ALPHA, power: float = MDE_POWER) -> float:
@@ -281,18 +282,37 @@ def min_detectable_effect(sd_diff: float, n: int, alpha: float = MDE_ALPHA, powe
         return np.nan
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
+    # T = (Z + ncp) / sqrt(V / df), V ~ chi2(df), integrated over V where all but 2e-15 of its mass lies
+    # (scipy's noncentral t returns NaN at some arguments for few degrees of freedom)
+    lo, hi = stats.chi2.ppf(1e-15, df), stats.chi2.isf(1e-15, df)
+    log_norm = -special.gammaln(df / 2) - (df / 2) * np.log(2)  # of the chi2(df) density
+
+    def rejects(v: float, ncp: float) -> float:
+        scale = crit * np.sqrt(v / df)
+        density = np.exp(log_norm + special.xlogy(df / 2 - 1, v) - v / 2)
+        return (special.ndtr(ncp - scale) + special.ndtr(-ncp - scale)) * density
 
     def shortfall(ncp: float) -> float:
-        """Power at noncentrality ncp, minus the power asked for. T = (Z + ncp) / sqrt(V / df), V ~ chi2(df),
-        integrated over V (scipy's noncentral t returns NaN at some arguments for few degrees of freedom)."""
-        def rejects(v: float) -> float:
-            scale = crit * np.sqrt(v / df)
-            return (stats.norm.cdf(ncp - scale) + stats.norm.cdf(-ncp - scale)) * stats.chi2.pdf(v, df)
-
-        return integrate.quad(rejects, 0, np.inf, limit=200)[0] - power
+        """Power at noncentrality ncp, minus the power asked for."""
+        return integrate.quad(rejects, lo, hi, args=(ncp,), limit=200)[0] - power
 
     ncp = optimize.brentq(shortfall, 0.0, 20 * crit + 20)
     return float(ncp * sd_diff / np.sqrt(n))
+
+
+def seeds_for_mde(sd_diff: float, target: float, alpha: float = MDE_ALPHA, power: float = MDE_POWER) -> float:
+    """The fewest pairs whose minimum detectable effect is at most `target`, at the SD of the per-seed
+    differences seen so far: what it would take for a null result to exclude effects of that size. The MDE
+    falls with n, so a doubling search then bisection finds it; NaN without a finite SD or a positive target."""
+    if not (np.isfinite(sd_diff) and np.isfinite(target) and target > 0):
+        return np.nan
+    low, high = 1, 2  # MDE(low) > target (MDE(1) is infinite) and, once the loop ends, MDE(high) <= target
+    while min_detectable_effect(sd_diff, high, alpha, power) > target:
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if min_detectable_effect(sd_diff, mid, alpha, power) <= target else (mid, high)
+    return float(high)
 
 
 def holm(p) -> np.ndarray:
@@ -347,7 +367,9 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
                          "arm_mean": float(both["a"].mean()) if n else np.nan, "control_mean": cm,
                          "rel_gain": mean_diff / cm if n and cm != 0 else np.nan, "n_pairs": n,
                          "mean_diff": mean_diff, "ci_low": lo, "ci_high": hi, "t_paired": t, "p_paired": p,
-                         "mde": mde, "mde_rel": mde / cm if n and cm != 0 else np.nan})
+                         "mde": mde, "mde_rel": mde / cm if n and cm != 0 else np.nan,
+                         "seeds_for_3pct": (seeds_for_mde(float(diff.std(ddof=1)), MDE_TARGET_REL * abs(cm))
+                                            if n >= 2 and cm != 0 else np.nan)})
     if not rows:
         return _empty(PAIRED_COLUMNS)
     out = pd.DataFrame(rows)

@@ -9,7 +9,8 @@ every name comes from `idea.contract`, the module `studies/` writes by.
   ``erm-seed1``, ``erm-seed2`` with ``best_valid_*``, ``best_valid_warm_*`` and
   ``test_<w>[_warm]_*`` metrics for windows w1..w3 (and the same as ``shift_[warm_]*`` series, step 0 =
   validation, step i = wi), per-epoch ``valid_*`` whose latest value is NOT
-  the best one, ``train_loss`` and ``best_epoch``, and their arm's colour (``mlflow.runColor``). Every
+  the best one, ``train_loss`` and ``best_epoch`` (each run early-stopped: best at epoch 2 of 3, patience
+  1), and their arm's colour (``mlflow.runColor``). Every
   nested run carries its arm's roles (`ROLES`: erm the base arm, idea compared with it).
 - ``OTHER`` (``other-study``): a parent without ``describe.json``, and one final run with absurd
   values that must never leak into ``STUDY``; it predates the role tags (read by `Arms.legacy`).
@@ -45,6 +46,7 @@ DROP = {"idea": 0.05, "erm": 0.10}  # share of the validation value lost per win
 WARM = 1.2  # warm targets score 20% higher
 SEED_OFFSET = {("idea", 1): 0.002, ("idea", 2): -0.002, ("erm", 1): 0.001, ("erm", 2): -0.001}
 EPOCHS = 3
+PATIENCE = 1  # with the best epoch at 2 of 3, every run ended by early stopping
 
 # Search trials: (trial id, TrainConfig overrides, best validation NDCG@10, status, asha_stopped)
 SEARCH = {
@@ -157,7 +159,7 @@ def make_fake_store(path: str | Path) -> str:
     configs = {}
     for arm, trials in SEARCH.items():
         for trial_id, overrides, best, status, asha in trials:
-            cfg = TrainConfig(method=arm, epochs=EPOCHS, pretrain_epochs=1, **overrides).to_dict()
+            cfg = TrainConfig(method=arm, epochs=EPOCHS, patience=PATIENCE, pretrain_epochs=1, **overrides).to_dict()
             configs[(arm, trial_id)] = cfg
             tags = {**common, Tag.STUDY: STUDY, Tag.ARM: arm, Tag.METHOD: arm, Tag.SEED: 0, "data_sha256": sha,
                     Tag.STAGE: Stage.SEARCH, Tag.TRIAL_ID: trial_id, "mlflow.parentRunId": parent,

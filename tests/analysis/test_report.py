@@ -97,6 +97,15 @@ def test_the_paired_section_pairs_the_arms_the_store_names(report):
     assert {(r[1], r[2]) for r in rows} == {("idea", "erm")} and len(rows) == 4  # valid, w1..w3
 
 
+def test_the_stopping_section_says_how_each_final_run_ended(report):
+    """One row per final run from its logged epochs: three epochs, best at 2, patience 1: early stopping; counts
+    are written whole."""
+    out, _ = report
+    rows = table_rows(section((out / "summary.md").read_text(), "How each final run ended"))
+    assert sorted(r[3] for r in rows) == ["erm-seed1", "erm-seed2", "idea-seed1", "idea-seed2"]
+    assert {tuple(r[4:]) for r in rows} == {("3", "2", "3", "1", "early stopping")}
+
+
 def test_numbers_share_one_precision_per_column(report):
     """Each number column has one count of decimals (4 significant digits of its largest value), shares are
     percentages, p-values have 3 decimals; the headline's means share theirs."""
@@ -295,7 +304,9 @@ def test_headline_of_a_leave_one_out_study_names_the_test_part_and_the_base_arm(
                         "+11.2%]).")
     assert lines[1].startswith("idea against erm_ft on test: 0.03200 vs 0.03100, difference +0.00100, 95% CI "
                                "[-0.00148, +0.00348] over 3 seeds paired by seed; paired p = 0.225, ")
-    assert lines[2] == ("Against erm, idea: no measurable difference, +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000, "
+    # the MDE (3.264 x the differences' SD of 0.001 over 3 pairs) is 10.5% of erm_ft's 0.031: the seeds for 3%
+    assert lines[2] == "That is 10.5% of erm_ft's mean; about 12 seeds would bring it to 3%."
+    assert lines[3] == ("Against erm, idea: no measurable difference, +0.0%, 95% CI [-7.8%, +7.8%], p = 1.000, "
                         "Holm-corrected p = 1.000.")
     assert_headline_form(lines)
 

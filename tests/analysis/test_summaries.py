@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import integrate, optimize, stats
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from analysis import summaries as S
@@ -493,3 +493,60 @@ def test_oracle_view_keeps_only_the_windows_after_the_one_it_picked_on():
     assert list(table["part"]) == ["w2", "w3"]
     assert table["mean_diff"].tolist() == pytest.approx([0.1, 0.1])
     assert S.oracle_view(frame([row("idea", "w2", 1, 0.1)])).empty  # no oracle runs: nothing
+
+
+def _reference_mde(sd_diff: float, n: int) -> float:
+    """The MDE as first written: power integrated over V ~ chi2(n-1) on [0, inf) with scipy.stats' densities
+    (exact, slow, and unable to find the chi2 peak for n in the thousands)."""
+    df = n - 1
+    crit = stats.t.ppf(0.975, df)
+
+    def shortfall(ncp):
+        def rejects(v):
+            scale = crit * np.sqrt(v / df)
+            return (stats.norm.cdf(ncp - scale) + stats.norm.cdf(-ncp - scale)) * stats.chi2.pdf(v, df)
+        return integrate.quad(rejects, 0, np.inf, limit=200)[0] - 0.8
+
+    return float(optimize.brentq(shortfall, 0.0, 20 * crit + 20) * sd_diff / np.sqrt(n))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 13, 30, 100])
+def test_minimum_detectable_effect_matches_the_direct_integral(n):
+    from analysis.summaries import min_detectable_effect
+
+    assert min_detectable_effect(0.01, n) == pytest.approx(_reference_mde(0.01, n), rel=1e-8)
+
+
+def test_minimum_detectable_effect_of_many_pairs_tends_to_the_normal_one():
+    """For large n the t-test is a z-test: MDE -> (z_0.975 + z_0.8) sd / sqrt(n)."""
+    from analysis.summaries import min_detectable_effect
+
+    z = stats.norm.ppf(0.975) + stats.norm.ppf(0.8)
+    assert min_detectable_effect(1.0, 10_000) * 100 == pytest.approx(z, rel=2e-4)
+    assert min_detectable_effect(1.0, 1_000) * np.sqrt(1_000) == pytest.approx(z, rel=2e-3)
+
+
+def test_seeds_for_mde_is_the_fewest_pairs_that_reach_the_target():
+    from analysis.summaries import min_detectable_effect, seeds_for_mde
+
+    for sd, target in [(1.0, 0.5), (0.001, 0.0009), (0.002, 0.0003), (1.0, 3.0)]:
+        n = int(seeds_for_mde(sd, target))
+        assert min_detectable_effect(sd, n) <= target and (n == 2 or min_detectable_effect(sd, n - 1) > target)
+    assert seeds_for_mde(1.0, 0.5) == 34  # (2.80 / 0.5)^2 = 31.4 for a z-test; the t-test needs a few more
+    assert seeds_for_mde(0.0, 0.01) == 2
+    assert np.isnan(seeds_for_mde(1.0, 0.0)) and np.isnan(seeds_for_mde(np.nan, 0.1))
+
+
+def test_paired_says_how_many_seeds_a_3_percent_mde_would_take():
+    """seeds_for_3pct: the fewest pairs whose MDE, at the SD of the differences seen, is 3% of the control."""
+    from analysis.summaries import MDE_TARGET_REL, min_detectable_effect, paired, seeds_for_mde
+
+    deltas = [0.001, 0.004, -0.002, 0.003, 0.0]
+    rows = [dict(study="s", arm=arm, stage="final", seed=s, part="test", subset="all", metric="ndcg", k=10,
+                 value=0.03 + (d if arm == "idea" else 0.0))
+            for s, d in enumerate(deltas, start=1) for arm in ("idea", "erm_ft")]
+    r = paired(pd.DataFrame(rows), pairs=[("idea", "erm_ft")]).iloc[0]
+    sd = float(np.std(deltas, ddof=1))
+    want = seeds_for_mde(sd, MDE_TARGET_REL * 0.03)
+    assert r["seeds_for_3pct"] == want and want > 5
+    assert min_detectable_effect(sd, int(want)) <= 0.0009 < min_detectable_effect(sd, int(want) - 1)

@@ -54,7 +54,7 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     """`papermill analysis/shift_robustness.ipynb OUT -p tracking_uri URI -p study NAME` (the README's and
     the notebook's command) runs from the project root: every figure the report would draw appears
     inline as a valid PNG, no cell errors, and it opens with summary.md's verdict and links the runs in
-    summary.md's order."""
+    summary.md's order, and shows how each final run ended."""
     from analysis.load import read_study
     from analysis.report import build_figures, build_tables, write_report
 
@@ -76,6 +76,8 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     assert len(pngs) == len(expected)
     text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "+21.4%" in text  # the headline (IDEA vs ERM on w3) is shown
+    html = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
+    assert html.count("early stopping") == 4  # how each of the 4 final runs ended, as summary.md's table says
     assert "#/compare-runs?runs=[" in text and "#/experiments/1/runs" in text and "shift_ndcg_at_10" in text
     # the arms in summary.md's order (the base arm first): the same verdict and the same runs in the links
     summary = write_report(read, tmp_path / "report").read_text()

@@ -1,6 +1,5 @@
 """DROS's loss against a hand computation (exact arithmetic, extreme logits included) and IDEA's
 IRMv1 penalty against finite differences and a dummy-scale autograd reference, in float64."""
-import dataclasses
 
 import mpmath
 import numpy as np

@@ -61,10 +61,11 @@ def study_plan(study) -> dict[str, Plan]:
 
 class StudyProgress:
     """The whole study's epochs and time, which every stage's printer updates. The time left is an estimate:
-    each stage's epochs still planned (every unfinished trial's whole budget) at its arm's epoch time measured
-    so far (the driver's time from a trial's start or last epoch to its next; before the arm's first epoch,
-    the mean of all arms'), `concurrency` trials at a time, a search at most its time budget. Elapsed counts
-    from this command's start."""
+    each stage's epochs still expected (`expected_epochs`: as long as the trials of its stage, else of its arm,
+    that ended on their own; each trial's whole budget before one has) at its arm's epoch time measured so far
+    (the driver's time from a trial's start or last epoch to its next; before the arm's first epoch, the mean of
+    all arms'), `concurrency` trials at a time, a search at most its time budget. Elapsed counts from this
+    command's start."""
 
     def __init__(self, plan: Mapping[str, Plan], concurrency: int, budget_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic):
@@ -74,6 +75,7 @@ class StudyProgress:
         self.done: dict[str, dict[str, int]] = {}  # stage -> trial id -> epochs done
         self.ended: dict[str, set[str]] = {}  # stage -> trials that will not run again
         self.seconds: dict[str, list[float]] = {}  # arm -> measured epoch times
+        self.lengths: dict[str, list[int]] = {}  # stage and arm -> epochs of its trials that ended on their own
 
     def begin(self, stage: str, plan: Plan) -> None:
         """A stage starts (or is restored), with its actual trials (a final stage skips seeds without a start)."""
@@ -86,16 +88,33 @@ class StudyProgress:
         if seconds is not None:
             self.seconds.setdefault(self.plan[stage].arm, []).append(seconds)
 
-    def end(self, stage: str, trial_id: str) -> None:
-        self.done.setdefault(stage, {}).setdefault(trial_id, 0)
-        self.ended.setdefault(stage, set()).add(trial_id)
+    def end(self, stage: str, trial_id: str, natural: bool = False) -> None:
+        """A trial will not run again; `natural`: it ended on its own (early stopping or its budget), not cut by
+        ASHA, a time budget or an error, so its length tells how long its stage's other trials will run."""
+        epochs = self.done.setdefault(stage, {}).setdefault(trial_id, 0)
+        ended = self.ended.setdefault(stage, set())
+        if natural and epochs and trial_id not in ended:
+            for key in (stage, self.plan[stage].arm):
+                self.lengths.setdefault(key, []).append(epochs)
+        ended.add(trial_id)
 
-    def _left(self, stage: str) -> tuple[int, int]:
-        """(epochs still planned, trials not ended) of a stage."""
+    def expected_epochs(self, stage: str) -> float:
+        """The epochs a trial of `stage` is expected to run: the mean of the trials of its stage that ended on
+        their own, else of its arm's (a final stage after its search), else its whole budget. Early stopping ends
+        most trials long before their budget, which the budget alone would count in full."""
+        plan = self.plan[stage]
+        seen = self.lengths.get(stage) or self.lengths.get(plan.arm)
+        return min(float(plan.epochs), mean(seen)) if seen else float(plan.epochs)
+
+    def _left(self, stage: str) -> tuple[float, int]:
+        """(epochs still expected, trials not ended) of a stage: a running trial past the expected length is
+        expected to run one epoch more."""
         plan, done, ended = self.plan[stage], self.done.get(stage, {}), self.ended.get(stage, set())
+        expect = self.expected_epochs(stage)
         running = [epochs for trial, epochs in done.items() if trial not in ended]
         unseen = max(0, plan.trials - len(done))
-        return sum(max(0, plan.epochs - e) for e in running) + unseen * plan.epochs, len(running) + unseen
+        left = sum(max(0.0, min(plan.epochs - e, max(expect - e, 1.0))) for e in running)
+        return left + unseen * expect, len(running) + unseen
 
     def seconds_left(self) -> float | None:
         """The estimate of the time left; None before any epoch was measured."""
@@ -116,7 +135,7 @@ class StudyProgress:
 
     def status(self) -> str:
         done = sum(sum(trials.values()) for trials in self.done.values())
-        planned = done + sum(self._left(stage)[0] for stage in self.plan)
+        planned = done + round(sum(self._left(stage)[0] for stage in self.plan))
         left = self.seconds_left()
         eta = f"~{duration(left)} left (estimate)" if left is not None else "time left estimated after the first epoch"
         return f"study: {done}/{planned} epochs, {duration(self.clock() - self.start)} elapsed, {eta}"
@@ -130,8 +149,9 @@ def begin(plan: Mapping[str, Plan], concurrency: int, budget_s: float | None = N
     global _STUDY
     _STUDY = StudyProgress(plan, concurrency, budget_s)
     print(f"progress: a line per trial epoch and at least every {HEARTBEAT_S:.0f} s while trials run; the study's "
-          "time left is an estimate: its epochs still planned (each trial's whole budget, which early stopping and "
-          f"ASHA shorten) at the epoch times measured so far, {concurrency} trial(s) at a time",
+          "time left is an estimate: its epochs still expected (as long as the trials of the same stage or arm that "
+          "ended; each trial's whole budget before one has) at the epoch times measured so far, "
+          f"{concurrency} trial(s) at a time",
           file=sys.stderr, flush=True)
     return _STUDY
 
@@ -177,8 +197,8 @@ class ProgressPrinter(tune.Callback):
             if epochs := (trial.last_result or {}).get(Result.EPOCH, 0):
                 self.epochs[trial.trial_id] = epochs
                 self.study.epoch(self.stage, trial.trial_id, epochs)
-        for trial in ended:
-            self.study.end(self.stage, trial.trial_id)
+        for trial in ended:  # taken to have ended on their own: a restored trial does not say whether ASHA cut it
+            self.study.end(self.stage, trial.trial_id, natural=trial.status == "TERMINATED")
         if not (ended or self.epochs):
             return  # a new stage
         again = [t for t in trials if t.status not in ENDED]
@@ -224,8 +244,8 @@ class ProgressPrinter(tune.Callback):
                   f"{result.get(SELECT_METRIC, float('nan')):.4f}{best_text} {_params(trial.config)}", trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.study.end(self.stage, trial.trial_id)
         error = (trial.last_result or {}).get(Result.PERMANENT_ERROR)
+        self.study.end(self.stage, trial.trial_id, natural=error is None and trial.trial_id not in self.cut)
         if error is not None:
             self._say(f"trial {trial.trial_id} FAILED, not retried (it would fail the same way): {error}", trials, trial)
             return

@@ -160,3 +160,37 @@ def test_a_new_stage_says_nothing_at_its_first_step(capsys, clock):
     printer = ProgressPrinter("erm-search", 2, 2, 3, study=StudyProgress(PLAN, 2, clock=clock))
     printer.on_step_begin(0, [trial("a_00000", "PENDING")])
     assert capsys.readouterr().err == ""
+
+
+def test_trials_are_expected_to_run_as_long_as_those_of_their_stage_or_arm_that_ended(capsys, clock):
+    """Early stopping ends most trials long before their budget: once a trial of an arm has ended on its own, the
+    arm's other trials (its final seeds too) count its length, not the budget; a stage's own ended trials come
+    first, a trial past the expected length counts one epoch more, and a trial ASHA cut tells nothing."""
+    plan = {"erm-search": Plan("erm", "search", 2, 100), "erm-final": Plan("erm", "final", 3, 100),
+            "idea-search": Plan("idea", "search", 1, 50)}
+    study = StudyProgress(plan, 1, clock=clock)
+    search = ProgressPrinter("erm-search", 2, 1, 100, study=study)
+    search.setup()
+    a, b = trial("a_00000"), trial("a_00001", status="PENDING")
+    for n in range(1, 6):
+        epoch(search, [a, b], a, n)
+    epoch(search, [a, b], a, 6, done=True)  # ASHA cuts a after 6 of 100 epochs
+    a.status = "TERMINATED"
+    search.on_trial_complete(0, [a, b], a)
+    assert study.expected_epochs("erm-final") == 100  # a cut trial says nothing of the others' length
+    for n in range(1, 21):
+        epoch(search, [a, b], b, n)
+    b.status = "TERMINATED"
+    search.on_trial_complete(0, [a, b], b)  # early stopping ended b after 20
+    assert study.expected_epochs("erm-final") == 20 and study.expected_epochs("idea-search") == 50
+    final = ProgressPrinter("erm-final", 3, 1, 100, study=study)
+    final.setup()
+    s1, s2 = trial("c_00000"), trial("c_00001", status="PENDING")
+    for n in range(1, 31):
+        epoch(final, [s1, s2], s1, n)
+    # s1 past the arm's 20: one more; then 2 unseen seeds x 20; IDEA's 50
+    assert study_status(capsys.readouterr().err.splitlines()[-1])[:2] == (56, 56 + 1 + 40 + 50)
+    s1.status = "TERMINATED"
+    final.on_trial_complete(0, [s1, s2], s1)  # the stage's own length from now on
+    assert study.expected_epochs("erm-final") == 30
+    assert study_status(capsys.readouterr().err.splitlines()[-1])[:2] == (56, 56 + 60 + 50)

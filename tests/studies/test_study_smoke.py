@@ -263,17 +263,18 @@ def _seconds(text: str) -> int:
 
 
 def test_progress_lines_tell_the_whole_studys_epochs_elapsed_time_and_time_left(smoke):
-    """Every progress line ends with the study's epochs done out of those still planned (ASHA's cuts and early
-    stopping shrink the plan), the time since the study started, which never restarts with a stage, and the
-    time left, labelled an estimate; the study's last line has every epoch done: as many as its runs logged."""
+    """Every progress line ends with the study's epochs done out of those expected (never more than the budget;
+    an estimate, which the lengths of ended trials move either way), the time since the study started, which
+    never restarts with a stage, and the time left, labelled an estimate; the study's last line has every epoch
+    done: as many as its runs logged."""
     proc, _, store = smoke
     lines = re.findall(r"^\[[\w-]+\] .*\| study: (\d+)/(\d+) epochs, (\S+) elapsed, (.*)$", proc.stderr, re.M)
     stages = re.findall(r"^\[([\w-]+)\] .*\| study: ", proc.stderr, re.M)
     assert list(dict.fromkeys(stages)) == [f"{a}-{s}" for a in ARMS for s in ("search", "final")]
     done, planned = [int(d) for d, *_ in lines], [int(p) for _, p, *_ in lines]
     elapsed = [_seconds(e) for *_, e, _ in lines]
-    assert done == sorted(done) and planned == sorted(planned, reverse=True) and elapsed == sorted(elapsed)
-    assert planned[0] <= sum((SMOKE_TRIALS[a] + len(SMOKE_SEEDS)) * SMOKE_EPOCHS[a] for a in ARMS)
+    assert done == sorted(done) and elapsed == sorted(elapsed)
+    assert max(planned) <= sum((SMOKE_TRIALS[a] + len(SMOKE_SEEDS)) * SMOKE_EPOCHS[a] for a in ARMS)
     logged = sum(len(store.steps(r)) for stage in ("search", "final") for r in store.nested(stage))
     assert done[-1] == planned[-1] == logged and lines[-1][3] == "~0m00s left (estimate)", (lines[-1], logged)
     assert all(re.fullmatch(r"~\S+ left \(estimate\)|time left estimated after the first epoch", left)

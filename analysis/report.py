@@ -319,7 +319,7 @@ def identical_runs(final: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> li
     return [(sorted(names), list(wide.columns)) for names in groups.values() if len(names) > 1]
 
 
-WHOLE_COLUMNS = {"seeds_for_3pct", "epochs_run", "best_epoch", "epochs", "patience"}  # counts, NaN-able
+WHOLE_COLUMNS = {"seeds_for_3pct", "epochs_run", "best_epoch", "epochs", "patience"}  # counts, when whole
 SIGNIFICANT = 4  # digits of a column's largest value; the rest of the column gets the same decimals
 
 
@@ -339,7 +339,7 @@ def _column(name: str, values: pd.Series) -> pd.Series:
                           if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else str(v))
     if not pd.api.types.is_float_dtype(values):
         return values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-    if name in WHOLE_COLUMNS:
+    if name in WHOLE_COLUMNS and values.dropna().mod(1).eq(0).all():  # not a mean of counts (the mechanism's)
         fmt = "{:.0f}"
     elif name.startswith("rel_"):
         fmt = "{:+.1f}%"

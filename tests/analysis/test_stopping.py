@@ -64,3 +64,10 @@ def test_report_notes_runs_that_early_stopping_did_not_end():
                    "(epoch cap) or was cut: idea-seed1 (epoch cap)."]
     tables = report.build_tables(results.loc[results["run_id"] == "a"], shift, {}, history=history)
     assert not [n for n in report.notes(results, tables, shift) if "early stopping" in n]
+
+
+def test_counts_are_written_whole_but_a_mean_of_counts_keeps_its_decimals():
+    """The stopping table's epochs read as counts; the mechanism table's best_epoch, a mean over seeds, must not
+    be rounded to one."""
+    assert report._column("best_epoch", pd.Series([19.0, 22.0, float("nan")])).tolist() == ["19", "22", ""]
+    assert report._column("best_epoch", pd.Series([12.6, 17.0])).tolist() == ["12.60", "17.00"]

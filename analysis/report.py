@@ -53,10 +53,11 @@ TABLES = {
                "paired t-test; mde is the minimum detectable effect, the smallest true difference this many seeds "
                "would find with a two-sided test at 0.05 and power 0.8, from the SD of the per-seed differences "
                "(mde_rel: over the control's mean): a difference within ±mde is what these seeds cannot tell from "
-               f"none; seeds_for_3pct is how many seeds the same spread of differences would need for an mde of "
-               f"{100 * S.MDE_TARGET_REL:.0f}% of the control's mean. p_holm is p_paired after Holm's correction for reading every row of this table at once (the "
-               "family: each tested pair on each part, validation included, for this one metric). IDEA against "
-               "the same fine-tuning without the penalty isolates IDEA's effect from a restart of training."),
+               "none; seeds_for_3pct is how many seeds the same spread of differences would need for an mde of "
+               f"{100 * S.MDE_TARGET_REL:.0f}% of the control's mean. p_holm is p_paired after Holm's correction for "
+               "reading every row of this table at once (the family: each tested pair on each part, validation "
+               "included, for this one metric). IDEA against the same fine-tuning without the penalty isolates "
+               "IDEA's effect from a restart of training."),
     "mechanism": ("Did IDEA's mechanism act?",
                   "Per IDEA arm, means over its final seeds of the per-epoch telemetry (MLflow: penalty_share, "
                   "extractor_steps, keep_rate_<k>, mask_disagreement, lambda_dominant, risk_var): penalty_share is "
@@ -101,7 +102,6 @@ TABLES = {
                           "Optuna mean-decrease-impurity importances of the searched hyperparameters for the "
                           "validation metric, per arm."),
 }
-
 
 
 def history_keys(key: str) -> bool:

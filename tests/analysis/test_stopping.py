@@ -41,7 +41,8 @@ def test_stopping_table_reads_epochs_from_history_and_budget_from_params():
     and patience from the run's params; search runs and runs absent from `results` (not FINISHED) are left out."""
     history = pd.DataFrame(_history("a", 29, 19) + _history("b", 100, 97) + _history("c", 7, 5)
                            + _history("running", 4, 4))
-    results = pd.DataFrame(_results("a", "erm", 1, Stage.FINAL, 300, 10) + _results("b", "idea", 1, Stage.FINAL, 100, 10)
+    results = pd.DataFrame(_results("a", "erm", 1, Stage.FINAL, 300, 10)
+                           + _results("b", "idea", 1, Stage.FINAL, 100, 10)
                            + _results("c", "idea", 0, Stage.SEARCH, 100, 2))
     table = ST.stopping(history, results)
     assert list(table.columns) == ST.STOPPING_COLUMNS
@@ -55,7 +56,8 @@ def test_report_notes_runs_that_early_stopping_did_not_end():
     """A run stopped by its cap is a caveat on its arm's comparison: the report's notes name it; with every run
     early-stopped there is no such note."""
     history = pd.DataFrame(_history("a", 29, 19) + _history("b", 100, 97))
-    results = pd.DataFrame(_results("a", "erm", 1, Stage.FINAL, 300, 10) + _results("b", "idea", 1, Stage.FINAL, 100, 10))
+    results = pd.DataFrame(_results("a", "erm", 1, Stage.FINAL, 300, 10)
+                           + _results("b", "idea", 1, Stage.FINAL, 100, 10))
     results = results.assign(subset="all", metric="ndcg", k=10, trial="t")
     shift = pd.DataFrame(columns=SHIFT_FRAME_COLUMNS)
     tables = report.build_tables(results, shift, {}, history=history)

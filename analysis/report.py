@@ -286,7 +286,7 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
             out.append("No warm-target metrics (test_<window>_warm_*): warm tables and plot are skipped.")
         if not S.windows(final):
             out.append("No test windows w1..wm (leave-one-out study?): degradation and shift plots are skipped.")
-        if (cut := ST.not_early_stopped(tables.get("stopping", pd.DataFrame(columns=ST.STOPPING_COLUMNS)))):
+        if (cut := ST.not_early_stopped(tables["stopping"])):
             out.append(f"{len(cut)} final run(s) did not end by early stopping, so their arm was compared at a budget "
                        f"that bound ({ST.EPOCH_CAP}) or was cut: {', '.join(cut)}.")
         label = plots.metric_label(metric, k)

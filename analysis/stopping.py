@@ -38,7 +38,7 @@ def stopping(history: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """One row per finished final run (STOPPING_COLUMNS): from `history` (`StudyRead.history(keys=is_wanted)`)
     the epochs it trained and its best epoch, from `results` (`StudyRead.results()`, finished runs) its arm,
     seed and the `epochs` and `patience` it was given, and `ended_by`."""
-    final = results.loc[results["stage"] == Stage.FINAL] if not results.empty else results
+    final = results.loc[results["stage"] == Stage.FINAL]
     if history.empty or final.empty:
         return pd.DataFrame(columns=STOPPING_COLUMNS)
     trained = history.loc[history["key"] == EPOCHS_KEY].groupby("run_id")["step"].max().rename("epochs_run")

@@ -353,23 +353,23 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
             both = pd.concat([by_arm[arm].rename("a"), by_arm[control].rename("c")], axis=1, join="inner")
             diff = both["a"] - both["c"]
             n, mean_diff = len(both), float(diff.mean()) if len(both) else np.nan
-            lo = hi = t = p = mde = np.nan
+            cm = float(both["c"].mean()) if n else np.nan
+            lo = hi = t = p = mde = seeds = np.nan
             with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # zero variance across seeds is legitimate
                 if n >= 2:
-                    mde = min_detectable_effect(float(diff.std(ddof=1)), n)  # from the paired differences
-                    half = float(stats.t.ppf(0.975, n - 1) * diff.std(ddof=1) / np.sqrt(n))
+                    sd = float(diff.std(ddof=1))  # of the paired differences, which the MDE comes from
+                    mde = min_detectable_effect(sd, n)
+                    seeds = seeds_for_mde(sd, MDE_TARGET_REL * abs(cm)) if cm != 0 else np.nan
+                    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n))
                     lo, hi = mean_diff - half, mean_diff + half
                     res = stats.ttest_rel(both["a"], both["c"])
                     t, p = float(res.statistic), float(res.pvalue)
-            cm = float(both["c"].mean()) if n else np.nan
             rows.append({"study": study, "arm": arm, "control": control, "part": part,
                          "arm_mean": float(both["a"].mean()) if n else np.nan, "control_mean": cm,
                          "rel_gain": mean_diff / cm if n and cm != 0 else np.nan, "n_pairs": n,
                          "mean_diff": mean_diff, "ci_low": lo, "ci_high": hi, "t_paired": t, "p_paired": p,
-                         "mde": mde, "mde_rel": mde / cm if n and cm != 0 else np.nan,
-                         "seeds_for_3pct": (seeds_for_mde(float(diff.std(ddof=1)), MDE_TARGET_REL * abs(cm))
-                                            if n >= 2 and cm != 0 else np.nan)})
+                         "mde": mde, "mde_rel": mde / cm if n and cm != 0 else np.nan, "seeds_for_3pct": seeds})
     if not rows:
         return _empty(PAIRED_COLUMNS)
     out = pd.DataFrame(rows)

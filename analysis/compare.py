@@ -78,7 +78,7 @@ def from_report(folder: Path) -> StudyData:
                      about.get("backbone"))
 
 
-def compare(studies: list[tuple[str, str] | StudyData], metric: str = "ndcg", k: int = 10,
+def compare(studies: list[tuple[str, str] | StudyData], metric: str = SELECTION[0], k: int = SELECTION[1],
             subset: str = "all") -> pd.DataFrame:
     """One row per study x selection x (arm, control) x part, from `(tracking_uri, study)` pairs or `StudyData`:
     the paired differences (`analysis.summaries.paired`, the study's own pairs; p_holm corrected over the rows of
@@ -109,7 +109,7 @@ def last_windows(table: pd.DataFrame) -> pd.DataFrame:
     return table[[ends.get(s) == p for s, p in zip(table["study"], table["part"])]].reset_index(drop=True)
 
 
-def forest(table: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:
+def forest(table: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1]) -> Figure:
     """One row per study x pair on its last window: the relative difference (arm − control) / control with
     its paired 95% interval as a bar, the ± minimum detectable effect as a grey band, and a zero line."""
     rows = last_windows(table)
@@ -144,8 +144,8 @@ def _markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True)
 
 
-def write_compare(studies: list[tuple[str, str] | StudyData], out_dir: Path, metric: str = "ndcg",
-                  k: int = 10) -> Path:
+def write_compare(studies: list[tuple[str, str] | StudyData], out_dir: Path, metric: str = SELECTION[0],
+                  k: int = SELECTION[1]) -> Path:
     """`compare.csv`, `compare.md` (the table, the last windows first) and `forest.png` under `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.summaries import part_key
-from idea.contract import Arms
+from idea.contract import SELECTION, Arms
 
 __all__ = ["ARM_STYLES", "BASE_STYLE", "arm_style", "metric_label", "metric_vs_window", "gain_vs_shift",
            "sensitivity_panel", "sensitivity_figures"]
@@ -51,7 +51,7 @@ def _arms(arms: Arms | None, present) -> Arms:
     return Arms(order, base)
 
 
-def metric_vs_window(per_window: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
+def metric_vs_window(per_window: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1], subset: str = "all",
                      arms: Arms | None = None) -> Figure:
     """Metric per part (valid, w1..wm) for each arm: seed mean with ± std error bars (``per_window`` output)."""
     parts = sorted(pd.unique(per_window["part"]), key=part_key)
@@ -97,7 +97,7 @@ def _legend_beside(ax) -> None:
 
 
 def gain_vs_shift(drops: pd.DataFrame, gains: pd.DataFrame | None = None, x: str = "popularity_js_vs_train",
-                  metric: str = "ndcg", k: int = 10, arms: Arms | None = None) -> Figure:
+                  metric: str = SELECTION[0], k: int = SELECTION[1], arms: Arms | None = None) -> Figure:
     """Left: each arm's relative drop from validation per test window against the window's shift size
     (`summaries.shift_vs_gain` of ``degradation``). Right, when ``gains`` (`shift_vs_gain` of ``paired``)
     has rows: each arm's relative gain over its control per window against the same shift size, one line
@@ -154,7 +154,7 @@ def _position(v, log: bool) -> tuple[float, float, float]:
     return mid, left, right
 
 
-def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg", k: int = 10,
+def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = SELECTION[0], k: int = SELECTION[1],
                       arms: Arms | None = None) -> Figure:
     """Mean validation metric of the search trials per value (or quantile bin, drawn at its midpoint with
     its extent as a horizontal bar) of one hyperparameter, one line per arm, trial counts annotated
@@ -201,7 +201,7 @@ def sensitivity_panel(sensitivity: pd.DataFrame, param: str, metric: str = "ndcg
     return fig
 
 
-def sensitivity_figures(sensitivity: pd.DataFrame, metric: str = "ndcg", k: int = 10,
+def sensitivity_figures(sensitivity: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1],
                         arms: Arms | None = None) -> dict[str, Figure]:
     """One `sensitivity_panel` per hyperparameter present in the table, keyed by parameter name."""
     return {p: sensitivity_panel(sensitivity, p, metric, k, arms) for p in pd.unique(sensitivity["param"])}

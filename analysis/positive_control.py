@@ -58,8 +58,8 @@ def _interval(diff: np.ndarray) -> tuple[float, float]:
     return diff.mean() - half, diff.mean() + half
 
 
-def recovery(results: pd.DataFrame, strength: float, metric: str = "ndcg", k: int = 10, draws: int = 10_000,
-             seed: int = 0) -> pd.DataFrame:
+def recovery(results: pd.DataFrame, strength: float, metric: str = SELECTION[0], k: int = SELECTION[1],
+             draws: int = 10_000, seed: int = 0) -> pd.DataFrame:
     """Per part and arm: arm - erm_ft over the seeds both have (mean, t-based 95% interval) and, where the
     available gain (clean - erm_ft) has an interval above 0, the share of it the arm found with its bootstrap
     interval; the clean row is the available gain itself."""
@@ -122,7 +122,7 @@ def words(rows: pd.DataFrame) -> list[str]:
     return out
 
 
-def dose_response(rows: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figure:
+def dose_response(rows: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1]) -> Figure:
     """Each arm's difference from erm_ft on the test windows' mean against the strength, with 95% intervals."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -141,7 +141,7 @@ def dose_response(rows: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> Figu
     return fig
 
 
-def write(folders: list[Path], out_dir: Path, metric: str = "ndcg", k: int = 10) -> Path:
+def write(folders: list[Path], out_dir: Path, metric: str = SELECTION[0], k: int = SELECTION[1]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = []
     for folder in folders:

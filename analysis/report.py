@@ -113,8 +113,9 @@ SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few 
               "Its numbers are not results.")
 
 
-def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, dict], metric: str = "ndcg",
-                 k: int = 10, arms: Arms | None = None, history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, dict], metric: str = SELECTION[0],
+                 k: int = SELECTION[1], arms: Arms | None = None,
+                 history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every summary table of the report (keys of TABLES), from a `StudyRead`'s `results`, `shift`, `spaces`
     and `arms` (without `arms`, `summaries.paired`'s pairs), and the IDEA runs' telemetry from its
     `history(keys=history_keys)` (without it, empty mechanism and stopping tables)."""
@@ -144,7 +145,7 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
     return t
 
 
-def build_figures(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
+def build_figures(tables: dict[str, pd.DataFrame], metric: str = SELECTION[0], k: int = SELECTION[1],
                   arms: Arms | None = None) -> dict:
     """The report's figures, keyed by PNG file stem: metric_vs_window_all/_warm, gain_vs_js,
     sensitivity_<param>; `arms` (`StudyRead.arms`) orders and styles the arms. A figure whose table is empty is
@@ -214,7 +215,7 @@ def _arm_order(arms_in: list[str], arms: Arms | None) -> list[str]:
     return [a for a in ranked if a in arms_in] + [a for a in arms_in if a not in ranked]
 
 
-def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
+def headline(tables: dict[str, pd.DataFrame], metric: str = SELECTION[0], k: int = SELECTION[1],
              arms: Arms | None = None) -> list[str]:
     """The study's answer on its last test part (the last window, or leave-one-out's test) as sentences: first
     a short verdict on the paired table's first pair (`verdict`'s words, from its 95% CI), then the detail:
@@ -258,7 +259,7 @@ def headline(tables: dict[str, pd.DataFrame], metric: str = "ndcg", k: int = 10,
 
 
 def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.DataFrame,
-          arms: Arms | None = None, metric: str = "ndcg", k: int = 10,
+          arms: Arms | None = None, metric: str = SELECTION[0], k: int = SELECTION[1],
           retrained: Sequence[tuple[str, str, str]] = ()) -> list[str]:
     """What the report could not show and why (missing runs, a single seed, no shift diagnostics, ...), final
     runs whose values coincide, and runs trained again after a damaged checkpoint (`retrained`, as
@@ -306,7 +307,8 @@ def notes(results: pd.DataFrame, tables: dict[str, pd.DataFrame], shift: pd.Data
     return out
 
 
-def identical_runs(final: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> list[tuple[list[str], list[str]]]:
+def identical_runs(final: pd.DataFrame, metric: str = SELECTION[0],
+                   k: int = SELECTION[1]) -> list[tuple[list[str], list[str]]]:
     """Groups of final runs (names) with the same value on every part (all targets), and the parts."""
     rows = final.loc[(final["subset"] == "all") & (final["metric"] == metric) & (final["k"] == k)]
     if rows.empty:
@@ -409,8 +411,8 @@ def _ui_section(read: StudyRead, results: pd.DataFrame, arms: Arms, out_dir: Pat
     return lines
 
 
-def register_chart_view(tracking_uri: str, experiment_id: str, results: pd.DataFrame, metric: str = "ndcg",
-                        k: int = 10) -> tuple[str, list[str]] | None:
+def register_chart_view(tracking_uri: str, experiment_id: str, results: pd.DataFrame, metric: str = SELECTION[0],
+                        k: int = SELECTION[1]) -> tuple[str, list[str]] | None:
     """Store the chart view of the study's final runs (`analysis.mlflow_ui.chart_view`: `shift_<metric>_at_<k>`
     against the step, then a bar chart per part) as the experiment's shared view; returns its key (for
     `view_url`) and the parts, the line's steps; None without final runs."""
@@ -491,7 +493,7 @@ def about(study: str, tags: dict[str, str], shift: pd.DataFrame, arms: Arms) -> 
             "arms": {"order": list(arms.order), "base": arms.base, "controls": dict(arms.controls)}}
 
 
-def write_report(read: StudyRead, out_dir: Path, metric: str = "ndcg", k: int = 10,
+def write_report(read: StudyRead, out_dir: Path, metric: str = SELECTION[0], k: int = SELECTION[1],
                  ui_url: str | None = None) -> Path:
     """Write the report of a study read once (`read_study`): ``out_dir/summary.md``, ``<table>.csv`` for every
     table (plus the tidy ``results.csv``) and ``<figure>.png`` for every figure; return the summary.md path.

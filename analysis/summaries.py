@@ -8,7 +8,7 @@ tidy pandas DataFrame. Pure pandas/numpy/scipy (and optuna for
 Conventions shared by all functions:
 
 - One metric is summarised at a time, chosen by ``metric`` / ``k`` / ``subset``
-  (defaults ``"ndcg"``, ``10``, ``"all"``).
+  (defaults: `idea.contract.SELECTION`, NDCG@10, and ``"all"``).
 - Results are kept apart per ``study`` (a ``study`` column is always
   returned), since averaging across datasets is meaningless.
 - Final-stage rows are first averaged per (study, arm, part, seed), so a seed
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, optimize, special, stats
 
-from idea.contract import Arms, Stage, window_name, window_number
+from idea.contract import SELECTION, Arms, Stage, window_name, window_number
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -135,7 +135,8 @@ def oracle_view(df: pd.DataFrame) -> pd.DataFrame:
 PER_WINDOW_COLUMNS = ["study", "arm", "part", "mean", "std", "n_seeds", "ci95_low", "ci95_high"]
 
 
-def per_window(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
+def per_window(df: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1],
+               subset: str = "all") -> pd.DataFrame:
     """Final-stage metric per arm and part across seeds: mean, std (ddof=1), n_seeds and a t-based 95% CI.
 
     The CI is mean ± t_{0.975, n-1}·std/√n; std and CI are NaN with fewer than 2 seeds.
@@ -162,7 +163,8 @@ def per_window(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str 
 DEGRADATION_COLUMNS = ["study", "arm", "part", "window", "mean", "valid_mean", "rel_drop", "n_seeds", "slope"]
 
 
-def degradation(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all") -> pd.DataFrame:
+def degradation(df: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1],
+                subset: str = "all") -> pd.DataFrame:
     """How much each arm loses from validation to each later test window, and how fast.
 
     Returns ONE frame, a row per (study, arm, test window):
@@ -215,7 +217,7 @@ WORST_SEED_COLUMNS = ["study", "arm", "seed", "worst_value", "worst_part"]
 
 
 def worst_window(
-    df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all", by_seed: bool = False
+    df: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1], subset: str = "all", by_seed: bool = False
 ) -> pd.DataFrame:
     """Worst case over test windows: per seed the minimum metric over windows and where, then per arm.
 
@@ -328,7 +330,7 @@ def holm(p) -> np.ndarray:
     return out
 
 
-def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "all",
+def paired(df: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1], subset: str = "all",
            pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
     """Arm against control per part, paired by seed: in a warm-started study seed s of every arm starts
     from the same ERM model (ERM final seed s), so per-seed differences remove the start's luck.
@@ -387,7 +389,7 @@ def paired(df: pd.DataFrame, metric: str = "ndcg", k: int = 10, subset: str = "a
 WARM_GAP_COLUMNS = ["study", "arm", "part", "warm", "all", "gap", "rel_gap"]
 
 
-def warm_gap(df: pd.DataFrame, metric: str = "ndcg", k: int = 10) -> pd.DataFrame:
+def warm_gap(df: pd.DataFrame, metric: str = SELECTION[0], k: int = SELECTION[1]) -> pd.DataFrame:
     """Warm-user vs all-user metric per arm and part (seed means): warm, all, gap = warm - all, rel_gap = gap / all.
 
     A large gap means the window's difficulty comes from cold users/items rather than from shift in
@@ -432,8 +434,8 @@ def _trial_table(df: pd.DataFrame, metric: str, k: int, subset: str, params: Ite
 def sensitivity(
     df: pd.DataFrame,
     spaces: Mapping[str, Mapping[str, Mapping]],
-    metric: str = "ndcg",
-    k: int = 10,
+    metric: str = SELECTION[0],
+    k: int = SELECTION[1],
     subset: str = "all",
     max_levels: int = 5,
 ) -> pd.DataFrame:
@@ -489,8 +491,8 @@ def param_importances(
     df: pd.DataFrame,
     arm: str,
     space: Mapping[str, Mapping],
-    metric: str = "ndcg",
-    k: int = 10,
+    metric: str = SELECTION[0],
+    k: int = SELECTION[1],
     subset: str = "all",
 ) -> pd.DataFrame:
     """Which hyperparameters drive the validation metric: Optuna mean-decrease-impurity importances.

@@ -24,26 +24,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis import summaries as S
-from analysis.load import StudyNotFoundError, read_study
+from analysis.load import StudyNotFoundError, read_study, study_names
 from analysis.plots import metric_label
 from analysis.report import ABOUT_FILE, RESULTS_FILE
 from idea.argparsing import StrictArgumentParser
-from idea.contract import KS, METRICS, SELECTION, VALID, Arms, Stage, Tag
+from idea.contract import KS, METRICS, SELECTION, VALID, Arms, Tag
 
 COMPARE_COLUMNS = ["study", "dataset", "protocol", "backbone", "selection", "arm", "control", "part", "control_mean",
                    "mean_diff", "rel_gain", "ci_low", "ci_high", "p_paired", "p_holm", "n_pairs", "mde", "mde_rel"]
-
-
-def study_names(tracking_uri: str, pattern: str | None = None) -> list[str]:
-    """The studies of a store (experiments holding a parent run), optionally those matching a glob."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    names = []
-    for exp in client.search_experiments():
-        if client.search_runs([exp.experiment_id], f"tags.`{Tag.STAGE}` = '{Stage.STUDY}'", max_results=1):
-            names.append(exp.name)
-    return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
 @dataclass(frozen=True)
@@ -187,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {db} does not exist: --study-dir takes a study folder (<out>/<study>)", file=sys.stderr)
             return 2
         studies.append((f"sqlite:///{db}", db.parent.name))
-    for uri in args.tracking_uri:
-        names = args.study or study_names(uri, args.pattern)
-        studies += [(uri, name) for name in names if args.pattern is None or fnmatch.fnmatch(name, args.pattern)]
     try:
+        for uri in args.tracking_uri:
+            names = args.study or study_names(uri, args.pattern)
+            studies += [(uri, name) for name in names if args.pattern is None or fnmatch.fnmatch(name, args.pattern)]
         studies += [from_report(Path(folder)) for folder in args.report_dir]
     except (FileNotFoundError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -25,6 +25,7 @@ logging.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import tempfile
@@ -183,6 +184,14 @@ def _every_page(search: Callable[..., list]) -> list:
         token = page.token
         if not token:
             return items
+
+
+def study_names(tracking_uri: str, pattern: str | None = None) -> list[str]:
+    """The studies of a store (experiments holding a study run), optionally those whose names match a glob."""
+    client = _client(tracking_uri)
+    names = [exp.name for exp in _every_page(partial(client.search_experiments, max_results=1000))
+             if client.search_runs([exp.experiment_id], f"tags.`{Tag.STAGE}` = '{Stage.STUDY}'", max_results=1)]
+    return sorted(n for n in names if pattern is None or fnmatch.fnmatch(n, pattern))
 
 
 def _experiment(client, tracking_uri: str, study: str):

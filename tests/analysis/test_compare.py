@@ -60,6 +60,10 @@ def test_cli_refuses_what_it_cannot_compare(tmp_path, capsys):
     assert C.main(["--study-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert C.main(["--out", str(tmp_path / "o")]) == 2
+    typo = tmp_path / "typo.db"  # MLflow would create an empty store there and find no study in it
+    assert C.main(["--tracking-uri", f"sqlite:///{typo}", "--out", str(tmp_path / "o")]) == 2
+    assert f"no MLflow store at {typo}" in capsys.readouterr().err
+    assert not typo.exists()
     with pytest.raises(SystemExit):
         C.main(["--tracking", "x", "--out", str(tmp_path)])  # abbreviated flags are refused
 

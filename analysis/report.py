@@ -25,6 +25,7 @@ from analysis.atomic import atomic_path, write_text
 from analysis import mechanism as M
 from analysis import stopping as ST
 from analysis import summaries as S
+from analysis import training_time as TT
 from analysis.load import StudyNotFoundError, StudyRead, read_study
 from analysis.mlflow_ui import (UI_PORT, chart_view, compare_url, is_server, runs_url, share_view, ui_base_url,
                                 ui_command, view_url)
@@ -33,7 +34,7 @@ from idea.contract import (KS, METRICS, SELECTION, TRUE, VALID, Arms, Stage, Tag
                            shift_key)
 
 __all__ = ["TABLES", "build_tables", "build_figures", "headline", "notes", "identical_runs", "missing_parts",
-           "history_keys", "register_chart_view", "link_runs", "write_report", "main"]
+           "history_keys", "read_history", "register_chart_view", "link_runs", "write_report", "main"]
 
 # name -> (section title, one-line explanation); the order of summary.md
 TABLES = {
@@ -73,6 +74,13 @@ TABLES = {
                  f"and what ended it: {ST.EARLY_STOPPING} (patience epochs without a validation gain), the "
                  f"{ST.EPOCH_CAP} (still improving when it was cut off), or {ST.CUT_SHORT} (a "
                  "time budget, or stopped from outside). A fine-tuning arm's epochs count from its warm start."),
+    "training_time": ("Training time",
+                      "Per arm and stage, every run whatever its status: the epochs they trained and the hours those "
+                      "epochs took (training and validation, as each epoch timed itself), summed; s_per_epoch their "
+                      "mean; `all` the whole study. Summed over epochs, not read off a clock: hours while the study "
+                      "was stopped are not counted, trials run side by side each count theirs, and on a shared "
+                      "machine the load of the other work is in them. Not counted: start-up, the final runs' test "
+                      "evaluation, an epoch a stop cut off."),
     "warm_gap": ("Warm vs all targets", "gap = warm - all: how much of a window's difficulty comes from cold items."),
     "shift": ("Shift per window",
               "cold_share = share of targets whose item is unseen in training; popularity_js_vs_train = Jensen-Shannon "
@@ -105,8 +113,18 @@ TABLES = {
 
 
 def history_keys(key: str) -> bool:
-    """The per-epoch metric keys `build_tables` reads from `StudyRead.history`: the mechanism's and stopping's."""
-    return M.is_wanted(key) or ST.is_wanted(key)
+    """The per-epoch metric keys `build_tables` reads from the final runs' `StudyRead.history`: the
+    mechanism's, stopping's and training time's."""
+    return M.is_wanted(key) or ST.is_wanted(key) or TT.is_wanted(key)
+
+
+def read_history(read: StudyRead) -> pd.DataFrame:
+    """The per-epoch history `build_tables` reads: the final runs' `history_keys`, and the epoch seconds of
+    the other stages' runs (the training-time table counts every run)."""
+    final = read.history(keys=history_keys)
+    others = read.history(keys=TT.is_wanted, stages=[s for s in Stage.NESTED if s != Stage.FINAL])
+    frames = [f for f in (others, final) if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else final
 
 
 SMOKE_NOTE = ("Smoke study: a check that every stage runs (sampled users, a few trials, epochs and seeds). "
@@ -117,18 +135,19 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
                  k: int = SELECTION[1], arms: Arms | None = None,
                  history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every summary table of the report (keys of TABLES), from a `StudyRead`'s `results`, `shift`, `spaces`
-    and `arms` (without `arms`, `summaries.paired`'s pairs), and the IDEA runs' telemetry from its
-    `history(keys=history_keys)` (without it, empty mechanism and stopping tables)."""
-    has_history = history is not None and not history.empty
+    and `arms` (without `arms`, `summaries.paired`'s pairs), and the per-epoch history `read_history` gives
+    (without it, empty mechanism, stopping and training-time tables)."""
+    history = history if history is not None else pd.DataFrame(columns=["stage", "key"])
+    final_history = history.loc[history["stage"] == Stage.FINAL]
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),
         "degradation": S.degradation(results, metric, k, "all"),
         "worst_window": S.worst_window(results, metric, k, "all"),
         "paired": S.paired(results, metric, k, "all", arms.pairs() if arms is not None else None),
-        "mechanism": M.mechanism(M.epochs(history.loc[history["key"].map(M.is_wanted)] if has_history
-                                          else pd.DataFrame())),
-        "stopping": ST.stopping(history if has_history else pd.DataFrame(), results),
+        "mechanism": M.mechanism(M.epochs(final_history.loc[final_history["key"].map(M.is_wanted)])),
+        "stopping": ST.stopping(final_history, results),
+        "training_time": TT.training_time(history, arms.order if arms is not None else ()),
         "warm_gap": S.warm_gap(results, metric, k),
         "shift": shift,
     }
@@ -321,7 +340,7 @@ def identical_runs(final: pd.DataFrame, metric: str = SELECTION[0],
     return [(sorted(names), list(wide.columns)) for names in groups.values() if len(names) > 1]
 
 
-WHOLE_COLUMNS = {"seeds_for_3pct", "epochs_run", "best_epoch", "epochs", "patience"}  # counts, when whole
+WHOLE_COLUMNS = {"seeds_for_3pct", "epochs_run", "best_epoch", "epochs", "patience", "runs"}  # counts, when whole
 SIGNIFICANT = 4  # digits of a column's largest value; the rest of the column gets the same decimals
 
 
@@ -506,7 +525,7 @@ def write_report(read: StudyRead, out_dir: Path, metric: str = SELECTION[0], k: 
     results = read.results()
     shift = read.shift()
     arms = read.arms()
-    tables = build_tables(results, shift, read.spaces(), metric, k, arms, read.history(keys=history_keys))
+    tables = build_tables(results, shift, read.spaces(), metric, k, arms, read_history(read))
     figures = build_figures(tables, metric, k, arms)
 
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
@@ -541,8 +560,9 @@ def write_report(read: StudyRead, out_dir: Path, metric: str = SELECTION[0], k: 
     figure_after = {"per_window_all": ["metric_vs_window_all"], "per_window_warm": ["metric_vs_window_warm"],
                     "gain_vs_shift": ["gain_vs_js"],
                     "sensitivity": [f for f in figures if f.startswith("sensitivity_")]}
-    shown = {n: v for n, v in TABLES.items()  # oracle: true only; the mechanism of IDEA arms only; stopping with history
-             if not ((n.startswith("oracle_") or n in ("mechanism", "stopping")) and tables[n].empty)}
+    with_history = ("mechanism", "stopping", "training_time")  # the mechanism: of IDEA arms only
+    shown = {n: v for n, v in TABLES.items()  # oracle: true only
+             if not ((n.startswith("oracle_") or n in with_history) and tables[n].empty)}
     for i, (name, (title, what)) in enumerate(shown.items(), 1):
         md += [f"## {i}. {title}", "", what, ""]
         if name == "shift" and shift.attrs.get("source"):

@@ -121,7 +121,8 @@ SUBSETS = ("all", "warm")  # all targets | targets whose item occurs in training
 # and keep_rate_<k> per extractor k (`keep_rate_key`); the risk variance and IRMv1 penalty are in EPOCH_METRICS.
 MECHANISM_METRICS = ("penalty_share", "extractor_steps", "mask_disagreement", "lambda_dominant")
 KEEP_RATE = "keep_rate_"
-EPOCH_METRICS = ("train_loss", "epoch_seconds", "risk_mean", "risk_var", "irm_penalty",
+EPOCH_SECONDS = "epoch_seconds"  # an epoch's wall time, training and validation
+EPOCH_METRICS = ("train_loss", EPOCH_SECONDS, "risk_mean", "risk_var", "irm_penalty",
                  *MECHANISM_METRICS)  # logged per epoch besides valid_* (and the keep rates)
 _KEY = re.compile(r"(?P<kind>valid|best_valid|test_(?P<window>[A-Za-z0-9]+)|shift)_(?:(?P<warm>warm)_)?"
                   r"(?P<metric>[a-z0-9]+)_at_(?P<k>\d+)")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from idea.config import RUNTIME_FIELDS, TrainConfig
-from idea.contract import SELECT_METRIC
+from idea.contract import EPOCH_SECONDS, SELECT_METRIC
 from idea.methods import METHOD_OBJECTS
 from idea.metrics import metrics_frame, rank_events, summary
 from idea.precision import exact_float32, resolve_precision, set_tensor_cores
@@ -141,7 +141,7 @@ class EpochRecord:
     extra: dict[str, float] = field(default_factory=dict)  # IDEA: risks and mechanism telemetry (idea/contract.py)
 
     def flat(self) -> dict[str, float | str | None]:
-        return {"epoch": self.epoch, "phase": self.phase, "train_loss": self.train_loss, "epoch_seconds": self.seconds,
+        return {"epoch": self.epoch, "phase": self.phase, "train_loss": self.train_loss, EPOCH_SECONDS: self.seconds,
                 "epoch_train_seconds": self.train_seconds, "best_epoch": self.best_epoch,
                 "best_phase": self.best_phase, **self.extra, **self.valid}
 

@@ -9,8 +9,8 @@ every name comes from `idea.contract`, the module `studies/` writes by.
   ``erm-seed1``, ``erm-seed2`` with ``best_valid_*``, ``best_valid_warm_*`` and
   ``test_<w>[_warm]_*`` metrics for windows w1..w3 (and the same as ``shift_[warm_]*`` series, step 0 =
   validation, step i = wi), per-epoch ``valid_*`` whose latest value is NOT
-  the best one, ``train_loss`` and ``best_epoch`` (each run early-stopped: best at epoch 2 of 3, patience
-  1), and their arm's colour (``mlflow.runColor``). Every
+  the best one, ``train_loss``, ``epoch_seconds`` (1, 2, 3 s: every search and final run) and ``best_epoch``
+  (each run early-stopped: best at epoch 2 of 3, patience 1), and their arm's colour (``mlflow.runColor``). Every
   nested run carries its arm's roles (`ROLES`: erm the base arm, idea compared with it).
 - ``OTHER`` (``other-study``): a parent without ``describe.json``, and one final run with absurd
   values that must never leak into ``STUDY``; it predates the role tags (read by `Arms.legacy`).
@@ -27,8 +27,8 @@ import json
 from pathlib import Path
 
 from analysis.mlflow_ui import RUN_COLOR_TAG, arm_colours
-from idea.contract import (EPOCH_METRICS, SUBSETS, TRUE, VALID, Arms, Stage, Tag, best_state_key, metric_name,
-                           run_name, shift_key, valid_key)
+from idea.contract import (EPOCH_METRICS, EPOCH_SECONDS, SUBSETS, TRUE, VALID, Arms, Stage, Tag, best_state_key,
+                           metric_name, run_name, shift_key, valid_key)
 
 STUDY = "synthetic-smoke"
 OTHER = "other-study"
@@ -149,6 +149,7 @@ def make_fake_store(path: str | Path) -> str:
         for step, f in ((1, 0.8), (2, 1.0), (3, 0.9)):
             out += [(n, round(best * f, 6) if m == "ndcg" and k == 10 else 0.0, step) for n, m, k in _names(valid_key)]
             out.append((EPOCH_METRICS[0], 10.0 - step, step))
+            out.append((EPOCH_SECONDS, float(step), step))  # 6 s over a run's 3 epochs
         return out
 
     # ---- the study

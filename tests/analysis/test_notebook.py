@@ -78,6 +78,7 @@ def test_notebook_executes_and_draws_its_figures(store, tmp_path):
     assert "+21.4%" in text  # the headline (IDEA vs ERM on w3) is shown
     html = "".join(str(o.get("data", {}).get("text/html", "")) for o in outputs)
     assert html.count("early stopping") == 4  # how each of the 4 final runs ended, as summary.md's table says
+    assert "s_per_epoch" in html and "<td>36</td>" in html  # the training time: 36 epochs in all
     assert "#/compare-runs?runs=[" in text and "#/experiments/1/runs" in text and "shift_ndcg_at_10" in text
     # the arms in summary.md's order (the base arm first): the same verdict and the same runs in the links
     summary = write_report(read, tmp_path / "report").read_text()

@@ -106,6 +106,19 @@ def test_the_stopping_section_says_how_each_final_run_ended(report):
     assert {tuple(r[4:]) for r in rows} == {("3", "2", "3", "1", "early stopping")}
 
 
+def test_the_training_time_section_counts_every_run_of_every_stage(report):
+    """Epochs and their seconds per arm and stage, from every run whatever its status (idea's search: 4 finished
+    trials and a failed one), in the study's order of arms; each run logs 1 + 2 + 3 s over 3 epochs."""
+    out, _ = report
+    rows = table_rows(section((out / "summary.md").read_text(), "Training time"))
+    assert [r[1:5] for r in rows] == [["idea", "search", "5", "15"], ["idea", "final", "2", "6"],
+                                      ["erm", "search", "3", "9"], ["erm", "final", "2", "6"],
+                                      ["all", "all", "12", "36"]]
+    assert [float(r[5]) for r in rows] == pytest.approx([30 / 3600, 12 / 3600, 18 / 3600, 12 / 3600, 72 / 3600],
+                                                       abs=5e-6)  # to the column's 5 decimals
+    assert {r[6] for r in rows} == {"2.000"}
+
+
 def test_numbers_share_one_precision_per_column(report):
     """Each number column has one count of decimals (4 significant digits of its largest value), shares are
     percentages, p-values have 3 decimals; the headline's means share theirs."""

@@ -73,7 +73,10 @@ TABLES = {
                  "Per final run: the epochs it trained, its best epoch (the state tested), its epoch cap and patience, "
                  f"and what ended it: {ST.EARLY_STOPPING} (patience epochs without a validation gain), the "
                  f"{ST.EPOCH_CAP} (still improving when it was cut off), or {ST.CUT_SHORT} (a "
-                 "time budget, or stopped from outside). A fine-tuning arm's epochs count from its warm start."),
+                 "time budget, or stopped from outside). A fine-tuning arm's epochs count from its warm start, "
+                 "and its best epoch is one of its own, never the start: valid_vs_start is its validation metric "
+                 "minus that of the base arm's run of its seed, the model it began from (below 0: it never rose "
+                 "above its start, so the state tested is worse on validation than the one it was given)."),
     "training_time": ("Training time",
                       "Per arm and stage, every run whatever its status: the epochs they trained and the hours those "
                       "epochs took (training and validation, as each epoch timed itself), summed; s_per_epoch their "
@@ -146,7 +149,7 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
         "worst_window": S.worst_window(results, metric, k, "all"),
         "paired": S.paired(results, metric, k, "all", arms.pairs() if arms is not None else None),
         "mechanism": M.mechanism(M.epochs(final_history.loc[final_history["key"].map(M.is_wanted)])),
-        "stopping": ST.stopping(final_history, results),
+        "stopping": ST.stopping(final_history, results, arms.base if arms is not None else None, metric, k),
         "training_time": TT.training_time(history, arms.order if arms is not None else ()),
         "warm_gap": S.warm_gap(results, metric, k),
         "shift": shift,

@@ -99,11 +99,14 @@ def test_the_paired_section_pairs_the_arms_the_store_names(report):
 
 def test_the_stopping_section_says_how_each_final_run_ended(report):
     """One row per final run from its logged epochs: three epochs, best at 2, patience 1: early stopping; counts
-    are written whole."""
+    are written whole. IDEA's validation against its seed's ERM run (0.102 - 0.101, 0.098 - 0.099); none for
+    ERM, the base arm."""
     out, _ = report
     rows = table_rows(section((out / "summary.md").read_text(), "How each final run ended"))
     assert sorted(r[3] for r in rows) == ["erm-seed1", "erm-seed2", "idea-seed1", "idea-seed2"]
-    assert {tuple(r[4:]) for r in rows} == {("3", "2", "3", "1", "early stopping")}
+    assert {tuple(r[4:9]) for r in rows} == {("3", "2", "3", "1", "early stopping")}
+    assert {r[3]: r[9] for r in rows} == {"idea-seed1": "0.001000", "idea-seed2": "-0.001000", "erm-seed1": "",
+                                          "erm-seed2": ""}
 
 
 def test_the_training_time_section_counts_every_run_of_every_stage(report):

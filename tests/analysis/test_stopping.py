@@ -52,6 +52,24 @@ def test_stopping_table_reads_epochs_from_history_and_budget_from_params():
     assert ST.stopping(pd.DataFrame(), results).empty and ST.stopping(history, results.iloc[:0]).empty
 
 
+def test_a_fine_tuning_run_is_compared_with_the_base_arm_run_of_its_seed_on_validation():
+    """valid_vs_start = the run's validation metric (the selection's: NDCG@10, all targets) minus the base arm's
+    run of the same seed; blank for the base arm, for a seed without a base run, and without a base arm."""
+    history = pd.DataFrame(sum((_history(r, 20, 10) for r in ("e1", "e2", "i1", "i2", "i3")), []))
+    rows = []
+    for run_id, arm, seed, ndcg in (("e1", "erm", 1, 0.0364), ("e2", "erm", 2, 0.0350), ("i1", "idea", 1, 0.0360),
+                                    ("i2", "idea", 2, 0.0371), ("i3", "idea", 3, 0.0300)):
+        for r in _results(run_id, arm, seed, Stage.FINAL, 300, 10):  # parts valid and test (test: 9.0)
+            rows += [{**r, "subset": "all", "metric": "ndcg", "k": 10, "value": ndcg if r["part"] == "valid" else 9.0},
+                     {**r, "subset": "warm", "metric": "ndcg", "k": 10, "value": 1.0},
+                     {**r, "subset": "all", "metric": "hr", "k": 10, "value": 2.0}]
+    results = pd.DataFrame(rows)
+    table = ST.stopping(history, results, base="erm").set_index("run_name")["valid_vs_start"]
+    assert table[["idea-seed1", "idea-seed2"]].tolist() == pytest.approx([0.0360 - 0.0364, 0.0371 - 0.0350])
+    assert table[["erm-seed1", "erm-seed2", "idea-seed3"]].isna().all()
+    assert ST.stopping(history, results)["valid_vs_start"].isna().all()
+
+
 def test_report_notes_runs_that_early_stopping_did_not_end():
     """A run stopped by its cap is a caveat on its arm's comparison: the report's notes name it; with every run
     early-stopped there is no such note."""

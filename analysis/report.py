@@ -139,9 +139,11 @@ def build_tables(results: pd.DataFrame, shift: pd.DataFrame, spaces: dict[str, d
                  history: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every summary table of the report (keys of TABLES), from a `StudyRead`'s `results`, `shift`, `spaces`
     and `arms` (without `arms`, `summaries.paired`'s pairs), and the per-epoch history `read_history` gives
-    (without it, empty mechanism, stopping and training-time tables)."""
-    history = history if history is not None else pd.DataFrame(columns=["stage", "key"])
-    final_history = history.loc[history["stage"] == Stage.FINAL]
+    (without it, empty mechanism, stopping and training-time tables): the mechanism and stopping tables read
+    the final runs of `results` (finished), the training time every run."""
+    history = history if history is not None else pd.DataFrame(columns=["stage", "run_id", "key"])
+    finished = results.loc[results["stage"] == Stage.FINAL, "run_id"]  # not a seed still running, as elsewhere
+    final_history = history.loc[(history["stage"] == Stage.FINAL) & history["run_id"].isin(finished)]
     t = {
         "per_window_all": S.per_window(results, metric, k, "all"),
         "per_window_warm": S.per_window(results, metric, k, "warm"),

@@ -3,6 +3,8 @@ import pandas as pd
 import pytest
 
 from analysis import mechanism as M
+from analysis import report
+from analysis.load import SHIFT_FRAME_COLUMNS
 
 
 def history(arm: str, seed: int, shares, keeps, disagreement, best: int) -> list[dict]:
@@ -56,3 +58,17 @@ def test_runs_without_telemetry_give_an_empty_table():
     plain = pd.DataFrame([{"study": "s", "arm": "erm_ft", "stage": "final", "trial": "t", "seed": 1, "run_id": "r",
                            "run_name": "erm_ft", "key": "best_epoch", "step": 0, "value": 3.0}])
     assert table(plain).empty and M.mechanism(M.epochs(pd.DataFrame())).empty
+
+
+def test_the_report_reads_the_telemetry_of_finished_final_runs_only():
+    """A seed still running (or killed) has no results yet: its first epochs must not enter the arm's means,
+    as they enter no other table (beauty-loo-long's IDEA read n_seeds 2 and 8.5 epochs with seed 2 at epoch 1)."""
+    done = history("idea", 1, [0.2, 0.4, 0.9], [(0.9, 0.8), (0.6, 0.5), (0.5, 0.3)], [0.1, 0.2, 0.3], best=2)
+    running = history("idea", 2, [0.9], [(0.1, 0.1)], [0.9], best=1)
+    results = pd.DataFrame([{"study": "s", "arm": "idea", "stage": "final", "trial": "t", "seed": 1, "run_id": "idea1",
+                             "run_name": "idea-seed1", "part": part, "subset": "all", "metric": "ndcg", "k": 10,
+                             "value": 0.1} for part in ("valid", "w1")])
+    tables = report.build_tables(results, pd.DataFrame(columns=SHIFT_FRAME_COLUMNS), {},
+                                 history=pd.DataFrame(done + running))
+    got = tables["mechanism"].set_index("arm").loc["idea"]
+    assert got["n_seeds"] == 1 and got["epochs_run"] == 3 and got["penalty_share"] == pytest.approx(0.4)

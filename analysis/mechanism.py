@@ -17,10 +17,11 @@ __all__ = ["PENALTY_NEGLIGIBLE", "PENALTY_ACTING", "MASKS_MOVED", "is_wanted", "
 
 PENALTY_NEGLIGIBLE = 0.01  # penalty share below this: the recommender is, in effect, erm_ft on mixed views
 PENALTY_ACTING = 0.1  # from this share on, the penalty steers a tenth of the recommender's gradient or more
-MASKS_MOVED = 0.05  # change of the mean keep rate or of the disagreement, first IDEA epoch to best epoch
+MASKS_MOVED = 0.05  # change of an extractor's keep rate or of the disagreement, first IDEA epoch to best epoch
 
 MECHANISM_COLUMNS = ["study", "arm", "n_seeds", "epochs_run", "best_epoch", "extractor_steps", "penalty_share",
-                     "keep_first", "keep_best", "keep_spread_best", "disagreement_first", "disagreement_best",
+                     "keep_first", "keep_best", "keep_spread_best", "keep_moved_best", "disagreement_first",
+                     "disagreement_best",
                      "lambda_dominant", "risk_var", "verdict"]
 
 
@@ -53,8 +54,9 @@ def epochs(history: pd.DataFrame) -> pd.DataFrame:
 def mechanism(per_epoch: pd.DataFrame) -> pd.DataFrame:
     """Per IDEA arm (means over its final seeds) from `epochs`: epochs run, best epoch, extractor updates up
     to the best epoch, the median penalty share over its IDEA epochs, the mean keep rate in its first IDEA
-    epoch and at the best one (and the spread over extractors there), the disagreement likewise, the
-    dominant mixing weight and the risk variance at the best epoch, and a verdict in words."""
+    epoch and at the best one (and the spread over extractors there), the largest change of one extractor's
+    keep rate between the two (extractors that move apart leave the mean where it was), the disagreement
+    likewise, the dominant mixing weight and the risk variance at the best epoch, and a verdict in words."""
     if per_epoch.empty:
         return pd.DataFrame(columns=MECHANISM_COLUMNS)
     rows = []
@@ -65,11 +67,13 @@ def mechanism(per_epoch: pd.DataFrame) -> pd.DataFrame:
             at = run.loc[run["epoch"] == run["best_epoch"]]
             at = at.iloc[-1] if len(at) else run.iloc[-1]  # a run without a best epoch: its last
             first = run.iloc[0]
+            rates = [c for c in run.columns if c.startswith(KEEP_RATE)]
             seeds.append({"epochs_run": run["epoch"].max(), "best_epoch": at["epoch"],
                           "extractor_steps": at.get("extractor_steps", np.nan),
                           "penalty_share": run["penalty_share"].median(),
                           "keep_first": first["keep_mean"], "keep_best": at["keep_mean"],
                           "keep_spread_best": at["keep_spread"],
+                          "keep_moved_best": (at[rates] - first[rates]).abs().max(),
                           "disagreement_first": first.get("mask_disagreement", np.nan),
                           "disagreement_best": at.get("mask_disagreement", np.nan),
                           "lambda_dominant": at.get("lambda_dominant", np.nan), "risk_var": at.get("risk_var", np.nan)})
@@ -87,11 +91,11 @@ def verdict(row: pd.Series) -> str:
         penalty = f"penalty small ({share:.1%} of the mean risk's gradient, under {PENALTY_ACTING:.0%})"
     else:
         penalty = f"penalty acting ({share:.0%} of the mean risk's gradient)"
-    moved = max(abs(row["keep_best"] - row["keep_first"]),
+    moved = max(row["keep_moved_best"] if pd.notna(row["keep_moved_best"]) else 0,
                 abs(row["disagreement_best"] - row["disagreement_first"]) if pd.notna(row["disagreement_best"]) else 0)
-    steps = f"{row['extractor_steps']:.0f} extractor updates"
-    masks = (f"masks moved ({steps}; keep rate {row['keep_first']:.2f} -> {row['keep_best']:.2f})" if moved >= MASKS_MOVED
-             else f"masks stayed where they began ({steps}; keep rate {row['keep_first']:.2f} -> "
-                  f"{row['keep_best']:.2f}, change under {MASKS_MOVED})")
+    change = (f"{row['extractor_steps']:.0f} extractor updates; mean keep rate {row['keep_first']:.2f} -> "
+              f"{row['keep_best']:.2f}, one extractor's by up to {row['keep_moved_best']:.2f}")
+    masks = (f"masks moved ({change})" if moved >= MASKS_MOVED
+             else f"masks stayed where they began ({change}, change under {MASKS_MOVED})")
     active = share >= PENALTY_ACTING and moved >= MASKS_MOVED
     return f"{'active' if active else 'inactive'}: {penalty}; {masks}"

@@ -65,10 +65,12 @@ TABLES = {
                   "||beta grad penalty|| / ||grad mean risk|| over the recommender's parameters, the median over the "
                   "run's IDEA epochs (each epoch's the median over every 10th step); extractor_steps the extractor "
                   "updates up to the best epoch; keep the mean share of real positions the masks keep, in the first "
-                  "IDEA epoch and at the best one (spread: max - min over the extractors); disagreement the mean "
-                  "|m_i - m_j| between extractors' masks. The verdict: the penalty is negligible under "
-                  f"{M.PENALTY_NEGLIGIBLE:.0%} and acting from {M.PENALTY_ACTING:.0%}; the masks moved when the keep "
-                  f"rate or the disagreement changed by {M.MASKS_MOVED} or more; active = both."),
+                  "IDEA epoch and at the best one (spread: max - min over the extractors; moved: the largest change "
+                  "of one extractor's keep rate between the two); disagreement the mean |m_i - m_j| between "
+                  "extractors' masks. The verdict: the penalty is negligible under "
+                  f"{M.PENALTY_NEGLIGIBLE:.0%} and acting from {M.PENALTY_ACTING:.0%}; the masks moved when an "
+                  f"extractor's keep rate or the disagreement changed by {M.MASKS_MOVED} or more by the best epoch; "
+                  "active = both."),
     "stopping": ("How each final run ended",
                  "Per final run: the epochs it trained, its best epoch (the state tested), its epoch cap and patience, "
                  f"and what ended it: {ST.EARLY_STOPPING} (patience epochs without a validation gain), the "

@@ -34,6 +34,7 @@ def test_numbers_are_the_runs_means_at_their_best_epochs():
     assert got["keep_first"] == pytest.approx((0.85 + 0.9) / 2)
     assert got["keep_best"] == pytest.approx((0.55 + 0.7) / 2)
     assert got["keep_spread_best"] == pytest.approx((0.1 + 0.0) / 2)
+    assert got["keep_moved_best"] == pytest.approx((0.3 + 0.2) / 2)  # each run: its largest change of one rate
     assert got["disagreement_best"] == pytest.approx((0.2 + 0.2) / 2)
     assert got["risk_var"] == pytest.approx((2e-3 + 3e-3) / 2)
     assert got["verdict"].startswith("active: penalty acting (35% ")
@@ -52,6 +53,16 @@ def test_masks_that_did_not_move_make_the_mechanism_inactive_whatever_the_penalt
     assert still["verdict"].startswith("inactive") and "masks stayed where they began (18 extractor updates" in still["verdict"]
     disagreeing = table(history("idea", 1, [0.5, 0.5], [(0.88, 0.88), (0.88, 0.88)], [0.2, 0.3], best=2)).loc["idea"]
     assert disagreeing["verdict"].startswith("active") and "masks moved" in disagreeing["verdict"]
+
+
+def test_extractors_that_move_apart_are_masks_that_moved_though_their_mean_keep_rate_stays():
+    """beauty-loo-long's IDEA seed 1: by its best epoch one extractor kept 0.42 of the items and the mean stayed
+    at 0.49; the mean alone read as masks that never moved."""
+    apart = table(history("idea", 1, [0.5, 0.5], [(0.5, 0.5), (0.40, 0.56)], [0.5, 0.51], best=2)).loc["idea"]
+    assert apart["keep_best"] - apart["keep_first"] == pytest.approx(-0.02)
+    assert apart["keep_moved_best"] == pytest.approx(0.10)  # the largest change, not the mean change (0.08)
+    assert apart["verdict"] == ("active: penalty acting (50% of the mean risk's gradient); masks moved (18 extractor "
+                                "updates; mean keep rate 0.50 -> 0.48, one extractor's by up to 0.10)")
 
 
 def test_runs_without_telemetry_give_an_empty_table():

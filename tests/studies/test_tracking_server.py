@@ -11,6 +11,7 @@ client is told not to retry, stops with exit 75 and its resume line, and `--resu
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import subprocess
@@ -216,6 +217,7 @@ def _normalised(value, labels: dict[str, str]):
 
 WHERE_IT_RAN = ("ray_cluster", "resume_command")  # tags that name the Ray cluster and the command line
 TIMES = ("epoch_seconds",)  # metrics that are durations
+TIMED_COLUMNS = {"training_time.csv": ["hours", "s_per_epoch"]}  # report tables' columns of durations
 
 
 def _store_view(runs: list, labels: dict[str, str]) -> dict:
@@ -234,8 +236,8 @@ def _tidy(frame: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
 
 def _artifacts(client, runs: list, labels: dict[str, str], into: Path) -> dict[str, str]:
     """The parent run's artifacts, downloaded: text files as text (ids and folder normalised, a table's rows
-    sorted; the report's lines that name the store or link its UI, and its MLflow UI section, left out),
-    figures as whether they hold a figure."""
+    sorted; the report's lines that name the store or link its UI, its MLflow UI section, and its durations
+    (the training-time section, that table's hours) left out), figures as whether they hold a figure."""
     (parent,) = [r for r in runs if r.data.tags["stage"] == "study"]
     local = Path(client.download_artifacts(parent.info.run_id, "", str(into)))
     out = {}
@@ -246,7 +248,10 @@ def _artifacts(client, runs: list, labels: dict[str, str], into: Path) -> dict[s
         text = path.read_text()
         if path.name == "summary.md":
             text = re.sub(r"\n## MLflow UI\n.*?(?=\n## |\Z)", "", text, flags=re.S)
+            text = re.sub(r"\n## \d+\. Training time\n.*?(?=\n## |\Z)", "", text, flags=re.S)  # durations
             text = "\n".join(line for line in text.splitlines() if not re.search(r"Tracking URI|http://|sqlite:", line))
+        if path.name in TIMED_COLUMNS:  # the epochs and runs stay compared
+            text = pd.read_csv(io.StringIO(text)).drop(columns=TIMED_COLUMNS[path.name]).to_csv(index=False)
         text = _normalised(text, labels)
         if path.suffix == ".csv":  # rows in the order of Tune's trial ids, which differ
             header, *rows = text.splitlines()

@@ -21,18 +21,24 @@ from studies.tracking import MlflowTrialLogger, StudyRun, summary_metrics
 
 def close_budget_stopped(study_run: StudyRun, arm: str, stage: str, grid: ResultGrid) -> None:
     """Trials Tune ended without a callback (the time budget) still have a RUNNING run: end it FINISHED,
-    tagged budget_stopped, with its best-so-far metrics. A RUNNING run whose trial the grid does not
-    hold (the driver died right after creating it, and Tune never kept the trial) is an orphan: it ends
-    KILLED, tagged orphan, and counts as no trial."""
+    tagged budget_stopped, with its best-so-far metrics. A RUNNING run whose trial failed in the grid (its
+    callback never reached the store: a tracking outage) ends FAILED with the grid's error. A RUNNING run
+    whose trial the grid does not hold (the driver died right after creating it, and Tune never kept the
+    trial) is an orphan: it ends KILLED, tagged orphan, and counts as no trial."""
     client = study_run.client()
-    last = {r.metrics.get(Result.TRIAL_ID): r.metrics for r in grid if r.metrics}
+    results = {r.metrics.get(Result.TRIAL_ID): r for r in grid if r.metrics}
     for run in study_run.nested_runs(arm, stage, status="RUNNING"):
-        if run.data.tags.get(Tag.TRIAL_ID) not in last:
+        result = results.get(run.data.tags.get(Tag.TRIAL_ID))
+        if result is None:
             client.set_tag(run.info.run_id, Tag.ORPHAN, TRUE)
             client.set_terminated(run.info.run_id, "KILLED")
             continue
-        metrics = summary_metrics(last.get(run.data.tags.get(Tag.TRIAL_ID), {}))
-        for key, value in metrics.items():
+        if failed(result):
+            error = result.error if result.error is not None else result.metrics[Result.PERMANENT_ERROR]
+            client.set_tag(run.info.run_id, Tag.ERROR, str(error)[:500])
+            client.set_terminated(run.info.run_id, "FAILED")
+            continue
+        for key, value in summary_metrics(result.metrics).items():
             client.log_metric(run.info.run_id, key, float(value))
         client.set_tag(run.info.run_id, Tag.BUDGET_STOPPED, TRUE)
         client.set_terminated(run.info.run_id, "FINISHED")

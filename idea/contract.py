@@ -32,6 +32,7 @@ class Tag:
     ASHA_STOPPED = "asha_stopped"
     BUDGET_STOPPED = "budget_stopped"
     ORPHAN = "orphan"  # a run without a Tune trial: counts as no trial
+    DUPLICATE_OF = "duplicate_of"  # a second run MLflow's client made for one trial (a retried POST): KILLED, in the trash
     FAILURES = "failures"
     ERROR = "error"
     RETRIED = "retried"

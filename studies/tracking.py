@@ -105,6 +105,20 @@ class StudyRun:
         return list(self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=arm or None,
                                     tag_stage=stage or None, status=status or None), view))
 
+    def create_trial_run(self, client: RetryingClient, name: str, tags: Mapping[str, str]) -> str:
+        """A new nested run for one trial (`tags` hold its arm, stage and trial_id). MLflow's REST client
+        retries a POST whose reply was lost (a proxy's 503, a read timeout) though the server made the run,
+        and so can make two. The callback creates a run only for a trial the store holds none of, so any
+        other RUNNING run of the trial is such a twin: it ends KILLED, tagged duplicate_of, in the trash."""
+        run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        twins = self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=tags[Tag.ARM],
+                                tag_stage=tags[Tag.STAGE], tag_trial_id=tags[Tag.TRIAL_ID], status="RUNNING"))
+        for twin in [run for run in twins if run.info.run_id != run_id]:
+            client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)
+            client.set_terminated(twin.info.run_id, "KILLED")
+            client.delete_run(twin.info.run_id)
+        return run_id
+
     def replace_run(self, arm: str, stage: str, trial_id: str, reason: str) -> str | None:
         """Before a trial is trained again from its start (`studies.retrain`): its run, if any, ends KILLED
         (when still RUNNING), is tagged with `reason` and deleted (MLflow keeps it in the trash), so the
@@ -287,8 +301,7 @@ class MlflowTrialLogger(tune.Callback):
         if (replaced := self._replaced.get(trial.trial_id)) is not None:  # retrained from its start
             tags.update({Tag.RETRAINED_DAMAGED: replaced.data.tags[Tag.RETRAINED_DAMAGED],
                          Tag.REPLACES: replaced.info.run_id})
-        run_id = self._client.create_run(self.study_run.experiment_id, run_name=self._run_name(trial),
-                                         tags=tags).info.run_id
+        run_id = self.study_run.create_trial_run(self._client, self._run_name(trial), tags)
         params = [Param(k, str(v)) for k, v in config.used().items()]  # only what its method reads
         self._client.log_batch(run_id, params=params)
         self._runs[trial.trial_id] = run_id

@@ -1,0 +1,95 @@
+"""A tracking server whose reply to a run's creation is lost: MLflow's REST client retries the POST, the
+server makes the run twice, and the study must still hold one run per trial. A real `mlflow server` behind
+a proxy that forwards every request and answers the first run creation with 503 after the server made it
+(as a load balancer timing out would)."""
+from __future__ import annotations
+
+import http.server
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+from studies.tracking import StudyRun
+from tests.studies.servers import MlflowServer, free_port
+
+CREATE_RUN = "/api/2.0/mlflow/runs/create"
+
+
+class LossyProxy(http.server.ThreadingHTTPServer):
+    """Forwards to `upstream`; once `armed`, the next run creation is made upstream, then answered 503
+    (`dropped` counts them)."""
+
+    def __init__(self, upstream: str):
+        self.upstream, self.armed, self.dropped = upstream, False, 0
+        super().__init__(("127.0.0.1", free_port()), _Forward)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    server: LossyProxy
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        request = urllib.request.Request(self.server.upstream + self.path, data=body, method=self.command,
+                                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, payload, kind = response.status, response.read(), response.headers.get("Content-Type")
+        except urllib.error.HTTPError as err:
+            status, payload, kind = err.code, err.read(), err.headers.get("Content-Type")
+        if self.command == "POST" and self.path.startswith(CREATE_RUN) and self.server.armed:
+            self.server.armed, self.server.dropped = False, self.server.dropped + 1
+            status, payload, kind = 503, b"upstream reply lost", "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", kind or "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def lossy_server(tmp_path: Path) -> Iterator[LossyProxy]:
+    server = MlflowServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "server.log")
+    server.spawn()
+    try:
+        server.wait()
+        proxy = LossyProxy(server.url)
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        yield proxy
+        proxy.shutdown()
+        proxy.server_close()
+    finally:
+        server.stop()
+
+
+def test_a_run_created_twice_by_a_retried_post_leaves_one_run_for_the_trial(lossy_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    client = MlflowClient(tracking_uri=lossy_server.url)
+    experiment = client.create_experiment("retried")
+    parent = client.create_run(experiment, tags={"study": "s", "stage": "study"}).info.run_id
+    study_run = StudyRun(lossy_server.url, experiment, parent, {"study": "s"})
+    tags = {"study": "s", MLFLOW_PARENT_RUN_ID: parent, "arm": "idea", "stage": "search", "trial_id": "t1"}
+    lossy_server.armed = True
+    run_id = study_run.create_trial_run(study_run.client(), "idea-trial-t1", tags)
+
+    assert lossy_server.dropped == 1  # the server made the run, its reply was lost, the client posted again
+    assert [r.info.run_id for r in study_run.nested_runs("idea", "search")] == [run_id]
+    twins = study_run.nested_runs("idea", "search", view=ViewType.DELETED_ONLY)
+    assert len(twins) == 1 and twins[0].info.status == "KILLED"
+    assert twins[0].data.tags["duplicate_of"] == run_id and twins[0].data.tags["trial_id"] == "t1"

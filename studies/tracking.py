@@ -101,9 +101,9 @@ class StudyRun:
                 return
 
     def nested_runs(self, arm: str | None = None, stage: str | None = None, status: str | None = None,
-                    view: int = ViewType.ACTIVE_ONLY) -> list:
+                    view: int = ViewType.ACTIVE_ONLY, trial_id: str | None = None) -> list:
         return list(self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=arm or None,
-                                    tag_stage=stage or None, status=status or None), view))
+                                    tag_stage=stage or None, tag_trial_id=trial_id, status=status or None), view))
 
     def create_trial_run(self, client: RetryingClient, name: str, tags: Mapping[str, str]) -> str:
         """A new nested run for one trial (`tags` hold its arm, stage and trial_id). MLflow's REST client
@@ -111,8 +111,7 @@ class StudyRun:
         and so can make two. The callback creates a run only for a trial the store holds none of, so any
         other RUNNING run of the trial is such a twin: it ends KILLED, tagged duplicate_of, in the trash."""
         run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
-        twins = self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=tags[Tag.ARM],
-                                tag_stage=tags[Tag.STAGE], tag_trial_id=tags[Tag.TRIAL_ID], status="RUNNING"))
+        twins = self.nested_runs(tags[Tag.ARM], tags[Tag.STAGE], "RUNNING", trial_id=tags[Tag.TRIAL_ID])
         for twin in [run for run in twins if run.info.run_id != run_id]:
             client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)
             client.set_terminated(twin.info.run_id, "KILLED")
@@ -124,13 +123,12 @@ class StudyRun:
         (when still RUNNING), is tagged with `reason` and deleted (MLflow keeps it in the trash), so the
         retraining logs its epochs in a new run (`MlflowTrialLogger` tags that one); returns its id."""
         client = self.client()
-        for run in self.nested_runs(arm, stage):
-            if run.data.tags.get(Tag.TRIAL_ID) == trial_id:
-                if run.info.status == "RUNNING":
-                    client.set_terminated(run.info.run_id, "KILLED")
-                client.set_tag(run.info.run_id, Tag.RETRAINED_DAMAGED, reason)
-                client.delete_run(run.info.run_id)
-                return run.info.run_id
+        for run in self.nested_runs(arm, stage, trial_id=trial_id):
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, "KILLED")
+            client.set_tag(run.info.run_id, Tag.RETRAINED_DAMAGED, reason)
+            client.delete_run(run.info.run_id)
+            return run.info.run_id
         return None
 
     def close_open_runs(self, status: str, tags: Mapping[str, str] | None = None, parent: bool = True) -> int:

@@ -113,14 +113,14 @@ def log_scores(study_run: StudyRun, arm: str, scores: list[OracleScore], key: st
 def copy_run(study_run: StudyRun, run: Any, stage: str) -> str:
     """A new nested run of `stage` holding `run`'s tags, params and every metric's history,
     ended with its status; returns its id. `Tag.SAME_AS` is set at creation, so a copy cut short is found
-    (and ended KILLED) like any open run, and never taken for a whole one: only FINISHED copies count."""
+    (and ended KILLED) like any open run, and never taken for a whole one: only FINISHED copies count. It is
+    created as its trial's run (`StudyRun.create_trial_run`), so a creation posted twice leaves one copy."""
     client = study_run.client()
     source = run.info.run_id
     kept = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == MLFLOW_PARENT_RUN_ID}
     new_tags = {**kept, Tag.STAGE: stage, Tag.SAME_AS: source}
     name = run_name(new_tags[Tag.ARM], stage, new_tags[Tag.SEED])
-    run_id = client.create_run(study_run.experiment_id, run_name=name, tags=new_tags,
-                               start_time=run.info.start_time).info.run_id
+    run_id = study_run.create_trial_run(client, name, new_tags, start_time=run.info.start_time)
     params = [Param(k, v) for k, v in run.data.params.items()]
     for i in range(0, len(params), PARAMS_PER_BATCH):
         client.log_batch(run_id, params=params[i:i + PARAMS_PER_BATCH])

@@ -105,12 +105,14 @@ class StudyRun:
         return list(self.runs(where(tag_study=self.tags[Tag.STUDY], tag_parent=self.parent_run_id, tag_arm=arm or None,
                                     tag_stage=stage or None, tag_trial_id=trial_id, status=status or None), view))
 
-    def create_trial_run(self, client: RetryingClient, name: str, tags: Mapping[str, str]) -> str:
+    def create_trial_run(self, client: RetryingClient, name: str, tags: Mapping[str, str],
+                         start_time: int | None = None) -> str:
         """A new nested run for one trial (`tags` hold its arm, stage and trial_id). MLflow's REST client
         retries a POST whose reply was lost (a proxy's 503, a read timeout) though the server made the run,
-        and so can make two. The callback creates a run only for a trial the store holds none of, so any
-        other RUNNING run of the trial is such a twin: it ends KILLED, tagged duplicate_of, in the trash."""
-        run_id = client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        and so can make two. Callers create a run only for a trial the store holds no open run of (the
+        trial logger, the oracle's copies), so any other RUNNING run of the trial is such a twin: it ends
+        KILLED, tagged duplicate_of, in the trash."""
+        run_id = client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=start_time).info.run_id
         twins = self.nested_runs(tags[Tag.ARM], tags[Tag.STAGE], "RUNNING", trial_id=tags[Tag.TRIAL_ID])
         for twin in [run for run in twins if run.info.run_id != run_id]:
             client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)

@@ -8,7 +8,6 @@ import http.server
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from studies.oracle import copy_run
 from studies.tracking import StudyRun
 from tests.studies.servers import MlflowServer, free_port
 
@@ -62,8 +62,9 @@ class _Forward(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def lossy_server(tmp_path: Path) -> Iterator[LossyProxy]:
+@pytest.fixture(scope="module")
+def lossy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LossyProxy]:
+    tmp_path = tmp_path_factory.mktemp("lossy")
     server = MlflowServer(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts", tmp_path / "server.log")
     server.spawn()
     try:
@@ -78,13 +79,20 @@ def lossy_server(tmp_path: Path) -> Iterator[LossyProxy]:
         server.stop()
 
 
-def test_a_run_created_twice_by_a_retried_post_leaves_one_run_for_the_trial(lossy_server, monkeypatch):
+def _study(proxy: LossyProxy, name: str, monkeypatch: pytest.MonkeyPatch) -> StudyRun:
+    """A fresh study (its own experiment) in the proxied store; the proxy disarmed, its count reset."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    client = MlflowClient(tracking_uri=lossy_server.url)
-    experiment = client.create_experiment("retried")
+    proxy.armed, proxy.dropped = False, 0
+    client = MlflowClient(tracking_uri=proxy.url)
+    experiment = client.create_experiment(name)
     parent = client.create_run(experiment, tags={"study": "s", "stage": "study"}).info.run_id
-    study_run = StudyRun(lossy_server.url, experiment, parent, {"study": "s"})
-    tags = {"study": "s", MLFLOW_PARENT_RUN_ID: parent, "arm": "idea", "stage": "search", "trial_id": "t1"}
+    return StudyRun(proxy.url, experiment, parent, {"study": "s"})
+
+
+def test_a_run_created_twice_by_a_retried_post_leaves_one_run_for_the_trial(lossy_server, monkeypatch):
+    study_run = _study(lossy_server, "retried", monkeypatch)
+    tags = {"study": "s", MLFLOW_PARENT_RUN_ID: study_run.parent_run_id, "arm": "idea", "stage": "search",
+            "trial_id": "t1"}
     lossy_server.armed = True
     run_id = study_run.create_trial_run(study_run.client(), "idea-trial-t1", tags)
 
@@ -93,3 +101,22 @@ def test_a_run_created_twice_by_a_retried_post_leaves_one_run_for_the_trial(loss
     twins = study_run.nested_runs("idea", "search", view=ViewType.DELETED_ONLY)
     assert len(twins) == 1 and twins[0].info.status == "KILLED"
     assert twins[0].data.tags["duplicate_of"] == run_id and twins[0].data.tags["trial_id"] == "t1"
+
+
+def test_an_oracle_copy_created_twice_by_a_retried_post_leaves_one_copy(lossy_server, monkeypatch):
+    study_run = _study(lossy_server, "retried-copy", monkeypatch)
+    client = study_run.client()
+    tags = {"study": "s", MLFLOW_PARENT_RUN_ID: study_run.parent_run_id, "arm": "erm", "stage": "final",
+            "trial_id": "f1", "seed": "1"}
+    final_id = client.create_run(study_run.experiment_id, tags=tags).info.run_id
+    client.log_metric(final_id, "test_ndcg_at_10", 0.03)
+    client.set_terminated(final_id, "FINISHED")
+    lossy_server.armed = True
+    copy_id = copy_run(study_run, client.get_run(final_id), "oracle")
+
+    assert lossy_server.dropped == 1
+    copies = study_run.nested_runs("erm", "oracle")
+    assert [r.info.run_id for r in copies] == [copy_id] and copies[0].info.status == "FINISHED"
+    assert copies[0].data.metrics["test_ndcg_at_10"] == 0.03 and copies[0].data.tags["same_as"] == final_id
+    twins = study_run.nested_runs("erm", "oracle", view=ViewType.DELETED_ONLY)
+    assert len(twins) == 1 and twins[0].info.status == "KILLED" and twins[0].data.tags["duplicate_of"] == copy_id

@@ -93,8 +93,10 @@ def verdict(row: pd.Series) -> str:
         penalty = f"penalty acting ({share:.0%} of the mean risk's gradient)"
     moved = max(row["keep_moved_best"] if pd.notna(row["keep_moved_best"]) else 0,
                 abs(row["disagreement_best"] - row["disagreement_first"]) if pd.notna(row["disagreement_best"]) else 0)
+    largest = row["keep_moved_best"]
+    by = "by less than 0.01" if largest < 0.01 else f"by up to {largest:.2f}"  # not "by up to 0.00"
     change = (f"{row['extractor_steps']:.0f} extractor updates; mean keep rate {row['keep_first']:.2f} -> "
-              f"{row['keep_best']:.2f}, one extractor's by up to {row['keep_moved_best']:.2f}")
+              f"{row['keep_best']:.2f}, one extractor's {by}")
     masks = (f"masks moved ({change})" if moved >= MASKS_MOVED
              else f"masks stayed where they began ({change}, change under {MASKS_MOVED})")
     active = share >= PENALTY_ACTING and moved >= MASKS_MOVED

@@ -51,6 +51,9 @@ def test_the_penalty_is_worded_by_its_share(share, words):
 def test_masks_that_did_not_move_make_the_mechanism_inactive_whatever_the_penalty():
     still = table(history("idea", 1, [0.5, 0.5], [(0.88, 0.88), (0.87, 0.88)], [0.2, 0.21], best=2)).loc["idea"]
     assert still["verdict"].startswith("inactive") and "masks stayed where they began (18 extractor updates" in still["verdict"]
+    assert "one extractor's by up to 0.01," in still["verdict"]
+    unmoved = table(history("idea", 1, [0.5, 0.5], [(0.88, 0.88), (0.876, 0.88)], [0.2, 0.2], best=2)).loc["idea"]
+    assert "one extractor's by less than 0.01, change under" in unmoved["verdict"]  # beauty-long's 0.005 read "0.00"
     disagreeing = table(history("idea", 1, [0.5, 0.5], [(0.88, 0.88), (0.88, 0.88)], [0.2, 0.3], best=2)).loc["idea"]
     assert disagreeing["verdict"].startswith("active") and "masks moved" in disagreeing["verdict"]
 

@@ -110,8 +110,8 @@ class BoundedLoader(yaml.SafeLoader):
 
 
 def merge(base: dict, over: dict) -> dict:
-    """Deep merge of mappings: `over` wins; applies `extends` bases and the `smoke` section. An arm, like any
-    key, can be changed but not removed."""
+    """Deep merge of mappings: `over` wins; applies `extends` bases and the `smoke` section. An arm is
+    removed only by `without_dropped_arms`."""
     out = dict(base)
     for key, value in over.items():
         out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
@@ -141,4 +141,25 @@ def read_study_file(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     parent = (path.parent / base).with_suffix(".yaml") if not base.endswith((".yaml", ".yml")) else path.parent / base
     if parent.resolve() in seen or parent.resolve() == path.resolve():
         raise StudyFileError(f"{path}: extends {excerpt(base)} makes a cycle")
-    return merge(read_study_file(parent, (*seen, path.resolve())), raw)
+    inherited = read_study_file(parent, (*seen, path.resolve()))
+    return without_dropped_arms(merge(inherited, raw), inherited, path)
+
+
+def without_dropped_arms(merged: dict, inherited: dict, path: Path) -> dict:
+    """`arms: {name: null}` leaves out an arm the file extends, with its settings in the `smoke` section (a
+    study that cannot afford an arm of its parent drops it, and says why in its comment); naming an arm
+    the parent does not have is refused, so a misspelt name cannot leave the arm running."""
+    arms = merged.get("arms")
+    dropped = [a for a, v in arms.items() if v is None] if isinstance(arms, dict) else []
+    if not dropped:
+        return merged
+    parents = inherited.get("arms") if isinstance(inherited.get("arms"), dict) else {}
+    unknown = [a for a in dropped if a not in parents]
+    if unknown:
+        raise StudyFileError(f"{path}: arms.{short(str(unknown[0]))}: null leaves out an arm the file extends, but "
+                             f"it extends no such arm (its arms: {sorted(map(str, parents))})")
+    out = {**merged, "arms": {a: v for a, v in arms.items() if v is not None}}
+    smoke = out.get("smoke")
+    if isinstance(smoke, dict) and isinstance(smoke.get("arms"), dict):
+        out["smoke"] = {**smoke, "arms": {a: v for a, v in smoke["arms"].items() if a not in dropped}}
+    return out

@@ -325,6 +325,14 @@ def test_extends_merges_a_base_and_refuses_cycles(tmp_path):
     (tmp_path / "child.yaml").write_text("extends: _shared\ndataset: synthetic\narms: {idea: {num_samples: 5}}\n")
     child = load_study(tmp_path / "child.yaml")
     assert child.arms["idea"].num_samples == 5 and child.arms["idea"].space["beta"] == FloatRange(1.0, 100.0, log=True)
+    (tmp_path / "drop.yaml").write_text("extends: _shared\ndataset: synthetic\narms: {erm_ft: null}\n"
+                                        "smoke: {arms: {erm_ft: {num_samples: 1}}}\n")
+    for smoke in (False, True):  # the arm is gone, and so are its smoke settings (else they would bring it back)
+        assert list(load_study(tmp_path / "drop.yaml", smoke=smoke).arms) == ["erm", "idea"]
+    (tmp_path / "typo.yaml").write_text("extends: _shared\ndataset: synthetic\narms: {erm_tf: null}\n")
+    with pytest.raises(StudyConfigError, match=r"arms.erm_tf: null leaves out an arm the file extends, but it "
+                                               r"extends no such arm \(its arms: \['erm', 'erm_ft', 'idea'\]\)"):
+        load_study(tmp_path / "typo.yaml")
     (tmp_path / "a.yaml").write_text("extends: b\ndataset: synthetic\n")
     (tmp_path / "b.yaml").write_text("extends: a\n")
     with pytest.raises(StudyConfigError, match="makes a cycle"):
@@ -576,13 +584,14 @@ def test_refusals_come_before_ray_torch_and_mlflow(tmp_path):
 def test_the_authors_budget_studies_change_only_budgets_and_seeds(name, parent, extra, beta):
     """Each arm runs once at its parent's first configuration, to early stopping with patience 10 under a cap
     that does not bind (erm 300 epochs, fine-tuning 100), with 5 seeds; idea_beta is idea at the beta where
-    its penalty acts (the file's comment says how it was chosen)."""
+    its penalty acts (the file's comment says how it was chosen); the parent's dros arm is left out."""
     study, base = load_study(name), load_study(parent)
     fields, same = study.to_dict(), extra.get("*", {})
     changed = {k for k, v in fields.items() if base.to_dict()[k] != v}
     assert changed == {"epochs", "patience", "seeds", "asha", "arms"} - set(same)
     assert (study.seeds, study.epochs_of("erm")) == (5, 300)
-    for arm in ("erm", "erm_ft", "dros", "idea"):
+    assert "dros" in base.arms and set(study.arms) == {"erm", "erm_ft", "idea", "idea_beta"}  # dros: null
+    for arm in ("erm", "erm_ft", "idea"):
         assert study.arms[arm].num_samples == 1 and study.asha_of(arm).grace_period == study.epochs_of(arm)
         config = study.train_config(arm, study.arms[arm].first).to_dict()
         ours = base.train_config(arm, base.arms[arm].first).to_dict()

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
@@ -107,13 +108,21 @@ class StudyRun:
 
     def create_trial_run(self, client: RetryingClient, name: str, tags: Mapping[str, str],
                          start_time: int | None = None) -> str:
-        """A new nested run for one trial (`tags` hold its arm, stage and trial_id). MLflow's REST client
-        retries a POST whose reply was lost (a proxy's 503, a read timeout) though the server made the run,
-        and so can make two. Callers create a run only for a trial the store holds no open run of (the
-        trial logger, the oracle's copies), so any other RUNNING run of the trial is such a twin: it ends
-        KILLED, tagged duplicate_of, in the trash."""
-        run_id = client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=start_time).info.run_id
-        twins = self.nested_runs(tags[Tag.ARM], tags[Tag.STAGE], "RUNNING", trial_id=tags[Tag.TRIAL_ID])
+        """A new nested run for one trial (`tags` hold its arm, stage and trial_id). A creation's reply can be
+        lost (a proxy's 503, a read timeout) after the server made the run. MLflow's client before 3.18 then
+        posts again, and the server makes a second run; from 3.18 it raises instead. Callers create a run only
+        for a trial the store holds no open run of (the trial logger, the oracle's copies), so a RUNNING run
+        of the trial found after an error is the one the server made, and is used; and any other RUNNING run
+        of the trial is a twin: it ends KILLED, tagged duplicate_of, in the trash."""
+        arm, stage, trial_id = tags[Tag.ARM], tags[Tag.STAGE], tags[Tag.TRIAL_ID]
+        try:
+            run_id = client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=start_time).info.run_id
+        except MlflowException:
+            made = self.nested_runs(arm, stage, "RUNNING", trial_id=trial_id)
+            if not made:
+                raise
+            run_id = min(made, key=lambda run: run.info.start_time).info.run_id
+        twins = self.nested_runs(arm, stage, "RUNNING", trial_id=trial_id)
         for twin in [run for run in twins if run.info.run_id != run_id]:
             client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)
             client.set_terminated(twin.info.run_id, "KILLED")

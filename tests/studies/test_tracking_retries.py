@@ -1,7 +1,8 @@
-"""A tracking server whose reply to a run's creation is lost: MLflow's REST client retries the POST, the
-server makes the run twice, and the study must still hold one run per trial. A real `mlflow server` behind
-a proxy that forwards every request and answers the first run creation with 503 after the server made it
-(as a load balancer timing out would)."""
+"""A tracking server whose reply to a run's creation is lost after it made the run, and the study must still
+hold one run per trial. A real `mlflow server` behind a proxy that forwards every request and, once armed,
+either answers the next run creation with 503 after the server made it (as a load balancer timing out
+would: MLflow's client from 3.18 raises, and none here retries) or forwards it twice (what MLflow's client
+before 3.18 did after such a 503: the server makes two runs)."""
 from __future__ import annotations
 
 import http.server
@@ -20,14 +21,15 @@ from studies.tracking import StudyRun
 from tests.studies.servers import MlflowServer, free_port
 
 CREATE_RUN = "/api/2.0/mlflow/runs/create"
+DROP, TWICE = "drop", "twice"  # what the proxy does to the next run creation
 
 
 class LossyProxy(http.server.ThreadingHTTPServer):
-    """Forwards to `upstream`; once `armed`, the next run creation is made upstream, then answered 503
-    (`dropped` counts them)."""
+    """Forwards to `upstream`; once `armed` (DROP or TWICE), the next run creation is made upstream and
+    answered 503, or made upstream twice and answered with the second reply (`hit` counts them)."""
 
     def __init__(self, upstream: str):
-        self.upstream, self.armed, self.dropped = upstream, False, 0
+        self.upstream, self.armed, self.hit = upstream, None, 0
         super().__init__(("127.0.0.1", free_port()), _Forward)
 
     @property
@@ -38,18 +40,25 @@ class LossyProxy(http.server.ThreadingHTTPServer):
 class _Forward(http.server.BaseHTTPRequestHandler):
     server: LossyProxy
 
-    def _forward(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+    def _upstream(self, body: bytes | None) -> tuple[int, bytes, str | None]:
         request = urllib.request.Request(self.server.upstream + self.path, data=body, method=self.command,
                                          headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                status, payload, kind = response.status, response.read(), response.headers.get("Content-Type")
+                return response.status, response.read(), response.headers.get("Content-Type")
         except urllib.error.HTTPError as err:
-            status, payload, kind = err.code, err.read(), err.headers.get("Content-Type")
-        if self.command == "POST" and self.path.startswith(CREATE_RUN) and self.server.armed:
-            self.server.armed, self.server.dropped = False, self.server.dropped + 1
+            return err.code, err.read(), err.headers.get("Content-Type")
+
+    def _forward(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
+        status, payload, kind = self._upstream(body)
+        armed = self.server.armed if self.command == "POST" and self.path.startswith(CREATE_RUN) else None
+        if armed is not None:
+            self.server.armed, self.server.hit = None, self.server.hit + 1
+        if armed == DROP:
             status, payload, kind = 503, b"upstream reply lost", "text/plain"
+        elif armed == TWICE:
+            status, payload, kind = self._upstream(body)
         self.send_response(status)
         self.send_header("Content-Type", kind or "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -80,43 +89,58 @@ def lossy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LossyProx
 
 
 def _study(proxy: LossyProxy, name: str, monkeypatch: pytest.MonkeyPatch) -> StudyRun:
-    """A fresh study (its own experiment) in the proxied store; the proxy disarmed, its count reset."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    proxy.armed, proxy.dropped = False, 0
+    """A fresh study (its own experiment) in the proxied store; the proxy disarmed, its count reset; MLflow's
+    client retries nothing (as from 3.18 for a run's creation), so the proxy alone says what the server got."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    proxy.armed, proxy.hit = None, 0
     client = MlflowClient(tracking_uri=proxy.url)
     experiment = client.create_experiment(name)
     parent = client.create_run(experiment, tags={"study": "s", "stage": "study"}).info.run_id
     return StudyRun(proxy.url, experiment, parent, {"study": "s"})
 
 
-def test_a_run_created_twice_by_a_retried_post_leaves_one_run_for_the_trial(lossy_server, monkeypatch):
-    study_run = _study(lossy_server, "retried", monkeypatch)
-    tags = {"study": "s", MLFLOW_PARENT_RUN_ID: study_run.parent_run_id, "arm": "idea", "stage": "search",
-            "trial_id": "t1"}
-    lossy_server.armed = True
-    run_id = study_run.create_trial_run(study_run.client(), "idea-trial-t1", tags)
+def _trial_tags(study_run: StudyRun, arm: str, stage: str, trial_id: str) -> dict[str, str]:
+    return {"study": "s", MLFLOW_PARENT_RUN_ID: study_run.parent_run_id, "arm": arm, "stage": stage,
+            "trial_id": trial_id}
 
-    assert lossy_server.dropped == 1  # the server made the run, its reply was lost, the client posted again
+
+def test_a_run_whose_creation_reply_was_lost_is_found_and_used(lossy_server, monkeypatch):
+    study_run = _study(lossy_server, "lost", monkeypatch)
+    lossy_server.armed = DROP
+    run_id = study_run.create_trial_run(study_run.client(), "idea-trial-t1", _trial_tags(study_run, "idea", "search", "t1"))
+
+    assert lossy_server.hit == 1  # the server made the run, and the client was answered 503
+    runs = study_run.nested_runs("idea", "search")
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].data.tags["trial_id"] == "t1"
+    assert study_run.nested_runs("idea", "search", view=ViewType.DELETED_ONLY) == []
+
+
+def test_a_run_created_twice_leaves_one_run_for_the_trial(lossy_server, monkeypatch):
+    study_run = _study(lossy_server, "twice", monkeypatch)
+    lossy_server.armed = TWICE
+    run_id = study_run.create_trial_run(study_run.client(), "idea-trial-t1", _trial_tags(study_run, "idea", "search", "t1"))
+
+    assert lossy_server.hit == 1
     assert [r.info.run_id for r in study_run.nested_runs("idea", "search")] == [run_id]
     twins = study_run.nested_runs("idea", "search", view=ViewType.DELETED_ONLY)
     assert len(twins) == 1 and twins[0].info.status == "KILLED"
     assert twins[0].data.tags["duplicate_of"] == run_id and twins[0].data.tags["trial_id"] == "t1"
 
 
-def test_an_oracle_copy_created_twice_by_a_retried_post_leaves_one_copy(lossy_server, monkeypatch):
-    study_run = _study(lossy_server, "retried-copy", monkeypatch)
+@pytest.mark.parametrize("fault", [DROP, TWICE])
+def test_an_oracle_copy_whose_creation_went_wrong_leaves_one_copy(lossy_server, monkeypatch, fault):
+    study_run = _study(lossy_server, f"copy-{fault}", monkeypatch)
     client = study_run.client()
-    tags = {"study": "s", MLFLOW_PARENT_RUN_ID: study_run.parent_run_id, "arm": "erm", "stage": "final",
-            "trial_id": "f1", "seed": "1"}
-    final_id = client.create_run(study_run.experiment_id, tags=tags).info.run_id
+    final_id = client.create_run(study_run.experiment_id,
+                                 tags={**_trial_tags(study_run, "erm", "final", "f1"), "seed": "1"}).info.run_id
     client.log_metric(final_id, "test_ndcg_at_10", 0.03)
     client.set_terminated(final_id, "FINISHED")
-    lossy_server.armed = True
+    lossy_server.armed = fault
     copy_id = copy_run(study_run, client.get_run(final_id), "oracle")
 
-    assert lossy_server.dropped == 1
+    assert lossy_server.hit == 1
     copies = study_run.nested_runs("erm", "oracle")
     assert [r.info.run_id for r in copies] == [copy_id] and copies[0].info.status == "FINISHED"
     assert copies[0].data.metrics["test_ndcg_at_10"] == 0.03 and copies[0].data.tags["same_as"] == final_id
     twins = study_run.nested_runs("erm", "oracle", view=ViewType.DELETED_ONLY)
-    assert len(twins) == 1 and twins[0].info.status == "KILLED" and twins[0].data.tags["duplicate_of"] == copy_id
+    assert [(t.info.status, t.data.tags["duplicate_of"]) for t in twins] == ([("KILLED", copy_id)] if fault == TWICE else [])

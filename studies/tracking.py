@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, ViewType
@@ -108,26 +108,13 @@ class StudyRun:
 
     def create_trial_run(self, client: RetryingClient, name: str, tags: Mapping[str, str],
                          start_time: int | None = None) -> str:
-        """A new nested run for one trial (`tags` hold its arm, stage and trial_id). A creation's reply can be
-        lost (a proxy's 503, a read timeout) after the server made the run. MLflow's client before 3.18 then
-        posts again, and the server makes a second run; from 3.18 it raises instead. Callers create a run only
-        for a trial the store holds no open run of (the trial logger, the oracle's copies), so a RUNNING run
-        of the trial found after an error is the one the server made, and is used; and any other RUNNING run
-        of the trial is a twin: it ends KILLED, tagged duplicate_of, in the trash."""
+        """A new nested run for one trial (`tags` hold its arm, stage and trial_id), made once
+        (`create_once`): callers create a run only for a trial the store holds no open run of (the trial
+        logger, the oracle's copies), so every RUNNING run of the trial is this creation's."""
         arm, stage, trial_id = tags[Tag.ARM], tags[Tag.STAGE], tags[Tag.TRIAL_ID]
-        try:
-            run_id = client.create_run(self.experiment_id, run_name=name, tags=tags, start_time=start_time).info.run_id
-        except MlflowException:
-            made = self.nested_runs(arm, stage, "RUNNING", trial_id=trial_id)
-            if not made:
-                raise
-            run_id = min(made, key=lambda run: run.info.start_time).info.run_id
-        twins = self.nested_runs(arm, stage, "RUNNING", trial_id=trial_id)
-        for twin in [run for run in twins if run.info.run_id != run_id]:
-            client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)
-            client.set_terminated(twin.info.run_id, "KILLED")
-            client.delete_run(twin.info.run_id)
-        return run_id
+        return create_once(client, lambda: client.create_run(self.experiment_id, run_name=name, tags=tags,
+                                                             start_time=start_time).info.run_id,
+                           lambda: self.nested_runs(arm, stage, "RUNNING", trial_id=trial_id))
 
     def replace_run(self, arm: str, stage: str, trial_id: str, reason: str) -> str | None:
         """Before a trial is trained again from its start (`studies.retrain`): its run, if any, ends KILLED
@@ -155,6 +142,27 @@ class StudyRun:
         return len(open_runs)
 
 
+def create_once(client: RetryingClient, create: Callable[[], str], made: Callable[[], list]) -> str:
+    """Create a run with `create` (its id) so that the store holds exactly one, where `made()` lists the
+    RUNNING runs this creation can have made (none before it). A creation's reply can be lost (a proxy's
+    503, a read timeout) after the server made the run: MLflow's client before 3.18 then posts again, and
+    the server makes a second run; from 3.18 it raises instead. After an error, the run the server made is
+    used (none: the error is raised); a second run is a twin: it ends KILLED, tagged duplicate_of, in the trash."""
+    try:
+        run_id = create()
+    except MlflowException:
+        runs = made()
+        if not runs:
+            raise
+        run_id = min(runs, key=lambda run: run.info.start_time).info.run_id
+    for twin in made():
+        if twin.info.run_id != run_id:
+            client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)
+            client.set_terminated(twin.info.run_id, "KILLED")
+            client.delete_run(twin.info.run_id)
+    return run_id
+
+
 def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_dir: Path | None,
                resume: bool, parent_run_id: str | None = None, require_parent: bool = False) -> StudyRun:
     """The study's experiment and parent run: created, or (with `resume`) found again and reopened. On
@@ -177,7 +185,12 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
                 "again under another --study-name; nothing was changed")
     if experiment is None:
         location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
-        experiment_id = client.create_experiment(study, artifact_location=location)
+        try:
+            experiment_id = client.create_experiment(study, artifact_location=location)
+        except MlflowException:  # a lost reply after the server made it (or an older client's second post)
+            if (experiment := client.get_experiment_by_name(study)) is None:
+                raise
+            experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
     if parents and not resume:
@@ -187,7 +200,10 @@ def open_study(tracking_uri: str, study: str, tags: Mapping[str, str], artifact_
         run_id = parent_run_id or parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        run_id = client.create_run(experiment_id, run_name=study, tags={**tags, Tag.STAGE: Stage.STUDY}).info.run_id
+        parent_tags = {**tags, Tag.STAGE: Stage.STUDY}
+        run_id = create_once(client, lambda: client.create_run(experiment_id, run_name=study, tags=parent_tags).info.run_id,
+                             lambda: client.search_runs([experiment_id], where(tag_study=study, tag_stage=Stage.STUDY,
+                                                                               status="RUNNING")))
     return StudyRun(tracking_uri, experiment_id, run_id, dict(tags))
 
 

@@ -1,8 +1,8 @@
-"""A tracking server whose reply to a run's creation is lost after it made the run, and the study must still
-hold one run per trial. A real `mlflow server` behind a proxy that forwards every request and, once armed,
-either answers the next run creation with 503 after the server made it (as a load balancer timing out
-would: MLflow's client from 3.18 raises, and none here retries) or forwards it twice (what MLflow's client
-before 3.18 did after such a 503: the server makes two runs)."""
+"""A tracking server whose reply to a creation is lost after it made the run (or experiment), and the study
+must still hold one experiment, one parent run and one run per trial. A real `mlflow server` behind a proxy
+that forwards every request and, once armed, either answers the next creation with 503 after the server
+made it (as a load balancer timing out would: MLflow's client from 3.18 raises, and none here retries) or
+forwards it twice (what MLflow's client before 3.18 did after such a 503: the server makes two runs)."""
 from __future__ import annotations
 
 import http.server
@@ -17,19 +17,20 @@ from mlflow.entities import ViewType
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from studies.oracle import copy_run
-from studies.tracking import StudyRun
+from studies.tracking import StudyRun, open_study
 from tests.studies.servers import MlflowServer, free_port
 
-CREATE_RUN = "/api/2.0/mlflow/runs/create"
-DROP, TWICE = "drop", "twice"  # what the proxy does to the next run creation
+CREATE_RUN, CREATE_EXPERIMENT = "/api/2.0/mlflow/runs/create", "/api/2.0/mlflow/experiments/create"
+DROP, TWICE = "drop", "twice"  # what the proxy does to the next creation (of a run, or of `target`)
 
 
 class LossyProxy(http.server.ThreadingHTTPServer):
-    """Forwards to `upstream`; once `armed` (DROP or TWICE), the next run creation is made upstream and
-    answered 503, or made upstream twice and answered with the second reply (`hit` counts them)."""
+    """Forwards to `upstream`; once `armed` (DROP or TWICE), the next creation at `target` (a run's, unless
+    set) is made upstream and answered 503, or made upstream twice and answered with the second reply (`hit`
+    counts them)."""
 
     def __init__(self, upstream: str):
-        self.upstream, self.armed, self.hit = upstream, None, 0
+        self.upstream, self.armed, self.hit, self.target = upstream, None, 0, CREATE_RUN
         super().__init__(("127.0.0.1", free_port()), _Forward)
 
     @property
@@ -52,7 +53,7 @@ class _Forward(http.server.BaseHTTPRequestHandler):
     def _forward(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
         status, payload, kind = self._upstream(body)
-        armed = self.server.armed if self.command == "POST" and self.path.startswith(CREATE_RUN) else None
+        armed = self.server.armed if self.command == "POST" and self.path.startswith(self.server.target) else None
         if armed is not None:
             self.server.armed, self.server.hit = None, self.server.hit + 1
         if armed == DROP:
@@ -88,11 +89,16 @@ def lossy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LossyProx
         server.stop()
 
 
-def _study(proxy: LossyProxy, name: str, monkeypatch: pytest.MonkeyPatch) -> StudyRun:
-    """A fresh study (its own experiment) in the proxied store; the proxy disarmed, its count reset; MLflow's
-    client retries nothing (as from 3.18 for a run's creation), so the proxy alone says what the server got."""
+def _disarm(proxy: LossyProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy disarmed, its count reset; MLflow's client retries nothing (as from 3.18 for a run's
+    creation), so the proxy alone says what the server got."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    proxy.armed, proxy.hit = None, 0
+    proxy.armed, proxy.hit, proxy.target = None, 0, CREATE_RUN
+
+
+def _study(proxy: LossyProxy, name: str, monkeypatch: pytest.MonkeyPatch) -> StudyRun:
+    """A fresh study (its own experiment and parent run) in the proxied store, the proxy disarmed."""
+    _disarm(proxy, monkeypatch)
     client = MlflowClient(tracking_uri=proxy.url)
     experiment = client.create_experiment(name)
     parent = client.create_run(experiment, tags={"study": "s", "stage": "study"}).info.run_id
@@ -144,3 +150,32 @@ def test_an_oracle_copy_whose_creation_went_wrong_leaves_one_copy(lossy_server, 
     assert copies[0].data.metrics["test_ndcg_at_10"] == 0.03 and copies[0].data.tags["same_as"] == final_id
     twins = study_run.nested_runs("erm", "oracle", view=ViewType.DELETED_ONLY)
     assert [(t.info.status, t.data.tags["duplicate_of"]) for t in twins] == ([("KILLED", copy_id)] if fault == TWICE else [])
+
+
+@pytest.mark.parametrize("fault", [DROP, TWICE])
+def test_a_study_whose_experiment_creation_went_wrong_opens_on_it(lossy_server, monkeypatch, fault):
+    _disarm(lossy_server, monkeypatch)
+    lossy_server.armed, lossy_server.target = fault, CREATE_EXPERIMENT  # TWICE: the second post finds it made
+    study_run = open_study(lossy_server.url, f"exp-{fault}", {"study": f"exp-{fault}"}, None, resume=False)
+
+    assert lossy_server.hit == 1
+    client = MlflowClient(tracking_uri=lossy_server.url)
+    experiment = client.get_experiment_by_name(f"exp-{fault}")
+    assert study_run.experiment_id == experiment.experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [study_run.parent_run_id]
+
+
+@pytest.mark.parametrize("fault", [DROP, TWICE])
+def test_a_parent_run_whose_creation_went_wrong_is_the_study_s_one_parent(lossy_server, monkeypatch, fault):
+    _disarm(lossy_server, monkeypatch)
+    lossy_server.armed = fault
+    study_run = open_study(lossy_server.url, f"parent-{fault}", {"study": f"parent-{fault}"}, None, resume=False)
+
+    assert lossy_server.hit == 1
+    client = MlflowClient(tracking_uri=lossy_server.url)
+    runs = client.search_runs([study_run.experiment_id])
+    assert [(r.info.run_id, r.info.status, r.data.tags["stage"]) for r in runs] == [(study_run.parent_run_id, "RUNNING",
+                                                                                     "study")]
+    twins = client.search_runs([study_run.experiment_id], run_view_type=ViewType.DELETED_ONLY)
+    assert [(t.info.status, t.data.tags["duplicate_of"]) for t in twins] == (
+        [("KILLED", study_run.parent_run_id)] if fault == TWICE else [])

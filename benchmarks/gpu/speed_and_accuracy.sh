@@ -3,16 +3,14 @@
 # TF32 and bf16 with kernel times and floors, each with rows encoded in one pass and by length classes
 # (BUCKETS), the length-class tests on the GPU's kernels, then the accuracy check (Beauty leave-one-out, fp32 against
 # bf16, seeds 0-2 of every backbone, all runs side by side on the one GPU). Results under $OUT (8 files at most).
-# Also stashes the first half of the wheels under /tmp for the study call that follows it.
+# Also stashes the first half of the wheels under /tmp for the study call that follows it (stash.sh).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 DATA=/tmp/data ACC_EPOCHS=${ACC_EPOCHS:-10} MAMBA_EPOCHS=${MAMBA_EPOCHS:-4} ACC_TIMEOUT=${ACC_TIMEOUT:-130}
 DEVICE=${DEVICE:-cuda} PRECISIONS=${PRECISIONS:-fp32 tf32 bf16} ACC_PRECISIONS=${ACC_PRECISIONS:-fp32 bf16}
 BACKBONES=${BACKBONES:-gru4rec sasrec mamba4rec} STEPS=${STEPS:-10}  # overridable for a dry run on a CPU
 BUCKETS=${BUCKETS:-rows widths} BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
-mkdir -p /tmp/stash /tmp/logs $DATA && cp .whl1/* /tmp/stash/ && tar xzf .gpu/data.tgz -C $DATA  # beauty, sports, yelp
-{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
-  python3 -c "import torch; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version())"; } > $OUT/device.txt 2>&1
+bash benchmarks/gpu/stash.sh || exit 1  # the wheels to /tmp/stash, the data to /tmp/data, $OUT/device.txt
 timeout $BENCH_TIMEOUT python3 benchmarks/bench_train.py --device $DEVICE --data-dir $DATA --batches 2048 \
   --precisions $PRECISIONS --buckets $BUCKETS --backbones $BACKBONES --no-noise --steps $STEPS --json-out $OUT/bench.jsonl --profile-out $OUT/profile.txt > $OUT/bench.txt 2>&1
 echo "bench exit $?" >> $OUT/bench.txt

@@ -64,7 +64,7 @@ class ArmSpace:
 
     name: str  # [a-z][a-z0-9_]*, e.g. erm, erm_ft, idea, dros, idea_nomix
     method: str  # a TrainConfig method: erm | idea | dros
-    num_samples: int
+    num_samples: int  # search trials; 0: no search, the final seeds train the `first` point
     space: Mapping[str, ParamSpec]
     first: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)  # this arm's fixed fields, over the study's `train`
@@ -78,7 +78,8 @@ class ArmSpace:
             raise ValueError(f"{where}.method must be a string, one of {list(METHODS)}, got {excerpt(self.method)}")
         if self.method not in METHODS:
             raise ValueError(f"{where}.method: unknown method {excerpt(self.method)}; methods are {list(METHODS)}")
-        positive(self.num_samples, f"{where}.num_samples")
+        if number(self.num_samples, f"{where}.num_samples", integer=True) < 0:
+            raise ValueError(f"{where}.num_samples must be an integer >= 0 (0: no search), got {excerpt(self.num_samples)}")
         if not self.space:
             raise ValueError(f"{where}.space is empty: an arm needs at least one searched parameter")
         for name, spec in self.space.items():
@@ -110,6 +111,14 @@ class ArmSpace:
                 number(value, f"{where}.first.{name}", integer=self.space[name].integer)
             if not self.space[name].contains(value):
                 raise ValueError(f"{where}.first.{name} = {excerpt(value)} lies outside its space {self.space[name]}")
+        if not self.searches and (unset := [name for name in self.space if name not in self.first]):
+            raise ValueError(f"{where}.num_samples = 0 (no search) trains the first point, which must set every "
+                             f"parameter of the space; {where}.first lacks {unset}")
+
+    @property
+    def searches(self) -> bool:
+        """False for an arm without a search: its final seeds train its `first` point."""
+        return self.num_samples > 0
 
     def _check_used(self, where: str, name: str) -> None:
         owner = _method_of_field(name)
@@ -212,6 +221,13 @@ class StudyConfig:
             if self.finetunes(name) and "pretrain_epochs" in {**self.train, **arm.train, **arm.space}:
                 raise ValueError(f"arms.{name}: pretrain_epochs does not apply with idea_init: erm (the arm starts "
                                  "from the trained ERM model); remove it, or set idea_init: scratch")
+            if self.finetunes(name) and arm.searches and not self.arms[base].searches:
+                raise ValueError(f"arms.{name}: searches (num_samples = {arm.num_samples}), and its search trials start "
+                                 f"from the {base} arm's selected search trial, but {base} has no search (num_samples = "
+                                 f"0): set num_samples: 0 for {name} too, or give {base} a search")
+            if self.oracle and not arm.searches:
+                raise ValueError(f"arms.{name}: oracle: true selects among an arm's search trials, and {name} has no "
+                                 "search (num_samples = 0): give it a search, or set oracle: false")
             self._check_trainable(arm)
             asha, epochs = self.asha_of(name), self.epochs_of(name)
             if asha.grace_period > epochs:

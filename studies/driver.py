@@ -29,7 +29,7 @@ from studies.finish import unwritten, write_outputs
 from studies.folder import StudyFolder
 from studies.interrupts import interrupted_by, stop_on_signals
 from studies.oracle import run_oracle
-from studies.plan import Selection, StageContext
+from studies.plan import Selection, StageContext, first_point
 from studies.preflight import Checked
 from studies.progress import begin, study_plan
 from studies.ray_groups import own_process_groups
@@ -114,12 +114,16 @@ def summary_table(selections: dict[str, Selection | None], trials: pd.DataFrame,
     rows = []
     for arm, sel in selections.items():
         arm_trials = trials[trials["arm"] == arm] if len(trials) else trials
-        unfinished = int(((arm_trials["status"] == "KILLED") & arm_trials["budget_stopped"]).sum()) if len(arm_trials) else 0
-        row = {"arm": arm, "trials": f"{int((arm_trials['status'] == 'FINISHED').sum())} ok / "
-                                      f"{int((arm_trials['status'] == 'FAILED').sum())} failed"
-                                      + (f" / {unfinished} stopped by the budget before an epoch" if unfinished else "")
-                                      if len(arm_trials) else "0",
-               f"best valid {SELECTION[0].upper()}@{SELECTION[1]}": f"{sel.value:.4f}" if sel else "-",
+        if sel is not None and not sel.searched:
+            ran = "no search"
+        elif len(arm_trials):
+            unfinished = int(((arm_trials["status"] == "KILLED") & arm_trials["budget_stopped"]).sum())
+            ran = (f"{int((arm_trials['status'] == 'FINISHED').sum())} ok / {int((arm_trials['status'] == 'FAILED').sum())} "
+                   "failed" + (f" / {unfinished} stopped by the budget before an epoch" if unfinished else ""))
+        else:
+            ran = "0"
+        row = {"arm": arm, "trials": ran,
+               f"best valid {SELECTION[0].upper()}@{SELECTION[1]}": f"{sel.value:.4f}" if sel and sel.searched else "-",
                "configuration": fmt_params(sel.params) if sel else "no completed trial"}
         for w in windows[(windows["arm"] == arm) & (windows["part"] != VALID)].itertuples():
             std = f"{w.std:.4f}" if w.n_seeds > 1 else "-"
@@ -185,8 +189,12 @@ def run(ctx: StageContext) -> tuple[dict[str, Selection | None], pd.DataFrame, p
             print(f"warning: {arm} {missing[arm]}", file=sys.stderr)
             continue
         plan = ctx.plan(arm, starts if finetunes else None)
-        search = run_search(ctx, plan)
-        selections[arm] = selection = select_best(arm, search, study.metric)
+        if study.arms[arm].searches:
+            search = run_search(ctx, plan)
+            selections[arm] = selection = select_best(arm, search, study.metric)
+        else:
+            print(f"[{arm}] no search (num_samples 0): the final seeds train its first point", file=sys.stderr, flush=True)
+            selections[arm] = selection = first_point(study, arm)
         if selection is None:
             missing[arm] = no_result(arm, search, ctx.resources.time_budget_s)
             print(f"warning: {missing[arm]}; no final runs for this arm", file=sys.stderr)
@@ -386,6 +394,7 @@ def print_finished(folder: StudyFolder, name: str, tracking_uri: str) -> None:
     print("\n" + folder.summary_file.read_text(), end="")
     print(f"\nMLflow: experiment {name!r}; open the UI with\n  {ui_hint(tracking_uri)}")
     print(f"report: {folder.report_summary}")
-    print(f"Optuna searches (one study per arm; pip install optuna-dashboard):\n  "
-          f"{shlex.join(['optuna-dashboard', folder.optuna_uri])}")
+    if folder.optuna_db.exists():  # absent when no arm searched
+        print(f"Optuna searches (one study per arm; pip install optuna-dashboard):\n  "
+              f"{shlex.join(['optuna-dashboard', folder.optuna_uri])}")
 

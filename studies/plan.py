@@ -5,6 +5,7 @@ The search, final and oracle stages (studies/search.py, studies/final.py, studie
 trial) and the base arm's models the fine-tuning arms start from (`Start`, `Starts`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -18,15 +19,28 @@ from studies.folder import StudyFolder
 from studies.tracking import StudyRun
 
 
+NO_SEARCH = "none"  # the selected trial of an arm without a search (its final runs' `selected_trial` tag)
+
+
 @dataclass(frozen=True)
 class Selection:
-    """An arm's best search trial: its sampled parameters and best validation metric."""
+    """An arm's best search trial: its sampled parameters and best validation metric; or, for an arm
+    without a search (`first_point`), its first point, with no trial, value or checkpoint."""
 
     arm: str
-    trial_id: str
+    trial_id: str  # NO_SEARCH for an arm without a search
     params: dict[str, Any]
-    value: float  # best validation NDCG@10 over the trial's epochs
+    value: float  # best validation NDCG@10 over the trial's epochs; NaN without a search
     checkpoint: str | None = None  # the trial's last checkpoint folder (holds its best state)
+
+    @property
+    def searched(self) -> bool:
+        return self.trial_id != NO_SEARCH
+
+
+def first_point(study: StudyConfig, arm: str) -> Selection:
+    """What an arm without a search (num_samples 0) retrains with its final seeds: its `first` point."""
+    return Selection(arm, NO_SEARCH, dict(study.arms[arm].first), math.nan)
 
 
 @dataclass(frozen=True)
@@ -40,9 +54,10 @@ class Start:
 
 @dataclass(frozen=True)
 class Starts:
-    """Where every trial of a fine-tuning arm starts: `search` for search trials, `seeds[s]` for final seed s."""
+    """Where every trial of a fine-tuning arm starts: `search` for search trials (None when the base arm has
+    no search, and then no fine-tuning arm has one either), `seeds[s]` for final seed s."""
 
-    search: Start
+    search: Start | None
     seeds: dict[int, Start]
 
 

@@ -49,11 +49,12 @@ def stage_plan(name: str, trials: int, epochs: int) -> Plan:
 
 
 def study_plan(study) -> dict[str, Plan]:
-    """Every stage a `studies.config.StudyConfig` runs, in order: per arm its search, its final seeds and (with
-    `oracle: true`) its oracle seeds, which a pick equal to the validation one skips."""
+    """Every stage a `studies.config.StudyConfig` runs, in order: per arm its search (if it has one), its final
+    seeds and (with `oracle: true`) its oracle seeds, which a pick equal to the validation one skips."""
     out = {}
     for arm in study.arm_order():
-        out[f"{arm}-{Stage.SEARCH}"] = Plan(arm, Stage.SEARCH, study.arms[arm].num_samples, study.epochs_of(arm))
+        if study.arms[arm].searches:
+            out[f"{arm}-{Stage.SEARCH}"] = Plan(arm, Stage.SEARCH, study.arms[arm].num_samples, study.epochs_of(arm))
         for kind in Stage.RETRAINED if study.oracle else (Stage.FINAL,):
             out[f"{arm}-{kind}"] = Plan(arm, kind, len(study.final_seeds()), study.epochs_of(arm))
     return out

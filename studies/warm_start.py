@@ -27,14 +27,15 @@ def _copy(checkpoint_dir: str, folder: StudyFolder, dest: Path, run_id: str | No
 
 
 def save_starts(folder: StudyFolder, selection: Selection, final: ResultGrid, study_run: StudyRun) -> Starts:
-    """The base arm's selected search trial and final seeds as start files (`StudyFolder.start_file`), from
-    the base arm's selection and final seeds (`selection.arm` is the base arm)."""
+    """The base arm's selected search trial (none when it has no search) and final seeds as start files
+    (`StudyFolder.start_file`), from the base arm's selection and final seeds (`selection.arm` is the base arm)."""
     base = selection.arm
     folder.starts.mkdir(parents=True, exist_ok=True)
-    if selection.checkpoint is None:
+    if selection.searched and selection.checkpoint is None:
         raise RuntimeError(f"the selected {base} trial {selection.trial_id} left no checkpoint to start from")
     run_ids = {r.data.tags.get(Tag.TRIAL_ID): r.info.run_id for r in study_run.nested_runs(base)}
-    search = _copy(selection.checkpoint, folder, folder.start_file(base, "search"), run_ids.get(selection.trial_id))
+    search = _copy(selection.checkpoint, folder, folder.start_file(base, "search"),
+                   run_ids.get(selection.trial_id)) if selection.searched else None
     seeds = {}
     for result in final:
         if not failed(result) and result.checkpoint is not None:

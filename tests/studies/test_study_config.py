@@ -234,6 +234,16 @@ WARM_BAD = {
                                      "arms.idea: asha.grace_period = 4 exceeds epochs = 3"),
     "warm start path in a file": ("train: {batch_size: 64}", "train: {batch_size: 64, init_from: x.pt}",
                                   "train.init_from: set by the study itself"),
+    "no search without a first point": ("  erm:\n    num_samples: 2", "  erm:\n    num_samples: 0",
+                                        "arms.erm.num_samples = 0 (no search) trains the first point, which must set "
+                                        "every parameter of the space; arms.erm.first lacks ['lr']"),
+    "a search starting from a base without one": (
+        "  erm:\n    num_samples: 2", "  erm:\n    num_samples: 0\n    first: {lr: 0.001}",
+        "arms.idea: searches (num_samples = 3), and its search trials start from the erm arm's selected search trial, "
+        "but erm has no search (num_samples = 0): set num_samples: 0 for idea too, or give erm a search"),
+    "an oracle without a search": (
+        "arms:\n  erm:\n    num_samples: 2", "oracle: true\narms:\n  erm:\n    num_samples: 0\n    first: {lr: 0.001}",
+        "arms.erm: oracle: true selects among an arm's search trials, and erm has no search"),
 }
 
 
@@ -349,7 +359,8 @@ BAD = {
     "empty range": ("low: 2, high: 5", "low: 3, high: 3", "arms.idea.space.K: the range 3..3 is empty"),
     "low above high": ("low: 2, high: 5", "low: 5, high: 2", "arms.idea.space.K: low > high (5 > 2)"),
     "empty choice": ("values: [1, 5]", "values: []", "arms.idea.space.T: values must be a non-empty list"),
-    "zero trials": ("num_samples: 4", "num_samples: 0", "arms.idea.num_samples must be a positive integer, got 0"),
+    "negative trials": ("num_samples: 4", "num_samples: -1",
+                        "arms.idea.num_samples must be an integer >= 0 (0: no search), got -1"),
     "negative seeds": ("seeds: 2", "seeds: -1", "seeds must be a positive integer, got -1"),
     "zero epochs": ("epochs: 4", "epochs: 0", "epochs must be a positive integer, got 0"),
     "range beyond TrainConfig": ("high: 5}", "high: 20}", "arms.idea.space.K = 20: TrainConfig.K = 20 is invalid"),
@@ -582,7 +593,7 @@ def test_refusals_come_before_ray_torch_and_mlflow(tmp_path):
     ("beauty-long", "beauty", {"erm": {"lr": 0.001}, "idea": {"beta": 1.0}}, 500.0),
 ])
 def test_the_authors_budget_studies_change_only_budgets_and_seeds(name, parent, extra, beta):
-    """Each arm runs once at its parent's first configuration, to early stopping with patience 10 under a cap
+    """Each arm's final seeds train its parent's first configuration (no search), to early stopping with patience 10 under a cap
     that does not bind (erm 300 epochs, fine-tuning 100), with 5 seeds; idea_beta is idea at the beta where
     its penalty acts (the file's comment says how it was chosen); the parent's dros arm is left out."""
     study, base = load_study(name), load_study(parent)
@@ -591,8 +602,10 @@ def test_the_authors_budget_studies_change_only_budgets_and_seeds(name, parent, 
     assert changed == {"epochs", "patience", "seeds", "asha", "arms"} - set(same)
     assert (study.seeds, study.epochs_of("erm")) == (5, 300)
     assert "dros" in base.arms and set(study.arms) == {"erm", "erm_ft", "idea", "idea_beta"}  # dros: null
+    smoke = load_study(name, smoke=True)
+    assert all(not a.searches for a in (*study.arms.values(), *smoke.arms.values()))  # no search: the first point
     for arm in ("erm", "erm_ft", "idea"):
-        assert study.arms[arm].num_samples == 1 and study.asha_of(arm).grace_period == study.epochs_of(arm)
+        assert study.asha_of(arm).grace_period == study.epochs_of(arm)
         config = study.train_config(arm, study.arms[arm].first).to_dict()
         ours = base.train_config(arm, base.arms[arm].first).to_dict()
         budget = {"epochs": 300 if arm == "erm" else 100, "patience": 10}
@@ -602,7 +615,7 @@ def test_the_authors_budget_studies_change_only_budgets_and_seeds(name, parent, 
     idea = study.train_config("idea", study.arms["idea"].first).to_dict()
     acting = study.train_config("idea_beta", study.arms["idea_beta"].first).to_dict()
     assert {k: v for k, v in acting.items() if idea[k] != v} == {"beta": beta} and idea["beta"] == 1.0
-    assert study.roles().controls["idea_beta"] == "erm_ft" and study.arms["idea_beta"].num_samples == 1
+    assert study.roles().controls["idea_beta"] == "erm_ft"
 
 
 @pytest.mark.parametrize("strength", [0, 50, 100])

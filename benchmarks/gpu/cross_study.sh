@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device call after speed_and_accuracy.sh (within the ~30 s the machine stays warm, so /tmp/stash and
+# The device call after speed_and_accuracy.sh or stash.sh (within the ~30 s the machine stays warm, so /tmp/stash and
 # /tmp/data are still there; see benchmarks/gpu/README.md): install Ray, MLflow and Optuna (install.sh), then
 # run the cross-study set side by side on the one GPU, each study its own driver and local Ray instance, with
 # CONC trials of GPT of the GPU each and searches capped at BUDGET seconds per arm. Results under $OUT:

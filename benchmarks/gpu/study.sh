@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device call right after speed_and_accuracy.sh (within the ~30 s the machine stays warm, so /tmp/stash
+# The device call right after speed_and_accuracy.sh or stash.sh (within the ~30 s the machine stays warm, so /tmp/stash
 # and /tmp/data are still there; see benchmarks/gpu/README.md): install Ray, MLflow and Optuna (install.sh),
 # run the beauty-gpu study with four trials sharing the GPU, then the GPU study tests with the time left.
 # Results under $OUT.

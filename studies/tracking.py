@@ -149,13 +149,13 @@ def create_once(client: RetryingClient, create: Callable[[], str], made: Callabl
     the server makes a second run; from 3.18 it raises instead. After an error, the run the server made is
     used (none: the error is raised); a second run is a twin: it ends KILLED, tagged duplicate_of, in the trash."""
     try:
-        run_id = create()
+        run_id, runs = create(), made()
     except MlflowException:
         runs = made()
         if not runs:
             raise
         run_id = min(runs, key=lambda run: run.info.start_time).info.run_id
-    for twin in made():
+    for twin in runs:
         if twin.info.run_id != run_id:
             client.set_tag(twin.info.run_id, Tag.DUPLICATE_OF, run_id)
             client.set_terminated(twin.info.run_id, "KILLED")

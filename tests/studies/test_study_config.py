@@ -593,9 +593,10 @@ def test_refusals_come_before_ray_torch_and_mlflow(tmp_path):
     ("beauty-long", "beauty", {"erm": {"lr": 0.001}, "idea": {"beta": 1.0}}, 500.0),
 ])
 def test_the_authors_budget_studies_change_only_budgets_and_seeds(name, parent, extra, beta):
-    """Each arm's final seeds train its parent's first configuration (no search), to early stopping with patience 10 under a cap
-    that does not bind (erm 300 epochs, fine-tuning 100), with 5 seeds; idea_beta is idea at the beta where
-    its penalty acts (the file's comment says how it was chosen); the parent's dros arm is left out."""
+    """Each arm's final seeds train its parent's first configuration (no search), to early stopping with
+    patience 10 under a cap that does not bind (erm 300 epochs, fine-tuning 100), with 5 seeds; idea_beta is
+    idea at the beta where its penalty acts (the file's comment says how it was chosen); the parent's dros
+    arm is left out."""
     study, base = load_study(name), load_study(parent)
     fields, same = study.to_dict(), extra.get("*", {})
     changed = {k for k, v in fields.items() if base.to_dict()[k] != v}

@@ -21,7 +21,7 @@ from idea.data.describe import describe
 from idea.contract import SELECTION, VALID, Tag
 from idea.data.interactions import Interactions
 from idea.splits import Split
-from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state
+from studies.experiments import Resources, TuneStateError, check_checkpoints, check_state, renamed_temp_copy
 from studies.retrain import retrain_damaged
 from studies.faults import ENVIRONMENT_EXIT, LOCKED, Fault, diagnose
 from studies.final import final_results, run_final
@@ -44,19 +44,12 @@ NO_RESULT_EXIT = 3  # the study ran to its end, but some arm has no result (time
 INTERRUPTED_EXIT = {"SIGINT": 130, "SIGHUP": 129, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports it
 
 
-def init_ray(address: str | None) -> None:
-    """A private local Ray instance ("local": never silently attach to a cluster found on this machine),
-    or the cluster at `address`. The console keeps the study's own lines: Ray's note per stage that it
-    wrote its state and its note that it started, Optuna's per new searcher, MLflow's on creating a new
-    store's tables and (for a local instance, which only this driver uses) the token-authentication notice
-    are left out, and so is Tune's note on which state file a resumed stage restores (the stage's own
-    resume line says what it restored), and its note on trials the time budget stopped before a first
-    result (the study records them as budget-stopped). Trial workers' own output is
-    not forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a failed trial's
-    traceback is in its error.txt, and the rest stays in Ray's session logs; without this, normal
-    shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line. A local
-    instance's processes lead process groups of their own (`studies.ray_groups`): a signal to the driver's
-    group reaches the driver alone, which stops the study gracefully."""
+def quiet_logs() -> None:
+    """The console keeps the study's own lines: Ray's note per stage that it wrote its state and its note
+    that it started, Optuna's per new searcher and MLflow's on creating a new store's tables are left out,
+    and so is Tune's note on which state file a resumed stage restores (the stage's own resume line says
+    what it restored), and its note on trials the time budget stopped before a first result (the study
+    records them as budget-stopped)."""
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
     # On Ctrl-C Tune advises `Tuner.restore(...)`; the study prints its own `--resume` line instead.
     logging.getLogger("ray.tune.tune").addFilter(lambda r: not r.getMessage().startswith("Experiment has been interrupted"))
@@ -64,12 +57,27 @@ def init_ray(address: str | None) -> None:
     # a trial's traceback for a full disk or read-only folder: the study stops with its own message instead
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(
         lambda r: not (r.exc_info and diagnose(r.exc_info[1])))
+    # Tune's traceback for an upload of a stage's state that raced the next save; the next upload repairs it
+    for name in ("ray.tune.execution.experiment_state", "ray.train._internal.syncer"):
+        logging.getLogger(name).addFilter(lambda r: not renamed_temp_copy(r))
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     # MLflow logs a traceback per write that met a locked store; the writes are retried (studies.faults)
     logging.getLogger("mlflow.store.db.utils").addFilter(lambda r: LOCKED not in r.getMessage())
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database ..."
     logging.getLogger("ray._private.worker").setLevel(logging.WARNING)  # "Started a local Ray instance."
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def init_ray(address: str | None) -> None:
+    """A private local Ray instance ("local": never silently attach to a cluster found on this machine),
+    or the cluster at `address`, with the console kept to the study's own lines (`quiet_logs`; for a local
+    instance, which only this driver uses, also without the token-authentication notice). Trial workers'
+    own output is not forwarded (`log_to_driver=False`): the study's callbacks say what each trial does, a
+    failed trial's traceback is in its error.txt, and the rest stays in Ray's session logs; without this,
+    normal shutdown printed the workers' SIGTERM tracebacks and each restored trial Tune's checkpoint line.
+    A local instance's processes lead process groups of their own (`studies.ray_groups`): a signal to the
+    driver's group reaches the driver alone, which stops the study gracefully."""
+    quiet_logs()
     if not address:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with own_process_groups():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import pickletools
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,24 @@ class Resources:
             failure_config=tune.FailureConfig(max_failures=self.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # the latest epoch is all a resume needs
         )
+
+
+# pyarrow's error when Tune's background upload of a stage's folder opens a state file's temporary copy
+# (Tune writes each state file as `.<uuid>-tmp-<name>`, then renames it) that a save renamed after the
+# upload listed the folder
+_RENAMED_TEMP_COPY = re.compile(r"Failed to open local file '[^']*/\.[^'/]*-tmp-[^'/]*'")
+
+
+def renamed_temp_copy(record: logging.LogRecord) -> bool:
+    """Whether `record` is Tune's report of an upload that met a renamed temporary copy (a race in Tune:
+    its next state save runs while the last upload is still copying). Tune launches the next upload right
+    after it reports one (`_BackgroundSyncer._launch_sync_process`, `sync_up_experiment_state`), which
+    copies the whole state again; the report is a traceback for nothing lost."""
+    err = record.exc_info[1] if record.exc_info else None
+    if err is not None:
+        return isinstance(err, FileNotFoundError) and bool(_RENAMED_TEMP_COPY.search(str(err)))
+    last = record.getMessage().rstrip().rpartition("\n")[2]  # a traceback in the text ends with the error
+    return last.startswith("FileNotFoundError: ") and bool(_RENAMED_TEMP_COPY.search(last))
 
 
 # The files Tune reads back on restore (the newest of each pattern), and how each is written.

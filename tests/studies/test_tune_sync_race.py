@@ -33,7 +33,7 @@ def storage(tmp_path) -> StorageContext:
     return storage
 
 
-def fail_last_upload(storage: StorageContext, err: FileNotFoundError) -> None:
+def fail_last_upload(storage: StorageContext, err: OSError) -> None:
     """The upload now ending is one that met `err`."""
 
     def upload():
@@ -41,6 +41,17 @@ def fail_last_upload(storage: StorageContext, err: FileNotFoundError) -> None:
 
     storage.syncer._sync_process = _BackgroundProcess(upload)
     storage.syncer._sync_process.start()
+
+
+def report(storage: StorageContext, err: OSError, save=lambda: None) -> None:
+    """Both of Tune's reports of an upload that met `err`: its state manager's, on a save that waits for the
+    last upload (`save` writes the state), then its syncer's, on starting the next upload."""
+    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period=0)
+    fail_last_upload(storage, err)
+    manager.sync_up_experiment_state(save, force=True, wait=True)
+    fail_last_upload(storage, err)
+    storage.syncer.sync_up(storage.experiment_driver_staging_path, storage.experiment_fs_path)
+    storage.syncer.wait()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,28 +83,18 @@ def records():
 
 def test_a_renamed_temporary_copy_is_left_out_and_the_next_upload_copies_the_state(storage, records):
     staging = Path(storage.experiment_driver_staging_path)
-    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period=0)
     temp = staging / f".43c1c9e4-787c-40af-afae-8f2f7cbb516e-tmp-{STATE}"  # as Tune's `_atomic_save` names it
-    fail_last_upload(storage, open_error(temp))
-    manager.sync_up_experiment_state(lambda: (staging / STATE).write_text("{}"), force=True, wait=True)
-    fail_last_upload(storage, open_error(temp))  # as seen by the syncer when it starts the next upload
-    storage.syncer.sync_up(str(staging), storage.experiment_fs_path)
-    storage.syncer.wait()
+    report(storage, open_error(temp), save=lambda: (staging / STATE).write_text("{}"))
     assert records() == []
     assert (Path(storage.experiment_fs_path) / STATE).read_text() == "{}"
 
 
 def test_any_other_failed_upload_is_still_reported(storage, records):
     staging = Path(storage.experiment_driver_staging_path)
-    manager = _ExperimentCheckpointManager(storage=storage, checkpoint_period=0)
     errors = (open_error(staging / STATE),  # the state file itself, not a temporary copy of it
               PermissionError(f"[Errno 13] Failed to open local file '{staging / ('.0a1b-tmp-' + STATE)}'"))
     for err in errors:
-        fail_last_upload(storage, err)
-        manager.sync_up_experiment_state(lambda: None, force=True, wait=True)
-        fail_last_upload(storage, err)
-        storage.syncer.sync_up(str(staging), storage.experiment_fs_path)
-        storage.syncer.wait()
+        report(storage, err)
     reported = records()
     assert [r.name for r in reported] == ["ray.tune.execution.experiment_state", "ray.train._internal.syncer"] * 2
     for err, (by_manager, by_syncer) in zip(errors, (reported[:2], reported[2:])):
